@@ -1,0 +1,635 @@
+"""The TOML configuration (DESIGN.md §2): pydantic models, ``${VAR}`` expansion, friendly errors.
+
+``load_config`` turns every problem — missing file, TOML syntax, unset variables, unknown or
+missing keys, bad values, contradictions between audiences — into one ``ConfigError`` that lists
+each problem as ``key.path: message`` so a user fixes the whole file in one go. Secrets are
+``SecretStr`` and no message ever echoes a value that was given for a secret.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import stat
+import tomllib
+import zoneinfo
+from collections.abc import Iterator, Mapping
+from datetime import timezone, tzinfo
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from mcsync.errors import ConfigError
+
+CONFIG_ENV_VAR = "MCSYNC_CONFIG"
+DEFAULT_CONFIG_NAME = "mcsync.toml"
+_CROSS_CHECK = "mcsync_cross_check"
+
+# Mailchimp merge tags: upper-case letters, digits and _, at most 10 characters (see
+# reference/mailchimp-api.md, "Merge fields").
+_MERGE_TAG = re.compile(r"[A-Z0-9_]{1,10}")
+# An APIv4 Contact field, optionally through implicit joins and with a pseudoconstant suffix:
+# first_name, email_primary.email, address_primary.country_id:label, Group_Name.Field_Name.
+_FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[a-z]+)?")
+_DATA_CENTRE = re.compile(r"-([A-Za-z]+[0-9]+)$")
+_ENV_REF = re.compile(r"\$(?:(\$)|\{([^}]*)\}|(\{))")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_URL_PLACEHOLDERS = ("{entity}", "{action}")
+
+
+def _check_http_url(url: str) -> str:
+    """Accept an absolute http(s) URL without credentials (auth travels in headers)."""
+    parts = urlsplit(url.replace("{", "").replace("}", ""))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host name")
+    if parts.username or parts.password:
+        raise ValueError("must not contain a user name or password; mcsync sends api_key itself")
+    return url
+
+
+def _strip_secret(value: Any) -> Any:
+    """Trailing newlines from ``$(cat keyfile)`` or copy-paste are never part of a key."""
+    return value.strip() if isinstance(value, str) else value
+
+
+def _check_not_blank(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value():
+        raise ValueError("is empty; set it to the key (for example via ${VARIABLE})")
+    return value
+
+
+def _check_merge_tag(tag: str) -> str:
+    if tag == "EMAIL":
+        raise ValueError("EMAIL is the member's address, which mcsync syncs itself; remove it")
+    if not _MERGE_TAG.fullmatch(tag):
+        hint = f'did you mean "{tag.upper()}"? ' if _MERGE_TAG.fullmatch(tag.upper()) else ""
+        raise ValueError(
+            f"not a merge tag; {hint}tags are 1-10 upper-case letters, digits or _ as shown in "
+            "Mailchimp's audience settings (e.g. FNAME)"
+        )
+    return tag
+
+
+def _check_field_path(path: str) -> str:
+    if not _FIELD_PATH.fullmatch(path):
+        raise ValueError(
+            "must be a CiviCRM APIv4 Contact field such as first_name, email_primary.email, "
+            "address_primary.city or Custom_Group.Custom_Field"
+        )
+    return path
+
+
+def _check_remote_id(value: str) -> str:
+    if not value or any(ch.isspace() for ch in value):
+        raise ValueError("must be a non-empty id without spaces, as shown by `mcsync discover`")
+    return value
+
+
+def _check_group_id(value: int) -> int:
+    if value <= 0:
+        raise ValueError("must be a CiviCRM group id (a positive whole number)")
+    return value
+
+
+ApiKey = Annotated[SecretStr, AfterValidator(_check_not_blank)]
+RemoteId = Annotated[str, AfterValidator(_check_remote_id)]
+GroupId = Annotated[int, AfterValidator(_check_group_id)]
+MergeTag = Annotated[str, AfterValidator(_check_merge_tag)]
+FieldPath = Annotated[str, AfterValidator(_check_field_path)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyncConfig(_Model):
+    """[sync]: how runs behave; every key has a default."""
+
+    respect_privacy_flags: bool = Field(
+        True, description="do not subscribe contacts who are deceased, do_not_email or is_opt_out"
+    )
+    batch_threshold: int = Field(
+        200, ge=1, description="member writes at/above this go via POST /batches"
+    )
+    max_removal_share: float = Field(
+        0.10, ge=0.0, le=1.0, description="mass-change brake: largest share of an audience removed"
+    )
+    lease_seconds: int = Field(120, ge=10, description="an abandoned audience lease expires after")
+    page_size_mailchimp: int = Field(1000, ge=1, le=1000, description="members per Mailchimp page")
+    page_size_civicrm: int = Field(5000, ge=1, description="rows per CiviCRM APIv4 get")
+    max_connections: int = Field(
+        10, ge=1, le=10, description="concurrent requests per Mailchimp account, which allows at most 10"
+    )
+    http_timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
+    create_contacts: bool = Field(True, description="create CiviCRM contacts for new subscribers")
+    blank_merge_fields: bool = Field(
+        False, description="send empty CiviCRM values to Mailchimp, clearing its merge fields"
+    )
+    sync_tags: bool = Field(False, description="feed tags to Mailchimp via plugins")
+
+
+class CiviCRMConfig(_Model):
+    """[civicrm]: the APIv4 REST end-point and its credentials."""
+
+    url: str = Field(
+        description="the APIv4 base, e.g. https://crm.example.org/civicrm/ajax/api4",
+        examples=["https://crm.example.org/civicrm/ajax/api4"],
+    )
+    api_key: ApiKey = Field(description="the API user's key", examples=["${CIVICRM_API_KEY}"])
+    site_key: ApiKey | None = None
+    timezone: str = "UTC"
+
+    _strip_keys = field_validator("api_key", "site_key", mode="before")(_strip_secret)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        _check_http_url(url)
+        placeholders = set(re.findall(r"\{[^{}]*\}", url))
+        unknown = placeholders - set(_URL_PLACEHOLDERS)
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder {sorted(unknown)[0]}; only {{entity}} and {{action}} exist"
+            )
+        if len(placeholders) == 1:
+            raise ValueError(
+                "a URL template needs both {entity} and {action}, e.g. "
+                "https://site/wp-admin/admin.php?page=CiviCRM&q=civicrm/ajax/api4/{entity}/{action}"
+            )
+        return url if placeholders else url.rstrip("/")
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, name: str) -> str:
+        if name != "UTC":
+            try:
+                zoneinfo.ZoneInfo(name)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                close = difflib.get_close_matches(name, zoneinfo.available_timezones(), n=1)
+                hint = f'did you mean "{close[0]}"? ' if close else ""
+                raise ValueError(
+                    f"unknown time zone {json.dumps(name)}; {hint}use an IANA name such as "
+                    "Europe/London or UTC"
+                ) from None
+        return name
+
+    @property
+    def is_template(self) -> bool:
+        return "{entity}" in self.url
+
+    @property
+    def tzinfo(self) -> tzinfo:
+        """The zone CiviCRM's naive dates are in (UTC needs no tz database)."""
+        return timezone.utc if self.timezone == "UTC" else zoneinfo.ZoneInfo(self.timezone)
+
+    def endpoint(self, entity: str, action: str) -> str:
+        """The URL to POST an APIv4 call to (path form or template form)."""
+        if self.is_template:
+            return self.url.replace("{entity}", entity).replace("{action}", action)
+        return f"{self.url}/{entity}/{action}"
+
+
+class MailchimpAccount(_Model):
+    """[mailchimp.accounts.<name>]: one Mailchimp API key (one data centre)."""
+
+    # base_url comes first so that the api_key check can see it.
+    base_url: str | None = None
+    api_key: ApiKey = Field(
+        description="the whole key including its -usNN suffix", examples=["${MAILCHIMP_API_KEY}"]
+    )
+
+    _strip_key = field_validator("api_key", mode="before")(_strip_secret)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, url: str | None) -> str | None:
+        return None if url is None else _check_http_url(url).rstrip("/")
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_data_centre(cls, key: SecretStr, info: ValidationInfo) -> SecretStr:
+        if info.data.get("base_url") is None and not _DATA_CENTRE.search(key.get_secret_value()):
+            raise ValueError(
+                "does not end with a data centre such as -us21; use the whole key as Mailchimp "
+                "shows it (Profile > Extras > API keys), or set base_url"
+            )
+        return key
+
+    @property
+    def data_centre(self) -> str | None:
+        found = _DATA_CENTRE.search(self.api_key.get_secret_value())
+        return found.group(1).lower() if found else None
+
+    def api_root(self) -> str:
+        """``https://<dc>.api.mailchimp.com/3.0``, or ``base_url`` for simulators and proxies."""
+        if self.base_url is not None:
+            return self.base_url
+        return f"https://{self.data_centre}.api.mailchimp.com/3.0"
+
+
+class MailchimpConfig(_Model):
+    """[mailchimp]: the accounts audiences refer to by name."""
+
+    accounts: dict[str, MailchimpAccount] = Field(
+        min_length=1, description="at least one [mailchimp.accounts.<name>] table"
+    )
+
+
+class AudienceConfig(_Model):
+    """[[audience]]: one Mailchimp audience mirrored by one CiviCRM mailing group."""
+
+    account: str = Field(description="the name of a [mailchimp.accounts.<name>]", examples=["main"])
+    list_id: RemoteId = Field(description="the Mailchimp audience id", examples=["a1b2c3d4e5"])
+    group_id: GroupId = Field(
+        description='the CiviCRM mailing group that mirrors "subscribed"', examples=[12]
+    )
+    name: str | None = None
+    interests: dict[RemoteId, GroupId] = Field(default_factory=dict)
+    merge_fields: dict[MergeTag, FieldPath] = Field(default_factory=dict)
+    respect_privacy_flags: bool | None = None
+    sync_tags: bool | None = None
+    blank_merge_fields: bool | None = None
+
+    @property
+    def label(self) -> str:
+        """How messages name this audience."""
+        return self.name or f"{self.account}/{self.list_id} (group {self.group_id})"
+
+
+class Config(_Model):
+    """The whole file. Build it with ``load_config``."""
+
+    state_db: Path = Path("mcsync.sqlite3")
+    civicrm: CiviCRMConfig
+    mailchimp: MailchimpConfig
+    audience: list[AudienceConfig] = Field(default_factory=list)
+    sync: SyncConfig = Field(default_factory=SyncConfig)
+
+    @field_validator("state_db")
+    @classmethod
+    def _resolve_state_db(cls, path: Path, info: ValidationInfo) -> Path:
+        path = path.expanduser()
+        base = (info.context or {}).get("base_dir")
+        return path if path.is_absolute() or base is None else Path(base) / path
+
+    @model_validator(mode="after")
+    def _check_across(self) -> Config:
+        problems = cross_check(self.model_dump())
+        if problems:
+            raise PydanticCustomError(_CROSS_CHECK, "{problems}", {"problems": "; ".join(problems)})
+        return self
+
+    def audience_for_group(self, group_id: int) -> AudienceConfig:
+        for audience in self.audience:
+            if audience.group_id == group_id:
+                return audience
+        known = ", ".join(str(a.group_id) for a in self.audience) or "none"
+        raise ConfigError(
+            f"--group-id {group_id}: no [[audience]] has group_id = {group_id}; "
+            f"configured group ids: {known}"
+        )
+
+    def settings_for(self, audience: AudienceConfig) -> SyncConfig:
+        """[sync] with this audience's own overrides applied."""
+        overrides = {
+            key: getattr(audience, key)
+            for key in ("respect_privacy_flags", "sync_tags", "blank_merge_fields")
+            if getattr(audience, key) is not None
+        }
+        return self.sync.model_copy(update=overrides)
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for redaction in logs and error messages."""
+        keys = [self.civicrm.api_key, self.civicrm.site_key]
+        keys += [account.api_key for account in self.mailchimp.accounts.values()]
+        return [key.get_secret_value() for key in keys if key is not None]
+
+
+# Where a key belongs when it was written in the wrong table (TOML's most common slip).
+_HOMES: list[tuple[type[BaseModel], str]] = [
+    (Config, "the top of the file (before the first [table])"),
+    (SyncConfig, "[sync]"),
+    (CiviCRMConfig, "[civicrm]"),
+    (MailchimpAccount, "[mailchimp.accounts.<name>]"),
+    (AudienceConfig, "an [[audience]] table"),
+]
+
+
+def cross_check(data: Any) -> list[str]:
+    """Contradictions between tables, found on raw or validated data alike (tolerates bad shapes)."""
+    if not isinstance(data, Mapping):
+        return []
+    mailchimp = data.get("mailchimp")
+    accounts = mailchimp.get("accounts") if isinstance(mailchimp, Mapping) else None
+    names = list(accounts) if isinstance(accounts, Mapping) else None
+    audiences = data.get("audience")
+    if not isinstance(audiences, list):
+        return []
+    problems: list[str] = []
+    group_owner: dict[int, int] = {}
+    list_owner: dict[tuple[str, str], int] = {}
+    for i, audience in enumerate(audiences):
+        if not isinstance(audience, Mapping):
+            continue
+        here = f"audience[{i}]"
+        account, list_id = audience.get("account"), audience.get("list_id")
+        group_id = _as_int(audience.get("group_id"))
+        if isinstance(account, str) and names is not None and account not in names:
+            close = difflib.get_close_matches(account, names, n=1)
+            hint = f'did you mean "{close[0]}"? ' if close else ""
+            problems.append(
+                f"{here}.account: no [mailchimp.accounts.{account}] table; {hint}"
+                f"configured accounts: {', '.join(names) or 'none'}"
+            )
+        if group_id is not None:
+            if group_id in group_owner:
+                problems.append(
+                    f"{here}.group_id: group {group_id} is already the group of "
+                    f"audience[{group_owner[group_id]}]; each audience needs its own group"
+                )
+            group_owner.setdefault(group_id, i)
+        if isinstance(account, str) and isinstance(list_id, str):
+            if (account, list_id) in list_owner:
+                problems.append(
+                    f"{here}.list_id: audience {list_id} of account {account} is already "
+                    f"configured as audience[{list_owner[account, list_id]}]"
+                )
+            list_owner.setdefault((account, list_id), i)
+        problems += _check_groups_unique(here, group_id, audience.get("interests"))
+    return problems
+
+
+def _check_groups_unique(here: str, group_id: int | None, interests: Any) -> list[str]:
+    """Within one audience a CiviCRM group can mirror only one thing."""
+    if not isinstance(interests, Mapping):
+        return []
+    problems: list[str] = []
+    seen: dict[int, str] = {}
+    for interest_id, value in interests.items():
+        target = _as_int(value)
+        path = f"{here}.interests.{_key(interest_id)}"
+        if target is None:
+            continue
+        if target == group_id:
+            problems.append(
+                f"{path}: group {target} is this audience's subscription group (group_id); "
+                "an interest needs a group of its own"
+            )
+        elif target in seen:
+            problems.append(
+                f"{path}: group {target} is already mapped to interest {seen[target]}; "
+                "each interest needs a group of its own"
+            )
+        seen.setdefault(target, str(interest_id))
+    return problems
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+# ---------------------------------------------------------------- loading and error rendering
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """``$MCSYNC_CONFIG``, else ``./mcsync.toml``."""
+    env = os.environ if environ is None else environ
+    configured = env.get(CONFIG_ENV_VAR)
+    return Path(configured).expanduser() if configured else Path(DEFAULT_CONFIG_NAME)
+
+
+def config_file_is_private(path: Path | str) -> bool:
+    """False when the group or others may read the file (it usually holds keys or references)."""
+    mode = Path(path).stat().st_mode
+    return not mode & (stat.S_IRGRP | stat.S_IROTH)
+
+
+def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, expand and validate a config file, or raise ``ConfigError`` listing every problem."""
+    path = Path(path)
+    data = _read_toml(path)
+    problems, failed_paths = expand_variables(data, os.environ if environ is None else environ)
+    try:
+        config = Config.model_validate(data, context={"base_dir": path.parent.absolute()})
+    except ValidationError as exc:
+        problems += [
+            problem for loc, problem in _render_errors(exc) if _path(loc) not in failed_paths
+        ]
+    problems += cross_check(data)
+    if problems:
+        raise ConfigError(_redact(problems, data)) from None
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory; give the path of the TOML file")
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file; copy config.example.toml there, or pass --config PATH "
+            f"or set ${CONFIG_ENV_VAR}"
+        ) from None
+    except PermissionError:
+        raise ConfigError(f"{path}: cannot read the file (permission denied)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+
+
+def expand_variables(data: Any, environ: Mapping[str, str]) -> tuple[list[str], set[str]]:
+    """Replace ``${VAR}`` in every string value in place; ``$$`` is a literal ``$``.
+
+    Returns the problems and the key paths they were found at (validation errors there are
+    consequences, not news). A value that failed expansion becomes "".
+    """
+    problems: list[str] = []
+    failed: set[str] = set()
+    for loc, container, slot, text in list(_strings(data, ())):
+        errors: list[str] = []
+        container[slot] = _ENV_REF.sub(lambda m: _substitute(m, environ, errors), text)
+        if errors:
+            container[slot] = ""
+            failed.add(_path(loc))
+            problems += [f"{_path(loc)}: {error}" for error in errors]
+    return problems, failed
+
+
+def _strings(node: Any, loc: tuple[str | int, ...]) -> Iterator[tuple[Any, Any, Any, str]]:
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for slot, value in items:
+        if isinstance(value, str):
+            yield (*loc, slot), node, slot, value
+        else:
+            yield from _strings(value, (*loc, slot))
+
+
+def _substitute(match: re.Match[str], environ: Mapping[str, str], errors: list[str]) -> str:
+    dollar, name, unterminated = match.groups()
+    if dollar:
+        return "$"
+    if unterminated:
+        errors.append("unterminated ${ (write $$ for a literal dollar sign)")
+    elif not _ENV_NAME.fullmatch(name):
+        errors.append(f"${{{name}}} is not a valid environment variable name")
+    elif name not in environ:
+        errors.append(f"environment variable {name} is not set")
+    else:
+        return environ[name]
+    return ""
+
+
+def _render_errors(exc: ValidationError) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = tuple(part for part in error["loc"] if part != "[key]")
+        if error["type"] == _CROSS_CHECK:
+            continue  # load_config reports these from the raw data, including invalid files
+        yield loc, f"{_path(loc) or '(top level)'}: {_message(error, loc)}"
+
+
+def _message(error: Any, loc: tuple[str | int, ...]) -> str:
+    kind, msg = error["type"], str(error["msg"]).removeprefix("Value error, ")
+    field = _field_at(loc)
+    if kind == "missing":
+        return _missing(loc)
+    if kind == "extra_forbidden":
+        return _unknown_key(loc)
+    if kind == "list_type" and loc == ("audience",):
+        return "must be a list of tables: write each one as [[audience]] (double brackets)"
+    if kind == "too_short" and field is not None:
+        return f"is empty; {field.description}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a table, e.g. [{_path(loc)}]"
+    if msg.startswith("Input should be"):
+        about = f" ({field.description})" if field is not None and field.description else ""
+        return msg.replace("Input should be", "must be", 1) + about
+    return msg
+
+
+def _missing(loc: tuple[str | int, ...]) -> str:
+    field = _field_at(loc)
+    name = loc[-1]
+    annotation = _unwrap(field.annotation) if field is not None else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        table = "mailchimp.accounts.<name>" if annotation is MailchimpConfig else _path(loc)
+        return f"required table is missing; add a [{table}] table"
+    if field is not None and field.examples:
+        example = json.dumps(field.examples[0])
+        return f"required key is missing; add {name} = {example} ({field.description})"
+    about = f" ({field.description})" if field is not None and field.description else ""
+    return f"required key is missing; add it{about}"
+
+
+
+
+def _unknown_key(loc: tuple[str | int, ...]) -> str:
+    key = str(loc[-1])
+    parent = _model_at(loc[:-1])
+    valid = list(parent.model_fields) if parent is not None else []
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if close:
+        return f'unknown key; did you mean "{close[0]}"?'
+    homes = [where for model, where in _HOMES if key in model.model_fields and model is not parent]
+    if homes:
+        return f"unknown key here; {key} belongs in {' or '.join(homes)}"
+    return f"unknown key; valid keys here: {', '.join(valid)}"
+
+
+def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    annotation: Any = Config
+    for part in loc:
+        annotation = _unwrap(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif get_origin(annotation) in (list, dict):
+            annotation = get_args(annotation)[-1]
+        else:
+            return None
+    annotation = _unwrap(annotation)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _field_at(loc: tuple[str | int, ...]) -> Any:
+    parent = _model_at(loc[:-1])
+    return parent.model_fields.get(str(loc[-1])) if parent is not None else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``X | None`` and ``Annotated[X, ...]`` -> ``X``."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin is Union or origin is UnionType:
+            args = [arg for arg in get_args(annotation) if arg is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    """('audience', 1, 'interests', 'ab c') -> 'audience[1].interests."ab c"'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + _key(part)
+    return out
+
+
+def _key(part: Any) -> str:
+    text = str(part)
+    return text if _BARE_KEY.fullmatch(text) else json.dumps(text)
+
+
+def _redact(problems: list[str], data: Any) -> list[str]:
+    """Belt and braces: scrub any value given for a *key* field from every message."""
+    secrets = sorted({s for s in _secret_values(data) if len(s) >= 6}, key=len, reverse=True)
+    for secret in secrets:
+        problems = [problem.replace(secret, "[redacted]") for problem in problems]
+    return problems
+
+
+def _secret_values(node: Any, key_name: str = "") -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _secret_values(value, str(key))
+    elif isinstance(node, list):
+        for value in node:
+            yield from _secret_values(value, key_name)
+    elif isinstance(node, str) and key_name.lower().endswith("key"):
+        yield node
