@@ -1,0 +1,76 @@
+"""The run's deadline (``--max-time``): every wait and retry is capped by it.
+
+A cron run must end before the next one starts, and must end *cleanly*: when the budget is
+spent the sync engine catches :class:`~mcsync.errors.BudgetExhausted`, keeps the progress it has
+saved and exits 0 so the next run continues. Waiting right up to the deadline only to give up
+would waste the time the caller needs for that, so :meth:`Budget.sleep` refuses a wait that would
+pass the deadline instead of sleeping part of it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from .errors import BudgetExhausted
+
+
+class Budget:
+    """A deadline measured on a monotonic clock; ``None`` or ``0`` seconds means no limit."""
+
+    def __init__(
+        self,
+        max_seconds: float | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_seconds is not None and max_seconds < 0:
+            raise ValueError("max_seconds must be >= 0 (0 or None = unlimited)")
+        self._clock = clock
+        self._sleep = sleep
+        self.max_seconds = max_seconds or None
+        self._deadline = math.inf if self.max_seconds is None else clock() + self.max_seconds
+
+    @classmethod
+    def unlimited(cls) -> Budget:
+        """A budget that never runs out (tests, ``--max-time 0``)."""
+        return cls(None)
+
+    @property
+    def is_unlimited(self) -> bool:
+        return self.max_seconds is None
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (never negative; ``math.inf`` when unlimited)."""
+        if self.max_seconds is None:
+            return math.inf
+        return max(0.0, self._deadline - self._clock())
+
+    def expired(self) -> bool:
+        return self.remaining() <= 0.0
+
+    def check(self) -> None:
+        """Raise :class:`BudgetExhausted` once the deadline has passed."""
+        if self.expired():
+            raise BudgetExhausted(self._spent_message())
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or raise :class:`BudgetExhausted` at once if that would pass the deadline.
+
+        Raising early (rather than sleeping up to the deadline) leaves the caller the remaining
+        time to save its progress.
+        """
+        if seconds <= 0:
+            self.check()
+            return
+        if seconds > self.remaining():
+            raise BudgetExhausted(
+                f"the run's time budget of {self.max_seconds:g} s (--max-time) has"
+                f" {self.remaining():.1f} s left, too little for a {seconds:.1f} s wait"
+            )
+        self._sleep(seconds)
+
+    def _spent_message(self) -> str:
+        return f"the run's time budget of {self.max_seconds:g} s (--max-time) is used up"
