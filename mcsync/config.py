@@ -135,7 +135,7 @@ class SyncConfig(_Model):
     page_size_mailchimp: int = Field(1000, ge=1, le=1000, description="members per Mailchimp page")
     page_size_civicrm: int = Field(5000, ge=1, description="rows per CiviCRM APIv4 get")
     max_connections: int = Field(
-        10, ge=1, le=10, description="concurrent requests per Mailchimp account, which allows at most 10"
+        10, ge=1, le=10, description="requests at once per Mailchimp account, which allows 10"
     )
     http_timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
     create_contacts: bool = Field(True, description="create CiviCRM contacts for new subscribers")
@@ -333,7 +333,7 @@ _HOMES: list[tuple[type[BaseModel], str]] = [
 
 
 def cross_check(data: Any) -> list[str]:
-    """Contradictions between tables, found on raw or validated data alike (tolerates bad shapes)."""
+    """Contradictions between tables, in raw or validated data alike (tolerates bad shapes)."""
     if not isinstance(data, Mapping):
         return []
     mailchimp = data.get("mailchimp")
@@ -484,7 +484,12 @@ def expand_variables(data: Any, environ: Mapping[str, str]) -> tuple[list[str], 
 
 
 def _strings(node: Any, loc: tuple[str | int, ...]) -> Iterator[tuple[Any, Any, Any, str]]:
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    if isinstance(node, dict):
+        items: Iterator[tuple[Any, Any]] = iter(node.items())
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return
     for slot, value in items:
         if isinstance(value, str):
             yield (*loc, slot), node, slot, value
@@ -577,7 +582,8 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
         else:
             return None
     annotation = _unwrap(annotation)
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    return annotation if is_model else None
 
 
 def _field_at(loc: tuple[str | int, ...]) -> Any:
