@@ -1,0 +1,449 @@
+"""Shared HTTP layer for both APIs: one place decides what is retried, how long to wait, how many
+requests may be in flight, and what a failure says (always with secrets masked).
+
+Retry policy (STYLE.md point 3):
+
+- 408, 429, 500, 502, 503, 504, connection failures, timeouts and dropped connections are retried
+  with exponential backoff and full jitter, honouring ``Retry-After`` (seconds or an HTTP date).
+  A CiviCRM 500 that carries an APIv4 ``error_message`` is a deterministic API exception (bad
+  field, duplicate key...) and is not retried, unless it reports a database deadlock.
+- ``retry=False`` marks a non-idempotent call (``POST /batches``): it is retried only when the
+  request cannot have reached the server (connection refused, no free connection) or the server
+  refused it outright with 429; after a 5xx, a timeout or a dropped connection it raises
+  :class:`RetriesExhausted` saying the request may have been processed.
+- More than ``max_retries`` retries raise :class:`RetriesExhausted` (exit 1). A wait that would
+  pass the run's deadline raises :class:`BudgetExhausted` instead, so the engine saves progress
+  and exits 0; a request is never started once the deadline has passed. A request already in
+  flight may end up to ``timeout`` seconds after the deadline.
+- A single wait longer than ``max_wait`` (a server asking for minutes) raises RetriesExhausted.
+
+Concurrency: each session has one thread-safe ``httpx.Client`` (``max_connections``) and all
+sessions of one service name share a process-wide semaphore of :data:`ACCOUNT_MAX_IN_FLIGHT`
+slots, because Mailchimp allows 10 simultaneous connections per account, not per client.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json as jsonlib
+import math
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+
+from .budget import Budget
+from .errors import (
+    ApiError,
+    AuthError,
+    BadResponse,
+    BudgetExhausted,
+    NotFoundError,
+    RetriesExhausted,
+)
+
+Outcome = Literal["ok", "retry", "auth", "not_found", "fatal"]
+
+USER_AGENT = "mcsync/0.1"
+#: Most requests one service (a Mailchimp account, the CiviCRM site) may have in flight at once.
+ACCOUNT_MAX_IN_FLIGHT = 10
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+MASK = "***"
+
+# Transport errors raised before any byte of the request left: always safe to retry.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# The server may have received (and acted on) the request: retry only idempotent calls.
+_MAYBE_SENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+_SECRET_HEADER = re.compile(
+    r"(?i)\b(authorization|x-civi-auth|x-civi-key)(['\"]?\s*[:=]\s*['\"]?)([^'\"\r\n,}]+)"
+)
+_SECRET_PARAM = re.compile(r"(?i)\b(apikey|api_key|_authx|_authxsitekey)=([^&\s'\"]+)")
+_URL_USERINFO = re.compile(r"(?i)\b(https?://)[^/\s:@]+:[^/\s@]+@")
+_CIVI_DEADLOCK = re.compile(r"(?i)deadlock|lock wait timeout")
+_CIVI_MASKED = "Sorry an error occurred"
+
+_slots_lock = threading.Lock()
+_account_slots: dict[str, threading.BoundedSemaphore] = {}
+
+
+def account_slots(service: str) -> threading.BoundedSemaphore:
+    """The process-wide in-flight limit shared by every session of ``service``."""
+    with _slots_lock:
+        slots = _account_slots.get(service)
+        if slots is None:
+            slots = _account_slots[service] = threading.BoundedSemaphore(ACCOUNT_MAX_IN_FLIGHT)
+        return slots
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """Mask every secret (and its URL-encoded form), credential headers, key params and
+    URL passwords in ``text``."""
+    variants = {v for s in secrets if s for v in (s, quote(s, safe=""))}
+    for secret in sorted(variants, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    text = _SECRET_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+    text = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}={MASK}", text)
+    return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def classify(response: httpx.Response) -> Outcome:
+    """The single decision on what a response means for the caller (read the body first)."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return "ok"
+    if status in (401, 403):
+        return "auth"
+    if status == 404:
+        return "not_found"
+    if status in RETRY_STATUSES:
+        body = _json_object(response) if status == 500 else None
+        message = body.get("error_message") if body else None
+        # CiviCRM answers 500 for any APIv4 exception; only a deadlock is worth retrying.
+        if isinstance(message, str) and not _CIVI_DEADLOCK.search(message):
+            return "fatal"
+        return "retry"
+    return "fatal"
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), or None."""
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def problem_details(response: httpx.Response) -> tuple[str | None, str | None]:
+    """``(title, detail)`` from a Mailchimp problem document or a CiviCRM APIv4 error body."""
+    body = _json_object(response)
+    if body is None:
+        return None, None
+    title = body.get("title") if isinstance(body.get("title"), str) else None
+    detail = body.get("detail") if isinstance(body.get("detail"), str) else None
+    errors = body.get("errors")
+    if isinstance(errors, list):
+        # Mailchimp 400 "Invalid Resource" lists the failing fields here.
+        fields = [
+            f"{e.get('field') or '?'}: {e.get('message') or ''}".strip()
+            for e in errors
+            if isinstance(e, dict)
+        ]
+        if fields:
+            detail = f"{detail} ({'; '.join(fields)})" if detail else "; ".join(fields)
+    civi = body.get("error_message") or body.get("status_message")
+    if detail is None and isinstance(civi, str):
+        detail = civi
+        if _CIVI_MASKED in civi:
+            detail += " (grant the API user's role 'view debug output' to see the reason)"
+    return title, detail
+
+
+def body_snippet(response: httpx.Response, limit: int = 80) -> str:
+    """What arrived, for messages: content type and the first ``limit`` characters."""
+    content_type = response.headers.get("content-type", "no content type").split(";")[0]
+    text = " ".join(response.text[: limit * 4].split())
+    if not text:
+        return f"{content_type}, empty body"
+    return f"{content_type}: {text[:limit]!r}" + ("..." if len(text) > limit else "")
+
+
+class HttpSession:
+    """A retrying, concurrency-capped, secret-redacting client for one service.
+
+    Thread-safe: one session may be used from many threads at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        base_url: str,
+        headers: Mapping[str, str],
+        auth: httpx.Auth | None,
+        budget: Budget,
+        secrets: Sequence[str],
+        timeout: float = 30.0,
+        max_connections: int = 10,
+        transport: httpx.BaseTransport | None = None,
+        max_retries: int = 6,
+        debug_http: Callable[[str], None] | None = None,
+        sleep: Callable[[float], None] | None = None,
+        rng: random.Random | None = None,
+        auth_hint: str = "",
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        max_wait: float = 120.0,
+    ) -> None:
+        self.service = service
+        self.base_url = base_url.rstrip("/")
+        self.budget = budget
+        self._headers = dict(headers)
+        self._auth = auth
+        self._secrets = [s for s in secrets if s]
+        self._max_retries = max_retries
+        self._debug = debug_http
+        self._sleep = sleep or budget.sleep
+        self._rng = rng or random.Random()
+        self._auth_hint = auth_hint
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._max_wait = max_wait
+        self._slots = account_slots(service)
+        self._count = 0
+        self._count_lock = threading.Lock()
+        hooks = {"request": [self._log_request]} if debug_http else {}
+        self._client = httpx.Client(
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+            event_hooks=hooks,
+        )
+
+    # -- public -------------------------------------------------------------------------------
+
+    @property
+    def request_count(self) -> int:
+        """HTTP requests sent so far, retries included."""
+        return self._count
+
+    def redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        data: Mapping[str, Any] | None = None,
+        retry: bool = True,
+        expect_json: bool = True,
+        authenticate: bool = True,
+    ) -> Any:
+        """Send a request, retrying per the module's policy; return the parsed JSON object
+        (``{}`` for 204) or, with ``expect_json=False``, the raw body bytes.
+
+        ``authenticate=False`` sends neither the auth nor the session's headers (downloads from
+        object storage must not receive the API key).
+        """
+        url = self._url(path_or_url)
+        label = f"{method} {httpx.URL(url).copy_with(query=None)}"
+        attempt = 0
+        while True:
+            if self.budget.expired():
+                raise BudgetExhausted(
+                    self.redact(f"{self.service}: {label} not sent: the run's time budget is used up")
+                )
+            retry_after: float | None = None
+            status: int | None = None
+            try:
+                response = self._send(method, url, params, json, data, authenticate)
+            except _NOT_SENT as exc:
+                failure = self._describe(exc)
+            except _MAYBE_SENT as exc:
+                failure = self._describe(exc)
+                if not retry:
+                    raise self._not_retried(label, failure) from exc
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                raise ApiError(
+                    self.redact(f"{label} failed: {self._describe(exc)}"), service=self.service
+                ) from exc
+            else:
+                outcome = classify(response)
+                if outcome == "ok":
+                    return self._parse(response, label, expect_json)
+                if outcome != "retry":
+                    raise self._error(outcome, response, label)
+                status = response.status_code
+                failure = f"HTTP {status} {response.reason_phrase}".rstrip()
+                if not retry and status != 429:
+                    raise self._not_retried(label, failure, status)
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+            attempt += 1
+            if attempt > self._max_retries:
+                raise RetriesExhausted(
+                    self.redact(f"{label} failed {attempt} times, last with {failure}"),
+                    service=self.service,
+                    status=status,
+                )
+            self._wait(attempt, retry_after, label, failure, status)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> HttpSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _url(self, path_or_url: str) -> str:
+        if path_or_url.startswith(("http://", "https://")):
+            return path_or_url
+        return f"{self.base_url}/{path_or_url.lstrip('/')}"
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        data: Mapping[str, Any] | None,
+        authenticate: bool,
+    ) -> httpx.Response:
+        remaining = self.budget.remaining()
+        if not self._slots.acquire(timeout=None if math.isinf(remaining) else remaining):
+            raise BudgetExhausted(
+                f"{self.service}: the run's time budget ran out waiting for a free connection"
+            )
+        try:
+            with self._count_lock:
+                self._count += 1
+            started = time.monotonic()
+            response = self._client.request(
+                method,
+                url,
+                params=params,
+                json=json,
+                data=data,
+                headers=self._headers if authenticate else None,
+                auth=self._auth if authenticate else None,
+                follow_redirects=not authenticate,
+            )
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            if self._debug:
+                self._debug(self.redact(f"{self.service} !! {method} {url}: {self._describe(exc)}"))
+            raise
+        finally:
+            self._slots.release()
+        if self._debug:
+            elapsed = (time.monotonic() - started) * 1000
+            self._debug(
+                self.redact(
+                    f"{self.service} <- {response.status_code} {method} {response.url}"
+                    f" ({elapsed:.0f} ms, {len(response.content)} B)"
+                )
+            )
+        return response
+
+    def _wait(
+        self, attempt: int, retry_after: float | None, label: str, failure: str, status: int | None
+    ) -> None:
+        """Back off before retry number ``attempt`` (full jitter; Retry-After is a floor)."""
+        if retry_after is not None:
+            wait = retry_after + self._rng.uniform(0, self._backoff_base)
+        else:
+            ceiling = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
+            wait = self._rng.uniform(0, ceiling)
+        if wait > self._max_wait:
+            raise RetriesExhausted(
+                self.redact(f"{label} failed with {failure} and the server asked to wait {wait:.0f} s"),
+                service=self.service,
+                status=status,
+            )
+        if wait > self.budget.remaining():
+            raise BudgetExhausted(
+                self.redact(
+                    f"{self.service}: {label} failed with {failure}; the run's time budget ends"
+                    f" before the retry due in {wait:.1f} s"
+                )
+            )
+        if self._debug:
+            self._debug(self.redact(f"{self.service} retry {attempt} of {label} in {wait:.2f} s after {failure}"))
+        self._sleep(wait)
+
+    def _log_request(self, request: httpx.Request) -> None:
+        if self._debug is None:
+            return
+        headers = ", ".join(f"{k}: {v}" for k, v in request.headers.items())
+        self._debug(self.redact(f"{self.service} -> {request.method} {request.url} [{headers}]"))
+
+    # -- results and errors -------------------------------------------------------------------
+
+    def _parse(self, response: httpx.Response, label: str, expect_json: bool) -> Any:
+        if not expect_json:
+            return response.content
+        if response.status_code == 204:
+            return {}
+        try:
+            body = response.json()
+        except ValueError:
+            raise self._bad(response, label, "expected a JSON object") from None
+        if not isinstance(body, dict):
+            raise self._bad(response, label, f"expected a JSON object, got a JSON {type(body).__name__}")
+        return body
+
+    def _bad(self, response: httpx.Response, label: str, what: str) -> BadResponse:
+        return BadResponse(
+            self.redact(f"{label} answered {response.status_code} but {what}; got {body_snippet(response)}"),
+            service=self.service,
+            status=response.status_code,
+        )
+
+    def _error(self, outcome: Outcome, response: httpx.Response, label: str) -> ApiError:
+        status = response.status_code
+        title, detail = problem_details(response)
+        said = ": ".join(p for p in (title, detail) if p) or body_snippet(response)
+        title = self.redact(title) if title else None
+        detail = self.redact(detail) if detail else None
+        cls: type[ApiError]
+        if outcome == "auth":
+            cls = AuthError
+            message = f"{label} was refused ({status}: {said}). {self._auth_hint}".rstrip()
+        elif outcome == "not_found":
+            cls = NotFoundError
+            message = f"{label} was not found (404: {said}); check the id and the base URL"
+        elif 300 <= status < 400:
+            cls = ApiError
+            location = response.headers.get("location", "?")
+            message = f"{label} was redirected ({status}) to {location}; configure that URL instead"
+        else:
+            cls = ApiError
+            message = f"{label} failed ({status}: {said})"
+        return cls(self.redact(message), service=self.service, status=status, title=title, detail=detail)
+
+    def _not_retried(self, label: str, failure: str, status: int | None = None) -> RetriesExhausted:
+        return RetriesExhausted(
+            self.redact(
+                f"{label} failed with {failure}; not retried because the request may have"
+                " reached the server and is not safe to repeat"
+            ),
+            service=self.service,
+            status=status,
+        )
+
+    def _describe(self, exc: BaseException) -> str:
+        text = str(exc) or "no details"
+        return self.redact(f"{type(exc).__name__} ({text})")
