@@ -16,7 +16,8 @@ import stat
 import tomllib
 import zoneinfo
 from collections.abc import Iterator, Mapping
-from datetime import timezone, tzinfo
+from datetime import UTC, tzinfo
+from functools import partial
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -123,26 +124,40 @@ class SyncConfig(_Model):
     """[sync]: how runs behave; every key has a default."""
 
     respect_privacy_flags: bool = Field(
-        True, description="do not subscribe contacts who are deceased, do_not_email or is_opt_out"
+        default=True,
+        description="do not subscribe contacts who are deceased, do_not_email or is_opt_out",
     )
     batch_threshold: int = Field(
-        200, ge=1, description="member writes at/above this go via POST /batches"
+        default=200, ge=1, description="member writes at/above this go via POST /batches"
     )
     max_removal_share: float = Field(
-        0.10, ge=0.0, le=1.0, description="mass-change brake: largest share of an audience removed"
+        default=0.10,
+        ge=0.0,
+        le=1.0,
+        description="mass-change brake: largest share of an audience removed",
     )
-    lease_seconds: int = Field(120, ge=10, description="an abandoned audience lease expires after")
-    page_size_mailchimp: int = Field(1000, ge=1, le=1000, description="members per Mailchimp page")
-    page_size_civicrm: int = Field(5000, ge=1, description="rows per CiviCRM APIv4 get")
+    lease_seconds: int = Field(
+        default=120, ge=10, description="seconds until an abandoned audience lease expires"
+    )
+    page_size_mailchimp: int = Field(
+        default=1000, ge=1, le=1000, description="members per Mailchimp page"
+    )
+    page_size_civicrm: int = Field(default=5000, ge=1, description="rows per CiviCRM APIv4 get")
     max_connections: int = Field(
-        10, ge=1, le=10, description="requests at once per Mailchimp account, which allows 10"
+        default=10,
+        ge=1,
+        le=10,
+        description="requests at once per Mailchimp account, which allows 10",
     )
-    http_timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
-    create_contacts: bool = Field(True, description="create CiviCRM contacts for new subscribers")
+    http_timeout: float = Field(default=30.0, gt=0, description="seconds per HTTP request")
+    create_contacts: bool = Field(
+        default=True, description="create CiviCRM contacts for new subscribers"
+    )
     blank_merge_fields: bool = Field(
-        False, description="send empty CiviCRM values to Mailchimp, clearing its merge fields"
+        default=False,
+        description="send empty CiviCRM values to Mailchimp, clearing its merge fields",
     )
-    sync_tags: bool = Field(False, description="feed tags to Mailchimp via plugins")
+    sync_tags: bool = Field(default=False, description="feed tags to Mailchimp via plugins")
 
 
 class CiviCRMConfig(_Model):
@@ -197,7 +212,7 @@ class CiviCRMConfig(_Model):
     @property
     def tzinfo(self) -> tzinfo:
         """The zone CiviCRM's naive dates are in (UTC needs no tz database)."""
-        return timezone.utc if self.timezone == "UTC" else zoneinfo.ZoneInfo(self.timezone)
+        return UTC if self.timezone == "UTC" else zoneinfo.ZoneInfo(self.timezone)
 
     def endpoint(self, entity: str, action: str) -> str:
         """The URL to POST an APIv4 call to (path form or template form)."""
@@ -248,7 +263,7 @@ class MailchimpConfig(_Model):
     """[mailchimp]: the accounts audiences refer to by name."""
 
     accounts: dict[str, MailchimpAccount] = Field(
-        min_length=1, description="at least one [mailchimp.accounts.<name>] table"
+        min_length=1, description="add a [mailchimp.accounts.<name>] table for each API key"
     )
 
 
@@ -280,7 +295,7 @@ class Config(_Model):
     civicrm: CiviCRMConfig
     mailchimp: MailchimpConfig
     audience: list[AudienceConfig] = Field(default_factory=list)
-    sync: SyncConfig = Field(default_factory=SyncConfig)
+    sync: SyncConfig = SyncConfig()  # frozen, so one shared default is safe
 
     @field_validator("state_db")
     @classmethod
@@ -475,7 +490,7 @@ def expand_variables(data: Any, environ: Mapping[str, str]) -> tuple[list[str], 
     failed: set[str] = set()
     for loc, container, slot, text in list(_strings(data, ())):
         errors: list[str] = []
-        container[slot] = _ENV_REF.sub(lambda m: _substitute(m, environ, errors), text)
+        container[slot] = _ENV_REF.sub(partial(_substitute, environ=environ, errors=errors), text)
         if errors:
             container[slot] = ""
             failed.add(_path(loc))
@@ -497,7 +512,7 @@ def _strings(node: Any, loc: tuple[str | int, ...]) -> Iterator[tuple[Any, Any, 
             yield from _strings(value, (*loc, slot))
 
 
-def _substitute(match: re.Match[str], environ: Mapping[str, str], errors: list[str]) -> str:
+def _substitute(match: re.Match[str], *, environ: Mapping[str, str], errors: list[str]) -> str:
     dollar, name, unterminated = match.groups()
     if dollar:
         return "$"
@@ -529,7 +544,7 @@ def _message(error: Any, loc: tuple[str | int, ...]) -> str:
         return _unknown_key(loc)
     if kind == "list_type" and loc == ("audience",):
         return "must be a list of tables: write each one as [[audience]] (double brackets)"
-    if kind == "too_short" and field is not None:
+    if kind == "too_short" and field is not None and field.description:
         return f"is empty; {field.description}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"must be a table, e.g. [{_path(loc)}]"
@@ -546,13 +561,13 @@ def _missing(loc: tuple[str | int, ...]) -> str:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         table = "mailchimp.accounts.<name>" if annotation is MailchimpConfig else _path(loc)
         return f"required table is missing; add a [{table}] table"
+    if get_origin(annotation) is dict:
+        return f"required table is missing; add a [{_path(loc)}.<name>] table"
     if field is not None and field.examples:
         example = json.dumps(field.examples[0])
         return f"required key is missing; add {name} = {example} ({field.description})"
     about = f" ({field.description})" if field is not None and field.description else ""
     return f"required key is missing; add it{about}"
-
-
 
 
 def _unknown_key(loc: tuple[str | int, ...]) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from mcsync.config import (
     Config,
+    SyncConfig,
     config_file_is_private,
     default_config_path,
     load_config,
@@ -73,7 +74,7 @@ def test_example_loads_and_means_what_it_says() -> None:
 
 def test_sync_defaults_match_the_example() -> None:
     """The example documents the defaults; it must not drift from the code."""
-    assert load_config(EXAMPLE, ENV).sync == Config.model_fields["sync"].default_factory()
+    assert load_config(EXAMPLE, ENV).sync == SyncConfig()
 
 
 def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
@@ -148,6 +149,17 @@ def test_every_missing_key_is_listed_with_its_path(tmp_path: Path) -> None:
     assert all("required" in problem for problem in problems)
 
 
+def test_empty_mailchimp_table(tmp_path: Path) -> None:
+    text = MINIMAL.split("[mailchimp")[0] + "[mailchimp]\n"
+    assert problems_of(write(tmp_path, text)) == [
+        "mailchimp.accounts: required table is missing; add a [mailchimp.accounts.<name>] table"
+    ]
+    text += "accounts = {}\n"
+    assert problems_of(write(tmp_path, text)) == [
+        "mailchimp.accounts: is empty; add a [mailchimp.accounts.<name>] table for each API key"
+    ]
+
+
 def test_single_bracket_audience_is_explained(tmp_path: Path) -> None:
     text = MINIMAL + '[audience]\naccount = "main"\nlist_id = "x"\ngroup_id = 4\n'
     (problem,) = problems_of(write(tmp_path, text))
@@ -215,14 +227,19 @@ def test_bad_civicrm_urls(tmp_path: Path, url: str, fragment: str) -> None:
 
 def test_path_url_trailing_slash_is_dropped(tmp_path: Path) -> None:
     text = MINIMAL.replace("/api4", "/api4/")
-    assert load_config(write(tmp_path, text), ENV).civicrm.endpoint("Group", "get").endswith(
-        "/api4/Group/get"
+    assert (
+        load_config(write(tmp_path, text), ENV)
+        .civicrm.endpoint("Group", "get")
+        .endswith("/api4/Group/get")
     )
 
 
 def test_audience_values_are_checked(tmp_path: Path) -> None:
-    text = MINIMAL + AUDIENCE.format(list_id="", group_id=0) + textwrap.dedent(
-        """
+    text = (
+        MINIMAL
+        + AUDIENCE.format(list_id="", group_id=0)
+        + textwrap.dedent(
+            """
         [audience.interests]
         "abc" = -1
         [audience.merge_fields]
@@ -232,6 +249,7 @@ def test_audience_values_are_checked(tmp_path: Path) -> None:
         EMAIL = "email_primary.email"
         COUNTRY = "address_primary.country_id:label"
         """
+        )
     )
     problems = problems_of(write(tmp_path, text))
     paths = sorted(problem.split(":", 1)[0] for problem in problems)
@@ -266,8 +284,7 @@ def test_duplicate_groups_lists_and_unknown_account(tmp_path: Path) -> None:
             "each interest needs a group of its own",
             "audience[1].group_id: group 12 is already the group of audience[0]; "
             "each audience needs its own group",
-            "audience[1].list_id: audience L1 of account main is already configured as "
-            "audience[0]",
+            "audience[1].list_id: audience L1 of account main is already configured as audience[0]",
             'audience[2].account: no [mailchimp.accounts.mian] table; did you mean "main"? '
             "configured accounts: main",
         ]
