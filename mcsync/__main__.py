@@ -1,0 +1,3 @@
+from mcsync.cli import main
+
+main(prog_name="mcsync")

@@ -1,0 +1,74 @@
+"""`mcsync abort`: stop an audience's in-flight work and start its next run afresh."""
+
+from __future__ import annotations
+
+from mcsync.budget import Budget
+from mcsync.config import AudienceConfig, Config
+from mcsync.engine import connections
+from mcsync.errors import AudienceBusy
+from mcsync.staging import Staging, iso, utc_now
+from mcsync.sync import lease_owner, reset_run
+
+ABORTED = "Sync was aborted"
+
+
+def abort_audience(config: Config, audience: AudienceConfig) -> str:
+    """Cancel pending batches at Mailchimp, mark their updates failed ("aborted"), discard
+    unsubmitted updates and planned CiviCRM writes, and reset the run to its start."""
+    staging = Staging(config.state_db)
+    owner = lease_owner()
+    list_id = audience.list_id
+    try:
+        staging.ensure_audience(list_id, audience.group_id, audience.account)
+        if not staging.acquire_lease(list_id, owner, config.sync.lease_seconds):
+            raise AudienceBusy(
+                f"audience {list_id} is busy with a running sync; abort it when that run stops "
+                f"(or its lease expires, at most {config.sync.lease_seconds}s after a crash)"
+            )
+        batches = staging.query(
+            "SELECT * FROM batches WHERE list_id = ? AND status NOT IN ('processed', 'aborted')",
+            (list_id,),
+        )
+        with connections(config, Budget(60)) as conns:
+            client = conns.mailchimp_for(audience.account)
+            for batch in batches:
+                if batch["mc_batch_id"] and batch["status"] != "finished":
+                    client.delete_batch(batch["mc_batch_id"])
+        now = iso(utc_now())
+        with staging.atomic():
+            staging.execute(
+                "UPDATE batches SET status = 'aborted', completed_at = ? WHERE list_id = ? "
+                "AND status NOT IN ('processed', 'aborted')",
+                (now, list_id),
+            )
+            failed = staging.execute(
+                "UPDATE updates SET state = 'failed', completed_at = ?, error_title = 'aborted', "
+                "error_detail = ? WHERE list_id = ? AND state IN ('submitting', 'submitted')",
+                (now, ABORTED, list_id),
+            ).rowcount
+            discarded = staging.execute(
+                "UPDATE updates SET state = 'aborted', completed_at = ?, error_detail = ? "
+                "WHERE list_id = ? AND state = 'queued'",
+                (now, ABORTED, list_id),
+            ).rowcount
+            staging.execute("DELETE FROM civi_writes WHERE list_id = ?", (list_id,))
+            staging.execute(
+                "UPDATE rows SET sync_status = 'todo', mc_expected = NULL WHERE list_id = ? "
+                "AND sync_status = 'live'",
+                (list_id,),
+            )
+        reset_run(staging, list_id)
+        staging.log(
+            list_id,
+            f"Aborted: {len(batches)} batches cancelled, {failed} submitted updates marked "
+            f"failed, {discarded} unsubmitted updates discarded; the next run starts afresh",
+            "warning",
+        )
+        return (
+            f"Aborted audience {list_id} (group {audience.group_id}): {len(batches)} batches "
+            f"cancelled, {failed} submitted updates marked failed, {discarded} unsubmitted "
+            f"updates discarded. The next run starts from the beginning."
+        )
+    finally:
+        staging.release_lease(list_id, owner)
+        staging.close()

@@ -1,0 +1,335 @@
+"""The `mcsync` command line: the only module that imports click.
+
+Each command loads the config, calls one or two library functions and hands the result to
+`console`. Exceptions become exit codes here and only here: 0 done (or stopped at the budget,
+or busy), 1 a run failed, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mcsync import __version__
+from mcsync.budget import Budget
+from mcsync.config import Config, config_file_is_private, default_config_path, load_config
+from mcsync.console import Output, show_failures, show_plan, show_status
+from mcsync.errors import ConfigError, McsyncError
+from mcsync.http import redact
+
+
+def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """--config, -v and -q on every command, as DESIGN §1 promises."""
+
+    @click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+        default=None, help="Config file (default: $MCSYNC_CONFIG, else ./mcsync.toml).",
+    )
+    @click.option("-v", "--verbose", count=True, help="Say more (under cron: a summary line).")
+    @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def group_id_option(required: bool = False) -> Callable[..., Any]:
+    return click.option(
+        "--group-id", type=int, required=required,
+        help="Only the audience whose subscription group is this CiviCRM group id.",
+    )
+
+
+class Session:
+    """What one command invocation carries: output, config and the secrets to redact."""
+
+    def __init__(self, config_path: Path | None, verbose: int, quiet: bool):
+        self.out = Output(verbose=verbose, quiet=quiet)
+        self.path = config_path or default_config_path()
+        self.secrets: list[str] = []
+
+    def config(self) -> Config:
+        config = load_config(self.path)
+        self.secrets = config.secrets()
+        return config
+
+    def fail(self, error: BaseException, code: int) -> None:
+        self.out.error(redact(str(error), self.secrets))
+        sys.exit(code)
+
+
+def guarded(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Translate mcsync's exception tree into exit codes, once."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, config_path: Path | None = None, verbose: int = 0,
+                quiet: bool = False, **kwargs: Any) -> Any:
+        session = Session(config_path, verbose, quiet)
+        try:
+            return function(session, *args, **kwargs)
+        except ConfigError as exc:
+            session.out.error("Configuration problems:" if len(exc.problems) > 1 else "Error:")
+            for problem in exc.problems:
+                session.out.error(f"  {redact(problem, session.secrets)}")
+            sys.exit(2)
+        except McsyncError as exc:
+            session.fail(exc, 1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mcsync")
+def main() -> None:
+    """Keep Mailchimp audiences in sync with CiviCRM mailing groups, from cron."""
+
+
+def run_sync(
+    session: Session,
+    *,
+    max_time: float,
+    group_id: int | None,
+    since: str | None,
+    full: bool,
+    dry_run: bool,
+    allow_mass_changes: bool,
+    as_json: bool,
+    confirm: bool = False,
+) -> None:
+    from mcsync import plan
+    from mcsync.engine import sync_audiences
+
+    config = session.config()
+    out = session.out
+    if since and since != "ever":
+        plan.parse_since(since)
+    budget = Budget(max_time or None)
+    debug = (lambda line: out.error(line)) if session.out.verbose >= 2 else None
+    preview = dry_run or confirm
+    with out.progress() as progress:
+        results = sync_audiences(
+            config, budget=budget, group_id=group_id, since=since, full=full,
+            dry_run=preview, allow_mass_changes=allow_mass_changes, progress=progress,
+            debug_http=debug,
+        )
+    exit_code = report_results(session, results)
+    if preview:
+        planned = plan.collect_plan(config, results)
+        if as_json:
+            out.json(planned)
+        else:
+            show_plan(out, planned)
+        plan.discard_plans(config, results)
+        if dry_run or exit_code:
+            sys.exit(exit_code)
+        if not any(r.outcome for r in results):
+            sys.exit(exit_code)
+        if not click.confirm("Write these changes to both sides?", default=False):
+            out.always("Nothing was written.")
+            sys.exit(0)
+        with out.progress() as progress:
+            results = sync_audiences(
+                config, budget=budget, group_id=group_id, since=since, full=False,
+                allow_mass_changes=allow_mass_changes, progress=progress, debug_http=debug,
+            )
+        exit_code = report_results(session, results)
+    sys.exit(exit_code)
+
+
+def report_results(session: Session, results: list[Any]) -> int:
+    out, code = session.out, 0
+    for result in results:
+        label = f"audience {result.audience.list_id} (group {result.audience.group_id})"
+        if result.busy:
+            out.error(f"{label}: busy with another mcsync run; left alone")
+        elif result.error is not None:
+            out.error(f"{label}: {redact(str(result.error), session.secrets)}")
+            code = 1
+        elif result.outcome is None:
+            out.say(f"{label}: not started, the time budget was used up")
+        elif result.outcome.completed:
+            out.say(f"{label}: sync complete in {result.outcome.seconds:.1f}s")
+        else:
+            out.say(
+                f"{label}: stopped at {result.outcome.stage} after "
+                f"{result.outcome.seconds:.1f}s; the next run continues"
+            )
+    return code
+
+
+@main.command("fetch-and-reconcile")
+@common_options
+@click.option("--max-time", type=float, default=300, show_default=True,
+              help="Seconds to work before saving progress and stopping; 0 = no limit.")
+@group_id_option()
+@click.option("--since", help="Fetch Mailchimp changes since DATE (ISO 8601), or 'ever'.")
+@click.option("--dry-run", is_flag=True, help="Plan and print the changes; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
+@click.option("--allow-mass-changes", is_flag=True,
+              help="Let a run remove more than max_removal_share of an audience.")
+@guarded
+def fetch_and_reconcile(session: Session, max_time: float, group_id: int | None,
+                        since: str | None, dry_run: bool, as_json: bool,
+                        allow_mass_changes: bool) -> None:
+    """The cron job: fetch both sides' changes, reconcile, push; resumes where it stopped."""
+    run_sync(session, max_time=max_time, group_id=group_id, since=since, full=False,
+             dry_run=dry_run, allow_mass_changes=allow_mass_changes, as_json=as_json)
+
+
+@main.command("initial-sync")
+@common_options
+@group_id_option()
+@click.option("--max-time", type=float, default=0, show_default=True,
+              help="Seconds to work before saving progress; 0 = no limit.")
+@click.option("--dry-run", is_flag=True, help="Plan and print the changes; write nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation before writing.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
+@click.option("--allow-mass-changes", is_flag=True,
+              help="Let a run remove more than max_removal_share of an audience.")
+@guarded
+def initial_sync(session: Session, group_id: int | None, max_time: float, dry_run: bool,
+                 yes: bool, as_json: bool, allow_mass_changes: bool) -> None:
+    """First sync after setup: a full fetch of both sides, previewed before writing."""
+    confirm = not yes and not dry_run and sys.stdin.isatty() and sys.stdout.isatty()
+    run_sync(session, max_time=max_time, group_id=group_id, since="ever", full=True,
+             dry_run=dry_run, allow_mass_changes=allow_mass_changes, as_json=as_json,
+             confirm=confirm)
+
+
+@main.command("status")
+@common_options
+@group_id_option()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, stable schema.")
+@guarded
+def status_command(session: Session, group_id: int | None, as_json: bool) -> None:
+    """How in-sync each audience is: balance figures, stage, last sync, recent log."""
+    from mcsync.engine import selected_audiences
+    from mcsync.staging import Staging
+    from mcsync.status import audience_status
+
+    config = session.config()
+    staging = Staging(config.state_db)
+    try:
+        items = [audience_status(staging, a) for a in selected_audiences(config, group_id)]
+    finally:
+        staging.close()
+    if as_json:
+        session.out.json(items)
+    else:
+        show_status(session.out, items)
+
+
+@main.command("failures")
+@common_options
+@group_id_option()
+@click.option("--reason", help="Only rows failing for this reason (e.g. cleaned, on_hold).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable.")
+@guarded
+def failures_command(session: Session, group_id: int | None, reason: str | None,
+                     as_json: bool) -> None:
+    """Every row that cannot sync, with a plain reason and what to do about it."""
+    from mcsync.engine import selected_audiences
+    from mcsync.staging import Staging
+    from mcsync.status import failures
+
+    config = session.config()
+    staging = Staging(config.state_db)
+    try:
+        rows = [f for a in selected_audiences(config, group_id)
+                for f in failures(staging, a, reason)]
+    finally:
+        staging.close()
+    if as_json:
+        session.out.json(rows)
+    else:
+        show_failures(session.out, rows)
+
+
+@main.command("abort")
+@common_options
+@group_id_option(required=True)
+@guarded
+def abort_command(session: Session, group_id: int) -> None:
+    """Cancel an audience's pending batches, discard unsubmitted updates, restart its run."""
+    from mcsync.abort import abort_audience
+
+    config = session.config()
+    summary = abort_audience(config, config.audience_for_group(group_id))
+    session.out.always(summary)
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check the configuration."""
+
+
+@config_group.command("check")
+@common_options
+@guarded
+def config_check(session: Session) -> None:
+    """Validate the config file and test every connection, audience, interest and group."""
+    from mcsync.checks import check_config
+
+    config = session.config()
+    if not config_file_is_private(session.path):
+        session.out.error(
+            f"warning: {session.path} is readable by other users; it holds or points to API "
+            f"keys (chmod 600 {session.path})"
+        )
+    problems = check_config(config, session.out)
+    if problems:
+        for problem in problems:
+            session.out.error(redact(problem, session.secrets))
+        sys.exit(1)
+    session.out.always("Config OK: every connection, audience, interest and group checked.")
+
+
+@main.command("discover")
+@common_options
+@guarded
+def discover(session: Session) -> None:
+    """List audiences, interests and CiviCRM mailing groups with their ids."""
+    from mcsync.checks import discover_all
+
+    discover_all(session.config(), session.out)
+
+
+@main.command("demo")
+@common_options
+@click.option("--members", type=int, default=2000, show_default=True,
+              help="How many people to generate.")
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write the demo's config and database here instead of a temp dir.")
+@guarded
+def demo(session: Session, members: int, keep: Path | None) -> None:
+    """Run a real sync against the built-in simulators with generated data; needs no accounts."""
+    from mcsync.demo import run_demo
+
+    sys.exit(run_demo(session.out, members=members, workdir=keep))
+
+
+@main.command("simulate")
+@common_options
+@click.option("--port", type=int, default=8010, show_default=True,
+              help="Mailchimp simulator port; CiviCRM listens on port + 1.")
+@click.option("--members", type=int, default=1000, show_default=True,
+              help="How many people to generate.")
+@click.option("--write-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write an mcsync config for the simulators to this file.")
+@guarded
+def simulate(session: Session, port: int, members: int, write_config: Path | None) -> None:
+    """Run the Mailchimp and CiviCRM simulators on 127.0.0.1 until interrupted."""
+    from mcsync.demo import serve_forever
+
+    serve_forever(session.out, port=port, members=members, config_path=write_config)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name=os.path.basename(sys.argv[0]))

@@ -1,0 +1,442 @@
+"""Fetch stages: bring both sides' changes into the staging DB, one committed chunk at a time.
+
+Each function handles one stage, commits its data with its progress marker, checks the budget
+between chunks, and returns when the stage is complete (the caller moves to the next stage).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from mcsync.run import TRACKING_MARKER, WINDOW_OVERLAP, RunContext
+from mcsync.staging import dumps, iso, parse_iso, utc_now
+
+SUBSCRIBED = ("subscribed", "pending")
+CONTACT_FLAGS = ("is_deleted", "is_deceased", "do_not_email", "is_opt_out")
+IN_CHUNK = 500  # ids or emails per APIv4 `IN` filter
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -- Mailchimp -----------------------------------------------------------------------------
+def fetch_mailchimp(ctx: RunContext) -> None:
+    """Page members changed since the run's window (all of them on a full run) into `rows`.
+
+    Pages are sorted by last_changed, newest first: a member changing mid-fetch jumps to the
+    front, so later offsets can only repeat a member, never skip one (seed-behaviour §12).
+    """
+    state = ctx.staging.state(ctx.list_id)
+    since = parse_iso(state["mc_since"])
+    offset = state["mc_offset"]
+    ctx.budget.check()
+    pages = ctx.mailchimp.member_pages(
+        ctx.list_id,
+        since_last_changed=since,
+        page_size=ctx.sync.page_size_mailchimp,
+        start_offset=offset,
+    )
+    try:
+        for page_offset, total, members in pages:
+            with ctx.staging.atomic():
+                merge_members(ctx, members)
+                ctx.staging.set_state(ctx.list_id, mc_offset=page_offset + len(members))
+            ctx.progress("fetch Mailchimp", page_offset + len(members), total)
+            ctx.budget.check()
+    finally:
+        close = getattr(pages, "close", None)
+        if close:
+            close()
+
+
+def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
+    """Upsert one page, keeping per-field change times (seed-behaviour §3.5, v2).
+
+    A field's time moves only when its value changes, so a name edit at Mailchimp cannot make
+    Mailchimp "win" the subscription or an interest. A change mcsync itself pushed (recorded in
+    `mc_expected`) keeps the time of the choice it carried, not the time of our write.
+    """
+    if not members:
+        return
+    hashes = [m["id"] for m in members]
+    placeholders = ",".join("?" * len(hashes))
+    existing = {
+        r["mc_hash"]: r
+        for r in ctx.staging.query(
+            f"SELECT * FROM rows WHERE list_id = ? AND mc_hash IN ({placeholders})",
+            (ctx.list_id, *hashes),
+        )
+    }
+    mapped = list(ctx.interest_groups)
+    inserts: list[tuple[Any, ...]] = []
+    updates: list[tuple[Any, ...]] = []
+    for member in members:
+        status = member.get("status")
+        changed = iso(parse_iso(member.get("last_changed")) or utc_now())
+        merge = member.get("merge_fields") or {}
+        fname, lname = merge.get("FNAME") or None, merge.get("LNAME") or None
+        member_interests = member.get("interests") or {}
+        interests = {i: bool(member_interests[i]) for i in mapped if i in member_interests}
+        old = existing.get(member["id"])
+        if old is None:
+            inserts.append(
+                (
+                    ctx.list_id, member["id"], member.get("email_address"), status, changed,
+                    changed, fname, lname, dumps(interests),
+                    dumps({i: changed for i in interests}),
+                )
+            )
+            continue
+        expected = json.loads(old["mc_expected"] or "{}")
+        relevant_change = False
+        status_at = old["mc_status_at"] or changed
+        if status != old["mc_status"]:
+            relevant_change = True
+            status_at = _change_time(expected, "status", status, changed)
+        old_interests = json.loads(old["mc_interests"])
+        interests_at = json.loads(old["mc_interests_at"])
+        expected_interests = expected.get("interests", {})
+        for interest_id, value in interests.items():
+            if old_interests.get(interest_id) != value:
+                relevant_change = True
+                if expected_interests.get(interest_id) == value and expected.get("at"):
+                    interests_at[interest_id] = expected["at"]
+                else:
+                    interests_at[interest_id] = changed
+            else:
+                interests_at.setdefault(interest_id, changed)
+        sync_status = "todo" if relevant_change else old["sync_status"]
+        updates.append(
+            (
+                status, changed, status_at, fname, lname, dumps(interests), dumps(interests_at),
+                sync_status, old["id"],
+            )
+        )
+    conn = ctx.staging.conn
+    if inserts:
+        conn.executemany(
+            "INSERT INTO rows (list_id, mc_hash, mc_email, mc_status, mc_last_changed, "
+            "mc_status_at, mc_fname, mc_lname, mc_interests, mc_interests_at, sync_status) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'todo')",
+            inserts,
+        )
+    if updates:
+        conn.executemany(
+            "UPDATE rows SET mc_status = ?, mc_last_changed = ?, mc_status_at = ?, mc_fname = ?, "
+            "mc_lname = ?, mc_interests = ?, mc_interests_at = ?, sync_status = ? WHERE id = ?",
+            updates,
+        )
+
+
+def _change_time(expected: dict[str, Any], field: str, value: Any, changed: str) -> str:
+    if expected.get(field) == value and expected.get("at"):
+        return str(expected["at"])
+    return changed
+
+
+# -- CiviCRM: marks for a new run ------------------------------------------------------------
+def civicrm_marks(ctx: RunContext) -> tuple[int, str | None]:
+    """The newest SubscriptionHistory id and Contact.modified_date now: where the next
+    incremental run starts (ids avoid clock skew; dates are the server's own)."""
+    history = ctx.civicrm.call(
+        "SubscriptionHistory", "get", {"select": ["id"], "orderBy": {"id": "DESC"}, "limit": 1}
+    )
+    modified = ctx.civicrm.call(
+        "Contact",
+        "get",
+        {
+            "select": ["modified_date"],
+            "where": [["is_deleted", "IN", [True, False]]],
+            "orderBy": {"modified_date": "DESC"},
+            "limit": 1,
+        },
+    )
+    top_id = int(history[0]["id"]) if history else 0
+    top_modified = modified[0]["modified_date"] if modified else None
+    return top_id, top_modified
+
+
+# -- CiviCRM: full group membership -----------------------------------------------------------
+def fetch_civicrm_groups(ctx: RunContext) -> None:
+    """Full run: page every GroupContact of the audience's groups, then forget pairs that were
+    not seen (merged or hard-deleted contacts leave no history)."""
+    state = ctx.staging.state(ctx.list_id)
+    params = {
+        "select": [
+            "id", "contact_id", "group_id", "status",
+            *(f"contact_id.{flag}" for flag in CONTACT_FLAGS),
+            "contact_id.first_name", "contact_id.last_name",
+        ],
+        "where": [["group_id", "IN", ctx.all_groups]],
+    }
+    done = 0
+    for page in ctx.civicrm.get_pages(
+        "GroupContact", params, page_size=ctx.sync.page_size_civicrm, after_id=state["cursor"]
+    ):
+        with ctx.staging.atomic():
+            ctx.staging.conn.executemany(
+                "INSERT INTO group_status (contact_id, group_id, status, seen_run) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (contact_id, group_id) DO UPDATE SET "
+                "status = excluded.status, seen_run = excluded.seen_run, "
+                "changed_at = CASE WHEN group_status.status IS excluded.status "
+                "THEN group_status.changed_at ELSE NULL END",
+                [(r["contact_id"], r["group_id"], r["status"], ctx.run_id) for r in page],
+            )
+            store_contacts(ctx, [_contact_from_join(r) for r in page])
+            ctx.staging.set_state(ctx.list_id, cursor=page[-1]["id"])
+        done += len(page)
+        ctx.progress("fetch CiviCRM groups", done, None)
+        ctx.budget.check()
+    placeholders = ",".join("?" * len(ctx.all_groups))
+    with ctx.staging.atomic():
+        ctx.staging.execute(
+            f"UPDATE group_status SET status = NULL, changed_at = NULL WHERE group_id IN "
+            f"({placeholders}) AND seen_run IS NOT ? AND status IS NOT NULL",
+            (*ctx.all_groups, ctx.run_id),
+        )
+
+
+def _contact_from_join(record: dict[str, Any]) -> dict[str, Any]:
+    contact = {"contact_id": record["contact_id"]}
+    for key in (*CONTACT_FLAGS, "first_name", "last_name"):
+        joined = f"contact_id.{key}"
+        if joined in record:
+            contact[key] = record[joined]
+    return contact
+
+
+def store_contacts(ctx: RunContext, contacts: list[dict[str, Any]]) -> None:
+    rows = [
+        (
+            c["contact_id"], *(int(bool(c.get(flag))) for flag in CONTACT_FLAGS),
+            c.get("first_name"), c.get("last_name"),
+        )
+        for c in contacts
+    ]
+    ctx.staging.conn.executemany(
+        "INSERT INTO contacts (contact_id, is_deleted, is_deceased, do_not_email, is_opt_out, "
+        "first_name, last_name, gone) VALUES (?, ?, ?, ?, ?, ?, ?, 0) "
+        "ON CONFLICT (contact_id) DO UPDATE SET is_deleted = excluded.is_deleted, "
+        "is_deceased = excluded.is_deceased, do_not_email = excluded.do_not_email, "
+        "is_opt_out = excluded.is_opt_out, first_name = excluded.first_name, "
+        "last_name = excluded.last_name, gone = 0",
+        rows,
+    )
+
+
+def store_emails(ctx: RunContext, records: list[dict[str, Any]]) -> None:
+    """Replace what is staged for the emails returned (by email id)."""
+    ctx.staging.conn.executemany(
+        "INSERT OR REPLACE INTO emails (email_id, contact_id, email, email_lc, is_primary, "
+        "is_bulkmail, on_hold) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                r["id"], r["contact_id"], r["email"], (r["email"] or "").lower(),
+                int(bool(r.get("is_primary"))), int(bool(r.get("is_bulkmail"))),
+                int(r.get("on_hold") or 0),
+            )
+            for r in records
+            if r.get("email")
+        ],
+    )
+
+
+EMAIL_SELECT = [
+    "id", "contact_id", "email", "is_primary", "is_bulkmail", "on_hold",
+    *(f"contact_id.{flag}" for flag in CONTACT_FLAGS),
+    "contact_id.first_name", "contact_id.last_name",
+]
+
+
+def fetch_emails_of_contacts(ctx: RunContext, contact_ids: Sequence[int]) -> None:
+    """Refresh staged emails and flags for these contacts (emails they lost are dropped)."""
+    for chunk in chunks(list(contact_ids), IN_CHUNK):
+        records = ctx.civicrm.call(
+            "Email",
+            "get",
+            {"select": EMAIL_SELECT, "where": [["contact_id", "IN", list(chunk)]], "limit": 0},
+        )
+        with ctx.staging.atomic():
+            placeholders = ",".join("?" * len(chunk))
+            ctx.staging.execute(
+                f"DELETE FROM emails WHERE contact_id IN ({placeholders})", tuple(chunk)
+            )
+            store_emails(ctx, records)
+            store_contacts(ctx, [_contact_from_join(r) for r in records])
+
+
+# -- CiviCRM: incremental changes ------------------------------------------------------------
+def fetch_civicrm_history(ctx: RunContext) -> None:
+    """Incremental run: subscription changes since the stored history id (civicrm-api.md §2.6).
+
+    Rows mcsync wrote itself (tracking marker) are skipped: staging already knows them, and
+    counting them as a person's choice would let our own echo win the next conflict.
+    """
+    state = ctx.staging.state(ctx.list_id)
+    params = {
+        "select": ["id", "contact_id", "group_id", "status", "date", "tracking"],
+        "where": [["group_id", "IN", ctx.all_groups]],
+    }
+    done = 0
+    for page in ctx.civicrm.get_pages(
+        "SubscriptionHistory",
+        params,
+        page_size=ctx.sync.page_size_civicrm,
+        after_id=state["history_bookmark"],
+    ):
+        changes = [r for r in page if (r.get("tracking") or "") != TRACKING_MARKER]
+        with ctx.staging.atomic():
+            ctx.staging.conn.executemany(
+                "INSERT INTO group_status (contact_id, group_id, status, changed_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (contact_id, group_id) DO UPDATE SET "
+                "status = excluded.status, changed_at = excluded.changed_at",
+                [
+                    (
+                        r["contact_id"], r["group_id"], _history_status(r["status"]),
+                        iso(ctx.civi_to_utc(r["date"])),
+                    )
+                    for r in changes
+                ],
+            )
+            mark_contacts_todo(ctx, {r["contact_id"] for r in changes})
+            ctx.staging.set_state(ctx.list_id, history_bookmark=page[-1]["id"])
+        done += len(page)
+        ctx.progress("fetch CiviCRM history", done, None)
+        ctx.budget.check()
+
+
+def _history_status(status: str) -> str | None:
+    """History says Deleted when a GroupContact row was hard-deleted: not in the group."""
+    return None if status == "Deleted" else status
+
+
+def fetch_civicrm_modified(ctx: RunContext) -> None:
+    """Incremental run: contacts modified since the window (opt-outs, trash, deceased, email
+    edits and holds leave no subscription history)."""
+    state = ctx.staging.state(ctx.list_id)
+    since_local = state["modified_since"]
+    if not since_local:
+        return
+    since_utc = ctx.civi_to_utc(since_local)
+    assert since_utc is not None
+    window_start = ctx.civi_local(since_utc - WINDOW_OVERLAP)
+    params = {
+        "select": ["id", *CONTACT_FLAGS, "first_name", "last_name"],
+        "where": [["modified_date", ">=", window_start], ["is_deleted", "IN", [True, False]]],
+    }
+    done = 0
+    for page in ctx.civicrm.get_pages(
+        "Contact", params, page_size=ctx.sync.page_size_civicrm, after_id=state["cursor"]
+    ):
+        ids = [r["id"] for r in page]
+        known = _known_contacts(ctx, ids)
+        if known:
+            fetch_emails_of_contacts(ctx, known)
+        with ctx.staging.atomic():
+            store_contacts(
+                ctx, [{"contact_id": r["id"], **r} for r in page if r["id"] in set(known)]
+            )
+            mark_contacts_todo(ctx, set(known))
+            ctx.staging.set_state(ctx.list_id, cursor=page[-1]["id"])
+        done += len(page)
+        ctx.progress("fetch CiviCRM contacts", done, None)
+        ctx.budget.check()
+
+
+def _known_contacts(ctx: RunContext, ids: Sequence[int]) -> list[int]:
+    if not ids:
+        return []
+    placeholders = ",".join("?" * len(ids))
+    found = ctx.staging.query(
+        f"SELECT DISTINCT contact_id FROM rows WHERE contact_id IN ({placeholders}) "
+        f"UNION SELECT DISTINCT contact_id FROM group_status WHERE contact_id IN ({placeholders})",
+        (*ids, *ids),
+    )
+    return sorted(r[0] for r in found)
+
+
+def mark_contacts_todo(ctx: RunContext, contact_ids: Iterable[int]) -> None:
+    ids = list(contact_ids)
+    for chunk in chunks(ids, IN_CHUNK):
+        placeholders = ",".join("?" * len(chunk))
+        ctx.staging.execute(
+            f"UPDATE rows SET sync_status = 'todo' WHERE list_id = ? AND sync_status != 'live' "
+            f"AND contact_id IN ({placeholders})",
+            (ctx.list_id, *chunk),
+        )
+
+
+def fetch_missing_contacts(ctx: RunContext) -> None:
+    """Contacts the audience refers to but staging has no flags or emails for."""
+    while True:
+        ctx.budget.check()
+        missing = [
+            r[0]
+            for r in ctx.staging.query(
+                "SELECT DISTINCT g.contact_id FROM group_status g "
+                "LEFT JOIN contacts c ON c.contact_id = g.contact_id "
+                "WHERE g.group_id = ? AND g.status = 'Added' AND c.contact_id IS NULL "
+                "LIMIT ?",
+                (ctx.group_id, IN_CHUNK * 4),
+            )
+        ]
+        if not missing:
+            return
+        fetch_emails_of_contacts(ctx, missing)
+        found = _contacts_present(ctx, missing)
+        gone = [c for c in missing if c not in found]
+        if gone:
+            _check_contacts_exist(ctx, gone)
+
+
+def _contacts_present(ctx: RunContext, ids: Sequence[int]) -> set[int]:
+    placeholders = ",".join("?" * len(ids))
+    return {
+        r[0]
+        for r in ctx.staging.query(
+            f"SELECT contact_id FROM contacts WHERE contact_id IN ({placeholders})", tuple(ids)
+        )
+    }
+
+
+def _check_contacts_exist(ctx: RunContext, ids: Sequence[int]) -> None:
+    """Contacts with no email: load their flags; those CiviCRM no longer has are marked gone."""
+    for chunk in chunks(list(ids), IN_CHUNK):
+        records = ctx.civicrm.call(
+            "Contact",
+            "get",
+            {
+                "select": ["id", *CONTACT_FLAGS, "first_name", "last_name"],
+                "where": [["id", "IN", list(chunk)], ["is_deleted", "IN", [True, False]]],
+                "limit": 0,
+            },
+        )
+        seen = {r["id"] for r in records}
+        with ctx.staging.atomic():
+            store_contacts(ctx, [{"contact_id": r["id"], **r} for r in records])
+            ctx.staging.conn.executemany(
+                "INSERT INTO contacts (contact_id, gone) VALUES (?, 1) "
+                "ON CONFLICT (contact_id) DO UPDATE SET gone = 1",
+                [(c,) for c in chunk if c not in seen],
+            )
+
+
+def since_for_new_run(last_run_started: str | None, since_option: str | None) -> datetime | None:
+    """The Mailchimp window of a new run: None means a full fetch (seed-behaviour §3.3, fixed
+    once per run and stored, unlike the seed)."""
+    if since_option == "ever":
+        return None
+    if since_option:
+        moment = datetime.fromisoformat(since_option)
+        if moment.tzinfo is None:
+            from datetime import timezone
+
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment - WINDOW_OVERLAP
+    last = parse_iso(last_run_started)
+    return None if last is None else last - WINDOW_OVERLAP

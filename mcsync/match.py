@@ -1,0 +1,272 @@
+"""Contact stages: drop stale contact ids, match Mailchimp emails to contacts, create contacts
+for new subscribers, add CiviCRM-only members, and load history dates where sides disagree.
+
+Matching order (seed-behaviour §4.2), over undeleted owners of the email: the sole owner →
+the lowest id Added to the subscription group → the lowest id with any history for it → the
+lowest id. It runs as set-based SQL over the staged emails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mcsync.fetch import (
+    EMAIL_SELECT,
+    IN_CHUNK,
+    SUBSCRIBED,
+    _contact_from_join,
+    chunks,
+    fetch_emails_of_contacts,
+    store_contacts,
+    store_emails,
+)
+from mcsync.run import TRACKING_MARKER, RunContext
+from mcsync.staging import iso
+
+
+def fix_contact_ids(ctx: RunContext) -> None:
+    """Rows pointing at trashed, merged-away or hard-deleted contacts lose the contact id
+    (seed-behaviour §4.1); rows left with neither side are dropped."""
+    with ctx.staging.atomic():
+        ctx.staging.execute(
+            "UPDATE rows SET contact_id = NULL, sync_status = 'todo' WHERE list_id = ? "
+            "AND contact_id IN (SELECT contact_id FROM contacts WHERE is_deleted = 1 OR gone = 1)",
+            (ctx.list_id,),
+        )
+        ctx.staging.execute(
+            "DELETE FROM rows WHERE list_id = ? AND contact_id IS NULL AND mc_hash IS NULL",
+            (ctx.list_id,),
+        )
+
+
+def match_emails(ctx: RunContext) -> None:
+    """Look up the owners of unmatched Mailchimp emails, then apply the matching order."""
+    while True:
+        ctx.budget.check()
+        batch = ctx.staging.query(
+            "SELECT id, mc_email FROM rows WHERE list_id = ? AND contact_id IS NULL "
+            "AND mc_email IS NOT NULL AND id > ? ORDER BY id LIMIT ?",
+            (ctx.list_id, ctx.staging.state(ctx.list_id)["cursor"], IN_CHUNK * 4),
+        )
+        if not batch:
+            return
+        emails = sorted({r["mc_email"] for r in batch})
+        records: list[dict[str, Any]] = []
+        for chunk in chunks(emails, IN_CHUNK):
+            records.extend(
+                ctx.civicrm.call(
+                    "Email",
+                    "get",
+                    {
+                        "select": EMAIL_SELECT,
+                        "where": [["email", "IN", list(chunk)], ["contact_id.is_deleted", "=", False]],
+                        "limit": 0,
+                    },
+                )
+            )
+        with ctx.staging.atomic():
+            store_emails(ctx, records)
+            store_contacts(ctx, [_contact_from_join(r) for r in records])
+            assign_matches(ctx, [r["id"] for r in batch])
+            ctx.staging.set_state(ctx.list_id, cursor=batch[-1]["id"])
+        ctx.progress("match emails", len(batch), None)
+
+
+def assign_matches(ctx: RunContext, row_ids: Sequence[int]) -> None:
+    """Set-based matching for these rows, from staged emails, contacts and group status."""
+    placeholders = ",".join("?" * len(row_ids))
+    ctx.staging.execute(
+        f"""
+        WITH owners AS (
+            SELECT r.id AS row_id, e.contact_id,
+                   COALESCE(g.status = 'Added', 0) AS added,
+                   (g.status IS NOT NULL OR g.changed_at IS NOT NULL) AS has_history
+            FROM rows r
+            JOIN emails e ON e.email_lc = lower(r.mc_email)
+            JOIN contacts c ON c.contact_id = e.contact_id AND c.is_deleted = 0 AND c.gone = 0
+            LEFT JOIN group_status g ON g.contact_id = e.contact_id AND g.group_id = ?
+            WHERE r.id IN ({placeholders})
+            GROUP BY r.id, e.contact_id
+        ),
+        ranked AS (
+            SELECT row_id, contact_id,
+                   ROW_NUMBER() OVER (
+                       PARTITION BY row_id ORDER BY added DESC, has_history DESC, contact_id
+                   ) AS rank
+            FROM owners
+        )
+        UPDATE rows SET contact_id = ranked.contact_id, sync_status = 'todo', creating = 0
+        FROM ranked WHERE ranked.row_id = rows.id AND ranked.rank = 1
+        """,
+        (ctx.group_id, *row_ids),
+    )
+
+
+def create_contacts(ctx: RunContext) -> None:
+    """Create Individuals for unmatched subscribed/pending members (seed-behaviour §4.3).
+
+    Rows are flagged `creating` (committed) before the request; after a crash those rows are
+    looked up by email again first, so a retry never makes a second contact.
+    """
+    if not ctx.sync.create_contacts or ctx.dry_run:
+        return
+    while True:
+        ctx.budget.check()
+        rows = ctx.staging.query(
+            "SELECT id, mc_email, mc_fname, mc_lname, creating FROM rows WHERE list_id = ? "
+            "AND contact_id IS NULL AND mc_email IS NOT NULL AND mc_status IN (?, ?) "
+            "AND sync_status != 'fail' ORDER BY id LIMIT ?",
+            (ctx.list_id, *SUBSCRIBED, 200),
+        )
+        if not rows:
+            return
+        retried = [r for r in rows if r["creating"]]
+        if retried:
+            _rematch(ctx, retried)
+            continue
+        with ctx.staging.atomic():
+            ctx.staging.conn.executemany(
+                "UPDATE rows SET creating = 1 WHERE id = ?", [(r["id"],) for r in rows]
+            )
+        records = [
+            {
+                "contact_type": "Individual",
+                "first_name": r["mc_fname"] or "",
+                "last_name": r["mc_lname"] or "",
+                "source": "mcsync",
+                "email_primary.email": r["mc_email"],
+            }
+            for r in rows
+        ]
+        created = ctx.civicrm.save("Contact", records)
+        by_position = [c["id"] for c in created]
+        contact_ids = by_position if len(by_position) == len(rows) else []
+        with ctx.staging.atomic():
+            for row, contact_id in zip(rows, contact_ids):
+                ctx.staging.execute(
+                    "UPDATE rows SET contact_id = ?, creating = 0, sync_status = 'todo' "
+                    "WHERE id = ?",
+                    (contact_id, row["id"]),
+                )
+        fetch_emails_of_contacts(ctx, contact_ids)
+        if not contact_ids:
+            _rematch(ctx, rows)
+        ctx.progress("create contacts", len(rows), None)
+
+
+def _rematch(ctx: RunContext, rows: Sequence[Any]) -> None:
+    emails = sorted({r["mc_email"] for r in rows})
+    records = ctx.civicrm.call(
+        "Email",
+        "get",
+        {
+            "select": EMAIL_SELECT,
+            "where": [["email", "IN", emails], ["contact_id.is_deleted", "=", False]],
+            "limit": 0,
+        },
+    )
+    with ctx.staging.atomic():
+        store_emails(ctx, records)
+        store_contacts(ctx, [_contact_from_join(r) for r in records])
+        assign_matches(ctx, [r["id"] for r in rows])
+        ctx.staging.conn.executemany(
+            "UPDATE rows SET creating = 0 WHERE id = ? AND contact_id IS NULL",
+            [(r["id"],) for r in rows],
+        )
+
+
+def add_civicrm_only(ctx: RunContext) -> None:
+    """A row per undeleted contact Added to the group that has none in this audience, and
+    drop contact-only rows whose contact also has a Mailchimp row (seed-behaviour §3.4)."""
+    with ctx.staging.atomic():
+        ctx.staging.execute(
+            "INSERT INTO rows (list_id, contact_id, sync_status) "
+            "SELECT ?, g.contact_id, 'todo' FROM group_status g "
+            "JOIN contacts c ON c.contact_id = g.contact_id AND c.is_deleted = 0 AND c.gone = 0 "
+            "WHERE g.group_id = ? AND g.status = 'Added' AND NOT EXISTS "
+            "(SELECT 1 FROM rows r WHERE r.contact_id = g.contact_id AND r.list_id = ?)",
+            (ctx.list_id, ctx.group_id, ctx.list_id),
+        )
+        ctx.staging.execute(
+            "DELETE FROM rows WHERE list_id = ? AND mc_hash IS NULL AND sync_status != 'live' "
+            "AND contact_id IN (SELECT contact_id FROM rows WHERE list_id = ? "
+            "AND mc_hash IS NOT NULL AND contact_id IS NOT NULL)",
+            (ctx.list_id, ctx.list_id),
+        )
+    missing = [
+        r[0]
+        for r in ctx.staging.query(
+            "SELECT r.contact_id FROM rows r WHERE r.list_id = ? AND r.mc_hash IS NULL "
+            "AND r.contact_id IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM emails e WHERE e.contact_id = r.contact_id)",
+            (ctx.list_id,),
+        )
+    ]
+    fetch_emails_of_contacts(ctx, missing)
+
+
+def load_history_dates(ctx: RunContext) -> None:
+    """For rows to reconcile where the sides disagree and the CiviCRM change time is not
+    staged yet, fetch the latest history row per (contact, group) not written by mcsync.
+
+    Only disagreements need a date, so the cost follows the number of changes."""
+    while True:
+        ctx.budget.check()
+        disagree, params = _disagreement_sql(ctx)
+        contact_ids = [
+            r[0]
+            for r in ctx.staging.query(
+                "SELECT DISTINCT r.contact_id FROM rows r "
+                "JOIN group_status g ON g.contact_id = r.contact_id "
+                "WHERE r.list_id = ? AND r.sync_status = 'todo' AND r.contact_id > ? "
+                f"AND g.changed_at IS NULL AND g.status IS NOT NULL AND ({disagree}) "
+                "ORDER BY r.contact_id LIMIT ?",
+                (ctx.list_id, ctx.staging.state(ctx.list_id)["cursor"], *params, IN_CHUNK),
+            )
+        ]
+        if not contact_ids:
+            return
+        records = ctx.civicrm.call(
+            "SubscriptionHistory",
+            "get",
+            {
+                "select": ["id", "contact_id", "group_id", "status", "date", "tracking"],
+                "where": [
+                    ["contact_id", "IN", contact_ids],
+                    ["group_id", "IN", ctx.all_groups],
+                ],
+                "orderBy": {"id": "ASC"},
+                "limit": 0,
+            },
+        )
+        latest: dict[tuple[int, int], str] = {}
+        for record in records:
+            if (record.get("tracking") or "") == TRACKING_MARKER:
+                continue
+            moment = ctx.civi_to_utc(record["date"])
+            latest[(record["contact_id"], record["group_id"])] = iso(moment) or ""
+        with ctx.staging.atomic():
+            ctx.staging.conn.executemany(
+                "UPDATE group_status SET changed_at = ? WHERE contact_id = ? AND group_id = ? "
+                "AND changed_at IS NULL",
+                [(at, c, g) for (c, g), at in latest.items()],
+            )
+            ctx.staging.set_state(ctx.list_id, cursor=contact_ids[-1])
+        ctx.progress("load history", len(contact_ids), None)
+
+
+def _disagreement_sql(ctx: RunContext) -> tuple[str, list[Any]]:
+    """SQL true when a staged pair `g` disagrees with the row `r`'s Mailchimp side."""
+    clauses = [
+        "(g.group_id = ? AND (g.status = 'Added') != "
+        "(COALESCE(r.mc_status, '') IN ('subscribed', 'pending')))"
+    ]
+    params: list[Any] = [ctx.group_id]
+    for interest_id, group_id in ctx.interest_groups.items():
+        clauses.append(
+            "(g.group_id = ? AND (g.status = 'Added') IS NOT "
+            "json_extract(r.mc_interests, ?))"
+        )
+        params.extend([group_id, f'$."{interest_id}"'])
+    return " OR ".join(clauses), params

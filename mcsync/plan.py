@@ -1,0 +1,419 @@
+"""The reconcile stage: staged rows → `reconcile` decisions → queued writes for both sides.
+
+This module turns SQLite rows into `reconcile.MemberRow` values and the pure decisions back
+into queue rows (`civi_writes`, `updates`). It also holds the mass-change brake and the plan
+that `--dry-run` prints.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from mcsync import reconcile as rc
+from mcsync.config import Config
+from mcsync.errors import ConfigError, MassChangeBrake
+from mcsync.run import RunContext
+from mcsync.staging import Staging, dumps, iso, parse_iso, utc_now
+
+CHUNK = 1000
+
+
+def parse_since(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"--since {value!r}: not a date; use ISO 8601 such as 2026-11-01 or "
+            "2026-11-01T09:00:00+00:00, or 'ever' for a full fetch"
+        ) from None
+
+
+def policy_for(ctx: RunContext) -> rc.AudiencePolicy:
+    return rc.AudiencePolicy(
+        group_id=ctx.group_id,
+        interest_groups=ctx.interest_groups,
+        respect_privacy_flags=ctx.sync.respect_privacy_flags,
+    )
+
+
+def reconcile_rows(ctx: RunContext) -> None:
+    """Decide every `todo` row, a chunk per transaction with the cursor."""
+    policy = policy_for(ctx)
+    while True:
+        ctx.budget.check()
+        rows = ctx.staging.query(
+            "SELECT * FROM rows WHERE list_id = ? AND sync_status = 'todo' AND id > ? "
+            "ORDER BY id LIMIT ?",
+            (ctx.list_id, ctx.staging.state(ctx.list_id)["cursor"], CHUNK),
+        )
+        if not rows:
+            return
+        loaded = load_chunk(ctx, rows)
+        with ctx.staging.atomic():
+            for row in rows:
+                member_row = loaded.member_row(row)
+                decision = rc.reconcile_member(member_row, policy)
+                record_decision(ctx, row, member_row, decision, loaded.unsubmitted[row["id"]])
+            ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
+        ctx.progress("reconcile", len(rows), None)
+
+
+class LoadedChunk:
+    """Everything about a chunk of rows that decisions need, loaded with a few queries."""
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.contacts: dict[int, sqlite3.Row] = {}
+        self.emails: dict[int, list[rc.EmailRecord]] = defaultdict(list)
+        self.groups: dict[int, dict[int, rc.GroupState]] = defaultdict(dict)
+        self.siblings: dict[int, list[tuple[int, str | None, str | None]]] = defaultdict(list)
+        self.held_addresses: set[str] = set()
+        self.unsubmitted: dict[int, list[rc.QueuedUpdate]] = defaultdict(list)
+
+    def member_row(self, row: sqlite3.Row) -> rc.MemberRow:
+        contact_id = row["contact_id"]
+        mailchimp = rc.MailchimpSide(
+            email=row["mc_email"],
+            status=row["mc_status"],
+            last_changed=parse_iso(row["mc_last_changed"]),
+            status_changed_at=parse_iso(row["mc_status_at"]),
+            interests=json.loads(row["mc_interests"]),
+            interests_changed_at={
+                k: v for k, v in
+                ((k, parse_iso(v)) for k, v in json.loads(row["mc_interests_at"]).items())
+                if v is not None
+            },
+        ) if row["mc_status"] is not None and row["mc_email"] else rc.MailchimpSide()
+        civicrm = rc.CivicrmSide()
+        contact = self.contacts.get(contact_id) if contact_id is not None else None
+        if contact is not None:
+            groups = self.groups.get(contact_id, {})
+            civicrm = rc.CivicrmSide(
+                contact_id=contact_id,
+                subscription=groups.get(self.ctx.group_id, rc.GroupState()),
+                interest_groups={
+                    g: groups.get(g, rc.GroupState()) for g in self.ctx.interest_groups.values()
+                },
+                is_deleted=bool(contact["is_deleted"] or contact["gone"]),
+                is_deceased=bool(contact["is_deceased"]),
+                do_not_email=bool(contact["do_not_email"]),
+                is_opt_out=bool(contact["is_opt_out"]),
+                emails=tuple(self.emails.get(contact_id, ())),
+            )
+        siblings = tuple(
+            rc.Sibling(email, status)  # type: ignore[arg-type]
+            for other_id, email, status in self.siblings.get(contact_id, [])
+            if other_id != row["id"] and email
+        ) if contact_id is not None else ()
+        refusal = None
+        if row["refusal_reason"] and row["refusal_email"]:
+            refusal = rc.Refusal(
+                rc.Reason(row["refusal_reason"]), row["refusal_email"],
+                parse_iso(row["refusal_civi_at"]),
+            )
+        return rc.MemberRow(
+            mailchimp=mailchimp,
+            civicrm=civicrm,
+            siblings=siblings,
+            mailchimp_email_on_hold=(row["mc_email"] or "").lower() in self.held_addresses,
+            refusal=refusal,
+        )
+
+
+def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
+    loaded = LoadedChunk(ctx)
+    staging = ctx.staging
+    contact_ids = sorted({r["contact_id"] for r in rows if r["contact_id"] is not None})
+    if contact_ids:
+        marks = ",".join("?" * len(contact_ids))
+        for contact in staging.query(
+            f"SELECT * FROM contacts WHERE contact_id IN ({marks})", contact_ids
+        ):
+            loaded.contacts[contact["contact_id"]] = contact
+        for email in staging.query(
+            f"SELECT * FROM emails WHERE contact_id IN ({marks}) ORDER BY email_id", contact_ids
+        ):
+            loaded.emails[email["contact_id"]].append(
+                rc.EmailRecord(
+                    email["email"], email["on_hold"], bool(email["is_bulkmail"]),
+                    bool(email["is_primary"]),
+                )
+            )
+        group_marks = ",".join("?" * len(ctx.all_groups))
+        for group in staging.query(
+            f"SELECT * FROM group_status WHERE contact_id IN ({marks}) "
+            f"AND group_id IN ({group_marks})",
+            (*contact_ids, *ctx.all_groups),
+        ):
+            loaded.groups[group["contact_id"]][group["group_id"]] = rc.GroupState(
+                group["status"], parse_iso(group["changed_at"])
+            )
+        for sibling in staging.query(
+            f"SELECT id, contact_id, mc_email, mc_status FROM rows WHERE list_id = ? "
+            f"AND contact_id IN ({marks}) AND mc_hash IS NOT NULL",
+            (ctx.list_id, *contact_ids),
+        ):
+            loaded.siblings[sibling["contact_id"]].append(
+                (sibling["id"], sibling["mc_email"], sibling["mc_status"])
+            )
+    addresses = sorted({(r["mc_email"] or "").lower() for r in rows if r["mc_email"]})
+    if addresses:
+        marks = ",".join("?" * len(addresses))
+        loaded.held_addresses = {
+            e[0]
+            for e in staging.query(
+                f"SELECT DISTINCT email_lc FROM emails WHERE email_lc IN ({marks}) "
+                f"AND on_hold != 0",
+                addresses,
+            )
+        }
+    row_ids = [r["id"] for r in rows]
+    marks = ",".join("?" * len(row_ids))
+    for update in staging.query(
+        f"SELECT id, row_id, body FROM updates WHERE state = 'queued' AND row_id IN ({marks}) "
+        f"ORDER BY id",
+        row_ids,
+    ):
+        loaded.unsubmitted[update["row_id"]].append(
+            rc.QueuedUpdate(update["id"], json.loads(update["body"]))
+        )
+    return loaded
+
+
+def record_decision(
+    ctx: RunContext,
+    row: sqlite3.Row,
+    member_row: rc.MemberRow,
+    decision: rc.Decision,
+    unsubmitted: list[rc.QueuedUpdate],
+) -> None:
+    """Turn one decision into queue rows and the row's new sync status."""
+    staging = ctx.staging
+    m, c = member_row.mailchimp, member_row.civicrm
+    interest_by_group = {g: i for i, g in ctx.interest_groups.items()}
+    for action in decision.civicrm_actions:
+        if isinstance(action, rc.SetGroupStatus):
+            interest_id = interest_by_group.get(action.group_id)
+            if action.group_id == ctx.group_id:
+                origin = m.status_time
+            else:
+                origin = m.interest_time(interest_id) if interest_id else m.last_changed
+            staging.execute(
+                "INSERT INTO civi_writes (list_id, kind, contact_id, group_id, status, origin_at) "
+                "VALUES (?, 'group', ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                "status = excluded.status, origin_at = excluded.origin_at",
+                (ctx.list_id, action.contact_id, action.group_id, action.status,
+                 iso(origin or utc_now())),
+            )
+        else:
+            staging.execute(
+                "INSERT OR IGNORE INTO civi_writes (list_id, kind, contact_id, email) "
+                "VALUES (?, 'hold', ?, ?)",
+                (ctx.list_id, action.contact_id, action.email),
+            )
+    queue = rc.plan_queue(unsubmitted, decision)
+    now = iso(utc_now())
+    for abort in queue.abort:
+        staging.execute(
+            "UPDATE updates SET state = 'aborted', completed_at = ?, error_detail = ? "
+            "WHERE id = ?",
+            (now, abort.reason, abort.update_id),
+        )
+    live = len(unsubmitted) > len(queue.abort)
+    if queue.enqueue is not None:
+        body = dict(queue.enqueue.body)
+        origin = _origin_of(body, c, interest_by_group)
+        staging.execute(
+            "INSERT INTO updates (list_id, row_id, email, body, origin_at, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (ctx.list_id, row["id"], queue.enqueue.email, dumps(body), iso(origin), now),
+        )
+        expected: dict[str, Any] = {"at": iso(origin)}
+        if body.get("status"):
+            expected["status"] = body["status"]
+        if body.get("interests"):
+            expected["interests"] = body["interests"]
+        staging.execute(
+            "UPDATE rows SET mc_expected = ? WHERE id = ?", (dumps(expected), row["id"])
+        )
+        live = True
+    submitted = staging.scalar(
+        "SELECT COUNT(*) FROM updates WHERE row_id = ? AND state IN ('submitting', 'submitted')",
+        (row["id"],),
+    )
+    reason = decision.reason.value if decision.reason else None
+    sync_status = "live" if live or submitted else ("fail" if reason else "ok")
+    staging.execute(
+        "UPDATE rows SET sync_status = ?, reason = ?, reason_detail = NULL WHERE id = ?",
+        (sync_status, reason, row["id"]),
+    )
+
+
+def _origin_of(
+    body: dict[str, Any], civicrm: rc.CivicrmSide, interest_by_group: dict[int, str]
+) -> datetime:
+    """The time of the CiviCRM choice an update carries: what Mailchimp's side should count
+    as its change time once the write lands (never the time of our write)."""
+    times: list[datetime] = []
+    if body.get("status") and civicrm.subscription.changed_at:
+        times.append(civicrm.subscription.changed_at)
+    for group_id, interest_id in interest_by_group.items():
+        if interest_id in (body.get("interests") or {}):
+            state = civicrm.interest_groups.get(group_id)
+            if state and state.changed_at:
+                times.append(state.changed_at)
+    return max(times) if times else utc_now()
+
+
+# -- the mass-change brake -------------------------------------------------------------------
+def check_mass_changes(ctx: RunContext) -> None:
+    """Stop before writing when a run would unsubscribe/remove more than the allowed share
+    of the audience's subscribed members (DESIGN §5): one side answering empty, a group
+    emptied by mistake, a wrong list id."""
+    if ctx.allow_mass_changes:
+        return
+    subscribed = ctx.staging.scalar(
+        "SELECT COUNT(*) FROM rows WHERE list_id = ? AND mc_status IN ('subscribed', 'pending')",
+        (ctx.list_id,),
+    ) or 0
+    added = ctx.staging.scalar(
+        "SELECT COUNT(*) FROM group_status WHERE group_id = ? AND status = 'Added'",
+        (ctx.group_id,),
+    ) or 0
+    unsubscribes = ctx.staging.scalar(
+        "SELECT COUNT(*) FROM updates WHERE list_id = ? AND state = 'queued' "
+        "AND json_extract(body, '$.status') = 'unsubscribed'",
+        (ctx.list_id,),
+    ) or 0
+    removals = ctx.staging.scalar(
+        "SELECT COUNT(*) FROM civi_writes WHERE list_id = ? AND kind = 'group' "
+        "AND group_id = ? AND status = 'Removed'",
+        (ctx.list_id, ctx.group_id),
+    ) or 0
+    base = max(subscribed, added, 1)
+    share = ctx.sync.max_removal_share
+    problems = []
+    if unsubscribes > share * base and unsubscribes > 1:
+        problems.append(f"unsubscribe {unsubscribes} of {subscribed} members at Mailchimp")
+    if removals > share * base and removals > 1:
+        problems.append(f"remove {removals} of {added} contacts from CiviCRM group {ctx.group_id}")
+    if problems:
+        message = (
+            f"Mass-change brake: this run would {' and '.join(problems)}, more than "
+            f"max_removal_share = {share:.0%}. Nothing was written. If this is intended, run "
+            f"again with --allow-mass-changes; if not, check the group and audience (was a "
+            f"group emptied or an audience replaced?) and run 'mcsync abort --group-id "
+            f"{ctx.group_id}' to drop the planned changes."
+        )
+        ctx.log(message, "error")
+        raise MassChangeBrake(message)
+
+
+# -- dry-run plans ---------------------------------------------------------------------------
+def audience_plan(staging: Staging, list_id: str, group_id: int) -> dict[str, Any]:
+    changes: list[dict[str, Any]] = []
+    for write in staging.query(
+        "SELECT w.*, (SELECT mc_email FROM rows r WHERE r.contact_id = w.contact_id AND "
+        "r.list_id = w.list_id LIMIT 1) AS email FROM civi_writes w WHERE w.list_id = ? "
+        "ORDER BY w.id",
+        (list_id,),
+    ):
+        change = (
+            f"{'Add to' if write['status'] == 'Added' else 'Remove from'} group "
+            f"{write['group_id']}" if write["kind"] == "group" else "put email on hold"
+        )
+        changes.append({"direction": "CiviCRM", "contact_id": write["contact_id"],
+                        "email": write["email"], "change": change})
+    for update in staging.query(
+        "SELECT u.*, r.contact_id FROM updates u JOIN rows r ON r.id = u.row_id "
+        "WHERE u.list_id = ? AND u.state = 'queued' ORDER BY u.id",
+        (list_id,),
+    ):
+        body = json.loads(update["body"])
+        parts = []
+        if body.get("status"):
+            parts.append(body["status"])
+        if body.get("interests"):
+            parts.append("interests " + ", ".join(
+                f"{k}={'on' if v else 'off'}" for k, v in sorted(body["interests"].items())))
+        if body.get("merge_fields"):
+            parts.append("merge fields " + ", ".join(sorted(body["merge_fields"])))
+        changes.append({"direction": "Mailchimp", "contact_id": update["contact_id"],
+                        "email": update["email"], "change": "; ".join(parts) or "update"})
+    for row in staging.query(
+        "SELECT mc_email FROM rows WHERE list_id = ? AND contact_id IS NULL "
+        "AND mc_status IN ('subscribed', 'pending') ORDER BY id",
+        (list_id,),
+    ):
+        changes.append({"direction": "CiviCRM", "contact_id": None, "email": row["mc_email"],
+                        "change": "create contact and Add to group"})
+    totals: dict[str, int] = defaultdict(int)
+    for change in changes:
+        key = _total_key(change)
+        totals[key] += 1
+    return {"list_id": list_id, "group_id": group_id, "totals": dict(totals), "changes": changes}
+
+
+def _total_key(change: dict[str, Any]) -> str:
+    text = change["change"]
+    if change["direction"] == "CiviCRM":
+        if text.startswith("create"):
+            return "contacts_to_create"
+        if text.startswith("Add"):
+            return "civicrm_adds"
+        if text.startswith("Remove"):
+            return "civicrm_removals"
+        return "civicrm_holds"
+    if text.startswith("subscribed") or text.startswith("pending"):
+        return "mailchimp_subscribes"
+    if text.startswith("unsubscribed"):
+        return "mailchimp_unsubscribes"
+    return "mailchimp_updates"
+
+
+def collect_plan(config: Config, results: Sequence[Any]) -> dict[str, Any]:
+    staging = Staging(config.state_db)
+    try:
+        return {
+            "audiences": [
+                audience_plan(staging, r.audience.list_id, r.audience.group_id)
+                for r in results
+                if r.outcome is not None
+            ]
+        }
+    finally:
+        staging.close()
+
+
+def discard_plans(config: Config, results: Sequence[Any]) -> None:
+    """Undo what planning queued, so a dry run leaves nothing to be pushed later; the next
+    real run decides again from the contact stage."""
+    staging = Staging(config.state_db)
+    try:
+        for result in results:
+            if result.outcome is None:
+                continue
+            discard_plan(staging, result.audience.list_id)
+    finally:
+        staging.close()
+
+
+def discard_plan(staging: Staging, list_id: str) -> None:
+    with staging.atomic():
+        staging.execute(
+            "UPDATE rows SET sync_status = 'todo', mc_expected = NULL WHERE list_id = ? AND "
+            "(sync_status IN ('live', 'fail') OR id IN (SELECT row_id FROM updates "
+            "WHERE list_id = ? AND state = 'queued') OR contact_id IN "
+            "(SELECT contact_id FROM civi_writes WHERE list_id = ?))",
+            (list_id, list_id, list_id),
+        )
+        staging.execute("DELETE FROM updates WHERE list_id = ? AND state = 'queued'", (list_id,))
+        staging.execute("DELETE FROM civi_writes WHERE list_id = ?", (list_id,))
+        state = staging.state(list_id)
+        if state and state["stage"] not in ("idle",):
+            staging.set_state(list_id, stage="create_contacts", cursor=0)

@@ -1,0 +1,207 @@
+"""The staged, resumable run of one audience: fetch → match → reconcile → push → collect.
+
+The current stage and its cursor live in `audience_state`; each stage function commits its
+data with its progress, so a run stopped by its budget (or killed) continues from there. The
+audience's lease is held for the whole call and renewed by a heartbeat thread.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from mcsync import fetch, match, plan, push
+from mcsync.errors import AudienceBusy, BudgetExhausted
+from mcsync.run import RunContext
+from mcsync.staging import Staging, iso, parse_iso, utc_now
+
+StageFn = Callable[[RunContext], None]
+
+# Stage name → what it does. Full runs read all group membership; incremental runs read
+# subscription history and modified contacts since the stored marks.
+STAGES: list[tuple[str, StageFn, str]] = [
+    ("fetch_mailchimp", fetch.fetch_mailchimp, "any"),
+    ("fetch_civicrm_groups", fetch.fetch_civicrm_groups, "full"),
+    ("fetch_civicrm_history", fetch.fetch_civicrm_history, "incremental"),
+    ("fetch_civicrm_modified", fetch.fetch_civicrm_modified, "incremental"),
+    ("fetch_missing_contacts", fetch.fetch_missing_contacts, "any"),
+    ("fix_contact_ids", match.fix_contact_ids, "any"),
+    ("match_emails", match.match_emails, "any"),
+    ("create_contacts", match.create_contacts, "any"),
+    ("add_civicrm_only", match.add_civicrm_only, "any"),
+    ("load_history", match.load_history_dates, "any"),
+    ("reconcile", plan.reconcile_rows, "any"),
+    ("brake", plan.check_mass_changes, "any"),
+    ("push_civicrm", push.push_civicrm, "write"),
+    ("push_mailchimp", push.push_mailchimp, "write"),
+    ("collect_batches", push.collect_batches, "write"),
+]
+STAGE_NAMES = [name for name, _, _ in STAGES]
+WRITE_STAGES = {name for name, _, when in STAGES if when == "write"}
+
+
+@dataclass
+class RunOutcome:
+    list_id: str
+    group_id: int
+    completed: bool
+    stage: str
+    seconds: float
+
+
+def lease_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class LeaseHeartbeat:
+    """Renews the audience's lease every few seconds from its own DB connection."""
+
+    def __init__(self, path: str, list_id: str, owner: str, seconds: float):
+        self.args = (list_id, owner, seconds)
+        self.path = path
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="lease-heartbeat")
+
+    def __enter__(self) -> "LeaseHeartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        staging = Staging(self.path)
+        try:
+            interval = max(1.0, self.args[2] / 6)
+            while not self.stop_event.wait(interval):
+                staging.renew_lease(*self.args)
+        finally:
+            staging.close()
+
+
+def run_audience(
+    ctx: RunContext,
+    *,
+    since: str | None = None,
+    full: bool = False,
+    stop_before: str | None = None,
+) -> RunOutcome:
+    """Continue (or start) this audience's run within the budget.
+
+    Raises AudienceBusy when another process holds the lease; BudgetExhausted is caught here
+    and reported as an incomplete outcome (progress is saved)."""
+    staging = ctx.staging
+    staging.ensure_audience(ctx.list_id, ctx.group_id, ctx.audience.account)
+    owner = lease_owner()
+    if not staging.acquire_lease(ctx.list_id, owner, ctx.sync.lease_seconds):
+        raise AudienceBusy(f"audience {ctx.list_id} (group {ctx.group_id}) is busy with another run")
+    started = time.monotonic()
+    try:
+        with LeaseHeartbeat(str(staging.path), ctx.list_id, owner, ctx.sync.lease_seconds):
+            return _run_stages(ctx, since=since, full=full, stop_before=stop_before, t0=started)
+    finally:
+        staging.release_lease(ctx.list_id, owner)
+
+
+def _run_stages(
+    ctx: RunContext, *, since: str | None, full: bool, stop_before: str | None, t0: float
+) -> RunOutcome:
+    staging = ctx.staging
+    state = staging.state(ctx.list_id)
+    if state["stage"] == "idle":
+        start_run(ctx, since="ever" if full else since)
+        state = staging.state(ctx.list_id)
+    ctx.run_id = state["run_id"]
+    mode = "full" if state["run_full"] else "incremental"
+    try:
+        while True:
+            stage = staging.state(ctx.list_id)["stage"]
+            if stage == "idle":
+                break
+            if stop_before and stage == stop_before:
+                return RunOutcome(ctx.list_id, ctx.group_id, False, stage, time.monotonic() - t0)
+            index = STAGE_NAMES.index(stage)
+            _, function, when = STAGES[index]
+            if when in ("any", "write", mode):
+                function(ctx)
+            advance(ctx, index)
+    except BudgetExhausted:
+        stage = staging.state(ctx.list_id)["stage"]
+        ctx.log(f"Stopped at its time budget during {stage}; the next run continues from here")
+        return RunOutcome(ctx.list_id, ctx.group_id, False, stage, time.monotonic() - t0)
+    return RunOutcome(ctx.list_id, ctx.group_id, True, "idle", time.monotonic() - t0)
+
+
+def start_run(ctx: RunContext, *, since: str | None) -> None:
+    """Fix the run's windows once and store them (the seed recomputed them: its §3.3 bug)."""
+    state = ctx.staging.state(ctx.list_id)
+    now = utc_now()
+    window = fetch.since_for_new_run(state["last_run_started"], since)
+    full = window is None or since == "ever" or not state["last_sync"]
+    history_target, modified_target = fetch.civicrm_marks(ctx)
+    with ctx.staging.atomic():
+        ctx.staging.set_state(
+            ctx.list_id,
+            stage=STAGE_NAMES[0],
+            run_id=uuid.uuid4().hex,
+            run_started=iso(now),
+            run_full=int(full),
+            mc_since=None if full else iso(window),
+            mc_offset=0,
+            cursor=0,
+            history_target=history_target,
+            modified_target=modified_target,
+        )
+        if full:
+            ctx.staging.execute(
+                "UPDATE rows SET sync_status = 'todo' WHERE list_id = ? "
+                "AND sync_status IN ('ok', 'fail')",
+                (ctx.list_id,),
+            )
+    ctx.log(
+        f"Started a {'full' if full else 'incremental'} run"
+        + ("" if full else f" for Mailchimp changes since {iso(window)}")
+    )
+
+
+def advance(ctx: RunContext, index: int) -> None:
+    """Move to the next stage (or finish the run), resetting the stage cursor, atomically."""
+    with ctx.staging.atomic():
+        if index + 1 < len(STAGES):
+            ctx.staging.set_state(ctx.list_id, stage=STAGE_NAMES[index + 1], cursor=0)
+            return
+        state = ctx.staging.state(ctx.list_id)
+        started = parse_iso(state["run_started"]) or utc_now()
+        values: dict[str, object] = {
+            "stage": "idle",
+            "cursor": 0,
+            "mc_offset": 0,
+            "last_run_started": state["run_started"],
+            "last_sync": iso(utc_now()),
+            "last_sync_seconds": round((utc_now() - started).total_seconds(), 1),
+        }
+        if state["run_full"]:
+            values["history_bookmark"] = max(
+                state["history_bookmark"] or 0, state["history_target"] or 0
+            )
+        if state["modified_target"]:
+            values["modified_since"] = state["modified_target"]
+        ctx.staging.set_state(ctx.list_id, **values)
+    ctx.log("Run complete: both sides are reconciled")
+
+
+def reset_run(staging: Staging, list_id: str) -> None:
+    """Back to the start (abort): the next run starts afresh with a full fetch."""
+    with staging.atomic():
+        staging.set_state(list_id, stage="idle", cursor=0, mc_offset=0, run_id=None)
+
+
+def last_sync_time(staging: Staging, list_id: str) -> datetime | None:
+    return parse_iso(staging.state(list_id).get("last_sync"))
