@@ -646,42 +646,36 @@ class QueuePlan:
     enqueue: QueueMailchimpUpdate | None = None
 
 
-def merge_bodies(older: Sequence[Mapping[str, Any]], newer: Mapping[str, Any]) -> dict[str, Any]:
-    """Older unsubmitted bodies go underneath the newer one; their status does not survive,
-    except that a queued ``pending`` turns a new ``subscribed`` into ``pending`` (issue #10)."""
-    merged: dict[str, Any] = {}
-    pending = False
-    for body in (*older, newer):
-        pending = pending or body.get("status") == "pending"
-        for key, value in body.items():
-            if body is not newer and key in ("status", "status_if_new", "email_address"):
-                continue
-            if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-                merged[key] = {**merged[key], **value}
-            else:
-                merged[key] = dict(value) if isinstance(value, Mapping) else value
-    if pending and merged.get("status") == "subscribed":
-        merged["status"] = merged["status_if_new"] = "pending"
-    return merged
+def keep_pending(
+    unsubmitted: Sequence[QueuedUpdate], new: QueueMailchimpUpdate
+) -> QueueMailchimpUpdate:
+    """A queued ``pending`` (the compliance retry) turns a new ``subscribed`` into ``pending``,
+    so later runs never queue ``subscribed`` over it (issue #10)."""
+    if new.status != "subscribed" or not any(
+        u.body.get("status") == "pending" for u in unsubmitted
+    ):
+        return new
+    return QueueMailchimpUpdate(
+        new.email, {**new.body, "status": "pending", "status_if_new": "pending"}
+    )
 
 
 def plan_queue(unsubmitted: Sequence[QueuedUpdate], decision: Decision) -> QueuePlan:
-    """Fold a decision into the row's unsubmitted updates, so a stale subscribe never goes out
-    after a later unsubscribe and a ``subscribed`` never replaces a queued ``pending``."""
+    """Fold a decision into the row's unsubmitted updates.
+
+    A decision is the whole delta computed from both sides' current state (interests and merge
+    fields included), so every older unsubmitted update is stale and is aborted: a subscribe
+    never goes out after a later unsubscribe, and an old interest value never overwrites a newer
+    one. The seed merged old bodies underneath because its data feeds were one-shot; mcsync's are
+    state-based. An unsubmitted update identical to the new one is kept instead of re-queued.
+    """
     new = decision.mailchimp_update
-    if not decision.final_subscribed:
-        aborts = tuple(AbortUpdate(u.update_id, ABORT_NOT_SUBSCRIBED) for u in unsubmitted)
-        return QueuePlan(aborts, new)
-    if new is not None:
-        aborts = tuple(AbortUpdate(u.update_id, ABORT_SUPERSEDED) for u in unsubmitted)
-        body = merge_bodies([u.body for u in unsubmitted], new.body)
-        return QueuePlan(aborts, QueueMailchimpUpdate(new.email, body))
-    # Already subscribed/pending at Mailchimp: a queued status change is stale (a queued
-    # ``pending`` retry would even demote a subscribed member); data-only updates still go.
-    stale = tuple(
-        AbortUpdate(u.update_id, ABORT_SUPERSEDED) for u in unsubmitted if "status" in u.body
-    )
-    return QueuePlan(stale, None)
+    if new is not None and decision.final_subscribed:
+        new = keep_pending(unsubmitted, new)
+    keep = next((u for u in unsubmitted if new is not None and u.body == new.body), None)
+    why = ABORT_SUPERSEDED if decision.final_subscribed else ABORT_NOT_SUBSCRIBED
+    aborts = tuple(AbortUpdate(u.update_id, why) for u in unsubmitted if u is not keep)
+    return QueuePlan(aborts, None if keep is not None else new)
 
 
 # ---- batch / direct write results (seed §7, §5.4) ----------------------------------------------

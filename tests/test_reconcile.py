@@ -26,6 +26,7 @@ from mcsync.reconcile import (
     PutEmailOnHold,
     QueuedUpdate,
     QueueMailchimpUpdate,
+    QueuePlan,
     Reason,
     Refusal,
     SetGroupStatus,
@@ -35,8 +36,8 @@ from mcsync.reconcile import (
     choose_contact,
     decide_email_change,
     decide_subscription,
+    keep_pending,
     match_contact,
-    merge_bodies,
     most_recent,
     plan_queue,
     reconcile_member,
@@ -1099,13 +1100,25 @@ def test_success_with_other_status_asks_for_recheck() -> None:
 
 
 def test_queued_pending_is_never_replaced_by_subscribed() -> None:
-    """testBatchWebhookHandlesComplianceFailures: the retry is unsubmitted when the row is
-    reconciled again; the new subscribe is folded in and stays pending."""
-    retry = QueuedUpdate(41, body("pending", interests={IID: True}))
-    decision = reconcile_member(row("unsubscribed", "Added"), POLICY)
-    plan = plan_queue([retry], decision)
-    assert plan.abort == (AbortUpdate(41, ABORT_SUPERSEDED),)
-    assert plan.enqueue == put("pending", interests={IID: True})
+    """testBatchWebhookHandlesComplianceFailures: the pending retry is still unsubmitted when
+    the row is reconciled again; the new subscribe replaces it but stays pending."""
+    member = interest_row(False, OLD, "Added", NEW, mc="unsubscribed")
+    decision = reconcile_member(member, POLICY)
+    same_retry = QueuedUpdate(41, body("pending", interests={IID: True}))
+    assert plan_queue([same_retry], decision) == QueuePlan()
+    older_retry = QueuedUpdate(42, body("pending"))
+    assert plan_queue([older_retry], decision) == QueuePlan(
+        (AbortUpdate(42, ABORT_SUPERSEDED),), put("pending", interests={IID: True})
+    )
+
+
+def test_keep_pending_only_turns_subscribed_into_pending() -> None:
+    queued = [QueuedUpdate(1, body("pending"))]
+    assert keep_pending(queued, put("subscribed")) == put("pending")
+    assert keep_pending(queued, put("unsubscribed")) == put("unsubscribed")
+    assert keep_pending([QueuedUpdate(1, body("unsubscribed"))], put("subscribed")) == put(
+        "subscribed"
+    )
 
 
 @pytest.mark.parametrize(
@@ -1140,32 +1153,22 @@ def test_unsubscribe_decision_replaces_queued_subscribe() -> None:
         [QueuedUpdate(1, body("subscribed"))],
         reconcile_member(row("subscribed", "Removed"), POLICY),
     )
-    assert plan == type(plan)((AbortUpdate(1, ABORT_NOT_SUBSCRIBED),), put("unsubscribed"))
+    assert plan == QueuePlan((AbortUpdate(1, ABORT_NOT_SUBSCRIBED),), put("unsubscribed"))
 
 
-def test_stale_status_update_aborted_when_already_subscribed_data_kept() -> None:
+def test_stale_queued_updates_superseded_when_already_in_sync() -> None:
+    """A pending retry would demote a member who re-subscribed meanwhile; a queued interest
+    value would overwrite the member's newer choice (it is recomputed from current state)."""
     stale_retry = QueuedUpdate(1, body("pending"))
-    data_only = QueuedUpdate(
-        2, {"email_address": EMAIL, "status_if_new": "subscribed", "merge_fields": {"FNAME": "Ann"}}
+    stale_interest = QueuedUpdate(2, {**data_put(interests={IID: True}).body})
+    member = interest_row(False, NEW, "Removed", OLD)  # MC newer: the member chose False
+    plan = plan_queue([stale_retry, stale_interest], reconcile_member(member, POLICY))
+    assert plan == QueuePlan(
+        (AbortUpdate(1, ABORT_SUPERSEDED), AbortUpdate(2, ABORT_SUPERSEDED)), None
     )
-    plan = plan_queue(
-        [stale_retry, data_only], reconcile_member(row("subscribed", "Added"), POLICY)
-    )
-    assert plan.abort == (AbortUpdate(1, ABORT_SUPERSEDED),)
-    assert plan.enqueue is None
 
 
-def test_merge_bodies_newer_wins_older_data_underneath() -> None:
-    older = [
-        {
-            "email_address": EMAIL,
-            "status_if_new": "subscribed",
-            "interests": {"x": True, "y": True},
-            "merge_fields": {"FNAME": "A"},
-        }
-    ]
-    newer = body("subscribed", interests={"y": False})
-    assert merge_bodies(older, newer) == body(
-        "subscribed", interests={"x": True, "y": False}, merge_fields={"FNAME": "A"}
-    )
-    assert merge_bodies([body("unsubscribed")], body("subscribed")) == body("subscribed")
+def test_identical_unsubmitted_update_is_kept_not_requeued() -> None:
+    same = QueuedUpdate(5, body("subscribed"))
+    plan = plan_queue([same], reconcile_member(row("unsubscribed", "Added"), POLICY))
+    assert plan == QueuePlan()
