@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -79,14 +79,19 @@ class CiviCRMClient:
     def close(self) -> None:
         self.session.close()
 
-    def __enter__(self) -> CiviCRMClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def call(
-        self, entity: str, action: str, params: dict[str, Any] | None = None, *, retry: bool | None = None
+        self,
+        entity: str,
+        action: str,
+        params: dict[str, Any] | None = None,
+        *,
+        retry: bool | None = None,
     ) -> list[dict[str, Any]]:
         """Run one APIv4 action and return its ``values``.
 
@@ -143,15 +148,17 @@ class CiviCRMClient:
             rows = self.call(entity, "get", page_params)
             if not rows:
                 return
-            ids = [row.get("id") for row in rows]
-            if not all(isinstance(i, int) for i in ids) or ids[-1] <= last:
+            newest = rows[-1].get("id")
+            # A server that ignored the id filter would make this loop forever.
+            if not isinstance(newest, int) or newest <= last:
                 raise BadResponse(
-                    f"{entity}.get paging by id stopped advancing after id {last}", service="CiviCRM"
+                    f"{entity}.get paging by id stopped advancing after id {last}",
+                    service="CiviCRM",
                 )
             yield rows
             if len(rows) < page_size:
                 return
-            last = ids[-1]
+            last = newest
 
     def save(
         self,

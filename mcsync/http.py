@@ -25,15 +25,14 @@ slots, because Mailchimp allows 10 simultaneous connections per account, not per
 from __future__ import annotations
 
 import email.utils
-import json as jsonlib
 import math
 import random
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Any, Literal, Self
 from urllib.parse import quote
 
 import httpx
@@ -133,8 +132,8 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         except (TypeError, ValueError, IndexError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
@@ -262,7 +261,9 @@ class HttpSession:
         while True:
             if self.budget.expired():
                 raise BudgetExhausted(
-                    self.redact(f"{self.service}: {label} not sent: the run's time budget is used up")
+                    self.redact(
+                        f"{self.service}: {label} not sent: the run's time budget is used up"
+                    )
                 )
             retry_after: float | None = None
             status: int | None = None
@@ -301,7 +302,7 @@ class HttpSession:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> HttpSession:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -369,7 +370,9 @@ class HttpSession:
             wait = self._rng.uniform(0, ceiling)
         if wait > self._max_wait:
             raise RetriesExhausted(
-                self.redact(f"{label} failed with {failure} and the server asked to wait {wait:.0f} s"),
+                self.redact(
+                    f"{label} failed with {failure} and the server asked to wait {wait:.0f} s"
+                ),
                 service=self.service,
                 status=status,
             )
@@ -381,7 +384,11 @@ class HttpSession:
                 )
             )
         if self._debug:
-            self._debug(self.redact(f"{self.service} retry {attempt} of {label} in {wait:.2f} s after {failure}"))
+            self._debug(
+                self.redact(
+                    f"{self.service} retry {attempt} of {label} in {wait:.2f} s after {failure}"
+                )
+            )
         self._sleep(wait)
 
     def _log_request(self, request: httpx.Request) -> None:
@@ -402,12 +409,16 @@ class HttpSession:
         except ValueError:
             raise self._bad(response, label, "expected a JSON object") from None
         if not isinstance(body, dict):
-            raise self._bad(response, label, f"expected a JSON object, got a JSON {type(body).__name__}")
+            raise self._bad(
+                response, label, f"expected a JSON object, got a JSON {type(body).__name__}"
+            )
         return body
 
     def _bad(self, response: httpx.Response, label: str, what: str) -> BadResponse:
         return BadResponse(
-            self.redact(f"{label} answered {response.status_code} but {what}; got {body_snippet(response)}"),
+            self.redact(
+                f"{label} answered {response.status_code} but {what}; got {body_snippet(response)}"
+            ),
             service=self.service,
             status=response.status_code,
         )
@@ -432,7 +443,9 @@ class HttpSession:
         else:
             cls = ApiError
             message = f"{label} failed ({status}: {said})"
-        return cls(self.redact(message), service=self.service, status=status, title=title, detail=detail)
+        return cls(
+            self.redact(message), service=self.service, status=status, title=title, detail=detail
+        )
 
     def _not_retried(self, label: str, failure: str, status: int | None = None) -> RetriesExhausted:
         return RetriesExhausted(

@@ -14,8 +14,8 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Self
 from urllib.parse import quote
 
 import httpx
@@ -66,7 +66,9 @@ def member_hash(email: str) -> str:
     return hashlib.md5(email.lower().encode("utf-8")).hexdigest()
 
 
-def member_put_operation(list_id: str, email: str, body: dict[str, Any], operation_id: str) -> dict[str, Any]:
+def member_put_operation(
+    list_id: str, email: str, body: dict[str, Any], operation_id: str
+) -> dict[str, Any]:
     """One ``POST /batches`` operation upserting a member; the body must be a JSON *string* (§3)."""
     return {
         "method": "PUT",
@@ -84,7 +86,7 @@ def _seg(value: str) -> str:
 def _iso(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("Mailchimp time filters need a timezone-aware datetime")
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def _is_member_error(exc: ApiError) -> bool:
@@ -110,7 +112,9 @@ class MailchimpClient:
         max_retries: int = 6,
     ) -> None:
         if base_url is None:
-            base_url = f"https://{data_centre(api_key, account_name=account_name)}.api.mailchimp.com/3.0"
+            base_url = (
+                f"https://{data_centre(api_key, account_name=account_name)}.api.mailchimp.com/3.0"
+            )
         self.account_name = account_name
         self.max_connections = max_connections
         basic = base64.b64encode(f"{_USERNAME}:{api_key}".encode()).decode()
@@ -143,7 +147,7 @@ class MailchimpClient:
     def close(self) -> None:
         self.session.close()
 
-    def __enter__(self) -> MailchimpClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -286,7 +290,11 @@ class MailchimpClient:
         return result
 
     def put_members(
-        self, list_id: str, writes: Sequence[tuple[str, dict[str, Any]]], *, concurrency: int | None = None
+        self,
+        list_id: str,
+        writes: Sequence[tuple[str, dict[str, Any]]],
+        *,
+        concurrency: int | None = None,
     ) -> list[dict[str, Any] | ApiError]:
         """Concurrent :meth:`put_member` calls; one result per write, in order.
 

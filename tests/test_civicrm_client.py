@@ -82,7 +82,8 @@ def test_endpoint(url: str, expected: str) -> None:
 def test_template_url_is_used(mock: respx.MockRouter) -> None:
     template = "https://site/wp-admin/admin.php?page=CiviCRM&q=civicrm/ajax/api4/{entity}/{action}"
     route = mock.post(
-        "https://site/wp-admin/admin.php", params={"page": "CiviCRM", "q": "civicrm/ajax/api4/Email/get"}
+        "https://site/wp-admin/admin.php",
+        params={"page": "CiviCRM", "q": "civicrm/ajax/api4/Email/get"},
     ).mock(return_value=values([{"id": 3}]))
     assert make_client(template).call("Email", "get", {"limit": 1}) == [{"id": 3}]
     assert route.call_count == 1
@@ -97,12 +98,17 @@ def test_apiv4_error_becomes_api_error(mock: respx.MockRouter) -> None:
     with pytest.raises(ApiError) as info:
         make_client().call("Contact", "get", {"select": ["nope"]})
     assert type(info.value) is ApiError and info.value.detail == "Invalid field 'nope'"
-    assert str(info.value).startswith("CiviCRM: POST https://crm.example.org/civicrm/ajax/api4/Contact/get failed (500")
+    assert str(info.value).startswith(
+        "CiviCRM: POST https://crm.example.org/civicrm/ajax/api4/Contact/get failed (500"
+    )
     assert route.call_count == 1
 
 
 def test_csrf_rejection_is_an_api_error(mock: respx.MockRouter) -> None:
-    body = {"error_code": 400, "error_message": "SECURITY ALERT: Ajax requests can only be issued by javascript clients"}
+    body = {
+        "error_code": 400,
+        "error_message": "SECURITY ALERT: Ajax requests can only be issued by javascript clients",
+    }
     mock.post(f"{URL}/Contact/get").mock(return_value=httpx.Response(400, json=body))
     with pytest.raises(ApiError, match="SECURITY ALERT"):
         make_client().call("Contact", "get")
@@ -110,7 +116,9 @@ def test_csrf_rejection_is_an_api_error(mock: respx.MockRouter) -> None:
 
 def test_authx_plain_text_401_is_an_auth_error(mock: respx.MockRouter) -> None:
     mock.post(f"{URL}/Contact/get").mock(
-        return_value=httpx.Response(401, text="HTTP 401 Invalid credential", headers={"content-type": "text/plain"})
+        return_value=httpx.Response(
+            401, text="HTTP 401 Invalid credential", headers={"content-type": "text/plain"}
+        )
     )
     with pytest.raises(AuthError) as info:
         make_client(site_key=SITE_KEY).call("Contact", "get")
@@ -121,7 +129,11 @@ def test_authx_plain_text_401_is_an_auth_error(mock: respx.MockRouter) -> None:
 
 def test_cms_html_403_is_an_auth_error(mock: respx.MockRouter) -> None:
     mock.post(f"{URL}/Contact/get").mock(
-        return_value=httpx.Response(403, text="<html><title>Access denied</title></html>", headers={"content-type": "text/html"})
+        return_value=httpx.Response(
+            403,
+            text="<html><title>Access denied</title></html>",
+            headers={"content-type": "text/html"},
+        )
     )
     with pytest.raises(AuthError, match="access AJAX API"):
         make_client().call("Contact", "get")
@@ -130,7 +142,13 @@ def test_cms_html_403_is_an_auth_error(mock: respx.MockRouter) -> None:
 def test_maintenance_503_is_retried(mock: respx.MockRouter) -> None:
     route = mock.post(f"{URL}/Contact/get").mock(
         side_effect=[
-            httpx.Response(503, json={"status_code": 503, "status_message": "Temporarily unavailable for maintenance."}),
+            httpx.Response(
+                503,
+                json={
+                    "status_code": 503,
+                    "status_message": "Temporarily unavailable for maintenance.",
+                },
+            ),
             values([{"id": 1}]),
         ]
     )
@@ -139,14 +157,21 @@ def test_maintenance_503_is_retried(mock: respx.MockRouter) -> None:
 
 
 def test_create_is_not_retried_after_a_timeout(mock: respx.MockRouter) -> None:
-    route = mock.post(f"{URL}/Contact/create").mock(side_effect=[httpx.ReadTimeout("slow"), values([{"id": 9}])])
+    route = mock.post(f"{URL}/Contact/create").mock(
+        side_effect=[httpx.ReadTimeout("slow"), values([{"id": 9}])]
+    )
     with pytest.raises(RetriesExhausted, match="not retried"):
         make_client().call("Contact", "create", {"values": {"contact_type": "Individual"}})
     assert route.call_count == 1
 
 
 @pytest.mark.parametrize(
-    "body", [{"values": {"1": {"id": 1}}}, {"is_error": 0}, {"error_message": "Unknown api parameter: setFoo"}]
+    "body",
+    [
+        {"values": {"1": {"id": 1}}},
+        {"is_error": 0},
+        {"error_message": "Unknown api parameter: setFoo"},
+    ],
 )
 def test_unexpected_success_shapes(mock: respx.MockRouter, body: dict[str, Any]) -> None:
     mock.post(f"{URL}/Contact/get").mock(return_value=httpx.Response(200, json=body))
@@ -156,7 +181,9 @@ def test_unexpected_success_shapes(mock: respx.MockRouter, body: dict[str, Any])
 
 def test_html_page_with_200_is_a_bad_response(mock: respx.MockRouter) -> None:
     mock.post(f"{URL}/Contact/get").mock(
-        return_value=httpx.Response(200, text="<!DOCTYPE html><html>login</html>", headers={"content-type": "text/html"})
+        return_value=httpx.Response(
+            200, text="<!DOCTYPE html><html>login</html>", headers={"content-type": "text/html"}
+        )
     )
     with pytest.raises(BadResponse, match="text/html: '<!DOCTYPE html>"):
         make_client().call("Contact", "get")
@@ -172,7 +199,11 @@ def test_get_pages_uses_keyset_paging(mock: respx.MockRouter) -> None:
         return values(page)
 
     route = mock.post(f"{URL}/SubscriptionHistory/get").mock(side_effect=handler)
-    base = {"select": ["contact_id"], "where": [["group_id", "IN", [4, 5]]], "orderBy": {"date": "DESC"}}
+    base = {
+        "select": ["contact_id"],
+        "where": [["group_id", "IN", [4, 5]]],
+        "orderBy": {"date": "DESC"},
+    }
     pages = list(make_client().get_pages("SubscriptionHistory", base, page_size=2, after_id=1))
     assert pages == [rows[0:2], rows[2:4], rows[4:5]]
     first, second = (sent_params(call.request) for call in route.calls[:2])
@@ -189,8 +220,12 @@ def test_get_pages_uses_keyset_paging(mock: respx.MockRouter) -> None:
 
 
 def test_get_pages_stops_on_an_empty_full_boundary(mock: respx.MockRouter) -> None:
-    route = mock.post(f"{URL}/GroupContact/get").mock(side_effect=[values([{"id": 1}, {"id": 2}]), values([])])
-    assert list(make_client().get_pages("GroupContact", {}, page_size=2)) == [[{"id": 1}, {"id": 2}]]
+    route = mock.post(f"{URL}/GroupContact/get").mock(
+        side_effect=[values([{"id": 1}, {"id": 2}]), values([])]
+    )
+    assert list(make_client().get_pages("GroupContact", {}, page_size=2)) == [
+        [{"id": 1}, {"id": 2}]
+    ]
     assert route.call_count == 2
 
 
@@ -207,12 +242,20 @@ def test_save_chunks_and_retries_only_matched_saves(mock: respx.MockRouter) -> N
     route = mock.post(f"{URL}/GroupContact/save").mock(side_effect=handler)
     records = [{"contact_id": i, "group_id": 4} for i in range(5)]
     saved = make_client().save(
-        "GroupContact", records, defaults={"status": "Added"}, match=["contact_id", "group_id"], chunk=2
+        "GroupContact",
+        records,
+        defaults={"status": "Added"},
+        match=["contact_id", "group_id"],
+        chunk=2,
     )
     assert [r["id"] for r in saved] == [100, 101, 102, 103, 104]
     assert route.call_count == 3
     first = sent_params(route.calls[0].request)
-    assert first == {"records": records[:2], "defaults": {"status": "Added"}, "match": ["contact_id", "group_id"]}
+    assert first == {
+        "records": records[:2],
+        "defaults": {"status": "Added"},
+        "match": ["contact_id", "group_id"],
+    }
 
 
 @pytest.mark.parametrize(
@@ -238,7 +281,9 @@ def test_save_retry_depends_on_whether_repeating_is_safe(
 
 def test_keys_never_leak_into_debug_lines(mock: respx.MockRouter) -> None:
     mock.post(f"{URL}/Contact/get").mock(
-        return_value=httpx.Response(401, text=f"HTTP 401 bad key {KEY}", headers={"content-type": "text/plain"})
+        return_value=httpx.Response(
+            401, text=f"HTTP 401 bad key {KEY}", headers={"content-type": "text/plain"}
+        )
     )
     lines: list[str] = []
     with pytest.raises(AuthError) as info:

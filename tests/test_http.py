@@ -7,7 +7,7 @@ import random
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
@@ -111,11 +111,15 @@ def test_classify(status: int, body: Any, expected: str) -> None:
 
 
 def test_parse_retry_after() -> None:
-    now = datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after("7") == 7
     assert parse_retry_after(" 1.5 ") == 1.5
-    assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now=now) == 30
-    assert parse_retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now=now) == 0
+    assert (
+        parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now=now) == 30
+    )
+    assert (
+        parse_retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now=now) == 0
+    )
     assert parse_retry_after("-3") == 0
     for bad in (None, "", "soon", "nan", "inf"):
         assert parse_retry_after(bad) is None
@@ -159,7 +163,7 @@ def test_429_honours_retry_after_seconds(mock: respx.MockRouter) -> None:
 
 
 def test_retry_after_http_date(mock: respx.MockRouter) -> None:
-    when = datetime.now(timezone.utc) + timedelta(seconds=20)
+    when = datetime.now(UTC) + timedelta(seconds=20)
     mock.get("/ping").mock(
         side_effect=[
             response(503, headers={"Retry-After": format_datetime(when, usegmt=True)}),
@@ -182,7 +186,9 @@ def test_retry_after_http_date(mock: respx.MockRouter) -> None:
     ],
 )
 def test_network_failures_are_retried(mock: respx.MockRouter, failure: Exception) -> None:
-    route = mock.put("/lists/l1/members/h").mock(side_effect=[failure, response(200, json={"id": "h"})])
+    route = mock.put("/lists/l1/members/h").mock(
+        side_effect=[failure, response(200, json={"id": "h"})]
+    )
     session, clock = make_session()
     assert session.request("PUT", "/lists/l1/members/h", json={}) == {"id": "h"}
     assert route.call_count == 2 and len(clock.slept) == 1
@@ -191,7 +197,9 @@ def test_network_failures_are_retried(mock: respx.MockRouter, failure: Exception
 def test_gives_up_after_max_retries(mock: respx.MockRouter) -> None:
     route = mock.get("/ping").mock(return_value=response(503))
     session, clock = make_session(max_retries=3)
-    with pytest.raises(RetriesExhausted, match=r"GET .*/ping failed 4 times, last with HTTP 503") as info:
+    with pytest.raises(
+        RetriesExhausted, match=r"GET .*/ping failed 4 times, last with HTTP 503"
+    ) as info:
         session.request("GET", "/ping")
     assert route.call_count == 4 and len(clock.slept) == 3
     assert info.value.status == 503 and info.value.service == "Mailchimp test"
@@ -274,14 +282,18 @@ def test_401_is_an_auth_error_with_a_hint(mock: respx.MockRouter) -> None:
     with pytest.raises(AuthError) as info:
         session.request("GET", "/ping")
     message = str(info.value)
-    assert message.startswith("Mailchimp test: GET https://us21.api.mailchimp.com/3.0/ping was refused (401")
+    assert message.startswith(
+        "Mailchimp test: GET https://us21.api.mailchimp.com/3.0/ping was refused (401"
+    )
     assert "API Key Invalid" in message and "Check mailchimp.accounts.test.api_key." in message
     assert info.value.title == "API Key Invalid" and info.value.status == 401
 
 
 def test_403_html_page_is_an_auth_error_quoting_the_page(mock: respx.MockRouter) -> None:
     html = "<html><head><title>Request Blocked</title></head><body>blocked</body></html>"
-    mock.get("/ping").mock(return_value=response(403, text=html, headers={"content-type": "text/html"}))
+    mock.get("/ping").mock(
+        return_value=response(403, text=html, headers={"content-type": "text/html"})
+    )
     session, _ = make_session()
     with pytest.raises(AuthError, match=r"403: text/html: '<html><head><title>Request Blocked"):
         session.request("GET", "/ping")
@@ -325,7 +337,10 @@ def test_civicrm_api_exception_is_not_retried(mock: respx.MockRouter) -> None:
 
 
 def test_masked_civicrm_error_suggests_debug_permission(mock: respx.MockRouter) -> None:
-    body = {"error_code": "1", "error_message": "Sorry an error occurred and your request was not completed."}
+    body = {
+        "error_code": "1",
+        "error_message": "Sorry an error occurred and your request was not completed.",
+    }
     mock.post("/civi").mock(return_value=response(500, json=body))
     session, _ = make_session()
     with pytest.raises(ApiError, match="view debug output"):
@@ -333,7 +348,9 @@ def test_masked_civicrm_error_suggests_debug_permission(mock: respx.MockRouter) 
 
 
 def test_redirect_names_the_target(mock: respx.MockRouter) -> None:
-    mock.get("/ping").mock(return_value=response(301, headers={"location": "https://other/3.0/ping"}))
+    mock.get("/ping").mock(
+        return_value=response(301, headers={"location": "https://other/3.0/ping"})
+    )
     session, _ = make_session()
     with pytest.raises(ApiError, match="redirected .301. to https://other/3.0/ping"):
         session.request("GET", "/ping")
@@ -343,7 +360,7 @@ def test_redirect_names_the_target(mock: respx.MockRouter) -> None:
     ("content_type", "body", "shown"),
     [
         ("text/html", "<html><body><h1>Request Blocked</h1></body></html>", "text/html: '<html>"),
-        ("application/json", '{"members": [{"id": "a"', "application/json: '{\"members\""),
+        ("application/json", '{"members": [{"id": "a"', 'application/json: \'{"members"'),
         ("text/plain", "Service temporarily overloaded", "text/plain: 'Service temporarily"),
         ("application/json", "[1, 2, 3]", "got a JSON list"),
         ("application/json", "", "application/json, empty body"),
@@ -390,7 +407,9 @@ def test_unauthenticated_download_sends_no_credentials() -> None:
 # -- secrets never leak -------------------------------------------------------------------------
 
 LEAKS: list[Any] = [
-    response(401, text=f"HTTP 401 Invalid credential {KEY}", headers={"content-type": "text/plain"}),
+    response(
+        401, text=f"HTTP 401 Invalid credential {KEY}", headers={"content-type": "text/plain"}
+    ),
     response(403, text=f"<html>key={KEY}</html>", headers={"content-type": "text/html"}),
     response(404, json={"title": "Resource Not Found", "detail": f"no {KEY}"}),
     response(400, json={"title": KEY, "detail": KEY, "errors": [{"field": KEY, "message": KEY}]}),
@@ -405,7 +424,9 @@ LEAKS: list[Any] = [
 
 
 @pytest.mark.parametrize("outcome", LEAKS)
-def test_the_key_never_appears_in_errors_or_debug_lines(mock: respx.MockRouter, outcome: Any) -> None:
+def test_the_key_never_appears_in_errors_or_debug_lines(
+    mock: respx.MockRouter, outcome: Any
+) -> None:
     mock.get("/ping").mock(side_effect=[outcome] * 3)
     lines: list[str] = []
     session, _ = make_session(max_retries=2, debug_http=lines.append)

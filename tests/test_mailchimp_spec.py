@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,9 @@ from referencing.jsonschema import DRAFT4
 from mcsync.budget import Budget
 from mcsync.mailchimp import MailchimpClient, member_hash, member_put_operation
 
-SPEC_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "mailchimp" / "marketing-api.json"
+SPEC_PATH = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "mailchimp" / "marketing-api.json"
+)
 if not SPEC_PATH.exists():
     pytest.skip(f"Mailchimp spec not found at {SPEC_PATH}", allow_module_level=True)
 
@@ -70,20 +72,31 @@ class Spec:
             node = target
         return node
 
-    def parameters(self, template: str, operation: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-        declared = [*self.document["paths"][template].get("parameters", []), *operation.get("parameters", [])]
+    def parameters(
+        self, template: str, operation: dict[str, Any]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        declared = [
+            *self.document["paths"][template].get("parameters", []),
+            *operation.get("parameters", []),
+        ]
         return {(p["in"], p["name"]): p for p in map(self.resolve, declared)}
 
     def validator(self, schema: dict[str, Any]) -> Draft4Validator:
         if "$ref" in schema:
             schema = {"$ref": SPEC_URI + schema["$ref"]}
-        return Draft4Validator(schema, registry=self.registry, format_checker=Draft4Validator.FORMAT_CHECKER)
+        return Draft4Validator(
+            schema, registry=self.registry, format_checker=Draft4Validator.FORMAT_CHECKER
+        )
 
 
 def relax_merge_fields(node: Any) -> None:
     """Make every ``merge_fields`` value any-type: real text merge values are strings."""
     if isinstance(node, dict):
-        merge = node.get("properties", {}).get("merge_fields") if isinstance(node.get("properties"), dict) else None
+        merge = (
+            node.get("properties", {}).get("merge_fields")
+            if isinstance(node.get("properties"), dict)
+            else None
+        )
         if isinstance(merge, dict) and "additionalProperties" in merge:
             merge["additionalProperties"] = {}
         for value in node.values():
@@ -113,7 +126,9 @@ def query_value(raw: str, schema: dict[str, Any], explode: bool) -> Any:
     return raw
 
 
-def check_request(spec: Spec, method: str, path: str, request: httpx.Request | None, body: Any) -> str:
+def check_request(
+    spec: Spec, method: str, path: str, request: httpx.Request | None, body: Any
+) -> str:
     """Assert a request conforms to the spec; return its operation's path template."""
     template, operation = spec.operation(method, path)
     declared = spec.parameters(template, operation)
@@ -121,21 +136,28 @@ def check_request(spec: Spec, method: str, path: str, request: httpx.Request | N
         assert request.headers["authorization"].startswith("Basic "), "the spec declares basicAuth"
         for name, raw in request.url.params.multi_items():
             parameter = declared.get(("query", name))
-            assert parameter is not None, f"{method} {template}: query parameter {name!r} is not declared"
+            assert parameter is not None, (
+                f"{method} {template}: query parameter {name!r} is not declared"
+            )
             schema = spec.resolve(parameter["schema"])
             value = query_value(raw, schema, parameter.get("explode", True))
             errors = [e.message for e in spec.validator(schema).iter_errors(value)]
             assert not errors, f"{method} {template} ?{name}={raw}: {errors}"
     for (location, name), parameter in declared.items():
         if parameter.get("required") and location == "query":
-            assert request is not None and name in request.url.params, f"{template}: {name} required"
+            assert request is not None and name in request.url.params, (
+                f"{template}: {name} required"
+            )
     request_body = operation.get("requestBody")
     if request_body is None:
         assert body is None, f"{method} {template} takes no body"
         return template
     assert body is not None or not request_body.get("required"), f"{method} {template} needs a body"
     schema = request_body["content"]["application/json"]["schema"]
-    errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in spec.validator(schema).iter_errors(body)]
+    errors = [
+        f"{'/'.join(map(str, e.path))}: {e.message}"
+        for e in spec.validator(schema).iter_errors(body)
+    ]
     assert not errors, f"{method} {template} body: {errors}"
     return template
 
@@ -154,7 +176,9 @@ def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"lists": [{"id": LIST_ID}], "total_items": 1})
     if path.endswith("/members") and method == "GET":
         offset = int(request.url.params["offset"])
-        return httpx.Response(200, json={"members": [MEMBER] * 3, "total_items": 2500 if offset < 2000 else 2003})
+        return httpx.Response(
+            200, json={"members": [MEMBER] * 3, "total_items": 2500 if offset < 2000 else 2003}
+        )
     if "/members/" in path:
         return httpx.Response(200, json=MEMBER)
     for key in ("categories", "interests", "merge_fields"):
@@ -172,12 +196,18 @@ def answer(request: httpx.Request) -> httpx.Response:
 @pytest.fixture(scope="module")
 def captured() -> Iterator[list[httpx.Request]]:
     """Exercise every public method of the client once; return what it sent."""
-    client = MailchimpClient(account_name="main", api_key="0" * 32 + "-us21", budget=Budget.unlimited())
-    since = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    client = MailchimpClient(
+        account_name="main", api_key="0" * 32 + "-us21", budget=Budget.unlimited()
+    )
+    since = datetime(2024, 1, 1, tzinfo=UTC)
     body = {
         "status_if_new": "subscribed",
         "status": "subscribed",
-        "merge_fields": {"FNAME": "Alice", "LNAME": "Liddell", "ADDRESS": {"addr1": "1 Road", "city": "X", "state": "", "zip": "1", "country": "GB"}},
+        "merge_fields": {
+            "FNAME": "Alice",
+            "LNAME": "Liddell",
+            "ADDRESS": {"addr1": "1 Road", "city": "X", "state": "", "zip": "1", "country": "GB"},
+        },
         "interests": {"9f8e7d6c5b": True, "0a1b2c3d4e": False},
     }
     with respx.mock(assert_all_mocked=True) as router:
@@ -188,16 +218,24 @@ def captured() -> Iterator[list[httpx.Request]]:
         client.interest_categories(LIST_ID)
         client.interests(LIST_ID, "c1d2e3f4a5")
         client.merge_fields(LIST_ID)
-        list(client.member_pages(LIST_ID, since_last_changed=since, before_last_changed=since, concurrency=2))
+        list(
+            client.member_pages(
+                LIST_ID, since_last_changed=since, before_last_changed=since, concurrency=2
+            )
+        )
         list(client.member_pages(LIST_ID, page_size=500, start_offset=2000))
         client.get_member(LIST_ID, "A@x.org")
         client.put_member(LIST_ID, "a@x.org", body)
         client.put_member(LIST_ID, "b@x.org", {"status_if_new": "pending"})
-        client.put_members(LIST_ID, [("c@x.org", {"status_if_new": "unsubscribed", "status": "unsubscribed"})])
+        client.put_members(
+            LIST_ID, [("c@x.org", {"status_if_new": "unsubscribed", "status": "unsubscribed"})]
+        )
         client.start_batch(
             [
                 member_put_operation(LIST_ID, "d@x.org", body, "op-1"),
-                member_put_operation(LIST_ID, "e@x.org", {"status_if_new": "subscribed", "status": "pending"}, "op-2"),
+                member_put_operation(
+                    LIST_ID, "e@x.org", {"status_if_new": "subscribed", "status": "pending"}, "op-2"
+                ),
             ]
         )
         client.get_batch("b1")
@@ -235,7 +273,10 @@ def test_every_request_conforms_to_the_spec(spec: Spec, captured: list[httpx.Req
 def test_member_pages_were_exercised(captured: list[httpx.Request]) -> None:
     pages = [r for r in captured if r.method == "GET" and r.url.path.endswith("/members")]
     assert sorted((r.url.params["count"], int(r.url.params["offset"])) for r in pages) == [
-        ("1000", 0), ("1000", 1000), ("1000", 2000), ("500", 2000)
+        ("1000", 0),
+        ("1000", 1000),
+        ("1000", 2000),
+        ("500", 2000),
     ]
 
 
@@ -245,7 +286,9 @@ def test_batch_operations_conform_to_the_spec(spec: Spec, captured: list[httpx.R
     assert len(operations) == 2
     for operation in operations:
         assert isinstance(operation["body"], str), "a batch operation's body is a JSON string"
-        template = check_request(spec, operation["method"], operation["path"], None, json.loads(operation["body"]))
+        template = check_request(
+            spec, operation["method"], operation["path"], None, json.loads(operation["body"])
+        )
         assert template == "/lists/{listId}/members/{subscriberHash}"
 
 
@@ -253,13 +296,25 @@ def test_batch_operations_conform_to_the_spec(spec: Spec, captured: list[httpx.R
     ("method", "path", "body", "problem"),
     [
         ("PUT", f"/lists/{LIST_ID}/members/x", {"email_address": "a@x.org"}, "status_if_new"),
-        ("PUT", f"/lists/{LIST_ID}/members/x", {"email_address": "a@x.org", "status_if_new": "archived"}, "archived"),
-        ("POST", "/batches", {"operations": [{"method": "PUT", "path": "/x", "body": {}}]}, "string"),
+        (
+            "PUT",
+            f"/lists/{LIST_ID}/members/x",
+            {"email_address": "a@x.org", "status_if_new": "archived"},
+            "archived",
+        ),
+        (
+            "POST",
+            "/batches",
+            {"operations": [{"method": "PUT", "path": "/x", "body": {}}]},
+            "string",
+        ),
         ("PATCH", "/ping", None, "not declared"),
         ("GET", "/no/such/path", None, "matches no path"),
     ],
 )
-def test_the_checker_catches_bad_requests(spec: Spec, method: str, path: str, body: Any, problem: str) -> None:
+def test_the_checker_catches_bad_requests(
+    spec: Spec, method: str, path: str, body: Any, problem: str
+) -> None:
     with pytest.raises(AssertionError, match=problem):
         check_request(spec, method, path, None, body)
 
