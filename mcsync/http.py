@@ -65,6 +65,7 @@ _SECRET_HEADER = re.compile(
 )
 _SECRET_PARAM = re.compile(r"(?i)\b(apikey|api_key|_authx|_authxsitekey)=([^&\s'\"]+)")
 _URL_USERINFO = re.compile(r"(?i)\b(https?://)[^/\s:@]+:[^/\s@]+@")
+_ABSOLUTE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _CIVI_DEADLOCK = re.compile(r"(?i)deadlock|lock wait timeout")
 _CIVI_MASKED = "Sorry an error occurred"
 
@@ -256,7 +257,7 @@ class HttpSession:
         object storage must not receive the API key).
         """
         url = self._url(path_or_url)
-        label = f"{method} {httpx.URL(url).copy_with(query=None)}"
+        label = f"{method} {url.split('?', 1)[0]}"  # no query: it may hold signatures
         attempt = 0
         while True:
             if self.budget.expired():
@@ -311,7 +312,7 @@ class HttpSession:
     # -- sending ------------------------------------------------------------------------------
 
     def _url(self, path_or_url: str) -> str:
-        if path_or_url.startswith(("http://", "https://")):
+        if _ABSOLUTE.match(path_or_url):
             return path_or_url
         return f"{self.base_url}/{path_or_url.lstrip('/')}"
 

@@ -504,3 +504,17 @@ def test_session_is_a_context_manager(mock: respx.MockRouter) -> None:
     mock.get("/ping").mock(return_value=response(200, json={}))
     with make_session()[0] as session:
         assert session.request("GET", "ping") == {}
+
+
+def test_other_transport_errors_are_not_retried(mock: respx.MockRouter) -> None:
+    route = mock.get("/ping").mock(side_effect=httpx.UnsupportedProtocol("unsupported 'ftp://'"))
+    session, clock = make_session()
+    with pytest.raises(ApiError, match="failed: UnsupportedProtocol"):
+        session.request("GET", "/ping")
+    assert route.call_count == 1 and clock.slept == []
+
+
+def test_absolute_urls_of_any_scheme_are_not_joined_to_the_base() -> None:
+    session, _ = make_session()
+    assert session._url("ftp://example.org/x") == "ftp://example.org/x"
+    assert session._url("/lists") == f"{BASE}/lists"
