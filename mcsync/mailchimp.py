@@ -220,8 +220,13 @@ class MailchimpClient:
         start_offset: int = 0,
         fields: Sequence[str] = MEMBER_FIELDS,
         concurrency: int | None = None,
+        sort_dir: str = "DESC",
     ) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:
-        """Yield ``(offset, total_items, members)`` in offset order, sorted by last_changed ASC.
+        """Yield ``(offset, total_items, members)`` in offset order, sorted by last_changed.
+
+        Newest first (the default) is what resumable paging wants: a member that changes while
+        pages are read jumps to the front, so later offsets may repeat a member but never skip
+        one.
 
         The first page gives ``total_items``; the following pages are fetched concurrently (at most
         ``concurrency`` in flight or buffered) and yielded in order, so a caller that saves
@@ -235,7 +240,7 @@ class MailchimpClient:
             "count": page_size,
             "fields": ",".join(["total_items", *(f"members.{f}" for f in fields)]),
             "sort_field": "last_changed",
-            "sort_dir": "ASC",
+            "sort_dir": sort_dir,
         }
         if since_last_changed is not None:
             params["since_last_changed"] = _iso(since_last_changed)

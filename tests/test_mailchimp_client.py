@@ -185,7 +185,7 @@ def test_member_pages_fetch_concurrently_yield_in_order_and_stop_at_total(
     assert 2 <= state["peak"] <= 3
     params = query(route, 0)
     assert params["count"] == "10" and params["offset"] == "0"
-    assert params["sort_field"] == "last_changed" and params["sort_dir"] == "ASC"
+    assert params["sort_field"] == "last_changed" and params["sort_dir"] == "DESC"
     assert params["since_last_changed"] == "2024-05-01T10:00:00+00:00"
     assert params["before_last_changed"] == "2024-06-01T00:00:00+00:00"
     fields = params["fields"].split(",")
