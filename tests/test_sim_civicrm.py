@@ -44,8 +44,8 @@ def headers(**extra: str) -> dict[str, str]:
     return base
 
 
-def raw(sim: CiviSim, method: str, path: str, *, query: str = "", hdrs: dict[str, str] | None = None,
-        body: bytes = b"") -> SimResponse:  # fmt: skip
+def raw(sim: CiviSim, method: str, path: str, *, query: str = "",
+        hdrs: dict[str, str] | None = None, body: bytes = b"") -> SimResponse:  # fmt: skip
     return sim.handle(SimRequest.build(method, path, query, hdrs if hdrs is not None
                                        else headers(), body))  # fmt: skip
 
@@ -431,8 +431,8 @@ def test_contact_and_email_writes_bump_modified_date(sim: CiviSim, world: dict[s
     ann = world["ann"]
 
     def modified() -> str:
-        return values(sim, "Contact", {"select": ["modified_date"],
-                                       "where": [["id", "=", ann]]})[0]["modified_date"]  # fmt: skip
+        rows = values(sim, "Contact", {"select": ["modified_date"], "where": [["id", "=", ann]]})
+        return str(rows[0]["modified_date"])
 
     assert modified() == "2024-03-31 00:30:00"  # GMT before the DST switch
     clock.now = datetime(2024, 3, 31, 1, 30, tzinfo=timezone.utc)

@@ -479,8 +479,8 @@ class CiviSim:
             if route[0] == "api":
                 self.request_log.append((request.method, f"{route[1]}.{route[2]}"))
             if self.maintenance:
-                return SimResponse.json(503, {"status_code": 503, "status_message":
-                                              "Temporarily unavailable for maintenance."})  # fmt: skip
+                message = "Temporarily unavailable for maintenance."
+                return SimResponse.json(503, {"status_code": 503, "status_message": message})
             auth = self._authenticate(request, fields)
             if isinstance(auth, SimResponse):
                 return auth
@@ -1100,7 +1100,8 @@ class CiviSim:
             for parent in unserialize(parents):
                 children.setdefault(int(parent), []).append(group_id)
         self._conn.executemany("UPDATE civi_group SET children = ? WHERE id = ?",
-                               [(serialize(children.get(r[0], [])), r[0]) for r in rows])  # fmt: skip
+                               [(serialize(children.get(r[0], [])), r[0])
+                                for r in rows])  # fmt: skip
 
     # -- storage primitives
     def _row(self, entity: str, record_id: int) -> dict[str, Any] | None:

@@ -575,7 +575,8 @@ class Query:
                 return "1" if negate else "0"
             converted = [self._scalar(col, v) for v in items]
             if len(converted) > PARAM_LIST_LIMIT:
-                return f"{lhs} {negate}IN (SELECT value FROM json_each({self._bind(json.dumps(converted))}))"
+                mark = self._bind(json.dumps(converted))
+                return f"{lhs} {negate}IN (SELECT value FROM json_each({mark}))"
             marks = ", ".join(self._bind(v) for v in converted)
             return f"{lhs} {negate}IN ({marks})"
         if op in ("BETWEEN", "NOT BETWEEN"):
