@@ -226,7 +226,7 @@ class CiviSim:
             return contact_id
 
     def update_contact(self, contact_id: int, **fields: Any) -> None:
-        """A CiviCRM-side edit (opt-out, deceased, trash...): bumps ``modified_date``, no history."""
+        """A CiviCRM-side edit (opt-out, deceased, trash): bumps ``modified_date``, no history."""
         with self.lock, self._tx():
             self._update_row(_Ctx(None), "Contact", contact_id, self._columns("Contact", fields))
 
