@@ -148,6 +148,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX log_by_list ON log (list_id, id);
     """,
+    # 2: one-way data feeds (merge fields, tags): the values CiviCRM and plugins want at
+    # Mailchimp per contact and audience, and the tags mcsync last pushed per member row
+    """
+    CREATE TABLE contact_data (
+        list_id TEXT NOT NULL,
+        contact_id INTEGER NOT NULL,
+        merge_fields TEXT NOT NULL DEFAULT '{}',
+        tags TEXT,
+        fetched_run TEXT,
+        PRIMARY KEY (list_id, contact_id)
+    ) WITHOUT ROWID;
+    ALTER TABLE rows ADD COLUMN pushed_tags TEXT NOT NULL DEFAULT '[]'
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience
