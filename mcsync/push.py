@@ -20,7 +20,7 @@ from mcsync.run import TRACKING_MARKER, RunContext
 from mcsync.staging import dumps, iso, parse_iso, utc_now
 
 CIVI_WRITE_CHUNK = 500
-DIRECT_CHUNK = 50
+DIRECT_CHUNK = 20  # small chunks: a budget stop loses little (PUTs are idempotent anyway)
 BATCH_SIZE = 1000
 OPERATION_PREFIX = "mcsync_"
 POLL_SECONDS = 2.0

@@ -26,3 +26,144 @@ def test_first_sync_converges_both_sides(world: World) -> None:
     second = world.sync()
     assert second[0].outcome and second[0].outcome.completed
     assert len(world.writes()) == before, world.writes()[before:]
+
+
+def test_changes_on_both_sides_between_runs_propagate(world: World) -> None:
+    a = world.person("a@example.org", mc="subscribed", civi="Added")
+    b = world.person("b@example.org", mc="subscribed", civi="Added")
+    world.person("c@example.org", mc="subscribed", civi="Added")
+    world.sync()
+    world.mc.set_member_status(world.list_id, "a@example.org", "unsubscribed")
+    assert b is not None
+    world.civi.set_group_status(b, world.group_id, "Removed")
+    world.mc.seed_member(world.list_id, "new@example.org", "subscribed")
+    results = world.sync()
+    assert results[0].outcome and results[0].outcome.completed
+    assert world.civi_status(a) == "Removed"
+    assert world.mc_status("b@example.org") == "unsubscribed"
+    new = world.civi.query("SELECT contact_id FROM email WHERE email = 'new@example.org'")
+    assert len(new) == 1 and world.civi_status(new[0]["contact_id"]) == "Added"
+    assert world.mc_status("c@example.org") == "subscribed"
+
+
+def test_unmatched_members_who_are_not_subscribed_get_no_contact(world: World) -> None:
+    for status in ("unsubscribed", "cleaned", "transactional"):
+        world.person(f"{status}@example.org", mc=status)
+    world.person("pending@example.org", mc="pending")
+    world.sync()
+    emails = {r["email"] for r in world.civi.query("SELECT email FROM email")}
+    assert emails == {"pending@example.org"}
+
+
+def test_matching_prefers_the_contact_already_in_the_group(world: World) -> None:
+    first = world.person("shared@example.org", civi="none")
+    second = world.person("shared@example.org", civi="Added", mc="subscribed")
+    world.sync()
+    assert first is not None and second is not None
+    assert world.civi_status(first) is None
+    assert world.civi_status(second) == "Added"
+    contacts = world.civi.query("SELECT COUNT(*) AS n FROM contact")
+    assert contacts[0]["n"] == 2
+
+
+def test_deleted_contacts_are_never_matched(world: World) -> None:
+    world.person("gone@example.org", civi="none", is_deleted=True)
+    world.person("gone@example.org", mc="subscribed")
+    world.sync()
+    live = world.civi.query(
+        "SELECT c.id FROM contact c JOIN email e ON e.contact_id = c.id "
+        "WHERE e.email = 'gone@example.org' AND c.is_deleted = 0"
+    )
+    assert len(live) == 1
+    assert world.civi_status(live[0]["id"]) == "Added"
+
+
+def test_cleaned_member_email_goes_on_hold_and_is_never_resubscribed(world: World) -> None:
+    contact = world.person("bounce@example.org", mc="cleaned", civi="Added",
+                           mc_at=world.ago(days=10), civi_at=world.ago(days=1))
+    world.sync()
+    assert world.mc_status("bounce@example.org") == "cleaned"
+    hold = world.civi.query("SELECT on_hold FROM email WHERE email = 'bounce@example.org'")
+    assert hold[0]["on_hold"] != 0
+    assert contact is not None and world.civi_status(contact) == "Added"
+    puts = [r for r in world.mc.request_log if r[0] in ("PUT", "POST") and "members" in r[1]]
+    assert puts == []
+
+
+def test_compliance_refusal_is_retried_once_as_pending(world: World) -> None:
+    contact = world.person("back@example.org", mc="unsubscribed", civi="Added",
+                           mc_at=world.ago(days=10), civi_at=world.ago(days=1))
+    world.sync()
+    assert world.mc_status("back@example.org") == "pending"
+    assert contact is not None and world.civi_status(contact) == "Added"
+    before = len(world.writes())
+    world.sync()
+    assert len(world.writes()) == before
+
+
+def test_several_mailchimp_emails_keep_the_contact_added(world: World) -> None:
+    contact = world.person("one@example.org", mc="subscribed", civi="Added")
+    assert contact is not None
+    world.civi.add_email(contact, "two@example.org", is_primary=False)
+    world.mc.seed_member(world.list_id, "two@example.org", "unsubscribed",
+                         last_changed=world.ago(hours=1))
+    world.sync()
+    assert world.civi_status(contact) == "Added"
+    assert world.mc_status("two@example.org") == "unsubscribed"
+    assert world.mc_status("one@example.org") == "subscribed"
+
+
+def test_privacy_flags_unsubscribe_at_mailchimp_but_keep_the_group(world: World) -> None:
+    contact = world.person("quiet@example.org", mc="subscribed", civi="Added", do_not_email=True)
+    world.person("gone@example.org", civi="Added", is_deceased=True)
+    world.sync()
+    assert world.mc_status("quiet@example.org") == "unsubscribed"
+    assert world.mc_status("gone@example.org") is None
+    assert contact is not None and world.civi_status(contact) == "Added"
+
+
+def test_large_change_sets_go_as_batches_and_results_are_collected(make_world) -> None:
+    world = make_world(batch_threshold=5)
+    for n in range(12):
+        world.person(f"civi{n}@example.org", civi="Added")
+    results = world.sync()
+    assert results[0].outcome and results[0].outcome.completed
+    assert all(world.mc_status(f"civi{n}@example.org") == "subscribed" for n in range(12))
+    assert [r for r in world.mc.request_log if r == ("POST", "/3.0/batches")]
+    assert not [r for r in world.mc.request_log if r[0] == "PUT"]
+
+
+def test_unknown_group_id_is_a_usage_error(world: World) -> None:
+    import pytest
+
+    from mcsync.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        world.sync(group_id=999999)
+    assert str(world.group_id) in str(caught.value)
+
+
+def test_a_tiny_budget_stops_and_resumes_to_the_same_result(make_world) -> None:
+    from mcsync.budget import Budget
+
+    world = make_world()
+    for n in range(60):
+        world.person(f"m{n}@example.org", mc="subscribed" if n % 3 else "unsubscribed",
+                     civi=None if n % 4 == 0 else "Added",
+                     mc_at=world.ago(days=2), civi_at=world.ago(days=3 if n % 2 else 1))
+    clock = iter(range(0, 10**6, 1))
+    runs = 0
+    while True:
+        runs += 1
+        budget = Budget(40, clock=lambda: float(next(clock)))
+        results = world.sync(budget=budget, allow_mass_changes=True)
+        if results[0].outcome and results[0].outcome.completed:
+            break
+        assert runs < 200, results[0].outcome
+    assert runs > 1
+    subscribed = {m["email_address"] for m in world.mc.members(world.list_id)
+                  if m["status"] in ("subscribed", "pending")}
+    added = {r["email"] for r in world.civi.query(
+        "SELECT e.email FROM group_contact g JOIN email e ON e.contact_id = g.contact_id "
+        "WHERE g.group_id = ? AND g.status = 'Added'", (world.group_id,))}
+    assert subscribed == added
