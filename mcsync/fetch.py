@@ -72,6 +72,7 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
             (ctx.list_id, *hashes),
         )
     }
+    _follow_email_changes(ctx, [m for m in members if m["id"] not in existing], existing)
     mapped = list(ctx.interest_groups)
     inserts: list[tuple[Any, ...]] = []
     updates: list[tuple[Any, ...]] = []
@@ -88,7 +89,7 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
                 (
                     ctx.list_id, member["id"], member.get("email_address"), status, changed,
                     changed, fname, lname, dumps(interests),
-                    dumps({i: changed for i in interests}),
+                    dumps({i: changed for i in interests}), member.get("unique_email_id"),
                 )
             )
             continue
@@ -121,8 +122,8 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
     if inserts:
         conn.executemany(
             "INSERT INTO rows (list_id, mc_hash, mc_email, mc_status, mc_last_changed, "
-            "mc_status_at, mc_fname, mc_lname, mc_interests, mc_interests_at, sync_status) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'todo')",
+            "mc_status_at, mc_fname, mc_lname, mc_interests, mc_interests_at, mc_unique_id, "
+            "sync_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'todo')",
             inserts,
         )
     if updates:
@@ -131,6 +132,38 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
             "mc_lname = ?, mc_interests = ?, mc_interests_at = ?, sync_status = ? WHERE id = ?",
             updates,
         )
+
+
+def _follow_email_changes(
+    ctx: RunContext, new_members: list[dict[str, Any]], existing: dict[str, Any]
+) -> None:
+    """A member whose address changed at Mailchimp has a new hash but the same
+    unique_email_id: move the staged row to the new hash (seed §5.5, without its webhook), and
+    give the contact the new address as its bulk-mail email."""
+    by_unique = {m["unique_email_id"]: m for m in new_members if m.get("unique_email_id")}
+    if not by_unique:
+        return
+    marks = ",".join("?" * len(by_unique))
+    for old in ctx.staging.query(
+        f"SELECT * FROM rows WHERE list_id = ? AND mc_unique_id IN ({marks})",
+        (ctx.list_id, *by_unique),
+    ):
+        member = by_unique[old["mc_unique_id"]]
+        if old["mc_hash"] == member["id"]:
+            continue
+        email = member.get("email_address")
+        ctx.staging.execute(
+            "UPDATE rows SET mc_hash = ?, mc_email = ? WHERE id = ?", (member["id"], email, old["id"])
+        )
+        if old["contact_id"] is not None and email:
+            ctx.staging.execute(
+                "INSERT OR IGNORE INTO civi_writes (list_id, kind, contact_id, email) "
+                "VALUES (?, 'email', ?, ?)",
+                (ctx.list_id, old["contact_id"], email),
+            )
+        ctx.log(f"Followed an email change at Mailchimp: {old['mc_email']} -> {email}")
+        refreshed = ctx.staging.query("SELECT * FROM rows WHERE id = ?", (old["id"],))
+        existing[member["id"]] = refreshed[0]
 
 
 def _change_time(expected: dict[str, Any], field: str, value: Any, changed: str) -> str:

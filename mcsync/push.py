@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mcsync.errors import ApiError, BudgetExhausted
-from mcsync.fetch import chunks
+from mcsync.fetch import chunks, fetch_emails_of_contacts
 from mcsync.mailchimp import member_put_operation
 from mcsync import reconcile as rc
 from mcsync.run import TRACKING_MARKER, RunContext
@@ -61,6 +61,36 @@ def push_civicrm(ctx: RunContext) -> None:
             _forget_writes(ctx, writes)
         ctx.progress("write CiviCRM", len(writes), None)
     _push_holds(ctx)
+    _push_new_emails(ctx)
+
+
+def _push_new_emails(ctx: RunContext) -> None:
+    """An address changed at Mailchimp is added to the contact as its bulk-mail email."""
+    while True:
+        ctx.budget.check()
+        writes = ctx.staging.query(
+            "SELECT * FROM civi_writes WHERE list_id = ? AND kind = 'email' ORDER BY id LIMIT ?",
+            (ctx.list_id, CIVI_WRITE_CHUNK),
+        )
+        if not writes:
+            return
+        # Refresh first: after a crash the address may already be there.
+        fetch_emails_of_contacts(ctx, sorted({w["contact_id"] for w in writes}))
+        for write in writes:
+            known = ctx.staging.scalar(
+                "SELECT COUNT(*) FROM emails WHERE contact_id = ? AND email_lc = ?",
+                (write["contact_id"], (write["email"] or "").lower()),
+            )
+            if not known:
+                ctx.civicrm.call(
+                    "Email",
+                    "create",
+                    {"values": {"contact_id": write["contact_id"], "email": write["email"],
+                                "is_bulkmail": True}},
+                )
+        fetch_emails_of_contacts(ctx, sorted({w["contact_id"] for w in writes}))
+        with ctx.staging.atomic():
+            _forget_writes(ctx, writes)
 
 
 def _push_holds(ctx: RunContext) -> None:

@@ -161,6 +161,12 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     ALTER TABLE rows ADD COLUMN pushed_tags TEXT NOT NULL DEFAULT '[]'
     """,
+    # 3: Mailchimp's unique_email_id survives an email change (which changes the member hash),
+    # so a changed address is followed instead of looking like a new person
+    """
+    ALTER TABLE rows ADD COLUMN mc_unique_id TEXT;
+    CREATE INDEX rows_by_unique_id ON rows (list_id, mc_unique_id)
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience

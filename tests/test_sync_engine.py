@@ -167,3 +167,17 @@ def test_a_tiny_budget_stops_and_resumes_to_the_same_result(make_world) -> None:
         "SELECT e.email FROM group_contact g JOIN email e ON e.contact_id = g.contact_id "
         "WHERE g.group_id = ? AND g.status = 'Added'", (world.group_id,))}
     assert subscribed == added
+
+
+def test_an_email_changed_at_mailchimp_is_followed_not_duplicated(world: World) -> None:
+    contact = world.person("old@example.org", mc="subscribed", civi="Added")
+    world.sync()
+    world.mc.edit_member(world.list_id, "old@example.org", new_email="new@example.org")
+    world.sync()
+    assert contact is not None
+    assert world.civi.query("SELECT COUNT(*) AS n FROM contact")[0]["n"] == 1
+    emails = {r["email"] for r in world.civi.query(
+        "SELECT email FROM email WHERE contact_id = ?", (contact,))}
+    assert emails == {"old@example.org", "new@example.org"}
+    assert world.civi_status(contact) == "Added"
+    assert world.mc_status("new@example.org") == "subscribed"
