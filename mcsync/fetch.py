@@ -132,6 +132,27 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
             "mc_lname = ?, mc_interests = ?, mc_interests_at = ?, sync_status = ? WHERE id = ?",
             updates,
         )
+    _baseline_merge_fields(ctx, members)
+
+
+def _baseline_merge_fields(ctx: RunContext, members: list[dict[str, Any]]) -> None:
+    """For mapped merge tags mcsync has not pushed yet, count Mailchimp's current value as
+    the last known one, so a first sync does not rewrite values that already agree. Values
+    mcsync pushed are kept (json_patch: the stored map wins)."""
+    tags = list(ctx.audience.merge_fields)
+    if not tags:
+        return
+    ctx.staging.conn.executemany(
+        "UPDATE rows SET pushed_merge = json_patch(?, pushed_merge) "
+        "WHERE list_id = ? AND mc_hash = ?",
+        [
+            (
+                dumps({t: (m.get("merge_fields") or {}).get(t, "") for t in tags}),
+                ctx.list_id, m["id"],
+            )
+            for m in members
+        ],
+    )
 
 
 def _follow_email_changes(

@@ -38,6 +38,7 @@ def policy_for(ctx: RunContext) -> rc.AudiencePolicy:
         group_id=ctx.group_id,
         interest_groups=ctx.interest_groups,
         respect_privacy_flags=ctx.sync.respect_privacy_flags,
+        blank_merge_fields=ctx.sync.blank_merge_fields,
     )
 
 
@@ -74,6 +75,7 @@ class LoadedChunk:
         self.siblings: dict[int, list[tuple[int, str | None, str | None]]] = defaultdict(list)
         self.held_addresses: set[str] = set()
         self.unsubmitted: dict[int, list[rc.QueuedUpdate]] = defaultdict(list)
+        self.merge_fields: dict[int, dict[str, Any]] = {}
 
     def member_row(self, row: sqlite3.Row) -> rc.MemberRow:
         contact_id = row["contact_id"]
@@ -88,6 +90,8 @@ class LoadedChunk:
                 ((k, parse_iso(v)) for k, v in json.loads(row["mc_interests_at"]).items())
                 if v is not None
             },
+            # What Mailchimp has as far as mcsync knows: what it pushed (seed §10 "previous").
+            merge_fields=json.loads(row["pushed_merge"]),
         ) if row["mc_status"] is not None and row["mc_email"] else rc.MailchimpSide()
         civicrm = rc.CivicrmSide()
         contact = self.contacts.get(contact_id) if contact_id is not None else None
@@ -104,6 +108,7 @@ class LoadedChunk:
                 do_not_email=bool(contact["do_not_email"]),
                 is_opt_out=bool(contact["is_opt_out"]),
                 emails=tuple(self.emails.get(contact_id, ())),
+                merge_fields=self.merge_fields.get(contact_id, {}),
             )
         siblings = tuple(
             rc.Sibling(email, status)  # type: ignore[arg-type]
@@ -144,6 +149,12 @@ def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
                     bool(email["is_primary"]),
                 )
             )
+        for data in staging.query(
+            f"SELECT contact_id, merge_fields FROM contact_data WHERE list_id = ? "
+            f"AND contact_id IN ({marks})",
+            (ctx.list_id, *contact_ids),
+        ):
+            loaded.merge_fields[data["contact_id"]] = json.loads(data["merge_fields"])
         group_marks = ",".join("?" * len(ctx.all_groups))
         for group in staging.query(
             f"SELECT * FROM group_status WHERE contact_id IN ({marks}) "

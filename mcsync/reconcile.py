@@ -215,6 +215,7 @@ class AudiencePolicy:
     respect_privacy_flags: bool = True
     trust: Side | None = None
     interest_trust: Mapping[str, Side] = field(default_factory=dict)
+    blank_merge_fields: bool = False
 
 
 # ---- outputs --------------------------------------------------------------------------------
@@ -485,14 +486,20 @@ def _decide_interest(
     return InterestOutcome(interest_id, group_id, "5.3-I4", push=group.added)
 
 
-def decide_merge_fields(row: MemberRow) -> dict[str, Any]:
-    """CiviCRM → Mailchimp only; an empty CiviCRM value never wipes Mailchimp's (seed §10)."""
+def decide_merge_fields(row: MemberRow, blank: bool = False) -> dict[str, Any]:
+    """CiviCRM → Mailchimp only, and only values that differ from what Mailchimp has as far as
+    mcsync knows (``MailchimpSide.merge_fields``). An empty CiviCRM value never wipes
+    Mailchimp's (seed §10) unless ``blank``; then it clears a known non-empty value."""
     m = row.mailchimp
-    return {
-        tag: value
-        for tag, value in sorted(row.civicrm.merge_fields.items())
-        if value not in (None, "") and (m.status is None or m.merge_fields.get(tag) != value)
-    }
+    changes: dict[str, Any] = {}
+    for tag, value in sorted(row.civicrm.merge_fields.items()):
+        known = m.merge_fields.get(tag)
+        if value in (None, ""):
+            if blank and m.status is not None and known not in (None, ""):
+                changes[tag] = ""
+        elif m.status is None or known != value:
+            changes[tag] = value
+    return changes
 
 
 def reconcile_member(row: MemberRow, policy: AudiencePolicy) -> Decision:
@@ -506,7 +513,7 @@ def reconcile_member(row: MemberRow, policy: AudiencePolicy) -> Decision:
         SetGroupStatus(contact_id, o.group_id, o.set_group) for o in outcomes if o.set_group
     )
     pushes = {o.interest_id: o.push for o in outcomes if o.push is not None}
-    merge_fields = decide_merge_fields(row)
+    merge_fields = decide_merge_fields(row, policy.blank_merge_fields)
     update = decision.mailchimp_update
     if update is None and (pushes or merge_fields):
         m = row.mailchimp

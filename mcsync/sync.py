@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from mcsync import fetch, match, plan, push
+from mcsync import feeds, fetch, match, plan, push
 from mcsync.errors import AudienceBusy, BudgetExhausted
 from mcsync.run import RunContext
 from mcsync.staging import Staging, iso, parse_iso, utc_now
@@ -36,11 +36,13 @@ STAGES: list[tuple[str, StageFn, str]] = [
     ("create_contacts", match.create_contacts, "any"),
     ("add_civicrm_only", match.add_civicrm_only, "any"),
     ("load_history", match.load_history_dates, "any"),
+    ("fetch_contact_data", feeds.fetch_contact_data, "any"),
     ("reconcile", plan.reconcile_rows, "any"),
     ("brake", plan.check_mass_changes, "any"),
     ("push_civicrm", push.push_civicrm, "write"),
     ("push_mailchimp", push.push_mailchimp, "write"),
     ("collect_batches", push.collect_batches, "write"),
+    ("push_tags", feeds.push_tags, "write"),
 ]
 STAGE_NAMES = [name for name, _, _ in STAGES]
 WRITE_STAGES = {name for name, _, when in STAGES if when == "write"}
