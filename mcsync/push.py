@@ -32,12 +32,15 @@ def push_civicrm(ctx: RunContext) -> None:
     with the removal of its queue rows."""
     while True:
         ctx.budget.check()
-        writes = ctx.staging.query(
+        writes: list[sqlite3.Row] = ctx.staging.query(
             "SELECT * FROM civi_writes WHERE list_id = ? AND kind = 'group' ORDER BY id LIMIT ?",
             (ctx.list_id, CIVI_WRITE_CHUNK),
         )
         if not writes:
             break
+        writes = _drop_overtaken(ctx, writes)
+        if not writes:
+            continue
         ctx.civicrm.call(
             "GroupContact",
             "save",
@@ -91,6 +94,44 @@ def _push_new_emails(ctx: RunContext) -> None:
         fetch_emails_of_contacts(ctx, sorted({w["contact_id"] for w in writes}))
         with ctx.staging.atomic():
             _forget_writes(ctx, writes)
+
+
+def _drop_overtaken(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3.Row]:
+    """A person may change a group in CiviCRM while a run works: such a write is dropped and
+    its row decided again next run, so a fresh choice is never overwritten by a stale plan."""
+    state = ctx.staging.state(ctx.list_id)
+    seen_up_to = max(state["history_bookmark"] or 0, state["history_target"] or 0)
+    contact_ids = sorted({w["contact_id"] for w in writes})
+    fresh = ctx.civicrm.call(
+        "SubscriptionHistory",
+        "get",
+        {
+            "select": ["contact_id", "group_id", "tracking"],
+            "where": [
+                ["id", ">", seen_up_to],
+                ["contact_id", "IN", contact_ids],
+                ["group_id", "IN", ctx.all_groups],
+            ],
+            "limit": 0,
+        },
+    )
+    changed = {
+        (r["contact_id"], r["group_id"])
+        for r in fresh
+        if (r.get("tracking") or "") != TRACKING_MARKER
+    }
+    if not changed:
+        return writes
+    overtaken = [w for w in writes if (w["contact_id"], w["group_id"]) in changed]
+    with ctx.staging.atomic():
+        _forget_writes(ctx, overtaken)
+        ctx.staging.conn.executemany(
+            "UPDATE rows SET sync_status = 'todo' WHERE list_id = ? AND contact_id = ?",
+            [(ctx.list_id, w["contact_id"]) for w in overtaken],
+        )
+    ctx.log(f"{len(overtaken)} CiviCRM changes made during this run are kept; "
+            "those contacts are decided again next run")
+    return [w for w in writes if (w["contact_id"], w["group_id"]) not in changed]
 
 
 def _push_holds(ctx: RunContext) -> None:
