@@ -1,0 +1,326 @@
+"""`make bench`: the real `mcsync` CLI against simulators in their own process, at scale.
+
+For each size (BENCH_SIZES, default 10000,100000) a simulator process (`bench/server.py`)
+generates an already-agreeing audience and serves it on loopback; the scenarios then run
+`python -m mcsync` as a subprocess and record its wall time, the HTTP requests each simulator
+saw, and the peak RSS of the mcsync process (from `wait4`). The floors are measured in the same
+run. A separate micro-benchmark times the match stage's SQL over 50,000 staged emails.
+Nothing here is a test: it prints a table and the targets it checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from match_bench import match_50k  # noqa: E402
+
+from mcsync.fetch import EMAIL_SELECT  # noqa: E402
+from mcsync.mailchimp import MEMBER_FIELDS  # noqa: E402
+from mcsync.sim.world import CIVICRM_KEY, CIVICRM_SITE_KEY, MAILCHIMP_KEY  # noqa: E402
+
+LATENCY = 0.15
+MC_CONCURRENCY = 10  # sync.max_connections default: Mailchimp's per-account cap
+CIVI_CONCURRENCY = 4  # the CiviCRM client's max_connections
+MAX_TIME = 10.0  # the budget scenario's --max-time
+
+
+@dataclass
+class Result:
+    size: int
+    scenario: str
+    seconds: float
+    requests: dict[str, dict[str, int]]
+    rss_mb: float
+    floor: float | None = None
+    completed: bool = True
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def total(self, api: str) -> int:
+        return sum(self.requests.get(api, {}).values())
+
+
+class SimProcess:
+    """The simulator child process and its line-based JSON control channel."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "server.py")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        )  # fmt: skip
+
+    def call(self, cmd: str, **args: Any) -> Any:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"simulator process died during {cmd}")
+        return json.loads(line)
+
+    def stop(self) -> None:
+        try:
+            self.call("stop")
+        except (RuntimeError, BrokenPipeError):
+            pass
+        self.proc.wait(timeout=30)
+
+
+def run_mcsync(config: Path, *args: str) -> tuple[float, float, int]:
+    """Run the CLI; return (wall seconds, peak RSS in MB, exit code) of that process."""
+    env = {**os.environ, "MCSYNC_CONFIG": str(config)}
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mcsync", *args, "-q"], env=env, cwd=config.parent
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return seconds, usage.ru_maxrss / 1024, proc.returncode
+
+
+def run_stage(db: Path, list_id: str) -> str:
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT stage FROM audience_state WHERE list_id = ?", (list_id,))
+        found = row.fetchone()
+    return found[0] if found else "missing"
+
+
+def floor_full(mc_url: str, civi_url: str, list_id: str, group_ids: list[int]) -> dict[str, Any]:
+    """A plain sequential httpx loop over the pages a full run must read at the least."""
+    started = time.perf_counter()
+    pages = {"mailchimp": 0, "civicrm": 0}
+    with httpx.Client(timeout=60) as client:
+        offset, total = 0, 1
+        fields = ",".join(["total_items", *(f"members.{f}" for f in MEMBER_FIELDS)])
+        while offset < total:
+            response = client.get(
+                f"{mc_url}/lists/{list_id}/members",
+                params={"count": 1000, "offset": offset, "fields": fields,
+                        "sort_field": "last_changed", "sort_dir": "DESC"},
+                auth=("bench", MAILCHIMP_KEY),
+            )  # fmt: skip
+            total = response.json()["total_items"]
+            offset += 1000
+            pages["mailchimp"] += 1
+        headers = {"X-Civi-Auth": f"Bearer {CIVICRM_KEY}", "X-Civi-Key": CIVICRM_SITE_KEY,
+                   "X-Requested-With": "XMLHttpRequest"}  # fmt: skip
+        group_select = ["id", "contact_id", "group_id", "status", "contact_id.is_deleted",
+                        "contact_id.is_deceased", "contact_id.do_not_email",
+                        "contact_id.is_opt_out", "contact_id.first_name",
+                        "contact_id.last_name"]  # fmt: skip
+        for entity, select, where in (
+            ("GroupContact", group_select, [["group_id", "IN", group_ids]]),
+            ("Email", EMAIL_SELECT, [["contact_id.is_deleted", "=", False]]),
+        ):
+            last = 0
+            while True:
+                params = {"select": select, "where": [*where, ["id", ">", last]],
+                          "orderBy": {"id": "ASC"}, "limit": 5000}  # fmt: skip
+                response = client.post(f"{civi_url}/{entity}/get", headers=headers,
+                                       data={"params": json.dumps(params)})  # fmt: skip
+                values = response.json()["values"]
+                pages["civicrm"] += 1
+                if len(values) < 5000:
+                    break
+                last = values[-1]["id"]
+    seconds = time.perf_counter() - started
+    latency_floor = LATENCY * (pages["mailchimp"] / MC_CONCURRENCY
+                               + pages["civicrm"] / CIVI_CONCURRENCY)  # fmt: skip
+    return {"seconds": seconds, "pages": pages, "latency_floor": latency_floor}
+
+
+def bench_size(size: int, workdir: Path, largest: bool) -> list[Result]:
+    results: list[Result] = []
+    sim = SimProcess()
+    try:
+        print(f"-- {size:,} members: generating...", file=sys.stderr, flush=True)
+        world = sim.call("create", members=size)
+        print(f"   generated in {world['seconds']:.1f} s", file=sys.stderr, flush=True)
+        list_id = world["list_id"]
+        group_ids = [world["group_id"], *sorted(set(_interest_groups(world["config"])))]
+
+        def config_for(name: str) -> tuple[Path, Path]:
+            db = workdir / f"{size}-{name}.sqlite3"
+            path = workdir / f"{size}-{name}.toml"
+            path.write_text(world["config"].replace("@STATE_DB@", str(db)))
+            path.chmod(0o600)
+            return path, db
+
+        def scenario(name: str, config: Path, db: Path, *args: str, floor: float | None = None,
+                     note: str = "") -> Result:  # fmt: skip
+            print(f"   {name}...", file=sys.stderr, flush=True)
+            sim.call("stats")
+            seconds, rss, code = run_mcsync(config, *args)
+            stage = run_stage(db, list_id)
+            result = Result(size, name, seconds, sim.call("stats"), rss, floor,
+                            completed=code == 0 and stage == "idle", note=note)  # fmt: skip
+            if code:
+                result.note = f"exit {code} " + note
+            elif stage != "idle":
+                result.note = f"stopped at {stage} " + note
+            results.append(result)
+            return result
+
+        floor = floor_full(world["mailchimp_url"], world["civicrm_url"], list_id, group_ids)
+        sim.call("stats")
+        long = ("--max-time", "86400")
+        main_config, main_db = config_for("main")
+        full = scenario("full", main_config, main_db, "fetch-and-reconcile", "--since", "ever",
+                        *long, floor=floor["seconds"])  # fmt: skip
+        full.extra["floor_pages"] = floor["pages"]
+
+        sim.call("latency", seconds=LATENCY)
+        latency_config, latency_db = config_for("latency")
+        scenario("latency", latency_config, latency_db, "fetch-and-reconcile", "--since",
+                 "ever", *long, floor=floor["latency_floor"])  # fmt: skip
+        sim.call("latency", seconds=0)
+
+        scenario("no-change", main_config, main_db, "fetch-and-reconcile", *long)
+
+        time.sleep(1.1)  # changes made now are later than the last run, to the second
+        changed = sim.call("mutate", share=0.01, seed=7)
+        incremental = scenario("incremental", main_config, main_db, "fetch-and-reconcile",
+                               *long, note=_changed_note(changed))  # fmt: skip
+        incremental.extra["changed"] = sum(changed.values())
+
+        time.sleep(1.1)
+        added = sim.call("civicrm_only", count=size // 10)["contacts"]
+        push = scenario("push", main_config, main_db, "fetch-and-reconcile", *long,
+                        note=f"{added} contacts to subscribe")  # fmt: skip
+        push.extra["written"] = added
+
+        if largest:
+            budget_config, budget_db = config_for("budget")
+            scenario("budget", budget_config, budget_db, "fetch-and-reconcile", "--since",
+                     "ever", "--max-time", str(MAX_TIME))  # fmt: skip
+            results[-1].completed = results[-1].seconds <= MAX_TIME + 3
+    finally:
+        sim.stop()
+    return results
+
+
+def _interest_groups(config: str) -> list[int]:
+    after = config.split("[audience.interests]", 1)[1] if "[audience.interests]" in config else ""
+    return [int(line.split("=")[1]) for line in after.splitlines() if "=" in line]
+
+
+def _changed_note(changed: dict[str, int]) -> str:
+    return ", ".join(f"{k.replace('mailchimp', 'mc').replace('civicrm', 'civi')} {v}"
+                     for k, v in sorted(changed.items()))  # fmt: skip
+
+
+def verdicts(results: list[Result]) -> list[str]:
+    """Each target of issue 7 that this run can judge, as 'met'/'NOT met' lines."""
+    lines: list[str] = []
+    by = {(r.size, r.scenario): r for r in results}
+    sizes = sorted({r.size for r in results})
+
+    def line(ok: bool, text: str) -> None:
+        lines.append(f"[{'met' if ok else 'NOT met'}] {text}")
+
+    for size in sizes:
+        full, lat = by.get((size, "full")), by.get((size, "latency"))
+        if full and full.floor:
+            ratio = full.seconds / full.floor
+            line(ratio <= 1.5 or size < 100_000,
+                 f"{size:,} full: {ratio:.2f} x floor (<= 1.5 at 100k and 1M)")
+        if lat and lat.floor:
+            line(lat.seconds / lat.floor <= 1.3,
+                 f"{size:,} latency: {lat.seconds / lat.floor:.2f} x floor (<= 1.3)")
+        inc = by.get((size, "incremental"))
+        if inc and full:
+            requests = inc.total("mailchimp") + inc.total("civicrm")
+            limit = 2 * inc.extra["changed"] / 1000 + 20
+            line(requests <= limit, f"{size:,} incremental: {requests} requests (<= {limit:.0f})")
+            line(inc.seconds <= 0.1 * full.seconds,
+                 f"{size:,} incremental: {inc.seconds / full.seconds:.1%} of full (<= 10%)")
+        nochange = by.get((size, "no-change"))
+        if nochange and full:
+            most = max(nochange.total("mailchimp"), nochange.total("civicrm"))
+            line(most <= 10, f"{size:,} no-change: {most} requests on the busier API (<= 10)")
+            if size >= 1_000_000:
+                line(nochange.seconds <= 0.03 * full.seconds,
+                     f"{size:,} no-change: {nochange.seconds / full.seconds:.1%} of full (<= 3%)")
+        push = by.get((size, "push"))
+        if push:
+            writes = sum(n for k, n in push.requests.get("mailchimp", {}).items()
+                         if k.startswith(("POST", "PUT", "PATCH")))  # fmt: skip
+            allowed = max(1, -(-push.extra["written"] // 500))
+            line(writes <= allowed,
+                 f"{size:,} push: {writes} write requests for {push.extra['written']} members "
+                 f"(<= {allowed}, plus polling)")
+        budget = by.get((size, "budget"))
+        if budget:
+            line(budget.seconds <= MAX_TIME + 3,
+                 f"{size:,} budget: exited after {budget.seconds:.1f} s (<= {MAX_TIME + 3:.0f})")
+    if 1_000_000 in sizes:
+        big = by.get((1_000_000, "full"))
+        mid = by.get((100_000, "full"))
+        if big:
+            peak = max(r.rss_mb for r in results if r.size == 1_000_000)
+            line(peak <= 250, f"1M peak RSS {peak:.0f} MB (<= 250)")
+            if mid:
+                mid_peak = max(r.rss_mb for r in results if r.size == 100_000)
+                line(peak <= 2 * mid_peak, f"RSS(1M) {peak:.0f} <= 2 x RSS(100k) {mid_peak:.0f}")
+    return lines
+
+
+def print_table(results: list[Result], match: dict[str, Any]) -> None:
+    header = (f"{'size':>9} {'scenario':<12} {'wall s':>8} {'floor s':>8} {'ratio':>6} "
+              f"{'MC req':>7} {'Civi req':>8} {'RSS MB':>7}  requests by kind / note")  # fmt: skip
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        floor = f"{r.floor:8.2f}" if r.floor else f"{'':>8}"
+        ratio = f"{r.seconds / r.floor:6.2f}" if r.floor else f"{'':>6}"
+        kinds = "; ".join(
+            f"{k} {n}" for api in ("mailchimp", "civicrm")
+            for k, n in sorted(r.requests.get(api, {}).items())
+        )  # fmt: skip
+        note = (r.note + (" | " if r.note else "") if r.note else "") + kinds
+        if not r.completed:
+            note = "INCOMPLETE " + note
+        print(f"{r.size:>9,} {r.scenario:<12} {r.seconds:8.2f} {floor} {ratio} "
+              f"{r.total('mailchimp'):>7} {r.total('civicrm'):>8} {r.rss_mb:>7.0f}  {note}")
+    print()
+    print(f"match 50,000 Mailchimp emails to contacts (assign_matches SQL): "
+          f"{match['seconds']:.3f} s over {match['contacts']:,} staged contacts "
+          f"(target <= 0.5 s)")  # fmt: skip
+
+
+def main() -> int:
+    sizes = [int(s) for s in os.environ.get("BENCH_SIZES", "10000,100000").split(",") if s]
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="mcsync-bench-") as tmp:
+        for size in sizes:
+            results.extend(bench_size(size, Path(tmp), largest=size == max(sizes)))
+        match = match_50k(Path(tmp) / "match.sqlite3")
+    print()
+    print_table(results, match)
+    print()
+    for text in verdicts(results) + [
+        f"[{'met' if match['seconds'] <= 0.5 else 'NOT met'}] match 50,000 emails: "
+        f"{match['seconds']:.3f} s (<= 0.5)"
+    ]:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
