@@ -168,7 +168,7 @@ def start_run(ctx: RunContext, *, since: str | None) -> None:
                 (ctx.list_id,),
             )
     ctx.log(
-        f"Started a {'full' if full else 'incremental'} run"
+        f"Started {'a full' if full else 'an incremental'} run"
         + ("" if full else f" for Mailchimp changes since {iso(window)}")
     )
 
