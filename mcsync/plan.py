@@ -55,12 +55,25 @@ def reconcile_rows(ctx: RunContext) -> None:
         if not rows:
             return
         loaded = load_chunk(ctx, rows)
+        missing: dict[str, int] = defaultdict(int)
         with ctx.staging.atomic():
             for row in rows:
                 member_row = loaded.member_row(row)
                 decision = rc.reconcile_member(member_row, policy)
                 record_decision(ctx, row, member_row, decision, loaded.unsubmitted[row["id"]])
+                for outcome in decision.interests:
+                    if outcome.rule == "5.3-I1-no-data":
+                        missing[outcome.interest_id] += 1
             ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
+        for interest_id, count in sorted(missing.items()):
+            # Seed §5.3 (lab #19): deleted at Mailchimp, or mapped after these members were
+            # fetched; a full run (--since ever) fetches their interests again.
+            ctx.log(
+                f"Interest {interest_id} is missing from the Mailchimp data of {count} "
+                f"subscribed member(s); skipped. Was it deleted in Mailchimp, or newly mapped "
+                f"(then run with --since ever)?",
+                "notice",
+            )
         ctx.progress("reconcile", len(rows), None)
 
 
