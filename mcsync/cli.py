@@ -22,6 +22,7 @@ from mcsync.config import Config, config_file_is_private, default_config_path, l
 from mcsync.console import Output, show_failures, show_plan, show_status
 from mcsync.errors import ConfigError, McsyncError
 from mcsync.http import redact
+from mcsync.status import REASONS
 
 
 def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -103,44 +104,74 @@ def run_sync(
     as_json: bool,
     confirm: bool = False,
 ) -> None:
+    """A sync, or a preview (dry run, or initial-sync's confirmation) that plans up to the
+    brake, shows the plan, and undoes the planning so the next real run decides the same."""
     from mcsync import plan
     from mcsync.engine import sync_audiences
 
+    if as_json and not dry_run:
+        raise ConfigError("--json: prints the plan of a dry run; use it with --dry-run")
     config = session.config()
     out = session.out
     if since and since != "ever":
         plan.parse_since(since)
+    preview = dry_run or confirm
+    if preview:
+        plan.ensure_no_writes_pending(config, group_id)
     budget = Budget(max_time or None)
     debug = (lambda line: out.error(line)) if session.out.verbose >= 2 else None
-    preview = dry_run or confirm
     with out.progress() as progress:
         results = sync_audiences(
             config, budget=budget, group_id=group_id, since=since, full=full,
             dry_run=preview, allow_mass_changes=allow_mass_changes, progress=progress,
             debug_http=debug,
         )
-    exit_code = report_results(session, results)
-    if preview:
-        planned = plan.collect_plan(config, results)
-        if as_json:
-            out.json(planned)
-        else:
-            show_plan(out, planned)
-        plan.discard_plans(config, results)
-        if dry_run or exit_code:
-            sys.exit(exit_code)
-        if not any(r.outcome for r in results):
-            sys.exit(exit_code)
-        if not click.confirm("Write these changes to both sides?", default=False):
-            out.always("Nothing was written.")
-            sys.exit(0)
-        with out.progress() as progress:
-            results = sync_audiences(
-                config, budget=budget, group_id=group_id, since=since, full=False,
-                allow_mass_changes=allow_mass_changes, progress=progress, debug_http=debug,
+    if not preview:
+        sys.exit(report_results(session, results))
+    exit_code = report_preview(session, results)
+    planned = plan.collect_plan(config, results)
+    if as_json:
+        out.json(planned)
+    else:
+        show_plan(out, planned)
+    plan.discard_plans(config, results)
+    if dry_run or exit_code or not planned["audiences"]:
+        if not as_json:
+            out.always("Dry run: nothing was written to Mailchimp or CiviCRM.")
+        sys.exit(exit_code)
+    if not click.confirm("Write these changes to both sides?", default=False):
+        out.always("Nothing was written.")
+        sys.exit(0)
+    with out.progress() as progress:
+        results = sync_audiences(
+            config, budget=budget, group_id=group_id, since=since, full=False,
+            allow_mass_changes=allow_mass_changes, progress=progress, debug_http=debug,
+        )
+    sys.exit(report_results(session, results))
+
+
+def report_preview(session: Session, results: list[Any]) -> int:
+    """What a preview could not plan, on stderr (stdout carries the plan); 1 if the real run
+    would fail or stop at the brake."""
+    from mcsync.sync import WRITE_STAGES
+
+    out, code = session.out, 0
+    for result in results:
+        label = f"audience {result.audience.list_id} (group {result.audience.group_id})"
+        if result.busy:
+            out.error(f"{label}: busy with another mcsync run; not planned")
+        elif result.error is not None:
+            out.error(f"{label}: {redact(str(result.error), session.secrets)}")
+            code = 1
+        elif result.outcome is None:
+            out.error(f"{label}: not planned, the time budget was used up")
+        elif result.outcome.stage not in WRITE_STAGES:
+            out.error(
+                f"{label}: the time budget ran out during {result.outcome.stage}, before the "
+                f"plan was complete; its progress is kept. Run the dry run again (or give it "
+                f"--max-time 0) to see the plan."
             )
-        exit_code = report_results(session, results)
-    sys.exit(exit_code)
+    return code
 
 
 def report_results(session: Session, results: list[Any]) -> int:
@@ -206,7 +237,8 @@ def initial_sync(session: Session, group_id: int | None, max_time: float, dry_ru
 @main.command("status")
 @common_options
 @group_id_option()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable, stable schema.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable, stable schema (mcsync/status_schema.json).")
 @guarded
 def status_command(session: Session, group_id: int | None, as_json: bool) -> None:
     """How in-sync each audience is: balance figures, stage, last sync, recent log."""
@@ -229,8 +261,10 @@ def status_command(session: Session, group_id: int | None, as_json: bool) -> Non
 @main.command("failures")
 @common_options
 @group_id_option()
-@click.option("--reason", help="Only rows failing for this reason (e.g. cleaned, on_hold).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable.")
+@click.option("--reason", type=click.Choice(sorted(REASONS)),
+              help="Only contacts failing for this reason.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable (schema: mcsync/status_schema.json).")
 @guarded
 def failures_command(session: Session, group_id: int | None, reason: str | None,
                      as_json: bool) -> None:

@@ -13,8 +13,17 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from mcsync.status import age
 
@@ -54,7 +63,7 @@ class Output:
             return
         bars = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=self.console, transient=True,
+            RateColumn(), TimeElapsedColumn(), console=self.console, transient=True,
         )
         tasks: dict[str, Any] = {}
         counts: dict[str, int] = {}
@@ -73,6 +82,23 @@ class Output:
             yield update
 
     # -- tables -------------------------------------------------------------------------
+    def pairs(self, title: str, items: Sequence[tuple[str, Any]]) -> None:
+        """Labelled values: a two-column table in a terminal, "  label: value" lines otherwise."""
+        if self.quiet:
+            return
+        if self.interactive:
+            table = Table(title=title, title_justify="left", show_header=False)
+            table.add_column(style="bold")
+            table.add_column()
+            for label, value in items:
+                table.add_row(label, "" if value is None else str(value))
+            self.console.print(table)
+            return
+        self.stream.write(f"{title}\n")
+        width = max((len(label) for label, _ in items), default=0)
+        for label, value in items:
+            self.stream.write(f"  {label + ':':<{width + 1}} {'' if value is None else value}\n")
+
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if self.quiet:
             return
@@ -92,6 +118,14 @@ class Output:
             )
 
 
+class RateColumn(ProgressColumn):
+    """Items per second of a stage (rows, members, writes)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.0f}/s")
+
+
 FIGURES = [
     ("subscribed_at_mailchimp", "subscribed at Mailchimp"),
     ("added_in_civicrm", "Added in CiviCRM"),
@@ -108,19 +142,24 @@ FIGURES = [
 
 def show_status(out: Output, audiences: list[dict[str, Any]]) -> None:
     for item in audiences:
-        pill = "IN SYNC" if item["in_sync"] else "NOT IN SYNC"
+        pill = "in sync" if item["in_sync"] else "NOT in sync"
         took = item["last_sync_seconds"]
-        heading = (
-            f"{item['name']} (audience {item['list_id']}, group {item['group_id']}): {pill}; "
-            f"last complete sync {age(item['last_sync'])}"
-            + (f", took {took:.0f}s" if took is not None else "")
+        last = f"last complete sync {age(item['last_sync'])}" + (
+            f", took {_duration(took)}" if took is not None else ""
         )
-        rows = [(label, item["counts"][key]) for key, label in FIGURES]
-        state = "running" if item["running"] else "waiting"
-        rows.append(("stage", f"{item['stage']} ({state})"))
+        name = item["name"] or "Audience"
+        heading = (
+            f"{name} (Mailchimp {item['list_id']} / CiviCRM group {item['group_id']}): "
+            f"{pill}; {last}"
+        )
+        rows: list[tuple[str, Any]] = []
         if item["possible_crash"]:
             rows.append(("POSSIBLE CRASH", item["possible_crash"]))
-        out.table(heading, ["figure", "value"], rows)
+        if item["problem"]:
+            rows.append(("PROBLEM", item["problem"]))
+        rows.append(("run", _run_state(item)))
+        rows.extend((label, item["counts"][key]) for key, label in FIGURES)
+        out.pairs(heading, rows)
         if item["log"]:
             out.table(
                 "recent log", ["time", "level", "message"],
@@ -128,29 +167,85 @@ def show_status(out: Output, audiences: list[dict[str, Any]]) -> None:
             )
 
 
-def show_failures(out: Output, failures: list[dict[str, Any]]) -> None:
-    if not failures:
-        out.always("No rows are failing to sync.")
-        return
-    out.table(
-        f"{len(failures)} rows cannot sync",
-        ["group", "email", "contact", "reason", "what to do", "detail"],
-        [
-            (f["group_id"], f["email"], f["contact_id"], f["explanation"], f["advice"], f["detail"])
-            for f in failures
-        ],
+def _run_state(item: dict[str, Any]) -> str:
+    progress = item["progress"]
+    if item["stage"] == "idle":
+        return "waiting for the next run"
+    where = (
+        f"stage {progress['stage_number']}/{progress['stage_count']} {item['stage']}, "
+        f"{progress['mailchimp_fetched']} Mailchimp members fetched, "
+        f"{progress['rows_to_reconcile']} rows to reconcile; started {age(item['run_started'])}"
     )
+    return ("running: " if item["running"] else "paused (continues next run): ") + where
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def show_failures(out: Output, failures: list[dict[str, Any]]) -> None:
+    """Grouped by reason: the explanation and advice once, then the contacts."""
+    if not failures:
+        out.always("No contacts are failing to sync.")
+        return
+    by_reason: dict[str, list[dict[str, Any]]] = {}
+    for failure in failures:
+        by_reason.setdefault(failure["reason"], []).append(failure)
+    summary = ", ".join(f"{reason} {len(rows)}" for reason, rows in by_reason.items())
+    out.always(f"{len(failures)} contacts cannot sync: {summary}")
+    for reason, rows in by_reason.items():
+        first = rows[0]
+        out.always(f"\n{reason} ({len(rows)}): {first['explanation']}.")
+        out.always(f"  What to do: {first['advice']}")
+        out.table(
+            reason, ["group", "email", "contact", "Mailchimp status", "detail"],
+            [
+                (f["group_id"], f["email"], f["contact_id"], f["mailchimp_status"], f["detail"])
+                for f in rows
+            ],
+        )
+
+
+TOTAL_LABELS = [
+    ("contacts_to_create", "contacts to create in CiviCRM"),
+    ("civicrm_adds", "Added to CiviCRM groups"),
+    ("civicrm_removals", "Removed from CiviCRM groups"),
+    ("civicrm_holds", "emails put on hold in CiviCRM"),
+    ("mailchimp_subscribes", "subscribed at Mailchimp"),
+    ("mailchimp_unsubscribes", "unsubscribed at Mailchimp"),
+    ("mailchimp_updates", "other Mailchimp updates"),
+]
 
 
 def show_plan(out: Output, plan: dict[str, Any]) -> None:
+    """A dry run's changes, per contact and direction, then the totals."""
     for audience in plan["audiences"]:
         out.always(
-            f"Audience {audience['list_id']} (group {audience['group_id']}): "
-            + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in audience["totals"].items())
+            f"Planned changes for audience {audience['list_id']} "
+            f"(CiviCRM group {audience['group_id']}):"
         )
-        rows = [
-            (c["direction"], c["contact_id"], c["email"], c["change"])
-            for c in audience["changes"]
-        ]
-        if rows:
-            out.table("planned changes", ["where", "contact", "email", "change"], rows)
+        changes = sorted(
+            audience["changes"],
+            key=lambda c: (c["contact_id"] is None, c["contact_id"] or 0, c["email"] or ""),
+        )
+        if changes:
+            out.table(
+                "changes per contact", ["contact", "email", "where", "change"],
+                [
+                    (c["contact_id"] or "(new)", c["email"], c["direction"], c["change"])
+                    for c in changes
+                ],
+            )
+        else:
+            out.always("  nothing to change")
+        totals = audience["totals"]
+        out.always(
+            "Totals: "
+            + ", ".join(f"{totals.get(key, 0)} {label}" for key, label in TOTAL_LABELS)
+        )
+        if audience.get("brake"):
+            out.always("The mass-change brake would stop the real run (see the message above).")

@@ -16,7 +16,7 @@ from typing import Any
 
 from mcsync import reconcile as rc
 from mcsync.config import Config
-from mcsync.errors import ConfigError, MassChangeBrake
+from mcsync.errors import ConfigError, MassChangeBrake, McsyncError
 from mcsync.run import RunContext
 from mcsync.staging import Staging, dumps, iso, parse_iso, utc_now
 
@@ -297,45 +297,78 @@ def _origin_of(
 # -- the mass-change brake -------------------------------------------------------------------
 def check_mass_changes(ctx: RunContext) -> None:
     """Stop before writing when a run would unsubscribe/remove more than the allowed share
-    of the audience's subscribed members (DESIGN §5): one side answering empty, a group
-    emptied by mistake, a wrong list id."""
+    of the audience's subscribed members, or when one side answered empty for an audience
+    that had members (DESIGN §5): a group emptied by mistake, a wrong list id, an outage
+    that returned an empty page. Nothing has been written when this raises; the run stays
+    at this stage, so the next run stops here again until it is allowed or aborted."""
     if ctx.allow_mass_changes:
         return
-    subscribed = ctx.staging.scalar(
-        "SELECT COUNT(*) FROM rows WHERE list_id = ? AND mc_status IN ('subscribed', 'pending')",
-        (ctx.list_id,),
-    ) or 0
-    added = ctx.staging.scalar(
-        "SELECT COUNT(*) FROM group_status WHERE group_id = ? AND status = 'Added'",
-        (ctx.group_id,),
-    ) or 0
-    unsubscribes = ctx.staging.scalar(
-        "SELECT COUNT(*) FROM updates WHERE list_id = ? AND state = 'queued' "
-        "AND json_extract(body, '$.status') = 'unsubscribed'",
-        (ctx.list_id,),
-    ) or 0
-    removals = ctx.staging.scalar(
-        "SELECT COUNT(*) FROM civi_writes WHERE list_id = ? AND kind = 'group' "
-        "AND group_id = ? AND status = 'Removed'",
-        (ctx.list_id, ctx.group_id),
-    ) or 0
-    base = max(subscribed, added, 1)
-    share = ctx.sync.max_removal_share
-    problems = []
-    if unsubscribes > share * base and unsubscribes > 1:
-        problems.append(f"unsubscribe {unsubscribes} of {subscribed} members at Mailchimp")
-    if removals > share * base and removals > 1:
-        problems.append(f"remove {removals} of {added} contacts from CiviCRM group {ctx.group_id}")
+    problems = mass_change_problems(
+        ctx.staging, ctx.list_id, ctx.group_id, ctx.sync.max_removal_share
+    )
     if problems:
+        share = ctx.sync.max_removal_share
         message = (
-            f"Mass-change brake: this run would {' and '.join(problems)}, more than "
-            f"max_removal_share = {share:.0%}. Nothing was written. If this is intended, run "
-            f"again with --allow-mass-changes; if not, check the group and audience (was a "
-            f"group emptied or an audience replaced?) and run 'mcsync abort --group-id "
-            f"{ctx.group_id}' to drop the planned changes."
+            f"Mass-change brake for audience {ctx.list_id} (group {ctx.group_id}): "
+            f"{'; '.join(problems)}. Nothing was written. If this is intended, run again with "
+            f"--allow-mass-changes. If not, fix the cause (a group emptied or an audience "
+            f"replaced by mistake?), then run 'mcsync abort --group-id {ctx.group_id}' to drop "
+            f"the planned changes and start afresh. (max_removal_share = {share:.0%})"
         )
         ctx.log(message, "error")
         raise MassChangeBrake(message)
+
+
+def mass_change_problems(
+    staging: Staging, list_id: str, group_id: int, share: float
+) -> list[str]:
+    """Why the brake trips for the changes now planned for this audience (empty: it does not)."""
+    state = staging.state(list_id)
+    subscribed = staging.scalar(
+        "SELECT COUNT(*) FROM rows WHERE list_id = ? AND mc_status IN ('subscribed', 'pending')",
+        (list_id,),
+    ) or 0
+    members = staging.scalar(
+        "SELECT COUNT(*) FROM rows WHERE list_id = ? AND mc_hash IS NOT NULL", (list_id,)
+    ) or 0
+    added = staging.scalar(
+        "SELECT COUNT(*) FROM group_status WHERE group_id = ? AND status = 'Added'",
+        (group_id,),
+    ) or 0
+    unsubscribes = staging.scalar(
+        "SELECT COUNT(*) FROM updates WHERE list_id = ? AND state = 'queued' "
+        "AND json_extract(body, '$.status') = 'unsubscribed'",
+        (list_id,),
+    ) or 0
+    removals = staging.scalar(
+        "SELECT COUNT(*) FROM civi_writes WHERE list_id = ? AND kind = 'group' "
+        "AND group_id = ? AND status = 'Removed'",
+        (list_id, group_id),
+    ) or 0
+    problems = []
+    # Like the share checks below, one person leaving is never a "mass" change.
+    synced_before = bool(state.get("last_sync"))
+    # A full fetch pages every member; mc_offset counts what this run's pages held.
+    if state.get("run_full") and synced_before and members > 1 and not state.get("mc_offset"):
+        problems.append(
+            f"Mailchimp returned no members for this audience, which had {members} when last "
+            f"synced (a wrong list_id or API key, or an outage?)"
+        )
+    if synced_before and subscribed > 1 and not added:
+        problems.append(
+            f"CiviCRM group {group_id} has no contacts Added, while {subscribed} members are "
+            f"subscribed at Mailchimp (was the group emptied?)"
+        )
+    base = max(subscribed, added, 1)
+    if unsubscribes > share * base and unsubscribes > 1:
+        problems.append(
+            f"this run would unsubscribe {unsubscribes} of {subscribed} members at Mailchimp"
+        )
+    if removals > share * base and removals > 1:
+        problems.append(
+            f"this run would remove {removals} of {added} contacts from CiviCRM group {group_id}"
+        )
+    return problems
 
 
 # -- dry-run plans ---------------------------------------------------------------------------
@@ -400,18 +433,53 @@ def _total_key(change: dict[str, Any]) -> str:
     return "mailchimp_updates"
 
 
+def planned(result: Any) -> bool:
+    """A dry run left a complete plan in staging: it stopped before the first write stage,
+    or the brake tripped. (One stopped earlier by its budget keeps its progress instead.)"""
+    from mcsync.sync import WRITE_STAGES
+
+    if isinstance(result.error, MassChangeBrake):
+        return True
+    return result.outcome is not None and result.outcome.stage in WRITE_STAGES
+
+
 def collect_plan(config: Config, results: Sequence[Any]) -> dict[str, Any]:
+    """The dry run's plan per audience: changes per contact and direction, totals, and the
+    brake's message when the real run would stop."""
     staging = Staging(config.state_db)
     try:
-        return {
-            "audiences": [
-                audience_plan(staging, r.audience.list_id, r.audience.group_id)
-                for r in results
-                if r.outcome is not None
-            ]
-        }
+        audiences = []
+        for result in results:
+            if not planned(result):
+                continue
+            plan = audience_plan(staging, result.audience.list_id, result.audience.group_id)
+            plan["brake"] = str(result.error) if result.error is not None else None
+            audiences.append(plan)
+        return {"audiences": audiences}
     finally:
         staging.close()
+
+
+def ensure_no_writes_pending(config: Config, group_id: int | None) -> None:
+    """A dry run continues the audience's run up to the brake, so it must not start from a
+    stage that writes: that run has to finish (or be aborted) first."""
+    from mcsync.engine import selected_audiences
+    from mcsync.sync import WRITE_STAGES
+
+    staging = Staging(config.state_db)
+    try:
+        busy = [
+            f"audience {a.list_id} (group {a.group_id}) is part-way through writing "
+            f"({staging.state(a.list_id).get('stage')}); let it finish with "
+            f"'mcsync fetch-and-reconcile --group-id {a.group_id}', or drop it with "
+            f"'mcsync abort --group-id {a.group_id}', before a dry run"
+            for a in selected_audiences(config, group_id)
+            if staging.state(a.list_id).get("stage") in WRITE_STAGES
+        ]
+    finally:
+        staging.close()
+    if busy:
+        raise McsyncError("; ".join(busy))
 
 
 def discard_plans(config: Config, results: Sequence[Any]) -> None:
@@ -420,14 +488,17 @@ def discard_plans(config: Config, results: Sequence[Any]) -> None:
     staging = Staging(config.state_db)
     try:
         for result in results:
-            if result.outcome is None:
-                continue
-            discard_plan(staging, result.audience.list_id)
+            if planned(result):
+                discard_plan(staging, result.audience.list_id)
     finally:
         staging.close()
 
 
 def discard_plan(staging: Staging, list_id: str) -> None:
+    """Drop the run's decisions; queued updates from earlier runs (a compliance retry queued
+    while collecting batches) are older than this run and stay."""
+    state = staging.state(list_id)
+    started = state.get("run_started") or ""
     with staging.atomic():
         staging.execute(
             "UPDATE rows SET sync_status = 'todo', mc_expected = NULL WHERE list_id = ? AND "
@@ -436,8 +507,10 @@ def discard_plan(staging: Staging, list_id: str) -> None:
             "(SELECT contact_id FROM civi_writes WHERE list_id = ?))",
             (list_id, list_id, list_id),
         )
-        staging.execute("DELETE FROM updates WHERE list_id = ? AND state = 'queued'", (list_id,))
+        staging.execute(
+            "DELETE FROM updates WHERE list_id = ? AND state = 'queued' AND created_at >= ?",
+            (list_id, started),
+        )
         staging.execute("DELETE FROM civi_writes WHERE list_id = ?", (list_id,))
-        state = staging.state(list_id)
         if state and state["stage"] not in ("idle",):
             staging.set_state(list_id, stage="create_contacts", cursor=0)

@@ -15,68 +15,94 @@ from mcsync.staging import Staging, parse_iso, utc_now
 
 SILENT_LOG_LIMIT = timedelta(minutes=30)
 
-# Reason code → (plain reason, what to do about it).
+# Reason code (reconcile.Reason, plus "aborted") → (plain reason, what to do about it).
 REASONS: dict[str, tuple[str, str]] = {
     "cleaned": (
-        "Mailchimp cleaned this address (it bounced); Mailchimp will not let it be subscribed "
-        "again",
-        "Ask the person for a working address and change it in CiviCRM.",
+        "Mailchimp cleaned this address (it bounced hard or was reported as spam); Mailchimp "
+        "will not let it be subscribed again, so mcsync put the email on hold in CiviCRM",
+        "Ask the person for a working address and add it to their contact in CiviCRM.",
     ),
     "compliance": (
-        "Mailchimp refused to re-subscribe a person who had unsubscribed (compliance state); "
-        "a confirmation email was requested instead",
-        "Nothing: they are subscribed once they click the link in Mailchimp's email.",
+        "Mailchimp refused to re-subscribe a person who had unsubscribed (\"compliance "
+        "state\"); mcsync asked for a confirmation email instead (status pending)",
+        "Nothing to do: they are subscribed once they click the link in Mailchimp's email. "
+        "If they never got it, they can re-subscribe through a Mailchimp signup form.",
+    ),
+    "forgotten": (
+        "The person asked Mailchimp to forget them (GDPR erasure); Mailchimp will not accept "
+        "the address again through the API",
+        "Remove the contact from the group in CiviCRM; only the person can re-subscribe, "
+        "through a Mailchimp signup form.",
     ),
     "on_hold": (
-        "The email is on hold in CiviCRM (bounced or opted out), so it is not used to subscribe",
-        "Check the address in CiviCRM and take it off hold if it is good.",
+        "The email is on hold in CiviCRM (it bounced), so mcsync does not subscribe it",
+        "Check the address; if it works again, take it off hold in CiviCRM.",
     ),
     "several_emails": (
-        "This contact has several Mailchimp addresses and another one is still subscribed, so "
-        "the contact stays in the group",
-        "Usually fine to ignore; merge the Mailchimp members if they are the same person.",
+        "The contact has several addresses in this audience and another one is subscribed, "
+        "so the contact stays in the group",
+        "Usually fine to ignore. If they are the same person's old addresses, archive the "
+        "extra members in Mailchimp.",
     ),
     "no_usable_email": (
         "The contact is in the group but has no email that can be used (none, or all on hold)",
         "Add an email to the contact, or take one off hold.",
     ),
     "invalid_email": (
-        "Mailchimp rejected the address as invalid",
-        "Correct the email address in CiviCRM.",
+        "Mailchimp rejected the address as invalid (a typo, or a domain that takes no mail)",
+        "Correct the email address in CiviCRM; the next run tries again.",
     ),
     "privacy_flags": (
-        "The contact is deceased, 'do not email' or opted out, so mcsync does not subscribe them",
-        "Intentional; set respect_privacy_flags = false to change it.",
+        "The contact is deceased, marked 'do not email' or opted out of bulk mail, so mcsync "
+        "does not subscribe them",
+        "Intentional. To subscribe such contacts anyway, set respect_privacy_flags = false.",
+    ),
+    "no_contact": (
+        "Subscribed at Mailchimp, but no CiviCRM contact matched the email and none was "
+        "created",
+        "Set create_contacts = true in [sync], or create the contact in CiviCRM by hand.",
+    ),
+    "member_exists": (
+        "Mailchimp says a member with this address already exists (usually two contacts share "
+        "one email, or an address changed to one already in the audience)",
+        "Merge the duplicate contacts in CiviCRM, or give one of them another address.",
     ),
     "mailchimp_error": (
-        "Mailchimp refused the update",
-        "Read the error; 'Member Exists' usually means two contacts share the email: merge them.",
+        "Mailchimp refused the update; its error title and detail are shown",
+        "Read the detail; fix the data it names in CiviCRM. The next run tries again.",
+    ),
+    "aborted": (
+        "The update was cancelled by 'mcsync abort' before Mailchimp confirmed it",
+        "Nothing: the next run decides this contact again from fresh data.",
     ),
 }
+UNKNOWN_ADVICE = "Look at the detail; run fetch-and-reconcile with -vv to see the requests."
 
 
 def explain(reason: str | None) -> tuple[str, str]:
+    """The plain explanation and advice for a reason code (unknown codes are shown as is)."""
     if reason and reason in REASONS:
         return REASONS[reason]
-    return (reason or "unknown", "See the detail; run with -v for more.")
+    return (reason or "unknown", UNKNOWN_ADVICE)
 
 
 def audience_status(staging: Staging, audience: AudienceConfig) -> dict[str, Any]:
-    """The balance figures and run state of one audience (seed-behaviour §9.1 and more)."""
+    """The balance figures and run state of one audience (seed-behaviour §9.1 and more).
+
+    The keys are the `status --json` schema (mcsync/status_schema.json): add, never rename."""
     list_id, group_id = audience.list_id, audience.group_id
     state = staging.state(list_id)
     counts = _counts(staging, list_id, group_id)
-    stage = state.get("stage", "idle") if state else "idle"
-    last_sync = state.get("last_sync") if state else None
+    stage = state.get("stage") or "idle"
+    last_sync = state.get("last_sync")
     open_updates = counts["updates_queued"] + counts["updates_submitted"]
-    lease_owner = state.get("lease_owner") if state else None
+    lease_owner = state.get("lease_owner")
     lease_live = bool(lease_owner) and (state.get("lease_expires") or 0) >= time.time()
     log = staging.recent_log(list_id, 10)
-    crash = _possible_crash(stage, lease_owner, lease_live, log)
     return {
         "list_id": list_id,
         "group_id": group_id,
-        "name": audience.label if hasattr(audience, "label") else list_id,
+        "name": audience.name,
         "account": audience.account,
         "in_sync": bool(
             stage == "idle"
@@ -87,17 +113,39 @@ def audience_status(staging: Staging, audience: AudienceConfig) -> dict[str, Any
         ),
         "stage": stage,
         "running": lease_live,
-        "possible_crash": crash,
+        "possible_crash": _possible_crash(stage, lease_owner, lease_live, log),
+        "problem": _problem(staging, list_id, last_sync),
         "last_sync": last_sync,
-        "last_sync_seconds": state.get("last_sync_seconds") if state else None,
-        "run_started": state.get("run_started") if state else None,
-        "progress": {
-            "mailchimp_offset": state.get("mc_offset", 0) if state else 0,
-            "cursor": state.get("cursor", 0) if state else 0,
-        },
+        "last_sync_seconds": state.get("last_sync_seconds"),
+        "run_started": state.get("run_started") if stage != "idle" else None,
+        "progress": _progress(state, stage, counts),
         "counts": counts,
         "log": log,
     }
+
+
+def _progress(state: dict[str, Any], stage: str, counts: dict[str, int]) -> dict[str, Any]:
+    """Where a run under way has got to: stage n of N, members fetched, rows left."""
+    from mcsync.sync import STAGE_NAMES
+
+    index = STAGE_NAMES.index(stage) + 1 if stage in STAGE_NAMES else 0
+    return {
+        "stage_number": index,
+        "stage_count": len(STAGE_NAMES),
+        "mailchimp_fetched": int(state.get("mc_offset") or 0),
+        "rows_to_reconcile": counts["remaining"],
+        "cursor": int(state.get("cursor") or 0),
+    }
+
+
+def _problem(staging: Staging, list_id: str, last_sync: str | None) -> str | None:
+    """The newest error logged since the last complete sync (a brake, an API failure)."""
+    row = staging.query(
+        "SELECT message FROM log WHERE list_id = ? AND level = 'error' AND at >= ? "
+        "ORDER BY id DESC LIMIT 1",
+        (list_id, last_sync or ""),
+    )
+    return str(row[0]["message"]) if row else None
 
 
 def _counts(staging: Staging, list_id: str, group_id: int) -> dict[str, int]:
@@ -151,16 +199,23 @@ def _counts(staging: Staging, list_id: str, group_id: int) -> dict[str, int]:
 def _possible_crash(
     stage: str, lease_owner: str | None, lease_live: bool, log: list[dict[str, Any]]
 ) -> str | None:
+    """Seed-behaviour §9.1 "Possible Crash", plus an expired lease (a run killed mid-way)."""
     if lease_owner and not lease_live:
-        return "The run holding this audience stopped renewing its lease (killed or crashed)."
+        return (
+            "The run working on this audience stopped renewing its lease: it was killed or "
+            "crashed. The next run continues from where it stopped."
+        )
     if stage == "idle" or lease_live:
         return None
     if not log:
-        return "A run is part-way through but there are no log lines."
+        return f"A run is part-way through ({stage}) but has written no log lines."
     newest = parse_iso(log[-1]["at"])
     if newest and utc_now() - newest > SILENT_LOG_LIMIT:
         minutes = int((utc_now() - newest).total_seconds() // 60)
-        return f"A run is part-way through and the log has been silent for {minutes} minutes."
+        return (
+            f"A run is part-way through ({stage}) and nothing has been logged for {minutes} "
+            f"minutes: is cron still running mcsync?"
+        )
     return None
 
 
@@ -174,8 +229,10 @@ def failures(
         where += " AND r.reason = ?"
         params.append(reason)
     rows = staging.query(
-        f"SELECT r.id, r.mc_email, r.contact_id, r.mc_status, r.reason, r.reason_detail, "
-        f"r.sync_status FROM rows r WHERE {where} ORDER BY r.id",
+        f"SELECT r.id, COALESCE(r.mc_email, (SELECT e.email FROM emails e WHERE "
+        f"e.contact_id = r.contact_id ORDER BY e.is_primary DESC, e.email_id LIMIT 1)) AS email, "
+        f"r.contact_id, r.mc_status, r.reason, r.reason_detail, r.sync_status "
+        f"FROM rows r WHERE {where} ORDER BY r.reason, r.id",
         params,
     )
     result = []
@@ -186,13 +243,14 @@ def failures(
                 "list_id": audience.list_id,
                 "group_id": audience.group_id,
                 "row_id": row["id"],
-                "email": row["mc_email"],
+                "email": row["email"],
                 "contact_id": row["contact_id"],
                 "mailchimp_status": row["mc_status"],
                 "reason": row["reason"] or "unknown",
                 "explanation": plain,
                 "advice": advice,
                 "detail": row["reason_detail"],
+                "sync_status": row["sync_status"],
             }
         )
     return result
