@@ -71,7 +71,7 @@ def check_config(config: Config, out: Output) -> list[str]:
             if problem:
                 problems.append(f"{key}.group_id: {problem}")
             problems.extend(_check_interests(client, audience, groups, key))
-            problems.extend(_check_merge_fields(client, audience, key))
+            problems.extend(_check_merge_fields(client, audience, key, conns.civicrm))
     return problems
 
 
@@ -92,15 +92,70 @@ def _check_interests(client: Any, audience: Any, groups: dict[int, Any], key: st
     return problems
 
 
-def _check_merge_fields(client: Any, audience: Any, key: str) -> list[str]:
+# Mailchimp merge-field type → the CiviCRM data types whose values it accepts; other
+# Mailchimp types (text, dropdown, phone, url...) take any value as text.
+_NUMERIC = {"Integer", "Float", "Money"}
+_DATES = {"Date", "Timestamp", "Datetime"}
+_ACCEPTS: dict[str, set[str]] = {"number": _NUMERIC, "date": _DATES, "birthday": _DATES,
+                                 "address": set()}
+
+
+def _check_merge_fields(client: Any, audience: Any, key: str, civicrm: Any) -> list[str]:
+    """Each tag exists in the audience, each path exists in CiviCRM (APIv4 silently drops
+    unknown fields from a select), and the Mailchimp type can hold the CiviCRM value."""
     if not audience.merge_fields:
         return []
     tags = {f["tag"]: f for f in client.merge_fields(audience.list_id)}
-    return [
-        f"{key}.merge_fields.{tag}: audience {audience.list_id} has no merge field {tag}; "
-        f"add it in Mailchimp (Audience > Settings > Audience fields) or fix the tag"
-        for tag in audience.merge_fields if tag not in tags
-    ]
+    types = field_types(civicrm, list(audience.merge_fields.values()))
+    problems = []
+    for tag, path in audience.merge_fields.items():
+        here = f"{key}.merge_fields.{tag}"
+        if tag not in tags:
+            problems.append(f"{here}: audience {audience.list_id} has no merge field {tag}; "
+                            "add it in Mailchimp (Audience > Settings > Audience fields) or "
+                            "fix the tag")
+            continue
+        data_type = types.get(path)
+        if data_type is None:
+            problems.append(f"{here}: CiviCRM has no Contact field {path!r}; see "
+                            "Contact.getFields (custom fields are Group_Name.Field_Name)")
+            continue
+        mc_type = str(tags[tag].get("type") or "text")
+        accepted = _ACCEPTS.get(mc_type)
+        if accepted is not None and data_type not in accepted:
+            problems.append(f"{here}: Mailchimp field {tag} is of type {mc_type} but {path} is "
+                            f"{data_type}; map a matching field or change the field's type")
+    return problems
+
+
+def field_types(civicrm: Any, paths: list[str]) -> dict[str, str]:
+    """APIv4 data type per Contact field path, following one implicit join
+    (``address_primary.city`` → Address.city); custom fields are listed by Contact itself."""
+    bare = [p.split(":", 1)[0] for p in paths]
+    heads = sorted({p.split(".", 1)[0] for p in bare} | set(bare))
+    contact = {
+        f["name"]: f
+        for f in civicrm.call("Contact", "getFields", {
+            "action": "get", "select": ["name", "data_type", "fk_entity"],
+            "where": [["name", "IN", heads]]})
+    }
+    found: dict[str, str] = {}
+    for path, name in zip(paths, bare):
+        if name in contact:
+            # An option suffix (:label, :name) yields the option's text.
+            found[path] = "String" if ":" in path else str(contact[name].get("data_type")
+                                                           or "String")
+            continue
+        head, _, rest = name.partition(".")
+        entity = (contact.get(head) or {}).get("fk_entity")
+        if not entity or not rest or "." in rest:
+            continue
+        joined = civicrm.call(entity, "getFields", {
+            "action": "get", "select": ["name", "data_type"], "where": [["name", "=", rest]]})
+        if joined:
+            found[path] = "String" if ":" in path else str(joined[0].get("data_type")
+                                                           or "String")
+    return found
 
 
 def discover_all(config: Config, out: Output) -> None:

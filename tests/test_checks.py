@@ -1,0 +1,95 @@
+"""`mcsync config check` for interests, merge fields and groups, through the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from conftest import CIVI_KEY, CIVI_URL, MC_KEY, MC_URL, World
+
+from mcsync.cli import main
+from mcsync.sim.server import serve_simulators
+
+
+@pytest.fixture
+def world2(make_world: Any) -> Iterator[World]:
+    world = make_world(interests=2)
+    yield world
+
+
+def check(world: World, tmp_path: Path, merge_fields: str = "") -> Result:
+    mc_server, civi_server = serve_simulators(world.mc, world.civi)
+    try:
+        text = world.config_path.read_text()
+        if merge_fields:
+            text += f"[audience.merge_fields]\n{merge_fields}"
+        config = tmp_path / "served.toml"
+        config.write_text(text.replace(MC_URL, mc_server.url + "/3.0")
+                          .replace(CIVI_URL, civi_server.url + "/civicrm/ajax/api4"))
+        config.chmod(0o600)
+        return CliRunner().invoke(main, ["config", "check", "--config", str(config)])
+    finally:
+        mc_server.stop()
+        civi_server.stop()
+
+
+def test_a_good_config_passes(world2: World, tmp_path: Path) -> None:
+    world2.mc.add_merge_field(world2.list_id, "CITY", "City")
+    world2.mc.add_merge_field(world2.list_id, "SINCE", "Since", "date")
+    result = check(world2, tmp_path, 'FNAME = "first_name"\nCITY = "address_primary.city"\n'
+                                     'SINCE = "created_date"\n')
+    assert result.exit_code == 0, result.output
+    assert MC_KEY not in result.output and CIVI_KEY not in result.output
+
+
+def test_every_problem_is_listed_by_key(world2: World, tmp_path: Path) -> None:
+    w = world2
+    w.interest_ids["nosuchid00"] = max(w.interest_ids.values()) + 1000
+    w.write_config()
+    w.mc.add_merge_field(w.list_id, "COUNT", "Count", "number")
+    w.mc.add_merge_field(w.list_id, "CITY2", "City")
+    result = check(w, tmp_path, 'NOPE = "first_name"\nCOUNT = "last_name"\n'
+                                'CITY2 = "address_primary.nosuch"\n')
+    assert result.exit_code != 0
+    out = " ".join(result.output.split())
+    assert "interests.nosuchid00: no such interest" in out
+    assert "does not exist" in out, "its group is missing too"
+    assert "merge_fields.NOPE: audience" in out and "no merge field NOPE" in out
+    assert "merge_fields.COUNT: Mailchimp field COUNT is of type number" in out
+    assert "merge_fields.CITY2: CiviCRM has no Contact field 'address_primary.nosuch'" in out
+
+
+def test_not_a_static_mailing_group(world2: World, tmp_path: Path) -> None:
+    w = world2
+    first_interest = sorted(w.interest_ids)[0]
+    smart = w.civi.add_group("Smart", is_smart=True)
+    w.interest_ids[first_interest] = smart
+    w.write_config()
+    result = check(w, tmp_path)
+    out = " ".join(result.output.split())
+    assert result.exit_code != 0
+    assert f"interests.{first_interest}: CiviCRM group {smart}" in out and "smart group" in out
+
+
+def test_not_a_mailing_list_group(world2: World, tmp_path: Path) -> None:
+    w = world2
+    first_interest = sorted(w.interest_ids)[0]
+    plain = w.civi.add_group("Access", group_type=["Access Control"])
+    w.interest_ids[first_interest] = plain
+    w.write_config()
+    out = " ".join(check(w, tmp_path).output.split())
+    assert f"CiviCRM group {plain} (Access) is not a Mailing List group" in out
+
+
+def test_a_group_mapped_twice_in_one_audience(world2: World, tmp_path: Path) -> None:
+    w = world2
+    first, second = sorted(w.interest_ids)
+    w.interest_ids[second] = w.interest_ids[first]
+    w.write_config()
+    result = check(w, tmp_path)
+    assert result.exit_code == 2, result.output
+    assert "interests" in result.output and str(w.interest_ids[first]) in result.output
+
