@@ -375,9 +375,11 @@ def mass_change_problems(
 def audience_plan(staging: Staging, list_id: str, group_id: int) -> dict[str, Any]:
     changes: list[dict[str, Any]] = []
     for write in staging.query(
-        "SELECT w.*, (SELECT mc_email FROM rows r WHERE r.contact_id = w.contact_id AND "
-        "r.list_id = w.list_id LIMIT 1) AS email FROM civi_writes w WHERE w.list_id = ? "
-        "ORDER BY w.id",
+        "SELECT w.*, COALESCE(w.email, (SELECT mc_email FROM rows r WHERE r.contact_id = "
+        "w.contact_id AND r.list_id = w.list_id AND r.mc_email IS NOT NULL LIMIT 1), "
+        "(SELECT e.email FROM emails e WHERE e.contact_id = w.contact_id "
+        "ORDER BY e.is_primary DESC, e.email_id LIMIT 1)) AS contact_email "
+        "FROM civi_writes w WHERE w.list_id = ? ORDER BY w.id",
         (list_id,),
     ):
         change = (
@@ -385,7 +387,7 @@ def audience_plan(staging: Staging, list_id: str, group_id: int) -> dict[str, An
             f"{write['group_id']}" if write["kind"] == "group" else "put email on hold"
         )
         changes.append({"direction": "CiviCRM", "contact_id": write["contact_id"],
-                        "email": write["email"], "change": change})
+                        "email": write["contact_email"], "change": change})
     for update in staging.query(
         "SELECT u.*, r.contact_id FROM updates u JOIN rows r ON r.id = u.row_id "
         "WHERE u.list_id = ? AND u.state = 'queued' ORDER BY u.id",
