@@ -15,7 +15,7 @@ import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import unquote
 
 from mcsync.sim.base import SimRequest, SimResponse, Simulator
@@ -164,7 +164,7 @@ class SimServer:
         """Tracebacks of simulator crashes (answered as 500 text/plain), for tests to assert."""
         return self._httpd.errors if self._httpd is not None else []
 
-    def start(self) -> SimServer:
+    def start(self) -> Self:
         if self._httpd is not None:
             return self
         self._httpd = _SimHTTPServer((self.host, self.port), self.simulator, self.faults)
@@ -190,8 +190,9 @@ class SimServer:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> SimServer:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(
         self,
