@@ -7,7 +7,7 @@ import io
 import json
 import re
 import tarfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from mcsync.sim.mailchimp import MailchimpSim, subscriber_hash
 
 KEY = "0123456789abcdef0123456789abcdef-us21"
 OTHER_KEY = "fedcba9876543210fedcba9876543210-us7"
-START = datetime(2024, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+START = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
 SPEC = Path(__file__).resolve().parents[1].parent / "shared" / "mailchimp" / "marketing-api.json"
 
 
@@ -42,19 +42,33 @@ class Api:
         self.sim, self.key = sim, key
         self.sent: list[tuple[str, str, Any]] = []
 
-    def __call__(self, method: str, path: str, body: Any = None, *, query: str = "",
-                 key: str | None = None, raw: bytes | None = None,
-                 headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+    def __call__(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: str = "",
+        key: str | None = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, dict[str, str]]:
         token = base64.b64encode(f"anystring:{key or self.key}".encode()).decode()
         all_headers = {"Authorization": f"Basic {token}", "Host": "127.0.0.1:8010"}
         all_headers.update(headers or {})
-        payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
+        payload = (
+            raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
+        )
         self.sent.append((method, path, body))
-        response = self.sim.handle(SimRequest.build(method, "/3.0" + path, query, all_headers,
-                                                    payload))
+        response = self.sim.handle(
+            SimRequest.build(method, "/3.0" + path, query, all_headers, payload)
+        )
         content = response.body
-        parsed = json.loads(content) if content and "json" in response.headers.get(
-            "Content-Type", "") else content
+        parsed = (
+            json.loads(content)
+            if content and "json" in response.headers.get("Content-Type", "")
+            else content
+        )
         return response.status, parsed, response.headers
 
 
@@ -77,9 +91,12 @@ def api(sim: MailchimpSim) -> Api:
 def audience(sim: MailchimpSim) -> dict[str, str]:
     list_id = sim.add_list(KEY, "Newsletter")
     category = sim.add_interest_category(list_id, "Topics")
-    return {"list": list_id, "category": category,
-            "news": sim.add_interest(list_id, category, "News"),
-            "events": sim.add_interest(list_id, category, "Events")}
+    return {
+        "list": list_id,
+        "category": category,
+        "news": sim.add_interest(list_id, category, "News"),
+        "events": sim.add_interest(list_id, category, "Events"),
+    }
 
 
 def assert_problem(status: int, body: Any, headers: dict[str, str], code: int, title: str) -> None:
@@ -91,6 +108,7 @@ def assert_problem(status: int, body: Any, headers: dict[str, str], code: int, t
 
 
 # ------------------------------------------------------------------ auth, routing, lists
+
 
 def test_unknown_or_missing_key_is_refused_like_mailchimp(sim: MailchimpSim, api: Api) -> None:
     sim.add_account(KEY)
@@ -121,7 +139,9 @@ def test_unknown_route_and_wrong_method(audience: dict[str, str], api: Api) -> N
     assert headers["Allow"] == "GET"
 
 
-def test_a_key_sees_only_its_own_lists(sim: MailchimpSim, audience: dict[str, str], api: Api) -> None:
+def test_a_key_sees_only_its_own_lists(
+    sim: MailchimpSim, audience: dict[str, str], api: Api
+) -> None:
     other = sim.add_list(OTHER_KEY, "Theirs")
     assert_problem(*api("GET", f"/lists/{other}"), 404, "Resource Not Found")
     assert_problem(*api("GET", f"/lists/{other}/members"), 404, "Resource Not Found")
@@ -130,11 +150,12 @@ def test_a_key_sees_only_its_own_lists(sim: MailchimpSim, audience: dict[str, st
     assert body == {"lists": [{"id": audience["list"], "name": "Newsletter"}], "total_items": 1}
 
 
-def test_list_stats_count_members_by_status(sim: MailchimpSim, audience: dict[str, str],
-                                            api: Api) -> None:
+def test_list_stats_count_members_by_status(
+    sim: MailchimpSim, audience: dict[str, str], api: Api
+) -> None:
     list_id = audience["list"]
-    for n, status in enumerate(["subscribed", "subscribed", "unsubscribed", "cleaned", "archived"]):
-        sim.seed_member(list_id, f"p{n}@example.org", status)
+    for n, kind in enumerate(["subscribed", "subscribed", "unsubscribed", "cleaned", "archived"]):
+        sim.seed_member(list_id, f"p{n}@example.org", kind)
     status, body, _ = api("GET", f"/lists/{list_id}", query="include_total_contacts=true")
     assert status == 200
     stats = body["stats"]
@@ -146,6 +167,7 @@ def test_list_stats_count_members_by_status(sim: MailchimpSim, audience: dict[st
 
 # ------------------------------------------------------------------ reading members
 
+
 @pytest.fixture
 def seeded(sim: MailchimpSim, audience: dict[str, str]) -> str:
     """25 members, one a minute from START; every fifth unsubscribed, #24 archived."""
@@ -153,8 +175,15 @@ def seeded(sim: MailchimpSim, audience: dict[str, str]) -> str:
     rows = []
     for n in range(25):
         status = "archived" if n == 24 else ("unsubscribed" if n % 5 == 0 else "subscribed")
-        rows.append((f"Person{n}@Example.org", status, {"FNAME": f"P{n}"},
-                     {audience["news"]: n % 2 == 0}, START + timedelta(minutes=n)))
+        rows.append(
+            (
+                f"Person{n}@Example.org",
+                status,
+                {"FNAME": f"P{n}"},
+                {audience["news"]: n % 2 == 0},
+                START + timedelta(minutes=n),
+            )
+        )
     sim.seed_members(list_id, rows)
     return list_id
 
@@ -169,61 +198,135 @@ def test_member_page_shape_and_defaults(seeded: str, audience: dict[str, str], a
     assert first["id"] == subscriber_hash("person0@example.org")
     assert first["status"] == "unsubscribed"
     assert first["last_changed"] == "2024-03-01T12:00:00+00:00"
-    assert first["merge_fields"] == {"FNAME": "P0", "LNAME": "", "ADDRESS": "", "PHONE": "",
-                                     "BIRTHDAY": ""}
+    assert first["merge_fields"] == {
+        "FNAME": "P0",
+        "LNAME": "",
+        "ADDRESS": "",
+        "PHONE": "",
+        "BIRTHDAY": "",
+    }
     assert first["interests"] == {audience["news"]: True, audience["events"]: False}
     assert re.fullmatch(r"[0-9a-f]{10}", first["unique_email_id"])
     assert first["list_id"] == seeded and first["tags"] == [] and "_links" in first
 
 
 def test_count_over_1000_is_refused(seeded: str, api: Api) -> None:
-    assert_problem(*api("GET", f"/lists/{seeded}/members", query="count=1001"), 400,
-                   "Invalid Resource")
+    assert_problem(
+        *api("GET", f"/lists/{seeded}/members", query="count=1001"), 400, "Invalid Resource"
+    )
     assert api("GET", f"/lists/{seeded}/members", query="count=1000")[0] == 200
 
 
 def test_offset_paging_walks_every_member_once(seeded: str, api: Api) -> None:
     seen = []
     for offset in range(0, 24, 7):
-        body = api("GET", f"/lists/{seeded}/members",
-                   query=f"count=7&offset={offset}&fields=members.email_address,total_items")[1]
+        body = api(
+            "GET",
+            f"/lists/{seeded}/members",
+            query=f"count=7&offset={offset}&fields=members.email_address,total_items",
+        )[1]
         assert set(body) == {"members", "total_items"}
         seen += [m["email_address"] for m in body["members"]]
     assert len(seen) == len(set(seen)) == 24
 
 
 def test_since_and_before_last_changed(seeded: str, api: Api) -> None:
-    query = ("since_last_changed=2024-03-01T12:10:00%2B00:00"
-             "&before_last_changed=2024-03-01T12:15:00Z&count=100")
+    query = (
+        "since_last_changed=2024-03-01T12:10:00%2B00:00"
+        "&before_last_changed=2024-03-01T12:15:00Z&count=100"
+    )
     body = api("GET", f"/lists/{seeded}/members", query=query)[1]
     assert [m["email_address"] for m in body["members"]] == [
-        f"Person{n}@Example.org" for n in range(11, 15)]  # strictly after, strictly before
+        f"Person{n}@Example.org" for n in range(11, 15)
+    ]  # strictly after, strictly before
     assert body["total_items"] == 4
     # an unencoded '+' arrives as a space; Mailchimp-style timestamps still work
-    body = api("GET", f"/lists/{seeded}/members",
-               query="since_last_changed=2024-03-01T12:22:00+00:00")[1]
+    body = api(
+        "GET", f"/lists/{seeded}/members", query="since_last_changed=2024-03-01T12:22:00+00:00"
+    )[1]
     assert body["total_items"] == 1
-    assert_problem(*api("GET", f"/lists/{seeded}/members", query="since_last_changed=yesterday"),
-                   400, "Invalid Resource")
+    assert_problem(
+        *api("GET", f"/lists/{seeded}/members", query="since_last_changed=yesterday"),
+        400,
+        "Invalid Resource",
+    )
 
 
 def test_status_filter_sort_and_exclude_fields(seeded: str, api: Api) -> None:
-    body = api("GET", f"/lists/{seeded}/members",
-               query="status=unsubscribed&sort_field=last_changed&sort_dir=DESC"
-                     "&exclude_fields=_links,members._links,members.merge_fields")[1]
+    body = api(
+        "GET",
+        f"/lists/{seeded}/members",
+        query="status=unsubscribed&sort_field=last_changed&sort_dir=DESC"
+        "&exclude_fields=_links,members._links,members.merge_fields",
+    )[1]
     assert [m["email_address"] for m in body["members"]] == [
-        f"Person{n}@Example.org" for n in (20, 15, 10, 5, 0)]
-    assert "_links" not in body and all("_links" not in m and "merge_fields" not in m
-                                        for m in body["members"])
+        f"Person{n}@Example.org" for n in (20, 15, 10, 5, 0)
+    ]
+    assert "_links" not in body and all(
+        "_links" not in m and "merge_fields" not in m for m in body["members"]
+    )
     archived = api("GET", f"/lists/{seeded}/members", query="status=archived")[1]
     assert [m["email_address"] for m in archived["members"]] == ["Person24@Example.org"]
 
 
+@pytest.mark.parametrize(
+    "order",
+    [
+        "",
+        "&sort_dir=DESC",
+        "&sort_field=last_changed",
+        "&sort_field=last_changed&sort_dir=DESC",
+        "&sort_field=timestamp_opt",
+        "&since_last_changed=2024-03-01T11:00:00Z",
+        "&since_last_changed=2024-03-01T11:00:00Z&sort_field=last_changed&sort_dir=DESC",
+    ],
+)
+def test_reading_on_page_after_page_matches_jumping_to_each_page(
+    sim: MailchimpSim, seeded: str, api: Api, order: str
+) -> None:
+    """Consecutive pages continue from a cursor; that must give what OFFSET gives."""
+    sim.seed_members(  # ties on last_changed, to test the tie-break on seq
+        seeded, [(f"tie{n}@example.org", "subscribed", {}, {}, START) for n in range(10)]
+    )
+
+    def page(offset: int) -> list[str]:
+        query = f"count=7&offset={offset}&fields=members.email_address{order}"
+        return [
+            m["email_address"]
+            for m in api("GET", f"/lists/{seeded}/members", query=query)[1]["members"]
+        ]
+
+    offsets = range(0, 34, 7)
+    sequential = [email for offset in offsets for email in page(offset)]
+    jumping = {offset: page(offset) for offset in reversed(offsets)}
+    assert sequential == [email for offset in offsets for email in jumping[offset]]
+    assert len(sequential) == len(set(sequential)) == 34
+
+
+def test_a_write_between_pages_is_seen_like_offset_paging(
+    sim: MailchimpSim, seeded: str, api: Api, clock: Clock
+) -> None:
+    def page(offset: int) -> list[str]:
+        query = f"count=5&offset={offset}&sort_field=last_changed&fields=members.email_address"
+        return [
+            m["email_address"]
+            for m in api("GET", f"/lists/{seeded}/members", query=query)[1]["members"]
+        ]
+
+    assert page(0)[1] == "Person1@Example.org"
+    clock.tick(3600)
+    api("PATCH", f"/lists/{seeded}/members/person1@example.org", {"merge_fields": {"FNAME": "X"}})
+    assert page(5) == page(5) == [f"Person{n}@Example.org" for n in range(6, 11)]
+
+
 def test_interest_filter(seeded: str, audience: dict[str, str], api: Api) -> None:
     base = f"interest_category_id={audience['category']}&interest_ids={audience['news']}"
-    total = {match: api("GET", f"/lists/{seeded}/members",
-                        query=f"{base}&interest_match={match}")[1]["total_items"]
-             for match in ("any", "none")}
+    total = {
+        match: api("GET", f"/lists/{seeded}/members", query=f"{base}&interest_match={match}")[1][
+            "total_items"
+        ]
+        for match in ("any", "none")
+    }
     assert total == {"any": 12, "none": 12}
 
 
@@ -231,19 +334,27 @@ def test_get_one_member_by_hash_or_address(seeded: str, api: Api) -> None:
     by_hash = api("GET", f"/lists/{seeded}/members/{subscriber_hash('person3@example.org')}")
     by_email = api("GET", f"/lists/{seeded}/members/PERSON3@example.org")
     assert by_hash[0] == by_email[0] == 200 and by_hash[1] == by_email[1]
-    assert_problem(*api("GET", f"/lists/{seeded}/members/{subscriber_hash('x@example.org')}"),
-                   404, "Resource Not Found")
+    assert_problem(
+        *api("GET", f"/lists/{seeded}/members/{subscriber_hash('x@example.org')}"),
+        404,
+        "Resource Not Found",
+    )
     archived = api("GET", f"/lists/{seeded}/members/person24@example.org")[1]
     assert archived["status"] == "archived"
 
 
 # ------------------------------------------------------------------ writing members
 
+
 def test_post_creates_then_member_exists(audience: dict[str, str], api: Api, clock: Clock) -> None:
     path = f"/lists/{audience['list']}/members"
-    body = {"email_address": "New@Example.org", "status": "subscribed",
-            "merge_fields": {"FNAME": "Nia"}, "interests": {audience["news"]: True},
-            "tags": ["vip"]}
+    body = {
+        "email_address": "New@Example.org",
+        "status": "subscribed",
+        "merge_fields": {"FNAME": "Nia"},
+        "interests": {audience["news"]: True},
+        "tags": ["vip"],
+    }
     status, member, _ = api("POST", path, body)
     assert status == 200
     assert member["status"] == "subscribed" and member["email_address"] == "New@Example.org"
@@ -255,17 +366,31 @@ def test_post_creates_then_member_exists(audience: dict[str, str], api: Api, clo
     assert_problem(status, problem, headers, 400, "Member Exists")
 
 
-@pytest.mark.parametrize("fields, title, detail", [
-    ({"email_address": "not-an-email"}, "Invalid Resource",
-     "not-an-email looks fake or invalid, please enter a real email address."),
-    ({"merge_fields": {"NOPE": "x"}}, "Invalid Resource", "Your merge fields were invalid."),
-    ({"interests": {"0000000000": True}}, "Invalid Resource", "Invalid interest ID: '0000000000'"),
-    ({"status": "archived"}, "Invalid Resource", None),
-    ({"merge_fields": {"ADDRESS": {"addr1": "1 Road"}}}, "Invalid Resource",
-     "Your merge fields were invalid."),
-])
-def test_invalid_member_writes(audience: dict[str, str], api: Api, fields: dict[str, Any],
-                               title: str, detail: str | None) -> None:
+@pytest.mark.parametrize(
+    "fields, title, detail",
+    [
+        (
+            {"email_address": "not-an-email"},
+            "Invalid Resource",
+            "not-an-email looks fake or invalid, please enter a real email address.",
+        ),
+        ({"merge_fields": {"NOPE": "x"}}, "Invalid Resource", "Your merge fields were invalid."),
+        (
+            {"interests": {"0000000000": True}},
+            "Invalid Resource",
+            "Invalid interest ID: '0000000000'",
+        ),
+        ({"status": "archived"}, "Invalid Resource", None),
+        (
+            {"merge_fields": {"ADDRESS": {"addr1": "1 Road"}}},
+            "Invalid Resource",
+            "Your merge fields were invalid.",
+        ),
+    ],
+)
+def test_invalid_member_writes(
+    audience: dict[str, str], api: Api, fields: dict[str, Any], title: str, detail: str | None
+) -> None:
     body = {"email_address": "ok@example.org", "status": "subscribed", **fields}
     status, problem, headers = api("POST", f"/lists/{audience['list']}/members", body)
     assert_problem(status, problem, headers, 400, title)
@@ -275,8 +400,9 @@ def test_invalid_member_writes(audience: dict[str, str], api: Api, fields: dict[
 
 
 def test_bad_json_is_a_parse_error(audience: dict[str, str], api: Api) -> None:
-    assert_problem(*api("POST", f"/lists/{audience['list']}/members", raw=b"{nope"), 400,
-                   "JSON Parse Error")
+    assert_problem(
+        *api("POST", f"/lists/{audience['list']}/members", raw=b"{nope"), 400, "JSON Parse Error"
+    )
 
 
 def test_put_upserts_with_status_if_new(audience: dict[str, str], api: Api, clock: Clock) -> None:
@@ -284,35 +410,58 @@ def test_put_upserts_with_status_if_new(audience: dict[str, str], api: Api, cloc
     created = api("PUT", path, {"email_address": "a@example.org", "status_if_new": "pending"})[1]
     assert created["status"] == "pending" and created["timestamp_opt"] == ""
     clock.tick(5)
-    kept = api("PUT", path, {"email_address": "a@example.org", "status_if_new": "subscribed",
-                             "merge_fields": {"LNAME": "Ames"}})[1]
+    kept = api(
+        "PUT",
+        path,
+        {
+            "email_address": "a@example.org",
+            "status_if_new": "subscribed",
+            "merge_fields": {"LNAME": "Ames"},
+        },
+    )[1]
     assert kept["status"] == "pending" and kept["merge_fields"]["LNAME"] == "Ames"
     assert kept["last_changed"] == "2024-03-01T12:00:05+00:00"
     clock.tick(5)
-    changed = api("PUT", path, {"email_address": "a@example.org", "status_if_new": "pending",
-                                "status": "subscribed"})[1]
+    changed = api(
+        "PUT",
+        path,
+        {"email_address": "a@example.org", "status_if_new": "pending", "status": "subscribed"},
+    )[1]
     assert changed["status"] == "subscribed"
     # no email and no status_if_new is fine for an existing member, not for a new one
     assert api("PUT", path, {"merge_fields": {"FNAME": "Al"}})[0] == 200
     new_path = f"/lists/{audience['list']}/members/{subscriber_hash('b@example.org')}"
-    assert_problem(*api("PUT", new_path, {"email_address": "b@example.org"}), 400,
-                   "Invalid Resource")
+    assert_problem(
+        *api("PUT", new_path, {"email_address": "b@example.org"}), 400, "Invalid Resource"
+    )
 
 
 def test_put_with_mismatched_hash_is_refused(audience: dict[str, str], api: Api) -> None:
     path = f"/lists/{audience['list']}/members/{subscriber_hash('a@example.org')}"
-    assert_problem(*api("PUT", path, {"email_address": "b@example.org", "status_if_new": "subscribed"}),
-                   400, "Invalid Resource")
+    assert_problem(
+        *api("PUT", path, {"email_address": "b@example.org", "status_if_new": "subscribed"}),
+        400,
+        "Invalid Resource",
+    )
 
 
 def test_unsubscribed_can_only_come_back_through_pending(
-        sim: MailchimpSim, audience: dict[str, str], api: Api, clock: Clock) -> None:
+    sim: MailchimpSim, audience: dict[str, str], api: Api, clock: Clock
+) -> None:
     list_id = audience["list"]
     sim.seed_member(list_id, "gone@example.org", "unsubscribed", last_changed=START)
     path = f"/lists/{list_id}/members/{subscriber_hash('gone@example.org')}"
-    for method, body in (("PATCH", {"status": "subscribed"}),
-                         ("PUT", {"email_address": "gone@example.org", "status": "subscribed",
-                                  "status_if_new": "subscribed"})):
+    for method, body in (
+        ("PATCH", {"status": "subscribed"}),
+        (
+            "PUT",
+            {
+                "email_address": "gone@example.org",
+                "status": "subscribed",
+                "status_if_new": "subscribed",
+            },
+        ),
+    ):
         status, problem, headers = api(method, path, body)
         assert_problem(status, problem, headers, 400, "Member In Compliance State")
         assert problem["detail"].startswith("gone@example.org is in a compliance state")
@@ -328,52 +477,78 @@ def test_unsubscribed_can_only_come_back_through_pending(
 
 
 @pytest.mark.parametrize("wanted", ["subscribed", "pending"])
-def test_cleaned_can_never_be_resubscribed(sim: MailchimpSim, audience: dict[str, str], api: Api,
-                                           wanted: str) -> None:
+def test_cleaned_can_never_be_resubscribed(
+    sim: MailchimpSim, audience: dict[str, str], api: Api, wanted: str
+) -> None:
     sim.seed_member(audience["list"], "bounce@example.org", "cleaned")
     path = f"/lists/{audience['list']}/members/bounce@example.org"
     assert_problem(*api("PATCH", path, {"status": wanted}), 400, "Member In Compliance State")
-    bulk = api("POST", f"/lists/{audience['list']}",
-               {"members": [{"email_address": "bounce@example.org", "status": wanted}],
-                "update_existing": True})[1]
+    bulk = api(
+        "POST",
+        f"/lists/{audience['list']}",
+        {
+            "members": [{"email_address": "bounce@example.org", "status": wanted}],
+            "update_existing": True,
+        },
+    )[1]
     assert bulk["error_count"] == 1 and bulk["errors"][0]["error_code"] == "ERROR_GENERIC"
 
 
 def test_patch_updates_and_moves_last_changed_only_on_change(
-        sim: MailchimpSim, audience: dict[str, str], api: Api, clock: Clock) -> None:
-    sim.seed_member(audience["list"], "p@example.org", "subscribed", merge_fields={"FNAME": "Pat"},
-                    last_changed=START)
+    sim: MailchimpSim, audience: dict[str, str], api: Api, clock: Clock
+) -> None:
+    sim.seed_member(
+        audience["list"],
+        "p@example.org",
+        "subscribed",
+        merge_fields={"FNAME": "Pat"},
+        last_changed=START,
+    )
     path = f"/lists/{audience['list']}/members/p@example.org"
-    assert_problem(*api("PATCH", f"/lists/{audience['list']}/members/x@example.org",
-                        {"status": "subscribed"}), 404, "Resource Not Found")
+    assert_problem(
+        *api("PATCH", f"/lists/{audience['list']}/members/x@example.org", {"status": "subscribed"}),
+        404,
+        "Resource Not Found",
+    )
     clock.tick(10)
     same = api("PATCH", path, {"merge_fields": {"FNAME": "Pat"}})[1]
     assert same["last_changed"] == "2024-03-01T12:00:00+00:00"
     clock.tick(10)
-    changed = api("PATCH", path, {"merge_fields": {"FNAME": "Patricia"},
-                                  "interests": {audience["events"]: True}})[1]
+    changed = api(
+        "PATCH",
+        path,
+        {"merge_fields": {"FNAME": "Patricia"}, "interests": {audience["events"]: True}},
+    )[1]
     assert changed["last_changed"] == "2024-03-01T12:00:20+00:00"
     assert changed["full_name"] == "Patricia" and changed["interests"][audience["events"]] is True
     assert_problem(*api("PATCH", path, {"status": "transactional"}), 400, "Invalid Resource")
 
 
 def test_patch_changes_the_address_and_keeps_unique_email_id(
-        sim: MailchimpSim, audience: dict[str, str], api: Api) -> None:
+    sim: MailchimpSim, audience: dict[str, str], api: Api
+) -> None:
     sim.seed_member(audience["list"], "old@example.org", "subscribed")
     before = api("GET", f"/lists/{audience['list']}/members/old@example.org")[1]
-    after = api("PATCH", f"/lists/{audience['list']}/members/old@example.org",
-                {"email_address": "new@example.org"})[1]
+    after = api(
+        "PATCH",
+        f"/lists/{audience['list']}/members/old@example.org",
+        {"email_address": "new@example.org"},
+    )[1]
     assert after["id"] == subscriber_hash("new@example.org")
     assert after["unique_email_id"] == before["unique_email_id"]
     assert api("GET", f"/lists/{audience['list']}/members/old@example.org")[0] == 404
     sim.seed_member(audience["list"], "cleaned@example.org", "cleaned")
-    status, problem, _ = api("PATCH", f"/lists/{audience['list']}/members/cleaned@example.org",
-                             {"email_address": "fresh@example.org"})
+    status, problem, _ = api(
+        "PATCH",
+        f"/lists/{audience['list']}/members/cleaned@example.org",
+        {"email_address": "fresh@example.org"},
+    )
     assert status == 400 and "status of 'subscribed'" in problem["detail"]
 
 
-def test_delete_archives_and_put_revives(sim: MailchimpSim, audience: dict[str, str], api: Api,
-                                         clock: Clock) -> None:
+def test_delete_archives_and_put_revives(
+    sim: MailchimpSim, audience: dict[str, str], api: Api, clock: Clock
+) -> None:
     list_id = audience["list"]
     sim.seed_member(list_id, "arch@example.org", "unsubscribed", last_changed=START)
     path = f"/lists/{list_id}/members/arch@example.org"
@@ -383,30 +558,50 @@ def test_delete_archives_and_put_revives(sim: MailchimpSim, audience: dict[str, 
     member = api("GET", path)[1]
     assert member["status"] == "archived" and member["last_changed"] == "2024-03-01T12:00:10+00:00"
     assert api("GET", f"/lists/{list_id}/members")[1]["total_items"] == 0
-    revived = api("PUT", path, {"email_address": "arch@example.org", "status_if_new": "subscribed"})[1]
+    revived = api(
+        "PUT", path, {"email_address": "arch@example.org", "status_if_new": "subscribed"}
+    )[1]
     assert revived["status"] == "subscribed"
 
 
-def test_delete_permanent_forgets_the_address(sim: MailchimpSim, audience: dict[str, str],
-                                              api: Api) -> None:
+def test_delete_permanent_forgets_the_address(
+    sim: MailchimpSim, audience: dict[str, str], api: Api
+) -> None:
     list_id = audience["list"]
     sim.seed_member(list_id, "gdpr@example.org", "subscribed")
-    assert api("POST", f"/lists/{list_id}/members/gdpr@example.org/actions/delete-permanent")[0] == 204
+    assert (
+        api("POST", f"/lists/{list_id}/members/gdpr@example.org/actions/delete-permanent")[0] == 204
+    )
     assert api("GET", f"/lists/{list_id}/members/gdpr@example.org")[0] == 404
     assert sim.member(list_id, "gdpr@example.org") is None
-    status, problem, headers = api("POST", f"/lists/{list_id}/members",
-                                   {"email_address": "gdpr@example.org", "status": "subscribed"})
+    status, problem, headers = api(
+        "POST",
+        f"/lists/{list_id}/members",
+        {"email_address": "gdpr@example.org", "status": "subscribed"},
+    )
     assert_problem(status, problem, headers, 400, "Forgotten Email Not Subscribed")
     assert "cannot be re-imported" in problem["detail"]
 
 
 def test_tags_are_added_and_removed_without_moving_last_changed(
-        sim: MailchimpSim, audience: dict[str, str], api: Api, clock: Clock) -> None:
+    sim: MailchimpSim, audience: dict[str, str], api: Api, clock: Clock
+) -> None:
     sim.seed_member(audience["list"], "t@example.org", "subscribed", last_changed=START)
     path = f"/lists/{audience['list']}/members/t@example.org"
     clock.tick(60)
-    assert api("POST", path + "/tags", {"tags": [{"name": "donor", "status": "active"},
-                                                 {"name": "member", "status": "active"}]})[0] == 204
+    assert (
+        api(
+            "POST",
+            path + "/tags",
+            {
+                "tags": [
+                    {"name": "donor", "status": "active"},
+                    {"name": "member", "status": "active"},
+                ]
+            },
+        )[0]
+        == 204
+    )
     api("POST", path + "/tags", {"tags": [{"name": "member", "status": "inactive"}]})
     tags = api("GET", path + "/tags")[1]
     assert [t["name"] for t in tags["tags"]] == ["donor"] and tags["total_items"] == 1
@@ -415,8 +610,9 @@ def test_tags_are_added_and_removed_without_moving_last_changed(
     assert member["last_changed"] == "2024-03-01T12:00:00+00:00"
 
 
-def test_user_actions_move_last_changed(sim: MailchimpSim, audience: dict[str, str],
-                                        clock: Clock) -> None:
+def test_user_actions_move_last_changed(
+    sim: MailchimpSim, audience: dict[str, str], clock: Clock
+) -> None:
     sim.seed_member(audience["list"], "u@example.org", "subscribed", last_changed=START)
     clock.tick(120)
     sim.set_member_status(audience["list"], "u@example.org", "unsubscribed")
@@ -433,63 +629,93 @@ def test_user_actions_move_last_changed(sim: MailchimpSim, audience: dict[str, s
 
 # ------------------------------------------------------------------ bulk subscribe
 
-def test_bulk_subscribe_reports_each_member(sim: MailchimpSim, audience: dict[str, str],
-                                            api: Api) -> None:
+
+def test_bulk_subscribe_reports_each_member(
+    sim: MailchimpSim, audience: dict[str, str], api: Api
+) -> None:
     list_id = audience["list"]
     sim.seed_member(list_id, "existing@example.org", "subscribed")
     sim.seed_member(list_id, "unsub@example.org", "unsubscribed")
-    members = [{"email_address": "fresh@example.org", "status": "subscribed"},
-               {"email_address": "existing@example.org", "status": "unsubscribed"},
-               {"email_address": "bad@@example", "status": "subscribed"},
-               {"email_address": "unsub@example.org", "status": "subscribed"}]
+    members = [
+        {"email_address": "fresh@example.org", "status": "subscribed"},
+        {"email_address": "existing@example.org", "status": "unsubscribed"},
+        {"email_address": "bad@@example", "status": "subscribed"},
+        {"email_address": "unsub@example.org", "status": "subscribed"},
+    ]
     body = api("POST", f"/lists/{list_id}", {"members": members, "update_existing": False})[1]
     assert body["total_created"] == 1 and body["total_updated"] == 0 and body["error_count"] == 3
     codes = {e["email_address"]: e["error_code"] for e in body["errors"]}
-    assert codes == {"existing@example.org": "ERROR_CONTACT_EXISTS",
-                     "bad@@example": "ERROR_GENERIC", "unsub@example.org": "ERROR_CONTACT_EXISTS"}
+    assert codes == {
+        "existing@example.org": "ERROR_CONTACT_EXISTS",
+        "bad@@example": "ERROR_GENERIC",
+        "unsub@example.org": "ERROR_CONTACT_EXISTS",
+    }
     body = api("POST", f"/lists/{list_id}", {"members": members, "update_existing": True})[1]
     assert [m["email_address"] for m in body["updated_members"]] == [
-        "fresh@example.org", "existing@example.org"]
+        "fresh@example.org",
+        "existing@example.org",
+    ]
     assert body["updated_members"][1]["status"] == "unsubscribed"
     errors = {e["email_address"]: e["error"] for e in body["errors"]}
     assert "compliance state" in errors["unsub@example.org"]
     too_many = [{"email_address": f"m{n}@example.org", "status": "subscribed"} for n in range(501)]
-    assert_problem(*api("POST", f"/lists/{list_id}", {"members": too_many}), 400, "Invalid Resource")
+    assert_problem(
+        *api("POST", f"/lists/{list_id}", {"members": too_many}), 400, "Invalid Resource"
+    )
 
 
 # ------------------------------------------------------------------ interests, merge fields, webhooks
 
+
 def test_interest_categories_interests_and_merge_fields(
-        sim: MailchimpSim, audience: dict[str, str], seeded: str, api: Api) -> None:
+    sim: MailchimpSim, audience: dict[str, str], seeded: str, api: Api
+) -> None:
     categories = api("GET", f"/lists/{seeded}/interest-categories")[1]
     assert [c["title"] for c in categories["categories"]] == ["Topics"]
-    interests = api("GET", f"/lists/{seeded}/interest-categories/{audience['category']}/interests")[1]
+    interests = api("GET", f"/lists/{seeded}/interest-categories/{audience['category']}/interests")[
+        1
+    ]
     counts = {i["name"]: i["subscriber_count"] for i in interests["interests"]}
     assert counts == {"News": "9", "Events": "0"}  # subscribed members only, as strings
     merge = api("GET", f"/lists/{seeded}/merge-fields", query="count=100")[1]
     assert [f["tag"] for f in merge["merge_fields"]][:2] == ["FNAME", "LNAME"]
     assert merge["merge_fields"][0]["merge_id"] == 1
-    created = api("POST", f"/lists/{seeded}/merge-fields", {"name": "Member No", "type": "number",
-                                                            "tag": "MEMNO"})[1]
+    created = api(
+        "POST",
+        f"/lists/{seeded}/merge-fields",
+        {"name": "Member No", "type": "number", "tag": "MEMNO"},
+    )[1]
     assert created["tag"] == "MEMNO"
-    assert api("GET", f"/lists/{seeded}/merge-fields/{created['merge_id']}")[1]["name"] == "Member No"
+    assert (
+        api("GET", f"/lists/{seeded}/merge-fields/{created['merge_id']}")[1]["name"] == "Member No"
+    )
 
 
 def test_list_webhooks(audience: dict[str, str], api: Api) -> None:
     path = f"/lists/{audience['list']}/webhooks"
-    hook = {"url": "https://crm.example.org/hook?secret=s3",
-            "events": {"subscribe": True, "campaign": False},
-            "sources": {"user": True, "admin": True, "api": False}}
+    hook = {
+        "url": "https://crm.example.org/hook?secret=s3",
+        "events": {"subscribe": True, "campaign": False},
+        "sources": {"user": True, "admin": True, "api": False},
+    }
     status, created, _ = api("POST", path, hook)
-    assert status == 200 and created["sources"]["api"] is False and created["events"]["campaign"] is False
-    assert_problem(*api("POST", path, dict(hook, url="https://crm.example.org/hook?secret=x")),
-                   400, "Invalid Resource")
+    assert (
+        status == 200
+        and created["sources"]["api"] is False
+        and created["events"]["campaign"] is False
+    )
+    assert_problem(
+        *api("POST", path, dict(hook, url="https://crm.example.org/hook?secret=x")),
+        400,
+        "Invalid Resource",
+    )
     assert api("GET", path)[1]["total_items"] == 1
     assert api("DELETE", f"{path}/{created['id']}")[0] == 204
     assert api("GET", path)[1]["webhooks"] == []
 
 
 # ------------------------------------------------------------------ batches
+
 
 def results_of(sim: MailchimpSim, url: str) -> list[dict[str, Any]]:
     path = url.split("127.0.0.1:8010", 1)[1]
@@ -506,18 +732,37 @@ def results_of(sim: MailchimpSim, url: str) -> list[dict[str, Any]]:
 
 
 def test_batch_runs_on_the_clock_and_serves_results(
-        sim: MailchimpSim, audience: dict[str, str], api: Api, clock: Clock) -> None:
+    sim: MailchimpSim, audience: dict[str, str], api: Api, clock: Clock
+) -> None:
     list_id = audience["list"]
     sim.seed_member(list_id, "unsub@example.org", "unsubscribed")
-    operations = [
-        {"method": "PUT", "path": f"/lists/{list_id}/members/{subscriber_hash(f'b{n}@example.org')}",
-         "operation_id": f"op{n}",
-         "body": json.dumps({"email_address": f"b{n}@example.org", "status_if_new": "subscribed"})}
-        for n in range(4)]
-    operations.append({"method": "PATCH", "path": f"/lists/{list_id}/members/unsub@example.org",
-                       "operation_id": "compliance", "body": json.dumps({"status": "subscribed"})})
-    operations.append({"method": "GET", "path": f"/lists/{list_id}/members",
-                       "params": {"count": 2, "fields": "total_items"}, "operation_id": "read"})
+    operations: list[dict[str, Any]] = [
+        {
+            "method": "PUT",
+            "path": f"/lists/{list_id}/members/{subscriber_hash(f'b{n}@example.org')}",
+            "operation_id": f"op{n}",
+            "body": json.dumps(
+                {"email_address": f"b{n}@example.org", "status_if_new": "subscribed"}
+            ),
+        }
+        for n in range(4)
+    ]
+    operations.append(
+        {
+            "method": "PATCH",
+            "path": f"/lists/{list_id}/members/unsub@example.org",
+            "operation_id": "compliance",
+            "body": json.dumps({"status": "subscribed"}),
+        }
+    )
+    operations.append(
+        {
+            "method": "GET",
+            "path": f"/lists/{list_id}/members",
+            "params": {"count": 2, "fields": "total_items"},
+            "operation_id": "read",
+        }
+    )
     status, batch, _ = api("POST", "/batches", {"operations": operations})
     assert status == 200
     assert batch["status"] == "pending" and batch["total_operations"] == 6
@@ -550,10 +795,14 @@ def test_batch_runs_on_the_clock_and_serves_results(
     assert [b["id"] for b in listed["batches"]] == [batch["id"]]
 
 
-def test_batch_delete_stops_it(sim: MailchimpSim, audience: dict[str, str], api: Api,
-                               clock: Clock) -> None:
-    operation = {"method": "POST", "path": f"/lists/{audience['list']}/members",
-                 "body": json.dumps({"email_address": "late@example.org", "status": "subscribed"})}
+def test_batch_delete_stops_it(
+    sim: MailchimpSim, audience: dict[str, str], api: Api, clock: Clock
+) -> None:
+    operation = {
+        "method": "POST",
+        "path": f"/lists/{audience['list']}/members",
+        "body": json.dumps({"email_address": "late@example.org", "status": "subscribed"}),
+    }
     batch = api("POST", "/batches", {"operations": [operation]})[1]
     clock.tick(1)
     assert api("DELETE", f"/batches/{batch['id']}")[0] == 204
@@ -564,14 +813,22 @@ def test_batch_delete_stops_it(sim: MailchimpSim, audience: dict[str, str], api:
 
 
 def test_batch_with_an_object_body_is_refused(audience: dict[str, str], api: Api) -> None:
-    status, problem, headers = api("POST", "/batches", {"operations": [
-        {"method": "PATCH", "path": "/lists/x/members/y", "body": {"status": "subscribed"}}]})
+    status, problem, headers = api(
+        "POST",
+        "/batches",
+        {
+            "operations": [
+                {"method": "PATCH", "path": "/lists/x/members/y", "body": {"status": "subscribed"}}
+            ]
+        },
+    )
     assert_problem(status, problem, headers, 400, "Invalid Resource")
     assert problem["errors"][0]["field"] == "operations.item:0.body"
 
 
-def test_batches_of_another_account_are_invisible(sim: MailchimpSim, audience: dict[str, str],
-                                                  api: Api) -> None:
+def test_batches_of_another_account_are_invisible(
+    sim: MailchimpSim, audience: dict[str, str], api: Api
+) -> None:
     sim.add_account(OTHER_KEY)
     batch = api("POST", "/batches", {"operations": []})[1]
     assert api("GET", f"/batches/{batch['id']}", key=OTHER_KEY)[0] == 404
@@ -579,19 +836,31 @@ def test_batches_of_another_account_are_invisible(sim: MailchimpSim, audience: d
 
 # ------------------------------------------------------------------ scale and bookkeeping
 
-def test_bulk_seed_pages_and_rolls_back_on_duplicates(sim: MailchimpSim, audience: dict[str, str],
-                                                      api: Api) -> None:
+
+def test_bulk_seed_pages_and_rolls_back_on_duplicates(
+    sim: MailchimpSim, audience: dict[str, str], api: Api
+) -> None:
     list_id = audience["list"]
     count = 30_000  # above the bulk-seed threshold, so indexes are rebuilt
-    sim.seed_members(list_id, ((f"m{n}@example.org", "subscribed", {}, {},
-                                START + timedelta(seconds=n)) for n in range(count)))
-    body = api("GET", f"/lists/{list_id}/members",
-               query="count=1000&offset=29500&since_last_changed=2024-03-01T12:00:00Z"
-                     "&fields=members.email_address,total_items")[1]
+    sim.seed_members(
+        list_id,
+        (
+            (f"m{n}@example.org", "subscribed", {}, {}, START + timedelta(seconds=n))
+            for n in range(count)
+        ),
+    )
+    body = api(
+        "GET",
+        f"/lists/{list_id}/members",
+        query="count=1000&offset=29500&since_last_changed=2024-03-01T12:00:00Z"
+        "&fields=members.email_address,total_items",
+    )[1]
     assert body["total_items"] == count - 1
     assert body["members"][0]["email_address"] == "m29501@example.org"
     assert len(body["members"]) == 499
-    clash = [(f"x{n}@example.org", "subscribed", {}, {}, None) for n in range(25_000)]
+    clash: list[tuple[str, str, dict[str, Any], dict[str, bool], datetime | None]] = [
+        (f"x{n}@example.org", "subscribed", {}, {}, None) for n in range(25_000)
+    ]
     with pytest.raises(ValueError):  # bulk path: the rebuilt unique index finds the clash
         sim.seed_members(list_id, [*clash, ("M1@example.org", "subscribed", {}, {}, None)])
     with pytest.raises(ValueError):  # small path
@@ -602,45 +871,86 @@ def test_bulk_seed_pages_and_rolls_back_on_duplicates(sim: MailchimpSim, audienc
     assert sim.member(list_id, "y@example.org") is None
 
 
-def test_request_log_records_every_request(sim: MailchimpSim, audience: dict[str, str],
-                                           api: Api) -> None:
+def test_request_log_records_every_request(
+    sim: MailchimpSim, audience: dict[str, str], api: Api
+) -> None:
     api("GET", f"/lists/{audience['list']}/members")
     api("GET", "/ping", key="wrong-us1")
-    assert sim.request_log == [("GET", f"/3.0/lists/{audience['list']}/members"),
-                               ("GET", "/3.0/ping")]
+    assert sim.request_log == [
+        ("GET", f"/3.0/lists/{audience['list']}/members"),
+        ("GET", "/3.0/ping"),
+    ]
 
 
 # ------------------------------------------------------------------ against the official spec
 
+
 @pytest.mark.skipif(not SPEC.exists(), reason="the shared Mailchimp spec is not present")
 def test_requests_the_tests_send_match_the_official_spec(
-        sim: MailchimpSim, audience: dict[str, str], api: Api) -> None:
+    sim: MailchimpSim, audience: dict[str, str], api: Api
+) -> None:
     """Bodies and paths these tests use are valid by the spec (with SOURCE.md's overlay)."""
     jsonschema = pytest.importorskip("jsonschema")
     spec = json.loads(SPEC.read_text())
     _overlay_merge_fields(spec)
-    templates = [(re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", p) + "$"), p) for p in spec["paths"]]
+    templates = [
+        (re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", p) + "$"), p) for p in spec["paths"]
+    ]
     list_id = audience["list"]
     hash_a = subscriber_hash("a@example.org")
     calls = [
-        ("POST", f"/lists/{list_id}/members", {"email_address": "a@example.org", "status": "pending",
-                                               "merge_fields": {"FNAME": "Ann"},
-                                               "interests": {audience["news"]: True}}),
-        ("PUT", f"/lists/{list_id}/members/{hash_a}", {"email_address": "a@example.org",
-                                                       "status_if_new": "subscribed"}),
+        (
+            "POST",
+            f"/lists/{list_id}/members",
+            {
+                "email_address": "a@example.org",
+                "status": "pending",
+                "merge_fields": {"FNAME": "Ann"},
+                "interests": {audience["news"]: True},
+            },
+        ),
+        (
+            "PUT",
+            f"/lists/{list_id}/members/{hash_a}",
+            {"email_address": "a@example.org", "status_if_new": "subscribed"},
+        ),
         ("PATCH", f"/lists/{list_id}/members/{hash_a}", {"status": "unsubscribed"}),
-        ("POST", f"/lists/{list_id}", {"members": [{"email_address": "b@example.org",
-                                                    "status": "subscribed"}],
-                                       "update_existing": True}),
-        ("POST", f"/lists/{list_id}/members/{hash_a}/tags",
-         {"tags": [{"name": "x", "status": "active"}]}),
-        ("POST", f"/lists/{list_id}/webhooks", {"url": "https://h.example.org/w",
-                                                "events": {"subscribe": True},
-                                                "sources": {"api": False}}),
-        ("POST", "/batches", {"operations": [{"method": "PATCH",
-                                              "path": f"/lists/{list_id}/members/{hash_a}",
-                                              "operation_id": "1",
-                                              "body": json.dumps({"status": "pending"})}]}),
+        (
+            "POST",
+            f"/lists/{list_id}",
+            {
+                "members": [{"email_address": "b@example.org", "status": "subscribed"}],
+                "update_existing": True,
+            },
+        ),
+        (
+            "POST",
+            f"/lists/{list_id}/members/{hash_a}/tags",
+            {"tags": [{"name": "x", "status": "active"}]},
+        ),
+        (
+            "POST",
+            f"/lists/{list_id}/webhooks",
+            {
+                "url": "https://h.example.org/w",
+                "events": {"subscribe": True},
+                "sources": {"api": False},
+            },
+        ),
+        (
+            "POST",
+            "/batches",
+            {
+                "operations": [
+                    {
+                        "method": "PATCH",
+                        "path": f"/lists/{list_id}/members/{hash_a}",
+                        "operation_id": "1",
+                        "body": json.dumps({"status": "pending"}),
+                    }
+                ]
+            },
+        ),
         ("GET", f"/lists/{list_id}/members", None),
         ("DELETE", f"/lists/{list_id}/members/{hash_a}", None),
         ("POST", f"/lists/{list_id}/members/{hash_a}/actions/delete-permanent", None),
@@ -658,10 +968,14 @@ def test_requests_the_tests_send_match_the_official_spec(
 
 def _overlay_merge_fields(spec: dict[str, Any]) -> None:
     """SOURCE.md, known error 1: make every ``merge_fields`` value any type."""
+
     def walk(node: Any) -> None:
         if isinstance(node, dict):
-            merge = node.get("properties", {}).get("merge_fields") if isinstance(
-                node.get("properties"), dict) else None
+            merge = (
+                node.get("properties", {}).get("merge_fields")
+                if isinstance(node.get("properties"), dict)
+                else None
+            )
             if isinstance(merge, dict):
                 merge["additionalProperties"] = {}
             for value in node.values():
@@ -669,4 +983,5 @@ def _overlay_merge_fields(spec: dict[str, Any]) -> None:
         elif isinstance(node, list):
             for value in node:
                 walk(value)
+
     walk(spec)

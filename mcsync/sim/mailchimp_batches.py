@@ -83,7 +83,9 @@ class Batch:
             return "started"
         return "pending"
 
-    def to_json(self, now: datetime, results_url: str, iso: Callable[[datetime], str]) -> dict[str, Any]:
+    def to_json(
+        self, now: datetime, results_url: str, iso: Callable[[datetime], str]
+    ) -> dict[str, Any]:
         """The batch object of GET /batches/{id}; ``""`` for times and URL not yet known."""
         status = self.status(now)
         done = status == "finished"
@@ -102,41 +104,78 @@ class Batch:
 def parse_operations(body: Any) -> list[Operation]:
     """Check a POST /batches body against the spec's BatchOperations schema."""
     if not isinstance(body, dict) or "operations" not in body:
-        raise BatchInvalid([{"field": "", "message": "Required fields were not provided: operations"}])
+        raise BatchInvalid(
+            [{"field": "", "message": "Required fields were not provided: operations"}]
+        )
     raw = body["operations"]
     if not isinstance(raw, list):
-        raise BatchInvalid([{"field": "operations", "message": "Schema describes array, "
-                             f"{_json_type(raw)} found instead"}])
+        raise BatchInvalid(
+            [
+                {
+                    "field": "operations",
+                    "message": f"Schema describes array, {_json_type(raw)} found instead",
+                }
+            ]
+        )
     errors: list[dict[str, str]] = []
     operations: list[Operation] = []
     for index, item in enumerate(raw):
         where = f"operations.item:{index}"
         if not isinstance(item, dict):
-            errors.append({"field": where, "message": f"Schema describes object, {_json_type(item)} found instead"})
+            errors.append(
+                {
+                    "field": where,
+                    "message": f"Schema describes object, {_json_type(item)} found instead",
+                }
+            )
             continue
         missing = [name for name in ("method", "path") if name not in item]
         if missing:
-            errors.append({"field": where, "message": "Required fields were not provided: " + ", ".join(missing)})
+            errors.append(
+                {
+                    "field": where,
+                    "message": "Required fields were not provided: " + ", ".join(missing),
+                }
+            )
             continue
         method, path = item["method"], item["path"]
         if not isinstance(method, str) or method not in OPERATION_METHODS:
-            errors.append({"field": f"{where}.method", "message": "Value is not one of enum values"})
+            errors.append(
+                {"field": f"{where}.method", "message": "Value is not one of enum values"}
+            )
         if not isinstance(path, str) or not path.startswith("/"):
-            errors.append({"field": f"{where}.path", "message": "Schema describes string, "
-                           f"{_json_type(path)} found instead" if not isinstance(path, str)
-                           else "The path must start with '/'"})
+            errors.append(
+                {
+                    "field": f"{where}.path",
+                    "message": f"Schema describes string, {_json_type(path)} found instead"
+                    if not isinstance(path, str)
+                    else "The path must start with '/'",
+                }
+            )
         body_text = item.get("body")
         if body_text is not None and not isinstance(body_text, str):
-            errors.append({"field": f"{where}.body", "message": "Schema describes string, "
-                           f"{_json_type(body_text)} found instead"})
+            errors.append(
+                {
+                    "field": f"{where}.body",
+                    "message": f"Schema describes string, {_json_type(body_text)} found instead",
+                }
+            )
         params = item.get("params", {})
         if not isinstance(params, dict):
-            errors.append({"field": f"{where}.params", "message": "Schema describes object, "
-                           f"{_json_type(params)} found instead"})
+            errors.append(
+                {
+                    "field": f"{where}.params",
+                    "message": f"Schema describes object, {_json_type(params)} found instead",
+                }
+            )
         operation_id = item.get("operation_id")
         if operation_id is not None and not isinstance(operation_id, str):
-            errors.append({"field": f"{where}.operation_id", "message": "Schema describes string, "
-                           f"{_json_type(operation_id)} found instead"})
+            errors.append(
+                {
+                    "field": f"{where}.operation_id",
+                    "message": f"Schema describes string, {_json_type(operation_id)} found instead",
+                }
+            )
         if errors:
             continue
         query = {str(k): [_param_text(v)] for k, v in params.items()}
@@ -172,20 +211,24 @@ def _json_type(value: Any) -> str:
 def build_archive(batch_id: str, results: list[dict[str, Any]]) -> bytes:
     """The gzipped tar served at ``response_body_url``."""
     buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped:
-        with tarfile.open(fileobj=zipped, mode="w") as tar:
-            folder = tarfile.TarInfo(".")
-            folder.type = tarfile.DIRTYPE
-            folder.mode = 0o755
-            tar.addfile(folder)
-            chunks = [results[i : i + RESULTS_PER_FILE] for i in range(0, len(results), RESULTS_PER_FILE)]
-            for number, chunk in enumerate(chunks or [[]]):
-                name = hashlib.md5(f"{batch_id}:{number}".encode()).hexdigest()
-                data = json.dumps(chunk).encode("utf-8")
-                info = tarfile.TarInfo(f"./{name}.json")
-                info.size = len(data)
-                info.mode = 0o644
-                tar.addfile(info, io.BytesIO(data))
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped,
+        tarfile.open(fileobj=zipped, mode="w") as tar,
+    ):
+        folder = tarfile.TarInfo(".")
+        folder.type = tarfile.DIRTYPE
+        folder.mode = 0o755
+        tar.addfile(folder)
+        chunks = [
+            results[i : i + RESULTS_PER_FILE] for i in range(0, len(results), RESULTS_PER_FILE)
+        ]
+        for number, chunk in enumerate(chunks or [[]]):
+            name = hashlib.md5(f"{batch_id}:{number}".encode()).hexdigest()
+            data = json.dumps(chunk).encode("utf-8")
+            info = tarfile.TarInfo(f"./{name}.json")
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 
@@ -197,7 +240,9 @@ class BatchQueue:
         self._batches: dict[str, Batch] = {}
         self._counter = 0
 
-    def submit(self, owner: str, operations: list[Operation], now: datetime, executor: Executor) -> Batch:
+    def submit(
+        self, owner: str, operations: list[Operation], now: datetime, executor: Executor
+    ) -> Batch:
         self._counter += 1
         batch_id = hashlib.md5(f"batch:{self._counter}".encode()).hexdigest()[:10]
         batch = Batch(batch_id, owner, operations, now, self.delay, executor)
@@ -246,5 +291,9 @@ class BatchQueue:
             if status >= 400:
                 batch.errored += 1
         for batch in self._batches.values():
-            if batch.archive is None and now >= batch.finished_at and len(batch.results) == len(batch.operations):
+            if (
+                batch.archive is None
+                and now >= batch.finished_at
+                and len(batch.results) == len(batch.operations)
+            ):
                 batch.archive = build_archive(batch.id, batch.results)
