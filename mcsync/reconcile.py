@@ -410,10 +410,9 @@ def _civicrm_wins(row: MemberRow, contact_id: int, hold: tuple[PutEmailOnHold, .
     """Case B: Mailchimp follows CiviCRM."""
     m, c = row.mailchimp, row.civicrm
     group = c.subscription
-    if group.status == "Pending":
-        # Awaiting CiviCRM's own double opt-in: no opinion yet, so leave Mailchimp alone.
-        return Decision("5.2-B-civicrm-pending", m.subscribed, hold)
     if not group.added:
+        # Pending (awaiting CiviCRM's own double opt-in) is not Added (seed §5.1): until the
+        # person confirms, a newer Pending after a removal must not leave them subscribed.
         if m.subscribed:
             email = str(m.email)
             return Decision(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from mcsync.budget import Budget
 from mcsync.config import Config, load_config
@@ -15,6 +18,11 @@ from mcsync.engine import AudienceResult, sync_audiences
 from mcsync.sim.civicrm import CiviSim
 from mcsync.sim.mailchimp import MailchimpSim
 from mcsync.sim.transport import MultiSimTransport
+
+# CI runs the property tests derandomized (HYPOTHESIS_PROFILE=ci in .ci/run) so a landing
+# never depends on luck; locally they explore new examples on every run.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 MC_KEY = "0123456789abcdef0123456789abcdef-us21"
 CIVI_KEY = "test-civicrm-key-5512"

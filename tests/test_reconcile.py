@@ -449,19 +449,19 @@ SUBSCRIPTION_CASES = [
     ),
     pytest.param(
         row("unsubscribed", "Pending", **B),
-        "5.2-B-civicrm-pending",
+        "5.2-B6",
         False,
         None,
         (),
-        id="5.2-B-civi-pending-leaves-mc-alone",
+        id="5.2-B6-civi-pending-is-not-added-nothing-to-do",
     ),
     pytest.param(
         row("subscribed", "Pending", **B),
-        "5.2-B-civicrm-pending",
-        True,
+        "5.2-B5",
+        False,
         None,
-        (),
-        id="5.2-B-civi-pending-mc-subscribed-kept",
+        (put("unsubscribed"),),
+        id="5.2-B5-civi-pending-is-not-added-unsubscribes",
     ),
     # --- §4.5 privacy flags (respected by default): CiviCRM group status is kept ---
     pytest.param(
