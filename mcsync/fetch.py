@@ -52,6 +52,21 @@ def fetch_mailchimp(ctx: RunContext) -> None:
         close = getattr(pages, "close", None)
         if close:
             close()
+    if state["run_full"]:
+        sweep_vanished_members(ctx, state["run_started"])
+
+
+def sweep_vanished_members(ctx: RunContext, run_started: str) -> None:
+    """After a full fetch, members not seen are no longer in the audience (archived or
+    deleted at Mailchimp): they count as not subscribed from the start of this run. The
+    mass-change brake stops a run where this is a surprise (an empty answer, a wrong list)."""
+    with ctx.staging.atomic():
+        ctx.staging.execute(
+            "UPDATE rows SET mc_status = 'archived', mc_status_at = ?, sync_status = 'todo' "
+            "WHERE list_id = ? AND mc_hash IS NOT NULL AND mc_seen_run IS NOT ? "
+            "AND mc_status IS NOT 'archived' AND sync_status != 'live'",
+            (run_started, ctx.list_id, ctx.run_id),
+        )
 
 
 def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
@@ -90,6 +105,7 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
                     ctx.list_id, member["id"], member.get("email_address"), status, changed,
                     changed, fname, lname, dumps(interests),
                     dumps({i: changed for i in interests}), member.get("unique_email_id"),
+                    ctx.run_id,
                 )
             )
             continue
@@ -115,7 +131,7 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
         updates.append(
             (
                 status, changed, status_at, fname, lname, dumps(interests), dumps(interests_at),
-                sync_status, old["id"],
+                sync_status, ctx.run_id, old["id"],
             )
         )
     conn = ctx.staging.conn
@@ -123,13 +139,14 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
         conn.executemany(
             "INSERT INTO rows (list_id, mc_hash, mc_email, mc_status, mc_last_changed, "
             "mc_status_at, mc_fname, mc_lname, mc_interests, mc_interests_at, mc_unique_id, "
-            "sync_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'todo')",
+            "mc_seen_run, sync_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'todo')",
             inserts,
         )
     if updates:
         conn.executemany(
             "UPDATE rows SET mc_status = ?, mc_last_changed = ?, mc_status_at = ?, mc_fname = ?, "
-            "mc_lname = ?, mc_interests = ?, mc_interests_at = ?, sync_status = ? WHERE id = ?",
+            "mc_lname = ?, mc_interests = ?, mc_interests_at = ?, sync_status = ?, "
+            "mc_seen_run = ? WHERE id = ?",
             updates,
         )
     _baseline_merge_fields(ctx, members)

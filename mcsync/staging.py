@@ -167,6 +167,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE rows ADD COLUMN mc_unique_id TEXT;
     CREATE INDEX rows_by_unique_id ON rows (list_id, mc_unique_id)
     """,
+    # 4: the run that last saw each member, so a full fetch notices members that vanished
+    # from the audience (archived or deleted at Mailchimp)
+    """
+    ALTER TABLE rows ADD COLUMN mc_seen_run TEXT
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience

@@ -204,3 +204,15 @@ def test_a_civicrm_change_made_during_the_run_is_not_overwritten(world: World) -
     world.sync()
     assert world.mc_status("racer@example.org") == "unsubscribed"
     assert world.civi_status(contact) == "Removed"
+
+
+def test_a_full_run_notices_members_archived_at_mailchimp(world: World) -> None:
+    keep = [world.person(f"k{n}@example.org", mc="subscribed", civi="Added") for n in range(20)]
+    gone = world.person("gone@example.org", mc="subscribed", civi="Added")
+    world.sync()
+    world.mc.set_member_status(world.list_id, "gone@example.org", "archived")
+    assert not any(m["email_address"] == "gone@example.org"
+                   for m in world.mc.members(world.list_id) if m["status"] != "archived")
+    world.sync(since="ever")
+    assert gone is not None and world.civi_status(gone) == "Removed"
+    assert all(world.civi_status(k) == "Added" for k in keep if k is not None)
