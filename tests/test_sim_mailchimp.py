@@ -217,6 +217,11 @@ def test_count_over_1000_is_refused(seeded: str, api: Api) -> None:
     assert api("GET", f"/lists/{seeded}/members", query="count=1000")[0] == 200
 
 
+def test_fields_total_items_alone(seeded: str, api: Api) -> None:
+    body = api("GET", f"/lists/{seeded}/members", query="fields=total_items&status=subscribed")[1]
+    assert body == {"total_items": 19}
+
+
 def test_offset_paging_walks_every_member_once(seeded: str, api: Api) -> None:
     seen = []
     for offset in range(0, 24, 7):
@@ -793,6 +798,8 @@ def test_batch_runs_on_the_clock_and_serves_results(
     assert json.loads(results["read"]["response"]) == {"total_items": 5}
     listed = api("GET", "/batches")[1]
     assert [b["id"] for b in listed["batches"]] == [batch["id"]]
+    (submitted,) = sim.submitted_batches()
+    assert [op.operation_id for op in submitted.operations][-1] == "read"
 
 
 def test_batch_delete_stops_it(

@@ -5,8 +5,14 @@ Facts come from ``reference/mailchimp-api.md`` and the official spec
 cleaned, forgotten emails, archiving by DELETE), ``last_changed`` windows and offset paging,
 ``fields``/``exclude_fields``, bulk subscribe, interests, merge fields, list webhooks, tags and
 batch operations (see :mod:`mcsync.sim.mailchimp_batches`). Errors are problem documents like
-Mailchimp's. Members live in an in-memory SQLite table so a million-member list pages in time
-proportional to the page, not the list.
+Mailchimp's. Members live in an in-memory SQLite table (see the storage notes by ``_TABLE``) so
+a million-member list pages in time proportional to the page, not the list.
+
+Choices where the sources are silent: ``since_*``/``before_*`` filters are strict (after, before;
+times have whole seconds); without ``status`` the member list leaves archived members out; the
+default order is the order members were added; ``interests`` is absent from members of a list
+without interests; new lists get Mailchimp's default merge fields (FNAME, LNAME, ADDRESS, PHONE,
+BIRTHDAY); a write that changes nothing, and any tag change, leaves ``last_changed`` alone.
 
 Not modelled: campaigns, segments, notes, activity, marketing permissions, ecommerce, the
 hosted signup form (use :meth:`MailchimpSim.confirm_member` / :meth:`set_member_status` for what
@@ -131,8 +137,11 @@ def _hex(seed: str, length: int = 10) -> str:
     return hashlib.md5(seed.encode("utf-8")).hexdigest()[:length]
 
 
-class ApiError(Exception):
-    """A problem document to answer with (raised by handlers, rendered by ``handle``)."""
+class Problem(Exception):
+    """A problem document to answer with (raised by handlers, rendered by ``handle``).
+
+    Internal to the simulator; not :class:`mcsync.errors.ApiError`, which is the client's.
+    """
 
     def __init__(
         self,
@@ -160,12 +169,12 @@ class ApiError(Exception):
         return doc
 
 
-def _not_found() -> ApiError:
-    return ApiError(404, "Resource Not Found", "The requested resource could not be found.")
+def _not_found() -> Problem:
+    return Problem(404, "Resource Not Found", "The requested resource could not be found.")
 
 
-def _invalid(errors: list[dict[str, str]], detail: str = _VALIDATION_DETAIL) -> ApiError:
-    return ApiError(400, "Invalid Resource", detail, errors)
+def _invalid(errors: list[dict[str, str]], detail: str = _VALIDATION_DETAIL) -> Problem:
+    return Problem(400, "Invalid Resource", detail, errors)
 
 
 @dataclass
@@ -369,7 +378,7 @@ class _Call:
         try:
             value = json.loads(self.body.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
-            raise ApiError(
+            raise Problem(
                 400, "JSON Parse Error", "We encountered an unspecified JSON parsing error."
             ) from None
         if not isinstance(value, dict):
@@ -578,6 +587,12 @@ class MailchimpSim:
             last = rows[-1]["seq"]
             yield from page
 
+    def submitted_batches(self) -> list[Batch]:
+        """Every batch not deleted, oldest first, with its operations (for test inspection)."""
+        with self.lock:
+            self._batches.advance(self._now())
+            return self._batches.all()
+
     def set_member_status(self, list_id: str, email: str, status: str) -> None:
         """What a person or the account owner does in Mailchimp: any status, no API rules."""
         if status not in STATUSES:
@@ -620,7 +635,7 @@ class MailchimpSim:
             self._batches.advance(now)
             try:
                 return self._handle(request, now)
-            except ApiError as error:
+            except Problem as error:
                 return self._problem(error)
 
     def _handle(self, request: SimRequest, now: datetime) -> SimResponse:
@@ -648,7 +663,7 @@ class MailchimpSim:
         response.headers["X-Request-Id"] = str(uuid.uuid4())
         return response
 
-    def _problem(self, error: ApiError) -> SimResponse:
+    def _problem(self, error: Problem) -> SimResponse:
         instance = str(uuid.uuid4())
         response = SimResponse.json(
             error.status, error.document(instance), "application/problem+json; charset=utf-8"
@@ -673,17 +688,17 @@ class MailchimpSim:
         if query_key is not None and request.method == "GET":
             keys.append(query_key)
         if not keys or not any(keys):
-            raise ApiError(401, "API Key Missing", "Your request did not include an API key.")
+            raise Problem(401, "API Key Missing", "Your request did not include an API key.")
         account = self._accounts.get(keys[0])
         if account is None or any(k != keys[0] for k in keys):
-            raise ApiError(
+            raise Problem(
                 401,
                 "API Key Invalid",
                 "Your API key may be invalid, or you've attempted to access the wrong datacenter.",
             )
         dc_match = _DC_HOST.match(host.lower())
         if dc_match and dc_match.group(1) != account.dc:
-            raise ApiError(
+            raise Problem(
                 403, "Wrong Datacenter", "The API key provided is linked to a different datacenter."
             )
         return account
@@ -757,7 +772,7 @@ class MailchimpSim:
                 continue
             handler = handlers.get(call.method)
             if handler is None:
-                raise ApiError(
+                raise Problem(
                     405,
                     "Method Not Allowed",
                     "The requested method and resource are not compatible. See the "
@@ -1003,7 +1018,8 @@ class MailchimpSim:
         # A narrow last_changed window is cheaper to sort than to find by walking the list in
         # seq order; a wide one the other way round.
         narrow = bool(window) and total <= _SMALL_WINDOW
-        seqs = self._page(query, count, offset, narrow=narrow)
+        wanted = _wanted(call.query, ("members",))  # e.g. fields=total_items: no page needed
+        seqs = self._page(query, count, offset, narrow=narrow) if wanted else []
         found = {
             r["seq"]: r
             for r in self._db.execute(
@@ -1274,7 +1290,7 @@ class MailchimpSim:
                     skip_merge_validation=call.flag("skip_merge_validation"),
                     where=f"members.item:{index}",
                 )
-            except ApiError as error:
+            except Problem as error:
                 problem = (error.errors or [{}])[0]
                 errors.append(
                     {
@@ -1335,7 +1351,7 @@ class MailchimpSim:
         if method == "PATCH" and old is None:
             raise _not_found()
         if method == "POST" and old is not None and old["status"] != "archived":
-            raise ApiError(
+            raise Problem(
                 400,
                 "Member Exists",
                 f"{email} is already a list member. Use PUT to insert or update list members.",
@@ -1448,7 +1464,7 @@ class MailchimpSim:
             )
         new_key = subscriber_hash(new_email)
         if self._row(lst.id, new_key) is not None:
-            raise ApiError(
+            raise Problem(
                 400,
                 "Member Exists",
                 f"{new_email} is already a list member. Use PUT to insert or update list members.",
@@ -1460,7 +1476,7 @@ class MailchimpSim:
         if self._db.execute(
             "SELECT 1 FROM forgotten WHERE lid = ? AND hkey = ?", (lst.web_id, _hkey(key))
         ).fetchone():
-            raise ApiError(
+            raise Problem(
                 400,
                 "Forgotten Email Not Subscribed",
                 f"{email} was permanently deleted and cannot be re-imported. The "
@@ -1886,7 +1902,7 @@ class MailchimpSim:
             )
             try:
                 status, payload = self._route(inner)
-            except ApiError as error:
+            except Problem as error:
                 return error.status, json.dumps(error.document(str(uuid.uuid4())))
             if payload is None:
                 return status, ""
@@ -2242,7 +2258,7 @@ def _check_transition(email: str, current: str, wanted: str) -> None:
     if (current == "unsubscribed" and wanted == "subscribed") or (
         current == "cleaned" and wanted in ("subscribed", "pending")
     ):
-        raise ApiError(
+        raise Problem(
             400,
             "Member In Compliance State",
             f"{email} is in a compliance state due to unsubscribe, bounce, or "

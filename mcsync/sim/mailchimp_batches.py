@@ -253,6 +253,9 @@ class BatchQueue:
         batch = self._batches.get(batch_id)
         return batch if batch is not None and batch.owner == owner else None
 
+    def all(self) -> list[Batch]:
+        return list(self._batches.values())
+
     def of_owner(self, owner: str) -> list[Batch]:
         return [b for b in self._batches.values() if b.owner == owner]
 
