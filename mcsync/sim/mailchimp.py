@@ -1431,14 +1431,14 @@ class MailchimpSim:
             "timestamp_signup",
             "timestamp_opt",
         ):
-            if name in body:
+            if body.get(name) is not None:
                 if not name.startswith("timestamp"):
                     new[name] = body[name]
                 else:
                     new[name] = epoch(_parse_time(body[name], name)) if body[name] else None
-        if "vip" in body:
+        if body.get("vip") is not None:
             new["vip"] = int(body["vip"])
-        if "location" in body:
+        if body.get("location") is not None:
             new["location"] = {
                 k: body["location"][k] for k in ("latitude", "longitude") if k in body["location"]
             }
@@ -1448,7 +1448,7 @@ class MailchimpSim:
                 for t in dict.fromkeys(body["tags"])
             ]
         if wanted is not None and (old is None or old["status"] != wanted):
-            _apply_status(lst, new, wanted, stamp, opt_given="timestamp_opt" in body)
+            _apply_status(lst, new, wanted, stamp, opt_given=bool(body.get("timestamp_opt")))
         new["interests"] = {k: True for k, on in new["interests"].items() if on}
         if old is None or any(new[c] != old[c] for c in _CHANGE_FIELDS):
             new["last_changed"] = stamp
@@ -1904,6 +1904,9 @@ class MailchimpSim:
                 status, payload = self._route(inner)
             except Problem as error:
                 return error.status, json.dumps(error.document(str(uuid.uuid4())))
+            except Exception as error:  # a simulator bug must not wedge the queue: report it
+                crash = Problem(500, "Internal Server Error", f"{type(error).__name__}: {error}")
+                return 500, json.dumps(crash.document(str(uuid.uuid4())))
             if payload is None:
                 return status, ""
             return status, json.dumps(self._project(payload, merged))
@@ -2242,6 +2245,14 @@ def _check_body(body: dict[str, Any], method: str, where: str) -> None:
         errors.append(
             {"field": _at(where, "email_type"), "message": "Value is not one of enum values"}
         )
+    tags = body.get("tags")
+    if isinstance(tags, list) and not all(isinstance(t, str) for t in tags):
+        errors.append({"field": _at(where, "tags"), "message": "Schema describes string"})
+    location = body.get("location")
+    if isinstance(location, dict) and not all(
+        _is_number(location.get(k, 0)) for k in ("latitude", "longitude")
+    ):
+        errors.append({"field": _at(where, "location"), "message": "Schema describes number"})
     if body.get("marketing_permissions"):
         errors.append(
             {
