@@ -819,6 +819,28 @@ def test_batch_delete_stops_it(
     assert_problem(*api("DELETE", "/batches/0000000000"), 404, "Resource Not Found")
 
 
+def test_a_crashing_operation_becomes_a_500_result(
+    sim: MailchimpSim,
+    audience: dict[str, str],
+    api: Api,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def explode(call: object) -> tuple[int, Any]:
+        raise RuntimeError("boom")
+
+    routes = [handlers for pattern, handlers in sim._routes if pattern.pattern == "^/ping$"]
+    monkeypatch.setitem(routes[0], "GET", explode)
+    ops = [{"method": "GET", "path": "/ping", "operation_id": "p"}]
+    batch = api("POST", "/batches", {"operations": ops})[1]
+    clock.tick(10)
+    done = api("GET", f"/batches/{batch['id']}")[1]
+    assert (done["status"], done["errored_operations"]) == ("finished", 1)
+    (result,) = results_of(sim, done["response_body_url"])
+    assert result["status_code"] == 500
+    assert json.loads(result["response"])["title"] == "Internal Server Error"
+
+
 def test_batch_with_an_object_body_is_refused(audience: dict[str, str], api: Api) -> None:
     status, problem, headers = api(
         "POST",

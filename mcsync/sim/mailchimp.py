@@ -1904,7 +1904,7 @@ class MailchimpSim:
                 status, payload = self._route(inner)
             except Problem as error:
                 return error.status, json.dumps(error.document(str(uuid.uuid4())))
-            except Exception as error:  # a simulator bug must not wedge the queue: report it
+            except Exception as error:  # noqa: BLE001 - a simulator bug must not wedge the queue
                 crash = Problem(500, "Internal Server Error", f"{type(error).__name__}: {error}")
                 return 500, json.dumps(crash.document(str(uuid.uuid4())))
             if payload is None:
