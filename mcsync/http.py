@@ -24,6 +24,7 @@ slots, because Mailchimp allows 10 simultaneous connections per account, not per
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import math
 import random
@@ -38,6 +39,7 @@ from urllib.parse import quote
 import httpx
 
 from .budget import Budget
+from .slots import ProcessSlots
 from .errors import (
     ApiError,
     AuthError,
@@ -198,8 +200,10 @@ class HttpSession:
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         max_wait: float = 120.0,
+        process_slots: ProcessSlots | None = None,
     ) -> None:
         self.service = service
+        self._process_slots = process_slots
         self.base_url = base_url.rstrip("/")
         self.budget = budget
         self._headers = dict(headers)
@@ -334,16 +338,19 @@ class HttpSession:
             with self._count_lock:
                 self._count += 1
             started = time.monotonic()
-            response = self._client.request(
-                method,
-                url,
-                params=params,
-                json=json,
-                data=data,
-                headers=self._headers if authenticate else None,
-                auth=self._auth if authenticate else None,
-                follow_redirects=not authenticate,
-            )
+            with self._process_slots.hold(self.budget, self.service) if (
+                self._process_slots and authenticate
+            ) else contextlib.nullcontext():
+                response = self._client.request(
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    data=data,
+                    headers=self._headers if authenticate else None,
+                    auth=self._auth if authenticate else None,
+                    follow_redirects=not authenticate,
+                )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             if self._debug:
                 self._debug(self.redact(f"{self.service} !! {method} {url}: {self._describe(exc)}"))

@@ -30,6 +30,7 @@ from .errors import (
     RetriesExhausted,
 )
 from .http import HttpSession
+from .slots import ProcessSlots
 
 #: Member fields fetched by default: what matching, reconciling and merge-field feeds need.
 MEMBER_FIELDS: tuple[str, ...] = (
@@ -131,6 +132,7 @@ class MailchimpClient:
             debug_http=debug_http,
             sleep=sleep,
             max_retries=max_retries,
+            process_slots=ProcessSlots(api_key, max_connections),
             auth_hint=(
                 f"Check mailchimp.accounts.{account_name}.api_key: the key must be active and its"
                 " '-dc' suffix must match the account's data centre (or base_url), and the key's"
