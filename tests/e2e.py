@@ -405,10 +405,10 @@ def assert_no_secrets(text: str | bytes, where: str) -> None:
 
 
 def batch_operation_ids(scenario: Scenario) -> list[str]:
-    """Every operation id the Mailchimp simulator received in POST /batches, in order (read
-    from its batch queue: the HTTP API does not list a batch's operations)."""
-    queue = scenario.mailchimp._batches._batches  # noqa: SLF001 - test inspection
-    return [str(op.operation_id) for batch in queue.values() for op in batch.operations]
+    """Every operation id the Mailchimp simulator received in POST /batches, in order (the
+    HTTP API does not list a batch's operations)."""
+    batches = scenario.mailchimp.submitted_batches()
+    return [str(op.operation_id) for batch in batches for op in batch.operations]
 
 
 def repeated(items: list[str]) -> list[str]:
