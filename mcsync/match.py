@@ -9,6 +9,7 @@ lowest id. It runs as set-based SQL over the staged emails.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mcsync.fetch import (
@@ -23,6 +24,8 @@ from mcsync.fetch import (
 )
 from mcsync.run import TRACKING_MARKER, RunContext
 from mcsync.staging import iso
+
+MATCH_CONCURRENCY = 4  # Email lookups in flight: the CiviCRM client's connection pool
 
 
 def fix_contact_ids(ctx: RunContext) -> None:
@@ -52,25 +55,35 @@ def match_emails(ctx: RunContext) -> None:
         if not batch:
             return
         emails = sorted({r["mc_email"] for r in batch})
-        records: list[dict[str, Any]] = []
-        for chunk in chunks(emails, IN_CHUNK):
-            records.extend(
-                ctx.civicrm.call(
-                    "Email",
-                    "get",
-                    {
-                        "select": EMAIL_SELECT,
-                        "where": [["email", "IN", list(chunk)], ["contact_id.is_deleted", "=", False]],
-                        "limit": 0,
-                    },
-                )
-            )
+        records = _owners_of(ctx, emails)
         with ctx.staging.atomic():
             store_emails(ctx, records)
             store_contacts(ctx, [_contact_from_join(r) for r in records])
             assign_matches(ctx, [r["id"] for r in batch])
             ctx.staging.set_state(ctx.list_id, cursor=batch[-1]["id"])
         ctx.progress("match emails", len(batch), None)
+
+
+def _owners_of(ctx: RunContext, emails: Sequence[str]) -> list[dict[str, Any]]:
+    """Undeleted owners of these emails, the `IN` chunks fetched concurrently (the CiviCRM
+    client is thread-safe and caps its own connections), so round trips overlap."""
+
+    def owners(chunk: Sequence[str]) -> list[dict[str, Any]]:
+        return ctx.civicrm.call(
+            "Email",
+            "get",
+            {
+                "select": EMAIL_SELECT,
+                "where": [["email", "IN", list(chunk)], ["contact_id.is_deleted", "=", False]],
+                "limit": 0,
+            },
+        )
+
+    parts = list(chunks(emails, IN_CHUNK))
+    if len(parts) <= 1:
+        return [record for part in parts for record in owners(part)]
+    with ThreadPoolExecutor(max_workers=min(len(parts), MATCH_CONCURRENCY)) as pool:
+        return [record for found in pool.map(owners, parts) for record in found]
 
 
 def assign_matches(ctx: RunContext, row_ids: Sequence[int]) -> None:
