@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from mcsync import feeds, fetch, match, plan, push
-from mcsync.errors import AudienceBusy, BudgetExhausted
+from mcsync.errors import AudienceBusy, BudgetExhausted, ConfigError
 from mcsync.run import RunContext
 from mcsync.staging import Staging, iso, parse_iso, utc_now
 
@@ -107,9 +107,30 @@ def run_audience(
     started = time.monotonic()
     try:
         with LeaseHeartbeat(str(staging.path), ctx.list_id, owner, ctx.sync.lease_seconds):
+            check_groups(ctx)
             return _run_stages(ctx, since=since, full=full, stop_before=stop_before, t0=started)
     finally:
         staging.release_lease(ctx.list_id, owner)
+
+
+def check_groups(ctx: RunContext) -> None:
+    """Refuse to work an audience whose groups were deleted, disabled or turned into smart
+    groups since the config was written: their membership would read as "everyone left"
+    (veda#104, veda#138). Checked before every run, so nothing is written for it."""
+    from mcsync.checks import GROUP_SELECT, describe_group
+
+    records = ctx.civicrm.call(
+        "Group", "get",
+        {"select": GROUP_SELECT, "where": [["id", "IN", ctx.all_groups]], "limit": 0},
+    )
+    groups = {int(r["id"]): r for r in records}
+    problems = [p for g in ctx.all_groups if (p := describe_group(groups.get(g), g))]
+    if problems:
+        ctx.log("Not synced: " + "; ".join(problems), "error")
+        raise ConfigError(
+            [f"{p}; nothing was written for this audience (see mcsync config check)"
+             for p in problems]
+        )
 
 
 def _run_stages(
