@@ -59,7 +59,14 @@ def fetch_mailchimp(ctx: RunContext) -> None:
 def sweep_vanished_members(ctx: RunContext, run_started: str) -> None:
     """After a full fetch, members not seen are no longer in the audience (archived or
     deleted at Mailchimp): they count as not subscribed from the start of this run. The
-    mass-change brake stops a run where this is a surprise (an empty answer, a wrong list)."""
+    mass-change brake stops a run where this is a surprise (an empty answer, a wrong list),
+    and an answer with no members at all is never taken to mean that everyone left."""
+    seen = ctx.staging.scalar(
+        "SELECT 1 FROM rows WHERE list_id = ? AND mc_seen_run = ? LIMIT 1",
+        (ctx.list_id, ctx.run_id),
+    )
+    if not seen:
+        return
     with ctx.staging.atomic():
         ctx.staging.execute(
             "UPDATE rows SET mc_status = 'archived', mc_status_at = ?, sync_status = 'todo' "
