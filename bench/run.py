@@ -247,7 +247,7 @@ def verdicts(results: list[Result]) -> list[str]:
         if inc and full:
             requests = inc.total("mailchimp") + inc.total("civicrm")
             limit = 2 * inc.extra["changed"] / 1000 + 20
-            line(requests <= limit, f"{size:,} incremental: {requests} requests (<= {limit:.0f})")
+            line(requests <= limit, f"{size:,} incremental: {requests} requests (<= {limit:.1f})")
             line(inc.seconds <= 0.1 * full.seconds,
                  f"{size:,} incremental: {inc.seconds / full.seconds:.1%} of full (<= 10%)")
         nochange = by.get((size, "no-change"))
