@@ -277,6 +277,19 @@ def fetch_civicrm_groups(ctx: RunContext) -> None:
             f"({placeholders}) AND seen_run IS NOT ? AND status IS NOT NULL",
             (*ctx.all_groups, ctx.run_id),
         )
+    # A contact hard-deleted (or merged away) since an earlier run vanished from the groups
+    # without a trace; rows still pointing at it would queue writes CiviCRM must refuse.
+    unseen = [
+        r[0]
+        for r in ctx.staging.query(
+            "SELECT DISTINCT r.contact_id FROM rows r JOIN contacts c ON c.contact_id = "
+            "r.contact_id WHERE r.list_id = ? AND c.gone = 0 AND NOT EXISTS (SELECT 1 FROM "
+            "group_status g WHERE g.contact_id = r.contact_id AND g.seen_run IS ?)",
+            (ctx.list_id, ctx.run_id),
+        )
+    ]
+    if unseen:
+        _check_contacts_exist(ctx, unseen)
 
 
 def _contact_from_join(record: dict[str, Any]) -> dict[str, Any]:
