@@ -178,11 +178,7 @@ def _post_tags(ctx: RunContext, email: str, changes: list[dict[str, str]]) -> Ap
     """`POST /lists/{id}/members/{hash}/tags` (setting a status is idempotent, so retried).
     A refusal about this member is returned; account-wide failures raise."""
     try:
-        ctx.mailchimp.session.request(
-            "POST",
-            f"/lists/{ctx.list_id}/members/{member_hash(email)}/tags",
-            json={"tags": changes},
-        )
+        ctx.mailchimp.update_tags(ctx.list_id, email, changes)
     except ApiError as exc:
         if exc.status in (400, 404):
             return exc

@@ -47,6 +47,7 @@ MEMBER_FIELDS: tuple[str, ...] = (
     "unsubscribe_reason",
 )
 MAX_PAGE_SIZE = 1000  # Mailchimp's cap on `count` (§2)
+BULK_LIMIT = 500  # members per POST /lists/{id}
 _DC = re.compile(r"^[a-z]+[0-9]+$")
 _USERNAME = "mcsync"  # Basic auth: any username, the key as password (§1)
 
@@ -295,6 +296,34 @@ class MailchimpClient:
             json={"email_address": email, **body},
         )
         return result
+
+    def write_members(self, list_id: str, members: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Bulk subscribe/update: ``POST /lists/{id}`` with up to 500 members and
+        ``update_existing``; Mailchimp answers at once, with per-member ``errors[]``. Setting
+        statuses is idempotent, so the call is retried like a PUT."""
+        if len(members) > BULK_LIMIT:
+            raise ValueError(f"at most {BULK_LIMIT} members per bulk request")
+        result: dict[str, Any] = self.session.request(
+            "POST",
+            f"/lists/{_seg(list_id)}",
+            json={"members": list(members), "update_existing": True},
+        )
+        return result
+
+    def update_tags(self, list_id: str, email: str, tags: Sequence[dict[str, str]]) -> None:
+        """``POST /lists/{id}/members/{hash}/tags``: set tags active/inactive (idempotent)."""
+        self.session.request(
+            "POST",
+            f"/lists/{_seg(list_id)}/members/{member_hash(email)}/tags",
+            json={"tags": list(tags)},
+        )
+
+    def batches(self) -> list[dict[str, Any]]:
+        """The account's recent batches (``GET /batches``), newest included."""
+        page: dict[str, Any] = self.session.request(
+            "GET", "/batches", params={"count": 1000, "exclude_fields": "_links"}
+        )
+        return list(page.get("batches") or [])
 
     def put_members(
         self,

@@ -14,13 +14,12 @@ from typing import Any
 
 from mcsync.errors import ApiError, BudgetExhausted
 from mcsync.fetch import chunks, fetch_emails_of_contacts
-from mcsync.mailchimp import member_put_operation
+from mcsync.mailchimp import BULK_LIMIT, member_put_operation
 from mcsync import reconcile as rc
 from mcsync.run import TRACKING_MARKER, RunContext
 from mcsync.staging import dumps, iso, parse_iso, utc_now
 
 CIVI_WRITE_CHUNK = 500
-DIRECT_CHUNK = 20  # small chunks: a budget stop loses little (PUTs are idempotent anyway)
 BATCH_SIZE = 1000
 OPERATION_PREFIX = "mcsync_"
 POLL_SECONDS = 2.0
@@ -193,21 +192,71 @@ def _queued(ctx: RunContext, limit: int) -> list[sqlite3.Row]:
 
 
 def _push_direct(ctx: RunContext) -> None:
+    """Small change sets: bulk `POST /lists/{id}` (≤ 500 members a request), answered at once
+    with per-member errors, so results are recorded in the same pass."""
     while True:
         ctx.budget.check()
-        updates = _queued(ctx, DIRECT_CHUNK)
+        updates = _one_per_address(_queued(ctx, BULK_LIMIT * 2))[:BULK_LIMIT]
         if not updates:
             return
-        results = ctx.mailchimp.put_members(
-            ctx.list_id, [(u["email"], json.loads(u["body"])) for u in updates]
-        )
+        items = [bulk_item(u["email"], json.loads(u["body"])) for u in updates]
+        answer = ctx.mailchimp.write_members(ctx.list_id, items)
+        written = {
+            (m.get("email_address") or "").lower(): m
+            for m in (answer.get("new_members") or []) + (answer.get("updated_members") or [])
+        }
+        refused = {(e.get("email_address") or "").lower(): e for e in answer.get("errors") or []}
         with ctx.staging.atomic():
-            for update, result in zip(updates, results):
-                if isinstance(result, ApiError):
-                    apply_result(ctx, update, result.status or 400, None, result)
+            for update in updates:
+                address = update["email"].lower()
+                if address in written:
+                    apply_result(ctx, update, 200, written[address], None)
+                elif address in refused:
+                    apply_result(ctx, update, 400, None, bulk_error(refused[address]))
                 else:
-                    apply_result(ctx, update, 200, result, None)
+                    _fail_update(ctx, update, "No result", "Mailchimp's answer did not mention "
+                                 "this member; it will be decided again next run")
         ctx.progress("write Mailchimp", len(updates), None)
+
+
+def _one_per_address(updates: list[sqlite3.Row]) -> list[sqlite3.Row]:
+    """Mailchimp refuses an address twice in one bulk request: later ones wait their turn."""
+    seen: set[str] = set()
+    kept = []
+    for update in updates:
+        address = update["email"].lower()
+        if address not in seen:
+            seen.add(address)
+            kept.append(update)
+    return kept
+
+
+def bulk_item(email: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A member PUT body as a bulk member: the status applies to new and existing members,
+    so a data-only update carries the member's current status (`status_if_new`)."""
+    item = {k: v for k, v in body.items() if k not in ("status_if_new", "email_address")}
+    item["email_address"] = email
+    item["status"] = body.get("status") or body.get("status_if_new") or "subscribed"
+    return item
+
+
+# Bulk errors carry only a message; these are the titles the same refusal has on a PUT.
+_BULK_TITLES = (
+    ("compliance state", rc.COMPLIANCE_TITLE),
+    ("permanently deleted", rc.FORGOTTEN_TITLE),
+    ("looks fake or invalid", "Invalid Resource"),
+)
+
+
+def bulk_error(error: dict[str, Any]) -> ApiError:
+    message = str(error.get("error") or "")
+    title = next((t for needle, t in _BULK_TITLES if needle in message.lower()), None)
+    return ApiError(
+        message,
+        status=400,
+        title=title or str(error.get("error_code") or "Error"),
+        detail=message,
+    )
 
 
 def _push_batches(ctx: RunContext) -> None:
@@ -280,8 +329,7 @@ def recover_submissions(ctx: RunContext) -> None:
         r[0]
         for r in ctx.staging.query("SELECT mc_batch_id FROM batches WHERE mc_batch_id IS NOT NULL")
     }
-    listing = ctx.mailchimp.session.request("GET", "/batches", params={"count": 1000})
-    candidates = [b for b in listing.get("batches", []) if b.get("id") not in known]
+    candidates = [b for b in ctx.mailchimp.batches() if b.get("id") not in known]
     for row in stuck:
         started = parse_iso(row["submitted_at"])
         match = next(

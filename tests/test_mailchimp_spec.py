@@ -189,7 +189,13 @@ def answer(request: httpx.Request) -> httpx.Response:
             return httpx.Response(204)
         return httpx.Response(200, json={"id": "b1", "status": "pending"})
     if path == f"/lists/{LIST_ID}":
+        if method == "POST":
+            return httpx.Response(
+                200, json={"new_members": [], "updated_members": [], "errors": []}
+            )
         return httpx.Response(200, json={"id": LIST_ID})
+    if path.endswith("/tags"):
+        return httpx.Response(204)
     return httpx.Response(404, json={"title": "Resource Not Found", "status": 404})
 
 
@@ -240,6 +246,16 @@ def captured() -> Iterator[list[httpx.Request]]:
         )
         client.get_batch("b1")
         client.delete_batch("b1")
+        client.batches()
+        client.write_members(
+            LIST_ID,
+            [
+                {"email_address": "f@x.org", "status": "subscribed",
+                 "merge_fields": body["merge_fields"], "interests": body["interests"]},
+                {"email_address": "g@x.org", "status": "unsubscribed"},
+            ],
+        )
+        client.update_tags(LIST_ID, "h@x.org", [{"name": "CiviCRM: Donor", "status": "active"}])
         yield [call.request for call in route.calls]
 
 
