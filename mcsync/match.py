@@ -26,6 +26,9 @@ from mcsync.run import TRACKING_MARKER, RunContext
 from mcsync.staging import iso
 
 MATCH_CONCURRENCY = 4  # Email lookups in flight: the CiviCRM client's connection pool
+# Emails per `IN` lookup: large enough that a full run makes few round trips (an indexed
+# `IN` of a few thousand strings is cheap for MySQL), small enough for any request limit.
+EMAIL_LOOKUP_CHUNK = 2000
 
 
 def fix_contact_ids(ctx: RunContext) -> None:
@@ -50,7 +53,8 @@ def match_emails(ctx: RunContext) -> None:
         batch = ctx.staging.query(
             "SELECT id, mc_email FROM rows WHERE list_id = ? AND contact_id IS NULL "
             "AND mc_email IS NOT NULL AND id > ? ORDER BY id LIMIT ?",
-            (ctx.list_id, ctx.staging.state(ctx.list_id)["cursor"], IN_CHUNK * 4),
+            (ctx.list_id, ctx.staging.state(ctx.list_id)["cursor"],
+             EMAIL_LOOKUP_CHUNK * MATCH_CONCURRENCY),
         )
         if not batch:
             return
@@ -79,7 +83,7 @@ def _owners_of(ctx: RunContext, emails: Sequence[str]) -> list[dict[str, Any]]:
             },
         )
 
-    parts = list(chunks(emails, IN_CHUNK))
+    parts = list(chunks(emails, EMAIL_LOOKUP_CHUNK))
     if len(parts) <= 1:
         return [record for part in parts for record in owners(part)]
     with ThreadPoolExecutor(max_workers=min(len(parts), MATCH_CONCURRENCY)) as pool:
