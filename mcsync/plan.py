@@ -57,14 +57,22 @@ def reconcile_rows(ctx: RunContext) -> None:
             return
         loaded = load_chunk(ctx, rows)
         missing: dict[str, int] = defaultdict(int)
+        settled: list[tuple[str, str | None, int]] = []
         with ctx.staging.atomic():
             for row in rows:
                 member_row = loaded.member_row(row)
                 decision = rc.reconcile_member(member_row, policy)
-                record_decision(ctx, row, member_row, decision, loaded.unsubmitted[row["id"]])
+                settled.append(record_decision(
+                    ctx, row, member_row, decision, loaded.unsubmitted[row["id"]],
+                    in_flight=row["id"] in loaded.in_flight,
+                ))
                 for outcome in decision.interests:
                     if outcome.rule == "5.3-I1-no-data":
                         missing[outcome.interest_id] += 1
+            ctx.staging.conn.executemany(
+                "UPDATE rows SET sync_status = ?, reason = ?, reason_detail = NULL WHERE id = ?",
+                settled,
+            )
             ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
         for interest_id, count in sorted(missing.items()):
             # Seed §5.3 (lab #19): deleted at Mailchimp, or mapped after these members were
@@ -135,6 +143,7 @@ class LoadedChunk:
         self.siblings: dict[int, list[tuple[int, str | None, str | None]]] = defaultdict(list)
         self.held_addresses: set[str] = set()
         self.unsubmitted: dict[int, list[rc.QueuedUpdate]] = defaultdict(list)
+        self.in_flight: set[int] = set()
         self.merge_fields: dict[int, dict[str, Any]] = {}
 
     def member_row(self, row: sqlite3.Row) -> rc.MemberRow:
@@ -253,6 +262,14 @@ def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
         loaded.unsubmitted[update["row_id"]].append(
             rc.QueuedUpdate(update["id"], json.loads(update["body"]))
         )
+    loaded.in_flight = {
+        r[0]
+        for r in staging.query(
+            f"SELECT DISTINCT row_id FROM updates WHERE state IN ('submitting', 'submitted') "
+            f"AND row_id IN ({marks})",
+            row_ids,
+        )
+    }
     return loaded
 
 
@@ -262,8 +279,12 @@ def record_decision(
     member_row: rc.MemberRow,
     decision: rc.Decision,
     unsubmitted: list[rc.QueuedUpdate],
-) -> None:
-    """Turn one decision into queue rows and the row's new sync status."""
+    *,
+    in_flight: bool,
+) -> tuple[str, str | None, int]:
+    """Queue one decision's writes; return the row's new (sync status, reason, id), which
+    the caller stores for the whole chunk at once. `in_flight`: the row has updates that
+    were submitted and not yet answered."""
     staging = ctx.staging
     m, c = member_row.mailchimp, member_row.civicrm
     interest_by_group = {g: i for i, g in ctx.interest_groups.items()}
@@ -313,16 +334,9 @@ def record_decision(
             "UPDATE rows SET mc_expected = ? WHERE id = ?", (dumps(expected), row["id"])
         )
         live = True
-    submitted = staging.scalar(
-        "SELECT COUNT(*) FROM updates WHERE row_id = ? AND state IN ('submitting', 'submitted')",
-        (row["id"],),
-    )
     reason = decision.reason.value if decision.reason else None
-    sync_status = "live" if live or submitted else ("fail" if reason else "ok")
-    staging.execute(
-        "UPDATE rows SET sync_status = ?, reason = ?, reason_detail = NULL WHERE id = ?",
-        (sync_status, reason, row["id"]),
-    )
+    sync_status = "live" if live or in_flight else ("fail" if reason else "ok")
+    return sync_status, reason, row["id"]
 
 
 def _origin_of(
