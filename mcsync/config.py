@@ -128,7 +128,7 @@ class SyncConfig(_Model):
         description="do not subscribe contacts who are deceased, do_not_email or is_opt_out",
     )
     batch_threshold: int = Field(
-        default=200, ge=1, description="member writes at/above this go via POST /batches"
+        default=1000, ge=1, description="member writes at/above this go via POST /batches"
     )
     max_removal_share: float = Field(
         default=0.10,
