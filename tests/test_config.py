@@ -82,7 +82,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     assert config.audience == []
     assert config.civicrm.timezone == "UTC"
     assert config.civicrm.site_key is None
-    assert config.sync.batch_threshold == 200
+    assert config.sync.batch_threshold == 1000
     assert config.sync.max_connections == 10
     assert config.sync.max_removal_share == pytest.approx(0.10)
 
@@ -311,7 +311,7 @@ def test_audience_for_group_and_overrides(tmp_path: Path) -> None:
     first, second = config.audience
     assert config.settings_for(first).sync_tags is True
     assert config.settings_for(second).sync_tags is False
-    assert config.settings_for(first).batch_threshold == 200
+    assert config.settings_for(first).batch_threshold == 1000
     with pytest.raises(ConfigError) as caught:
         config.audience_for_group(99)
     assert "99" in str(caught.value) and "12, 14" in str(caught.value)
