@@ -100,7 +100,7 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
     updates: list[tuple[Any, ...]] = []
     for member in members:
         status = member.get("status")
-        changed = iso(parse_iso(member.get("last_changed")) or utc_now())
+        changed = iso(parse_iso(member.get("last_changed")) or utc_now()) or ""
         merge = member.get("merge_fields") or {}
         fname, lname = merge.get("FNAME") or None, merge.get("LNAME") or None
         member_interests = member.get("interests") or {}

@@ -473,9 +473,8 @@ def audience_plan(staging: Staging, list_id: str, group_id: int) -> dict[str, An
         changes.append({"direction": "CiviCRM", "contact_id": None, "email": row["mc_email"],
                         "change": "create contact and Add to group"})
     totals: dict[str, int] = defaultdict(int)
-    for change in changes:
-        key = _total_key(change)
-        totals[key] += 1
+    for planned in changes:
+        totals[_total_key(planned)] += 1
     return {"list_id": list_id, "group_id": group_id, "totals": dict(totals), "changes": changes}
 
 

@@ -52,6 +52,7 @@ def push_civicrm(ctx: RunContext) -> None:
                 "method": "API",
                 "tracking": TRACKING_MARKER,
             },
+            retry=True,  # matched on (contact, group): repeating it sets the same status
         )
         with ctx.staging.atomic():
             ctx.staging.conn.executemany(
@@ -154,8 +155,9 @@ def _push_holds(ctx: RunContext) -> None:
                 )
             )
         if email_ids:
-            ctx.civicrm.call(
-                "Email", "save", {"records": [{"id": i, "on_hold": 1} for i in email_ids]}
+            ctx.civicrm.call(  # every record has its id: safe to repeat
+                "Email", "save", {"records": [{"id": i, "on_hold": 1} for i in email_ids]},
+                retry=True,
             )
         with ctx.staging.atomic():
             ctx.staging.conn.executemany(
@@ -387,11 +389,12 @@ def collect_batches(ctx: RunContext) -> None:
 
 def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -> None:
     results = ctx.mailchimp.batch_results(batch["response_body_url"])
-    by_update = {}
-    for result in results:
-        operation_id = str(result.get("operation_id") or "")
-        if operation_id.startswith(OPERATION_PREFIX) and operation_id[len(OPERATION_PREFIX):].isdigit():
-            by_update[int(operation_id[len(OPERATION_PREFIX):])] = result
+    by_update: dict[int, dict[str, Any]] = {}
+    for item in results:
+        operation_id = str(item.get("operation_id") or "")
+        number = operation_id.removeprefix(OPERATION_PREFIX)
+        if operation_id.startswith(OPERATION_PREFIX) and number.isdigit():
+            by_update[int(number)] = item
     updates = ctx.staging.query(
         "SELECT * FROM updates WHERE batch_id = ? AND state = 'submitted'", (row["id"],)
     )

@@ -184,8 +184,8 @@ def _counts(staging: Staging, list_id: str, group_id: int) -> dict[str, int]:
         )
         or 0
     )
-    updates = dict(
-        staging.query(
+    updates: dict[str, int] = dict(
+        (r[0], r[1]) for r in staging.query(
             "SELECT state, COUNT(*) FROM updates WHERE list_id = ? GROUP BY state", (list_id,)
         )
     )
