@@ -243,7 +243,7 @@ class Scenario:
         started = time.monotonic()
         done = subprocess.run(
             self.argv(command, *args), capture_output=True, text=True, timeout=timeout,
-            cwd=self.workdir, env=cli_env(env),
+            cwd=self.workdir, env=cli_env(env), check=False,
         )
         return Run([command, *args], done.returncode, done.stdout, done.stderr,
                    time.monotonic() - started)

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import CIVI_KEY, CIVI_URL, MC_KEY, MC_URL, World
-
 from e2e import (
     SECRETS,
     Run,
@@ -37,6 +36,7 @@ from e2e import (
     plain,
     raw,
 )
+
 from mcsync.sim.civicrm import CiviSim
 from mcsync.sim.transport import MultiSimTransport
 from mcsync.staging import Staging
@@ -248,6 +248,7 @@ def test_wrong_credentials_exit_1_naming_the_account_never_the_key(
 ) -> None:
     scenario, mailchimp, _ = tampered
     config = scenario.config_path.read_text()
+    expected: tuple[str, ...]
     if case == "mailchimp key":
         scenario.config_path.write_text(config.replace(SECRETS[0], "f" * 32 + "-us21"))
         expected = ("mailchimp.accounts.main", "API Key Invalid")
@@ -406,8 +407,8 @@ class LondonWorld(World):
             self.config_path.write_text(text)
 
 
-def _utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)  # type: ignore[misc]
+def _utc(year: int, month: int, day: int, hour: int, minute: int) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def test_civicrm_dates_in_a_summer_time_zone_are_compared_in_utc(tmp_path: Path) -> None:
@@ -427,6 +428,7 @@ def test_civicrm_dates_in_a_summer_time_zone_are_compared_in_utc(tmp_path: Path)
     stored = world.civi.query("SELECT date FROM subscription_history WHERE contact_id = ?",
                               (summer_unsub,))
     assert stored[-1]["date"] == "2026-07-01 11:15:00", "the simulator stores local time"
+    assert summer_unsub and summer_sub and winter and civi_newer
     result = world.sync()[0]
     assert result.error is None
     assert world.civi_status(summer_unsub) == "Removed", "Mailchimp's newer unsubscribe lost"

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from e2e import InFlight, Run, Scenario, SimRequest, SimResponse, Tamper, final_state
 
 BUSY = "busy with another mcsync run"

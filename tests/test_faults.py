@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from e2e import (
     Scenario,
     SimRequest,
@@ -30,6 +29,7 @@ from e2e import (
     repeated,
     unsubscribed,
 )
+
 from mcsync.sim.faults import FaultPlan
 
 SEED = 7

@@ -28,10 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from mcsync.sim.faults import FaultPlan
-from mcsync.sync import STAGE_NAMES
-
 from e2e import (
     Scenario,
     SimRequest,
@@ -45,6 +41,9 @@ from e2e import (
     repeated,
     unsubscribed,
 )
+
+from mcsync.sim.faults import FaultPlan
+from mcsync.sync import STAGE_NAMES
 
 SEED = 7
 MEMBERS = 200

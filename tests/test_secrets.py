@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from e2e import MAILCHIMP_KEY, SECRETS, Run, Scenario, assert_no_secrets
+
 from mcsync.sim.faults import FaultPlan
 
 # What a key can turn into on the wire: the Basic credential mcsync sends Mailchimp.
@@ -49,7 +49,7 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Scenario,
 
 
 def test_no_secret_in_any_output_or_http_trace(traced: tuple[Scenario, list[Run]]) -> None:
-    scenario, runs = traced
+    _, runs = traced
     for run in runs:
         assert "Traceback" not in run.err, run
         assert_clean(run.out, f"stdout of mcsync {' '.join(run.args)}")
