@@ -49,7 +49,7 @@ from .errors import (
     RetriesExhausted,
 )
 
-Outcome = Literal["ok", "retry", "auth", "not_found", "fatal"]
+Outcome = Literal["ok", "retry", "auth", "blocked", "not_found", "fatal"]
 
 USER_AGENT = "mcsync/0.1"
 #: Most requests one service (a Mailchimp account, the CiviCRM site) may have in flight at once.
@@ -103,11 +103,21 @@ def _json_object(response: httpx.Response) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+def _edge_block(response: httpx.Response) -> bool:
+    """An HTML "Request Blocked" page from a CDN/firewall in front of the API (no JSON)."""
+    if "html" not in response.headers.get("content-type", "").lower():
+        return False
+    return "request blocked" in response.text[:2000].lower()
+
+
 def classify(response: httpx.Response) -> Outcome:
     """The single decision on what a response means for the caller (read the body first)."""
     status = response.status_code
     if 200 <= status < 300:
         return "ok"
+    if status == 403 and _edge_block(response):
+        # A firewall in front of the API, not the API refusing the key.
+        return "blocked"
     if status in (401, 403):
         return "auth"
     if status == 404:
@@ -441,6 +451,13 @@ class HttpSession:
         if outcome == "auth":
             cls = AuthError
             message = f"{label} was refused ({status}: {said}). {self._auth_hint}".rstrip()
+        elif outcome == "blocked":
+            cls = ApiError
+            message = (
+                f"{label} was blocked by a firewall in front of the API (403 HTML 'Request "
+                f"Blocked' page), not refused for its key: usually too many requests or a "
+                f"blocked IP address. Progress is saved; the next run tries again."
+            )
         elif outcome == "not_found":
             cls = NotFoundError
             message = f"{label} was not found (404: {said}); check the id and the base URL"

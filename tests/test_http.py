@@ -289,13 +289,26 @@ def test_401_is_an_auth_error_with_a_hint(mock: respx.MockRouter) -> None:
     assert info.value.title == "API Key Invalid" and info.value.status == 401
 
 
-def test_403_html_page_is_an_auth_error_quoting_the_page(mock: respx.MockRouter) -> None:
+def test_403_request_blocked_page_is_a_firewall_not_a_key_problem(
+    mock: respx.MockRouter,
+) -> None:
     html = "<html><head><title>Request Blocked</title></head><body>blocked</body></html>"
+    route = mock.get("/ping").mock(
+        return_value=response(403, text=html, headers={"content-type": "text/html"})
+    )
+    session, _ = make_session()
+    with pytest.raises(ApiError, match=r"blocked by a firewall.*Request Blocked") as info:
+        session.request("GET", "/ping")
+    assert not isinstance(info.value, AuthError) and route.call_count == 1
+
+
+def test_403_other_html_page_is_an_auth_error_quoting_the_page(mock: respx.MockRouter) -> None:
+    html = "<html><head><title>Forbidden</title></head><body>no</body></html>"
     mock.get("/ping").mock(
         return_value=response(403, text=html, headers={"content-type": "text/html"})
     )
     session, _ = make_session()
-    with pytest.raises(AuthError, match=r"403: text/html: '<html><head><title>Request Blocked"):
+    with pytest.raises(AuthError, match=r"403: text/html: '<html><head><title>Forbidden"):
         session.request("GET", "/ping")
 
 
