@@ -40,20 +40,12 @@ def push_civicrm(ctx: RunContext) -> None:
         writes = _drop_overtaken(ctx, writes)
         if not writes:
             continue
-        ctx.civicrm.call(
-            "GroupContact",
-            "save",
-            {
-                "records": [
-                    {"contact_id": w["contact_id"], "group_id": w["group_id"], "status": w["status"]}
-                    for w in writes
-                ],
-                "match": ["contact_id", "group_id"],
-                "method": "API",
-                "tracking": TRACKING_MARKER,
-            },
-            retry=True,  # matched on (contact, group): repeating it sets the same status
-        )
+        try:
+            _save_group_statuses(ctx, writes)
+        except ApiError as exc:
+            if type(exc) is not ApiError:  # auth, outage, odd answers: the run fails
+                raise
+            writes = _save_one_by_one(ctx, writes)
         with ctx.staging.atomic():
             ctx.staging.conn.executemany(
                 "INSERT INTO group_status (contact_id, group_id, status, changed_at) "
@@ -65,6 +57,47 @@ def push_civicrm(ctx: RunContext) -> None:
         ctx.progress("write CiviCRM", len(writes), None)
     _push_holds(ctx)
     _push_new_emails(ctx)
+
+
+def _save_group_statuses(ctx: RunContext, writes: Sequence[sqlite3.Row]) -> None:
+    ctx.civicrm.call(
+        "GroupContact",
+        "save",
+        {
+            "records": [
+                {"contact_id": w["contact_id"], "group_id": w["group_id"], "status": w["status"]}
+                for w in writes
+            ],
+            "match": ["contact_id", "group_id"],
+            "method": "API",
+            "tracking": TRACKING_MARKER,
+        },
+        retry=True,  # matched on (contact, group): repeating it sets the same status
+    )
+
+
+def _save_one_by_one(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3.Row]:
+    """CiviCRM refused a chunk: save its records one at a time so one bad record (say a
+    contact an ACL hides) fails alone, with its reason on its row, and the rest go through."""
+    saved = []
+    for write in writes:
+        try:
+            _save_group_statuses(ctx, [write])
+        except ApiError as exc:
+            if type(exc) is not ApiError:
+                raise
+            with ctx.staging.atomic():
+                _forget_writes(ctx, [write])
+                ctx.staging.execute(
+                    "UPDATE rows SET sync_status = 'fail', reason = ?, "
+                    "reason_detail = ? WHERE list_id = ? AND contact_id = ?",
+                    (rc.Reason.CIVICRM_ERROR.value, str(exc), ctx.list_id, write["contact_id"]),
+                )
+            ctx.log(f"CiviCRM refused a group change for contact {write['contact_id']}: {exc}",
+                    "warning")
+            continue
+        saved.append(write)
+    return saved
 
 
 def _push_new_emails(ctx: RunContext) -> None:

@@ -73,6 +73,11 @@ REASONS: dict[str, tuple[str, str]] = {
         "Mailchimp refused the update; its error title and detail are shown",
         "Read the detail; fix the data it names in CiviCRM. The next run tries again.",
     ),
+    "civicrm_error": (
+        "CiviCRM refused to change this contact's group membership; its error is shown",
+        "Check the contact in CiviCRM (deleted, merged, or hidden from the API user by an "
+        "ACL?). The next run tries again.",
+    ),
     "aborted": (
         "The update was cancelled by 'mcsync abort' before Mailchimp confirmed it",
         "Nothing: the next run decides this contact again from fresh data.",

@@ -216,3 +216,30 @@ def test_a_full_run_notices_members_archived_at_mailchimp(world: World) -> None:
     world.sync(since="ever")
     assert gone is not None and world.civi_status(gone) == "Removed"
     assert all(world.civi_status(k) == "Added" for k in keep if k is not None)
+
+
+def test_one_record_civicrm_refuses_fails_alone(world: World) -> None:
+    from mcsync.sim.base import SimResponse
+
+    good = world.person("good@example.org", mc="subscribed", civi="none")
+    bad = world.person("bad@example.org", mc="subscribed", civi="none")
+    assert good is not None and bad is not None
+    real = world.civi.handle
+
+    def refuse_bad(request):  # type: ignore[no-untyped-def]
+        if request.path.endswith("/GroupContact/save") and f'"contact_id": {bad}' in (
+            __import__("urllib.parse").parse.unquote_plus(request.body.decode())
+        ):
+            return SimResponse.json(500, {"error_code": 0, "error_message": "Permission denied"})
+        return real(request)
+
+    world.civi.handle = refuse_bad  # type: ignore[method-assign]
+    results = world.sync()
+    assert results[0].error is None, results[0].error
+    assert world.civi_status(good) == "Added"
+    assert world.civi_status(bad) is None
+    from mcsync.staging import Staging
+
+    staging = Staging(world.tmp_path / "state.sqlite3")
+    reasons = {r["mc_email"]: r["reason"] for r in staging.query("SELECT * FROM rows")}
+    assert reasons["bad@example.org"] == "civicrm_error"
