@@ -194,9 +194,23 @@ def start_run(ctx: RunContext, *, since: str | None) -> None:
     )
 
 
+def _retries_queued(ctx: RunContext) -> bool:
+    return bool(
+        ctx.staging.scalar(
+            "SELECT 1 FROM updates WHERE list_id = ? AND state = 'queued' LIMIT 1",
+            (ctx.list_id,),
+        )
+    )
+
+
 def advance(ctx: RunContext, index: int) -> None:
     """Move to the next stage (or finish the run), resetting the stage cursor, atomically."""
     with ctx.staging.atomic():
+        if STAGE_NAMES[index] == "collect_batches" and _retries_queued(ctx):
+            # Batch results queued follow-ups (a compliance refusal retried as pending):
+            # send them in this run rather than leaving them for the next.
+            ctx.staging.set_state(ctx.list_id, stage="push_mailchimp", cursor=0)
+            return
         if index + 1 < len(STAGES):
             ctx.staging.set_state(ctx.list_id, stage=STAGE_NAMES[index + 1], cursor=0)
             return

@@ -243,3 +243,13 @@ def test_one_record_civicrm_refuses_fails_alone(world: World) -> None:
     staging = Staging(world.tmp_path / "state.sqlite3")
     reasons = {r["mc_email"]: r["reason"] for r in staging.query("SELECT * FROM rows")}
     assert reasons["bad@example.org"] == "civicrm_error"
+
+
+def test_compliance_retries_from_batch_results_go_out_in_the_same_run(make_world) -> None:
+    world = make_world(batch_threshold=2)
+    for n in range(3):
+        world.person(f"back{n}@example.org", mc="unsubscribed", civi="Added",
+                     mc_at=world.ago(days=10), civi_at=world.ago(days=1))
+    results = world.sync()
+    assert results[0].outcome and results[0].outcome.completed
+    assert all(world.mc_status(f"back{n}@example.org") == "pending" for n in range(3))
