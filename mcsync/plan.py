@@ -1,6 +1,6 @@
 """The reconcile stage: staged rows → `reconcile` decisions → queued writes for both sides.
 
-This module turns SQLite rows into `reconcile.MemberRow` values and the pure decisions back
+This module turns SQLite rows into `member_state.MemberRow` values and the pure decisions back
 into queue rows (`civi_writes`, `updates`). It also holds the mass-change brake and the plan
 that `--dry-run` prints.
 """
@@ -14,9 +14,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from mcsync import member_state as ms
+from mcsync import queue_rules as qr
 from mcsync import reconcile as rc
 from mcsync.config import Config
 from mcsync.errors import ConfigError, MassChangeBrake, McsyncError
+from mcsync.reasons import Reason
 from mcsync.run import RunContext
 from mcsync.staging import Staging, dumps, iso, parse_iso, utc_now
 
@@ -33,8 +36,8 @@ def parse_since(value: str) -> datetime:
         ) from None
 
 
-def policy_for(ctx: RunContext) -> rc.AudiencePolicy:
-    return rc.AudiencePolicy(
+def policy_for(ctx: RunContext) -> ms.AudiencePolicy:
+    return ms.AudiencePolicy(
         group_id=ctx.group_id,
         interest_groups=ctx.interest_groups,
         respect_privacy_flags=ctx.sync.respect_privacy_flags,
@@ -138,17 +141,17 @@ class LoadedChunk:
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.contacts: dict[int, sqlite3.Row] = {}
-        self.emails: dict[int, list[rc.EmailRecord]] = defaultdict(list)
-        self.groups: dict[int, dict[int, rc.GroupState]] = defaultdict(dict)
+        self.emails: dict[int, list[ms.EmailRecord]] = defaultdict(list)
+        self.groups: dict[int, dict[int, ms.GroupState]] = defaultdict(dict)
         self.siblings: dict[int, list[tuple[int, str | None, str | None]]] = defaultdict(list)
         self.held_addresses: set[str] = set()
-        self.unsubmitted: dict[int, list[rc.QueuedUpdate]] = defaultdict(list)
+        self.unsubmitted: dict[int, list[qr.QueuedUpdate]] = defaultdict(list)
         self.in_flight: set[int] = set()
         self.merge_fields: dict[int, dict[str, Any]] = {}
 
-    def member_row(self, row: sqlite3.Row) -> rc.MemberRow:
+    def member_row(self, row: sqlite3.Row) -> ms.MemberRow:
         contact_id = row["contact_id"]
-        mailchimp = rc.MailchimpSide(
+        mailchimp = ms.MailchimpSide(
             email=row["mc_email"],
             status=row["mc_status"],
             last_changed=parse_iso(row["mc_last_changed"]),
@@ -161,16 +164,16 @@ class LoadedChunk:
             },
             # What Mailchimp has as far as mcsync knows: what it pushed (seed §10 "previous").
             merge_fields=json.loads(row["pushed_merge"]),
-        ) if row["mc_status"] is not None and row["mc_email"] else rc.MailchimpSide()
-        civicrm = rc.CivicrmSide()
+        ) if row["mc_status"] is not None and row["mc_email"] else ms.MailchimpSide()
+        civicrm = ms.CivicrmSide()
         contact = self.contacts.get(contact_id) if contact_id is not None else None
         if contact is not None:
             groups = self.groups.get(contact_id, {})
-            civicrm = rc.CivicrmSide(
+            civicrm = ms.CivicrmSide(
                 contact_id=contact_id,
-                subscription=groups.get(self.ctx.group_id, rc.GroupState()),
+                subscription=groups.get(self.ctx.group_id, ms.GroupState()),
                 interest_groups={
-                    g: groups.get(g, rc.GroupState()) for g in self.ctx.interest_groups.values()
+                    g: groups.get(g, ms.GroupState()) for g in self.ctx.interest_groups.values()
                 },
                 is_deleted=bool(contact["is_deleted"] or contact["gone"]),
                 is_deceased=bool(contact["is_deceased"]),
@@ -180,17 +183,17 @@ class LoadedChunk:
                 merge_fields=self.merge_fields.get(contact_id, {}),
             )
         siblings = tuple(
-            rc.Sibling(email, status)  # type: ignore[arg-type]
+            ms.Sibling(email, status)  # type: ignore[arg-type]
             for other_id, email, status in self.siblings.get(contact_id, [])
             if other_id != row["id"] and email
         ) if contact_id is not None else ()
         refusal = None
         if row["refusal_reason"] and row["refusal_email"]:
-            refusal = rc.Refusal(
-                rc.Reason(row["refusal_reason"]), row["refusal_email"],
+            refusal = ms.Refusal(
+                Reason(row["refusal_reason"]), row["refusal_email"],
                 parse_iso(row["refusal_civi_at"]),
             )
-        return rc.MemberRow(
+        return ms.MemberRow(
             mailchimp=mailchimp,
             civicrm=civicrm,
             siblings=siblings,
@@ -213,7 +216,7 @@ def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
             f"SELECT * FROM emails WHERE contact_id IN ({marks}) ORDER BY email_id", contact_ids
         ):
             loaded.emails[email["contact_id"]].append(
-                rc.EmailRecord(
+                ms.EmailRecord(
                     email["email"], email["on_hold"], bool(email["is_bulkmail"]),
                     bool(email["is_primary"]),
                 )
@@ -230,7 +233,7 @@ def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
             f"AND group_id IN ({group_marks})",
             (*contact_ids, *ctx.all_groups),
         ):
-            loaded.groups[group["contact_id"]][group["group_id"]] = rc.GroupState(
+            loaded.groups[group["contact_id"]][group["group_id"]] = ms.GroupState(
                 group["status"], parse_iso(group["changed_at"])
             )
         for sibling in staging.query(
@@ -260,7 +263,7 @@ def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
         row_ids,
     ):
         loaded.unsubmitted[update["row_id"]].append(
-            rc.QueuedUpdate(update["id"], json.loads(update["body"]))
+            qr.QueuedUpdate(update["id"], json.loads(update["body"]))
         )
     loaded.in_flight = {
         r[0]
@@ -276,9 +279,9 @@ def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
 def record_decision(
     ctx: RunContext,
     row: sqlite3.Row,
-    member_row: rc.MemberRow,
+    member_row: ms.MemberRow,
     decision: rc.Decision,
-    unsubmitted: list[rc.QueuedUpdate],
+    unsubmitted: list[qr.QueuedUpdate],
     *,
     in_flight: bool,
 ) -> tuple[str, str | None, int]:
@@ -308,7 +311,7 @@ def record_decision(
                 "VALUES (?, 'hold', ?, ?)",
                 (ctx.list_id, action.contact_id, action.email),
             )
-    queue = rc.plan_queue(unsubmitted, decision)
+    queue = qr.plan_queue(unsubmitted, decision)
     now = iso(utc_now())
     for abort in queue.abort:
         staging.execute(
@@ -340,7 +343,7 @@ def record_decision(
 
 
 def _origin_of(
-    body: dict[str, Any], civicrm: rc.CivicrmSide, interest_by_group: dict[int, str]
+    body: dict[str, Any], civicrm: ms.CivicrmSide, interest_by_group: dict[int, str]
 ) -> datetime:
     """The time of the CiviCRM choice an update carries: what Mailchimp's side should count
     as its change time once the write lands (never the time of our write)."""

@@ -12,10 +12,11 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from mcsync import write_results as wr
 from mcsync.errors import ApiError, BudgetExhausted
 from mcsync.fetch import chunks, fetch_emails_of_contacts
 from mcsync.mailchimp import BULK_LIMIT, member_put_operation
-from mcsync import reconcile as rc
+from mcsync.reasons import Reason
 from mcsync.run import TRACKING_MARKER, RunContext
 from mcsync.staging import dumps, iso, parse_iso, utc_now
 
@@ -91,7 +92,7 @@ def _save_one_by_one(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3
                 ctx.staging.execute(
                     "UPDATE rows SET sync_status = 'fail', reason = ?, "
                     "reason_detail = ? WHERE list_id = ? AND contact_id = ?",
-                    (rc.Reason.CIVICRM_ERROR.value, str(exc), ctx.list_id, write["contact_id"]),
+                    (Reason.CIVICRM_ERROR.value, str(exc), ctx.list_id, write["contact_id"]),
                 )
             ctx.log(f"CiviCRM refused a group change for contact {write['contact_id']}: {exc}",
                     "warning")
@@ -277,8 +278,8 @@ def bulk_item(email: str, body: dict[str, Any]) -> dict[str, Any]:
 
 # Bulk errors carry only a message; these are the titles the same refusal has on a PUT.
 _BULK_TITLES = (
-    ("compliance state", rc.COMPLIANCE_TITLE),
-    ("permanently deleted", rc.FORGOTTEN_TITLE),
+    ("compliance state", wr.COMPLIANCE_TITLE),
+    ("permanently deleted", wr.FORGOTTEN_TITLE),
     ("looks fake or invalid", "Invalid Resource"),
 )
 
@@ -485,7 +486,7 @@ def apply_result(
     found = ctx.staging.query("SELECT * FROM rows WHERE id = ?", (update["row_id"],))
     row = found[0] if found else None
     now = iso(utc_now())
-    outcome = rc.apply_batch_result(
+    outcome = wr.apply_batch_result(
         body,
         status_code,
         title=(error.title or "") if error else "",

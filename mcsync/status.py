@@ -17,7 +17,7 @@ from mcsync.staging import Staging, parse_iso, utc_now
 
 SILENT_LOG_LIMIT = timedelta(minutes=30)
 
-# Reason code (reconcile.Reason, plus "aborted") → (plain reason, what to do about it).
+# Reason code (reasons.Reason, plus "aborted") → (plain reason, what to do about it).
 REASONS: dict[str, tuple[str, str]] = {
     "cleaned": (
         "Mailchimp cleaned this address (it bounced hard or was reported as spam); Mailchimp "

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import World
 
-from mcsync import reconcile as rc
 from mcsync.cli import main
+from mcsync.reasons import Reason
 from mcsync.staging import Staging
 from mcsync.status import REASONS, explain, failures
 
@@ -22,7 +22,7 @@ FAILURES_SCHEMA.pop("type")
 
 
 def test_every_reconcile_reason_is_explained() -> None:
-    assert {r.value for r in rc.Reason} | {"aborted"} == set(REASONS)
+    assert {r.value for r in Reason} | {"aborted"} == set(REASONS)
     explanations = [text for text, _ in REASONS.values()]
     advice = [text for _, text in REASONS.values()]
     assert len(set(explanations)) == len(explanations)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import json
+import sqlite3
 from typing import Any
 
 from conftest import World
 
 from mcsync import feeds
-from mcsync.reconcile import CivicrmSide, MailchimpSide, MemberRow, decide_merge_fields
+from mcsync.member_state import CivicrmSide, MailchimpSide, MemberRow
+from mcsync.reconcile import decide_merge_fields
 
 MAPPING = {"FNAME": "first_name", "LNAME": "last_name", "CITY": "address_primary.city"}
 

@@ -8,41 +8,47 @@ from typing import Any
 
 import pytest
 
-from mcsync.reconcile import (
-    ABORT_NOT_SUBSCRIBED,
-    ABORT_SUPERSEDED,
-    AbortUpdate,
-    Action,
-    AudiencePolicy,
+from mcsync.match_rules import (
     Candidate,
-    ChangeMemberEmail,
+    Match,
+    MatchRule,
+    choose_contact,
+    match_contact,
+    should_create_contact,
+)
+from mcsync.member_state import (
+    AudiencePolicy,
     CivicrmSide,
     EmailRecord,
     GroupState,
     MailchimpSide,
-    Match,
-    MatchRule,
     MemberRow,
-    PutEmailOnHold,
-    QueuedUpdate,
-    QueueMailchimpUpdate,
-    QueuePlan,
-    Reason,
     Refusal,
-    SetGroupStatus,
     Sibling,
-    apply_batch_result,
+)
+from mcsync.queue_rules import (
+    ABORT_NOT_SUBSCRIBED,
+    ABORT_SUPERSEDED,
+    AbortUpdate,
+    QueuedUpdate,
+    QueuePlan,
+    keep_pending,
+    plan_queue,
+)
+from mcsync.reasons import Reason
+from mcsync.reconcile import (
+    Action,
+    ChangeMemberEmail,
+    PutEmailOnHold,
+    QueueMailchimpUpdate,
+    SetGroupStatus,
     choose_best_email,
-    choose_contact,
     decide_email_change,
     decide_subscription,
-    keep_pending,
-    match_contact,
     most_recent,
-    plan_queue,
     reconcile_member,
-    should_create_contact,
 )
+from mcsync.write_results import apply_batch_result
 
 T = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 OLD, NEW = T, T + timedelta(hours=1)

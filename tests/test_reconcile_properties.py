@@ -17,24 +17,19 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcsync.reconcile import (
+from mcsync.member_state import (
     SUBSCRIBED_STATUSES,
     AudiencePolicy,
     CivicrmSide,
-    Decision,
     EmailRecord,
     GroupState,
     MailchimpSide,
     MemberRow,
-    PutEmailOnHold,
-    QueuedUpdate,
-    QueuePlan,
     Refusal,
-    SetGroupStatus,
-    apply_batch_result,
-    plan_queue,
-    reconcile_member,
 )
+from mcsync.queue_rules import QueuedUpdate, QueuePlan, plan_queue
+from mcsync.reconcile import Decision, PutEmailOnHold, SetGroupStatus, reconcile_member
+from mcsync.write_results import apply_batch_result
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 CID, GID, IGID, IID = 7, 12, 34, "int-a"
