@@ -8,13 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mcsync.config import (
-    Config,
-    SyncConfig,
-    config_file_is_private,
-    default_config_path,
-    load_config,
-)
+from mcsync.config import Config, SyncConfig
+from mcsync.config_load import config_file_is_private, default_config_path, load_config
 from mcsync.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
