@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from mcsync import feeds, fetch, match, plan, push
+from mcsync import batches, feeds, fetch, match, plan, push_civicrm, push_mailchimp
 from mcsync.errors import AudienceBusy, BudgetExhausted, ConfigError
 from mcsync.run import RunContext
 from mcsync.staging import Staging, iso, parse_iso, utc_now
@@ -39,9 +39,9 @@ STAGES: list[tuple[str, StageFn, str]] = [
     ("fetch_contact_data", feeds.fetch_contact_data, "any"),
     ("reconcile", plan.reconcile_rows, "any"),
     ("brake", plan.check_mass_changes, "any"),
-    ("push_civicrm", push.push_civicrm, "write"),
-    ("push_mailchimp", push.push_mailchimp, "write"),
-    ("collect_batches", push.collect_batches, "write"),
+    ("push_civicrm", push_civicrm.push_civicrm, "write"),
+    ("push_mailchimp", push_mailchimp.push_mailchimp, "write"),
+    ("collect_batches", batches.collect_batches, "write"),
     ("push_tags", feeds.push_tags, "write"),
 ]
 STAGE_NAMES = [name for name, _, _ in STAGES]

@@ -184,22 +184,22 @@ def test_an_email_changed_at_mailchimp_is_followed_not_duplicated(world: World) 
 
 
 def test_a_civicrm_change_made_during_the_run_is_not_overwritten(world: World) -> None:
-    from mcsync import push
+    from mcsync import push_civicrm
 
     contact = world.person("racer@example.org", mc="subscribed", civi="Removed",
                            mc_at=world.ago(hours=1), civi_at=world.ago(days=3))
     assert contact is not None
-    original = push._drop_overtaken
+    original = push_civicrm._drop_overtaken
 
     def person_acts_first(ctx, writes):  # type: ignore[no-untyped-def]
         world.civi.set_group_status(contact, world.group_id, "Removed")
         return original(ctx, writes)
 
-    push._drop_overtaken = person_acts_first
+    push_civicrm._drop_overtaken = person_acts_first
     try:
         world.sync()
     finally:
-        push._drop_overtaken = original
+        push_civicrm._drop_overtaken = original
     assert world.civi_status(contact) == "Removed"
     world.sync()
     assert world.mc_status("racer@example.org") == "unsubscribed"

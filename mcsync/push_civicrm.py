@@ -1,0 +1,194 @@
+"""The push_civicrm stage: queued group-status changes, holds and new emails go to CiviCRM
+as bulk `save` calls; a change a person made in CiviCRM during the run is never overwritten.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from mcsync.errors import ApiError
+from mcsync.fetch import fetch_emails_of_contacts
+from mcsync.reasons import Reason
+from mcsync.run import TRACKING_MARKER, RunContext
+
+CIVI_WRITE_CHUNK = 500
+
+
+def push_civicrm(ctx: RunContext) -> None:
+    """Apply queued group-status changes and holds; each chunk's staging update is committed
+    with the removal of its queue rows."""
+    while True:
+        ctx.budget.check()
+        writes: list[sqlite3.Row] = ctx.staging.query(
+            "SELECT * FROM civi_writes WHERE list_id = ? AND kind = 'group' ORDER BY id LIMIT ?",
+            (ctx.list_id, CIVI_WRITE_CHUNK),
+        )
+        if not writes:
+            break
+        writes = _drop_overtaken(ctx, writes)
+        if not writes:
+            continue
+        try:
+            _save_group_statuses(ctx, writes)
+        except ApiError as exc:
+            if type(exc) is not ApiError:  # auth, outage, odd answers: the run fails
+                raise
+            writes = _save_one_by_one(ctx, writes)
+        with ctx.staging.atomic():
+            ctx.staging.conn.executemany(
+                "INSERT INTO group_status (contact_id, group_id, status, changed_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (contact_id, group_id) DO UPDATE SET "
+                "status = excluded.status, changed_at = excluded.changed_at",
+                [(w["contact_id"], w["group_id"], w["status"], w["origin_at"]) for w in writes],
+            )
+            _forget_writes(ctx, writes)
+        ctx.progress("write CiviCRM", len(writes), None)
+    _push_holds(ctx)
+    _push_new_emails(ctx)
+
+
+def _save_group_statuses(ctx: RunContext, writes: Sequence[sqlite3.Row]) -> None:
+    ctx.civicrm.call(
+        "GroupContact",
+        "save",
+        {
+            "records": [
+                {"contact_id": w["contact_id"], "group_id": w["group_id"], "status": w["status"]}
+                for w in writes
+            ],
+            "match": ["contact_id", "group_id"],
+            "method": "API",
+            "tracking": TRACKING_MARKER,
+        },
+        retry=True,  # matched on (contact, group): repeating it sets the same status
+    )
+
+
+def _save_one_by_one(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3.Row]:
+    """CiviCRM refused a chunk: save its records one at a time so one bad record (say a
+    contact an ACL hides) fails alone, with its reason on its row, and the rest go through."""
+    saved = []
+    for write in writes:
+        try:
+            _save_group_statuses(ctx, [write])
+        except ApiError as exc:
+            if type(exc) is not ApiError:
+                raise
+            with ctx.staging.atomic():
+                _forget_writes(ctx, [write])
+                ctx.staging.execute(
+                    "UPDATE rows SET sync_status = 'fail', reason = ?, "
+                    "reason_detail = ? WHERE list_id = ? AND contact_id = ?",
+                    (Reason.CIVICRM_ERROR.value, str(exc), ctx.list_id, write["contact_id"]),
+                )
+            ctx.log(f"CiviCRM refused a group change for contact {write['contact_id']}: {exc}",
+                    "warning")
+            continue
+        saved.append(write)
+    return saved
+
+
+def _push_new_emails(ctx: RunContext) -> None:
+    """An address changed at Mailchimp is added to the contact as its bulk-mail email."""
+    while True:
+        ctx.budget.check()
+        writes = ctx.staging.query(
+            "SELECT * FROM civi_writes WHERE list_id = ? AND kind = 'email' ORDER BY id LIMIT ?",
+            (ctx.list_id, CIVI_WRITE_CHUNK),
+        )
+        if not writes:
+            return
+        # Refresh first: after a crash the address may already be there.
+        fetch_emails_of_contacts(ctx, sorted({w["contact_id"] for w in writes}))
+        for write in writes:
+            known = ctx.staging.scalar(
+                "SELECT COUNT(*) FROM emails WHERE contact_id = ? AND email_lc = ?",
+                (write["contact_id"], (write["email"] or "").lower()),
+            )
+            if not known:
+                ctx.civicrm.call(
+                    "Email",
+                    "create",
+                    {"values": {"contact_id": write["contact_id"], "email": write["email"],
+                                "is_bulkmail": True}},
+                )
+        fetch_emails_of_contacts(ctx, sorted({w["contact_id"] for w in writes}))
+        with ctx.staging.atomic():
+            _forget_writes(ctx, writes)
+
+
+def _drop_overtaken(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3.Row]:
+    """A person may change a group in CiviCRM while a run works: such a write is dropped and
+    its row decided again next run, so a fresh choice is never overwritten by a stale plan."""
+    state = ctx.staging.state(ctx.list_id)
+    seen_up_to = max(state["history_bookmark"] or 0, state["history_target"] or 0)
+    contact_ids = sorted({w["contact_id"] for w in writes})
+    fresh = ctx.civicrm.call(
+        "SubscriptionHistory",
+        "get",
+        {
+            "select": ["contact_id", "group_id", "tracking"],
+            "where": [
+                ["id", ">", seen_up_to],
+                ["contact_id", "IN", contact_ids],
+                ["group_id", "IN", ctx.all_groups],
+            ],
+            "limit": 0,
+        },
+    )
+    changed = {
+        (r["contact_id"], r["group_id"])
+        for r in fresh
+        if (r.get("tracking") or "") != TRACKING_MARKER
+    }
+    if not changed:
+        return writes
+    overtaken = [w for w in writes if (w["contact_id"], w["group_id"]) in changed]
+    with ctx.staging.atomic():
+        _forget_writes(ctx, overtaken)
+        ctx.staging.conn.executemany(
+            "UPDATE rows SET sync_status = 'todo' WHERE list_id = ? AND contact_id = ?",
+            [(ctx.list_id, w["contact_id"]) for w in overtaken],
+        )
+    ctx.log(f"{len(overtaken)} CiviCRM changes made during this run are kept; "
+            "those contacts are decided again next run")
+    return [w for w in writes if (w["contact_id"], w["group_id"]) not in changed]
+
+
+def _push_holds(ctx: RunContext) -> None:
+    """Cleaned at Mailchimp → that contact's records of the address go on hold (bounce)."""
+    while True:
+        ctx.budget.check()
+        writes = ctx.staging.query(
+            "SELECT * FROM civi_writes WHERE list_id = ? AND kind = 'hold' ORDER BY id LIMIT ?",
+            (ctx.list_id, CIVI_WRITE_CHUNK),
+        )
+        if not writes:
+            return
+        email_ids: list[int] = []
+        for write in writes:
+            email_ids.extend(
+                r[0]
+                for r in ctx.staging.query(
+                    "SELECT email_id FROM emails WHERE contact_id = ? AND email_lc = ? "
+                    "AND on_hold = 0",
+                    (write["contact_id"], (write["email"] or "").lower()),
+                )
+            )
+        if email_ids:
+            ctx.civicrm.call(  # every record has its id: safe to repeat
+                "Email", "save", {"records": [{"id": i, "on_hold": 1} for i in email_ids]},
+                retry=True,
+            )
+        with ctx.staging.atomic():
+            ctx.staging.conn.executemany(
+                "UPDATE emails SET on_hold = 1 WHERE email_id = ?", [(i,) for i in email_ids]
+            )
+            _forget_writes(ctx, writes)
+
+
+def _forget_writes(ctx: RunContext, writes: Sequence[sqlite3.Row]) -> None:
+    ctx.staging.conn.executemany(
+        "DELETE FROM civi_writes WHERE id = ?", [(w["id"],) for w in writes]
+    )

@@ -1,0 +1,97 @@
+"""The push_mailchimp stage: queued member updates go as bulk `POST /lists/{id}` when the
+change set is small (answered at once) and as `POST /batches` (see ``batches``) when large.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from mcsync import write_results as wr
+from mcsync.batches import push_batches
+from mcsync.errors import ApiError
+from mcsync.mailchimp import BULK_LIMIT
+from mcsync.run import RunContext
+from mcsync.updates import apply_result, fail_update, queued_updates
+
+
+def push_mailchimp(ctx: RunContext) -> None:
+    """Send queued member updates: direct PUTs below the batch threshold, else batches."""
+    queued = ctx.staging.scalar(
+        "SELECT COUNT(*) FROM updates WHERE list_id = ? AND state = 'queued'", (ctx.list_id,)
+    )
+    if not queued:
+        return
+    if queued < ctx.sync.batch_threshold:
+        _push_direct(ctx)
+    else:
+        push_batches(ctx)
+
+
+def _push_direct(ctx: RunContext) -> None:
+    """Small change sets: bulk `POST /lists/{id}` (≤ 500 members a request), answered at once
+    with per-member errors, so results are recorded in the same pass."""
+    while True:
+        ctx.budget.check()
+        updates = _one_per_address(queued_updates(ctx, BULK_LIMIT * 2))[:BULK_LIMIT]
+        if not updates:
+            return
+        items = [bulk_item(u["email"], json.loads(u["body"])) for u in updates]
+        answer = ctx.mailchimp.write_members(ctx.list_id, items)
+        written = {
+            (m.get("email_address") or "").lower(): m
+            for m in (answer.get("new_members") or []) + (answer.get("updated_members") or [])
+        }
+        refused = {(e.get("email_address") or "").lower(): e for e in answer.get("errors") or []}
+        with ctx.staging.atomic():
+            for update in updates:
+                address = update["email"].lower()
+                if address in written:
+                    apply_result(ctx, update, 200, written[address], None)
+                elif address in refused:
+                    apply_result(ctx, update, 400, None, bulk_error(refused[address]))
+                else:
+                    fail_update(ctx, update, "No result", "Mailchimp's answer did not mention "
+                                 "this member; it will be decided again next run")
+        ctx.progress("write Mailchimp", len(updates), None)
+
+
+def _one_per_address(updates: list[sqlite3.Row]) -> list[sqlite3.Row]:
+    """Mailchimp refuses an address twice in one bulk request: later ones wait their turn."""
+    seen: set[str] = set()
+    kept = []
+    for update in updates:
+        address = update["email"].lower()
+        if address not in seen:
+            seen.add(address)
+            kept.append(update)
+    return kept
+
+
+def bulk_item(email: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A member PUT body as a bulk member: the status applies to new and existing members,
+    so a data-only update carries the member's current status (`status_if_new`)."""
+    item = {k: v for k, v in body.items() if k not in ("status_if_new", "email_address")}
+    item["email_address"] = email
+    item["status"] = body.get("status") or body.get("status_if_new") or "subscribed"
+    return item
+
+
+# Bulk errors carry only a message; these are the titles the same refusal has on a PUT.
+_BULK_TITLES = (
+    ("compliance state", wr.COMPLIANCE_TITLE),
+    ("permanently deleted", wr.FORGOTTEN_TITLE),
+    ("looks fake or invalid", "Invalid Resource"),
+)
+
+
+def bulk_error(error: dict[str, Any]) -> ApiError:
+    message = str(error.get("error") or "")
+    title = next((t for needle, t in _BULK_TITLES if needle in message.lower()), None)
+    return ApiError(
+        message,
+        status=400,
+        title=title or str(error.get("error_code") or "Error"),
+        detail=message,
+    )
