@@ -20,10 +20,7 @@ def push_civicrm(ctx: RunContext) -> None:
     with the removal of its queue rows."""
     while True:
         ctx.budget.check()
-        writes: list[sqlite3.Row] = ctx.staging.query(
-            "SELECT * FROM civi_writes WHERE list_id = ? AND kind = 'group' ORDER BY id LIMIT ?",
-            (ctx.list_id, CIVI_WRITE_CHUNK),
-        )
+        writes: list[sqlite3.Row] = _next_writes(ctx, "group")
         if not writes:
             break
         writes = _drop_overtaken(ctx, writes)
@@ -46,6 +43,14 @@ def push_civicrm(ctx: RunContext) -> None:
         ctx.progress("write CiviCRM", len(writes), None)
     _push_holds(ctx)
     _push_new_emails(ctx)
+
+
+def _next_writes(ctx: RunContext, kind: str) -> list[sqlite3.Row]:
+    """The audience's next chunk of queued CiviCRM writes of one kind, oldest first."""
+    return ctx.staging.query(
+        "SELECT * FROM civi_writes WHERE list_id = ? AND kind = ? ORDER BY id LIMIT ?",
+        (ctx.list_id, kind, CIVI_WRITE_CHUNK),
+    )
 
 
 def _save_group_statuses(ctx: RunContext, writes: Sequence[sqlite3.Row]) -> None:
@@ -93,10 +98,7 @@ def _push_new_emails(ctx: RunContext) -> None:
     """An address changed at Mailchimp is added to the contact as its bulk-mail email."""
     while True:
         ctx.budget.check()
-        writes = ctx.staging.query(
-            "SELECT * FROM civi_writes WHERE list_id = ? AND kind = 'email' ORDER BY id LIMIT ?",
-            (ctx.list_id, CIVI_WRITE_CHUNK),
-        )
+        writes = _next_writes(ctx, "email")
         if not writes:
             return
         # Refresh first: after a crash the address may already be there.
@@ -160,10 +162,7 @@ def _push_holds(ctx: RunContext) -> None:
     """Cleaned at Mailchimp → that contact's records of the address go on hold (bounce)."""
     while True:
         ctx.budget.check()
-        writes = ctx.staging.query(
-            "SELECT * FROM civi_writes WHERE list_id = ? AND kind = 'hold' ORDER BY id LIMIT ?",
-            (ctx.list_id, CIVI_WRITE_CHUNK),
-        )
+        writes = _next_writes(ctx, "hold")
         if not writes:
             return
         email_ids: list[int] = []
