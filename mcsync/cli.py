@@ -107,18 +107,19 @@ def run_sync(
 ) -> None:
     """A sync, or a preview (dry run, or initial-sync's confirmation) that plans up to the
     brake, shows the plan, and undoes the planning so the next real run decides the same."""
-    from mcsync import plan
     from mcsync.engine import sync_audiences
+    from mcsync.preview import collect_plan, discard_plans, ensure_no_writes_pending
+    from mcsync.sync import parse_since
 
     if as_json and not dry_run:
         raise ConfigError("--json: prints the plan of a dry run; use it with --dry-run")
     config = session.config()
     out = session.out
     if since and since != "ever":
-        plan.parse_since(since)
+        parse_since(since)
     preview = dry_run or confirm
     if preview:
-        plan.ensure_no_writes_pending(config, group_id)
+        ensure_no_writes_pending(config, group_id)
     budget = Budget(max_time or None)
     debug = (lambda line: out.error(line)) if session.out.verbose >= 2 else None
     with out.progress() as progress:
@@ -130,12 +131,12 @@ def run_sync(
     if not preview:
         sys.exit(report_results(session, results))
     exit_code = report_preview(session, results)
-    planned = plan.collect_plan(config, results)
+    planned = collect_plan(config, results)
     if as_json:
         out.json(planned)
     else:
         show_plan(out, planned)
-    plan.discard_plans(config, results)
+    discard_plans(config, results)
     if dry_run or exit_code or not planned["audiences"]:
         if not as_json:
             out.always("Dry run: nothing was written to Mailchimp or CiviCRM.")

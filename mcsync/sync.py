@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from mcsync import batches, feeds, fetch, match, plan, push_civicrm, push_mailchimp
+from mcsync import batches, brake, feeds, fetch, match, plan, push_civicrm, push_mailchimp
 from mcsync.errors import AudienceBusy, BudgetExhausted, ConfigError
 from mcsync.run import RunContext
 from mcsync.staging import Staging, iso, parse_iso, utc_now
@@ -38,7 +38,7 @@ STAGES: list[tuple[str, StageFn, str]] = [
     ("load_history", match.load_history_dates, "any"),
     ("fetch_contact_data", feeds.fetch_contact_data, "any"),
     ("reconcile", plan.reconcile_rows, "any"),
-    ("brake", plan.check_mass_changes, "any"),
+    ("brake", brake.check_mass_changes, "any"),
     ("push_civicrm", push_civicrm.push_civicrm, "write"),
     ("push_mailchimp", push_mailchimp.push_mailchimp, "write"),
     ("collect_batches", batches.collect_batches, "write"),
@@ -160,6 +160,17 @@ def _run_stages(
         ctx.log(f"Stopped at its time budget during {stage}; the next run continues from here")
         return RunOutcome(ctx.list_id, ctx.group_id, False, stage, time.monotonic() - t0)
     return RunOutcome(ctx.list_id, ctx.group_id, True, "idle", time.monotonic() - t0)
+
+
+def parse_since(value: str) -> datetime:
+    """Check a --since value before any work starts, so a typo fails with the fix."""
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"--since {value!r}: not a date; use ISO 8601 such as 2026-11-01 or "
+            "2026-11-01T09:00:00+00:00, or 'ever' for a full fetch"
+        ) from None
 
 
 def start_run(ctx: RunContext, *, since: str | None) -> None:

@@ -1,0 +1,85 @@
+"""The mass-change brake (DESIGN §5): the stage between planning and writing that stops a run
+whose planned changes look like a mistake rather than people's choices.
+"""
+
+from __future__ import annotations
+
+from mcsync.errors import MassChangeBrake
+from mcsync.run import RunContext
+from mcsync.staging import Staging
+
+
+def check_mass_changes(ctx: RunContext) -> None:
+    """Stop before writing when a run would unsubscribe/remove more than the allowed share
+    of the audience's subscribed members, or when one side answered empty for an audience
+    that had members (DESIGN §5): a group emptied by mistake, a wrong list id, an outage
+    that returned an empty page. Nothing has been written when this raises; the run stays
+    at this stage, so the next run stops here again until it is allowed or aborted."""
+    if ctx.allow_mass_changes:
+        return
+    problems = mass_change_problems(
+        ctx.staging, ctx.list_id, ctx.group_id, ctx.sync.max_removal_share
+    )
+    if problems:
+        share = ctx.sync.max_removal_share
+        message = (
+            f"Mass-change brake for audience {ctx.list_id} (group {ctx.group_id}): "
+            f"{'; '.join(problems)}. Nothing was written. If this is intended, run again with "
+            f"--allow-mass-changes. If not, fix the cause (a group emptied or an audience "
+            f"replaced by mistake?), then run 'mcsync abort --group-id {ctx.group_id}' to drop "
+            f"the planned changes and start afresh. (max_removal_share = {share:.0%})"
+        )
+        ctx.log(message, "error")
+        raise MassChangeBrake(message)
+
+
+def mass_change_problems(
+    staging: Staging, list_id: str, group_id: int, share: float
+) -> list[str]:
+    """Why the brake trips for the changes now planned for this audience (empty: it does not)."""
+    state = staging.state(list_id)
+    subscribed = staging.scalar(
+        "SELECT COUNT(*) FROM rows WHERE list_id = ? AND mc_status IN ('subscribed', 'pending')",
+        (list_id,),
+    ) or 0
+    members = staging.scalar(
+        "SELECT COUNT(*) FROM rows WHERE list_id = ? AND mc_hash IS NOT NULL", (list_id,)
+    ) or 0
+    added = staging.scalar(
+        "SELECT COUNT(*) FROM group_status WHERE group_id = ? AND status = 'Added'",
+        (group_id,),
+    ) or 0
+    unsubscribes = staging.scalar(
+        "SELECT COUNT(*) FROM updates WHERE list_id = ? AND state = 'queued' "
+        "AND json_extract(body, '$.status') = 'unsubscribed'",
+        (list_id,),
+    ) or 0
+    removals = staging.scalar(
+        "SELECT COUNT(*) FROM civi_writes WHERE list_id = ? AND kind = 'group' "
+        "AND group_id = ? AND status = 'Removed'",
+        (list_id, group_id),
+    ) or 0
+    problems = []
+    # Like the share checks below, one person leaving is never a "mass" change.
+    synced_before = bool(state.get("last_sync"))
+    # A full fetch pages every member; mc_offset counts what this run's pages held.
+    if state.get("run_full") and synced_before and members > 1 and not state.get("mc_offset"):
+        problems.append(
+            f"Mailchimp returned no members for this audience, which had {members} when last "
+            f"synced (a wrong list_id or API key, or an outage?)"
+        )
+    if synced_before and subscribed > 1 and not added:
+        problems.append(
+            f"CiviCRM group {group_id} has no contacts Added, while {subscribed} members are "
+            f"subscribed at Mailchimp (was the group emptied?)"
+        )
+    base = max(subscribed, added, 1)
+    if unsubscribes > share * base and unsubscribes > 1:
+        problems.append(
+            f"this run would unsubscribe {unsubscribes} of {subscribed} members at Mailchimp"
+        )
+    if removals > share * base and removals > 1:
+        problems.append(
+            f"this run would remove {removals} of {added} contacts from CiviCRM group {group_id}"
+        )
+    return problems
