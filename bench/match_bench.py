@@ -9,7 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from mcsync.fetch import IN_CHUNK
+from mcsync.fetch_civicrm import IN_CHUNK
 from mcsync.match import assign_matches
 from mcsync.staging import Staging
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from match_bench import match_50k  # noqa: E402
 
-from mcsync.fetch import EMAIL_SELECT  # noqa: E402
+from mcsync.fetch_civicrm import EMAIL_SELECT  # noqa: E402
 from mcsync.mailchimp import MEMBER_FIELDS  # noqa: E402
 from mcsync.sim.world import CIVICRM_KEY, CIVICRM_SITE_KEY, MAILCHIMP_KEY  # noqa: E402
 

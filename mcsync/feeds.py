@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mcsync.errors import ApiError
-from mcsync.fetch import IN_CHUNK
+from mcsync.fetch_civicrm import IN_CHUNK
 from mcsync.mailchimp import member_hash
 from mcsync.plugins import (
     FeedAudience,

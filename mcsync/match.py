@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from mcsync.fetch import (
+from mcsync.fetch_civicrm import (
     EMAIL_SELECT,
     IN_CHUNK,
-    SUBSCRIBED,
-    _contact_from_join,
     chunks,
+    contact_from_join,
     fetch_emails_of_contacts,
     store_contacts,
     store_emails,
@@ -25,6 +24,7 @@ from mcsync.fetch import (
 from mcsync.run import TRACKING_MARKER, RunContext
 from mcsync.staging import iso
 
+SUBSCRIBED = ("subscribed", "pending")
 MATCH_CONCURRENCY = 4  # Email lookups in flight: the CiviCRM client's connection pool
 # Emails per `IN` lookup: large enough that a full run makes few round trips (an indexed
 # `IN` of a few thousand strings is cheap for MySQL), small enough for any request limit.
@@ -62,7 +62,7 @@ def match_emails(ctx: RunContext) -> None:
         records = _owners_of(ctx, emails)
         with ctx.staging.atomic():
             store_emails(ctx, records)
-            store_contacts(ctx, [_contact_from_join(r) for r in records])
+            store_contacts(ctx, [contact_from_join(r) for r in records])
             assign_matches(ctx, [r["id"] for r in batch])
             ctx.staging.set_state(ctx.list_id, cursor=batch[-1]["id"])
         ctx.progress("match emails", len(batch), None)
@@ -185,7 +185,7 @@ def _rematch(ctx: RunContext, rows: Sequence[Any]) -> None:
     )
     with ctx.staging.atomic():
         store_emails(ctx, records)
-        store_contacts(ctx, [_contact_from_join(r) for r in records])
+        store_contacts(ctx, [contact_from_join(r) for r in records])
         assign_matches(ctx, [r["id"] for r in rows])
         ctx.staging.conn.executemany(
             "UPDATE rows SET creating = 0 WHERE id = ? AND contact_id IS NULL",

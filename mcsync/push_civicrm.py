@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from mcsync.errors import ApiError
-from mcsync.fetch import fetch_emails_of_contacts
+from mcsync.fetch_civicrm import fetch_emails_of_contacts
 from mcsync.reasons import Reason
 from mcsync.run import TRACKING_MARKER, RunContext
 

@@ -16,7 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from mcsync import batches, brake, feeds, fetch, match, plan, push_civicrm, push_mailchimp
+from mcsync import (
+    batches,
+    brake,
+    feeds,
+    fetch_civicrm,
+    fetch_mailchimp,
+    match,
+    plan,
+    push_civicrm,
+    push_mailchimp,
+)
 from mcsync.errors import AudienceBusy, BudgetExhausted, ConfigError
 from mcsync.run import RunContext
 from mcsync.staging import Staging, iso, parse_iso, utc_now
@@ -26,11 +36,11 @@ StageFn = Callable[[RunContext], None]
 # Stage name → what it does. Full runs read all group membership; incremental runs read
 # subscription history and modified contacts since the stored marks.
 STAGES: list[tuple[str, StageFn, str]] = [
-    ("fetch_mailchimp", fetch.fetch_mailchimp, "any"),
-    ("fetch_civicrm_groups", fetch.fetch_civicrm_groups, "full"),
-    ("fetch_civicrm_history", fetch.fetch_civicrm_history, "incremental"),
-    ("fetch_civicrm_modified", fetch.fetch_civicrm_modified, "incremental"),
-    ("fetch_missing_contacts", fetch.fetch_missing_contacts, "any"),
+    ("fetch_mailchimp", fetch_mailchimp.fetch_mailchimp, "any"),
+    ("fetch_civicrm_groups", fetch_civicrm.fetch_civicrm_groups, "full"),
+    ("fetch_civicrm_history", fetch_civicrm.fetch_civicrm_history, "incremental"),
+    ("fetch_civicrm_modified", fetch_civicrm.fetch_civicrm_modified, "incremental"),
+    ("fetch_missing_contacts", fetch_civicrm.fetch_missing_contacts, "any"),
     ("fix_contact_ids", match.fix_contact_ids, "any"),
     ("match_emails", match.match_emails, "any"),
     ("create_contacts", match.create_contacts, "any"),
@@ -177,9 +187,9 @@ def start_run(ctx: RunContext, *, since: str | None) -> None:
     """Fix the run's windows once and store them (the seed recomputed them: its §3.3 bug)."""
     state = ctx.staging.state(ctx.list_id)
     now = utc_now()
-    window = fetch.since_for_new_run(state["last_run_started"], since)
+    window = fetch_mailchimp.since_for_new_run(state["last_run_started"], since)
     full = window is None or since == "ever" or not state["last_sync"]
-    history_target, modified_target = fetch.civicrm_marks(ctx)
+    history_target, modified_target = fetch_civicrm.civicrm_marks(ctx)
     with ctx.staging.atomic():
         ctx.staging.set_state(
             ctx.list_id,

@@ -11,7 +11,7 @@ from typing import Any
 
 from mcsync import write_results as wr
 from mcsync.errors import ApiError
-from mcsync.fetch import chunks
+from mcsync.fetch_civicrm import chunks
 from mcsync.run import RunContext
 from mcsync.staging import dumps, iso, parse_iso, utc_now
 

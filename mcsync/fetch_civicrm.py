@@ -1,20 +1,19 @@
-"""Fetch stages: bring both sides' changes into the staging DB, one committed chunk at a time.
+"""CiviCRM fetch stages: group membership (full runs), subscription history and modified
+contacts (incremental runs), and missing contacts, into the staging DB; plus the contact and
+email storing the contact stages share.
 
-Each function handles one stage, commits its data with its progress marker, checks the budget
+Each stage commits its data with its progress marker one chunk at a time, checks the budget
 between chunks, and returns when the stage is complete (the caller moves to the next stage).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import Any
 
 from mcsync.run import TRACKING_MARKER, WINDOW_OVERLAP, RunContext
-from mcsync.staging import dumps, iso, parse_iso, utc_now
+from mcsync.staging import iso
 
-SUBSCRIBED = ("subscribed", "pending")
 CONTACT_FLAGS = ("is_deleted", "is_deceased", "do_not_email", "is_opt_out")
 IN_CHUNK = 500  # ids or emails per APIv4 `IN` filter
 
@@ -22,199 +21,6 @@ IN_CHUNK = 500  # ids or emails per APIv4 `IN` filter
 def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-# -- Mailchimp -----------------------------------------------------------------------------
-def fetch_mailchimp(ctx: RunContext) -> None:
-    """Page members changed since the run's window (all of them on a full run) into `rows`.
-
-    Pages are sorted by last_changed, newest first: a member changing mid-fetch jumps to the
-    front, so later offsets can only repeat a member, never skip one (seed-behaviour §12).
-    """
-    state = ctx.staging.state(ctx.list_id)
-    since = parse_iso(state["mc_since"])
-    offset = state["mc_offset"]
-    ctx.budget.check()
-    pages = ctx.mailchimp.member_pages(
-        ctx.list_id,
-        since_last_changed=since,
-        page_size=ctx.sync.page_size_mailchimp,
-        start_offset=offset,
-    )
-    try:
-        for page_offset, total, members in pages:
-            with ctx.staging.atomic():
-                merge_members(ctx, members)
-                ctx.staging.set_state(ctx.list_id, mc_offset=page_offset + len(members))
-            ctx.progress("fetch Mailchimp", page_offset + len(members), total)
-            ctx.budget.check()
-    finally:
-        close = getattr(pages, "close", None)
-        if close:
-            close()
-    if state["run_full"]:
-        sweep_vanished_members(ctx, state["run_started"])
-
-
-def sweep_vanished_members(ctx: RunContext, run_started: str) -> None:
-    """After a full fetch, members not seen are no longer in the audience (archived or
-    deleted at Mailchimp): they count as not subscribed from the start of this run. The
-    mass-change brake stops a run where this is a surprise (an empty answer, a wrong list),
-    and an answer with no members at all is never taken to mean that everyone left."""
-    seen = ctx.staging.scalar(
-        "SELECT 1 FROM rows WHERE list_id = ? AND mc_seen_run = ? LIMIT 1",
-        (ctx.list_id, ctx.run_id),
-    )
-    if not seen:
-        return
-    with ctx.staging.atomic():
-        ctx.staging.execute(
-            "UPDATE rows SET mc_status = 'archived', mc_status_at = ?, sync_status = 'todo' "
-            "WHERE list_id = ? AND mc_hash IS NOT NULL AND mc_seen_run IS NOT ? "
-            "AND mc_status IS NOT 'archived' AND sync_status != 'live'",
-            (run_started, ctx.list_id, ctx.run_id),
-        )
-
-
-def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
-    """Upsert one page, keeping per-field change times (seed-behaviour §3.5, v2).
-
-    A field's time moves only when its value changes, so a name edit at Mailchimp cannot make
-    Mailchimp "win" the subscription or an interest. A change mcsync itself pushed (recorded in
-    `mc_expected`) keeps the time of the choice it carried, not the time of our write.
-    """
-    if not members:
-        return
-    hashes = [m["id"] for m in members]
-    placeholders = ",".join("?" * len(hashes))
-    existing = {
-        r["mc_hash"]: r
-        for r in ctx.staging.query(
-            f"SELECT * FROM rows WHERE list_id = ? AND mc_hash IN ({placeholders})",
-            (ctx.list_id, *hashes),
-        )
-    }
-    _follow_email_changes(ctx, [m for m in members if m["id"] not in existing], existing)
-    mapped = list(ctx.interest_groups)
-    inserts: list[tuple[Any, ...]] = []
-    updates: list[tuple[Any, ...]] = []
-    for member in members:
-        status = member.get("status")
-        changed = iso(parse_iso(member.get("last_changed")) or utc_now()) or ""
-        merge = member.get("merge_fields") or {}
-        fname, lname = merge.get("FNAME") or None, merge.get("LNAME") or None
-        member_interests = member.get("interests") or {}
-        interests = {i: bool(member_interests[i]) for i in mapped if i in member_interests}
-        old = existing.get(member["id"])
-        if old is None:
-            inserts.append(
-                (
-                    ctx.list_id, member["id"], member.get("email_address"), status, changed,
-                    changed, fname, lname, dumps(interests),
-                    dumps({i: changed for i in interests}), member.get("unique_email_id"),
-                    ctx.run_id,
-                )
-            )
-            continue
-        expected = json.loads(old["mc_expected"] or "{}")
-        relevant_change = False
-        status_at = old["mc_status_at"] or changed
-        if status != old["mc_status"]:
-            relevant_change = True
-            status_at = _change_time(expected, "status", status, changed)
-        old_interests = json.loads(old["mc_interests"])
-        interests_at = json.loads(old["mc_interests_at"])
-        expected_interests = expected.get("interests", {})
-        for interest_id, value in interests.items():
-            if old_interests.get(interest_id) != value:
-                relevant_change = True
-                if expected_interests.get(interest_id) == value and expected.get("at"):
-                    interests_at[interest_id] = expected["at"]
-                else:
-                    interests_at[interest_id] = changed
-            else:
-                interests_at.setdefault(interest_id, changed)
-        sync_status = "todo" if relevant_change else old["sync_status"]
-        updates.append(
-            (
-                status, changed, status_at, fname, lname, dumps(interests), dumps(interests_at),
-                sync_status, ctx.run_id, old["id"],
-            )
-        )
-    conn = ctx.staging.conn
-    if inserts:
-        conn.executemany(
-            "INSERT INTO rows (list_id, mc_hash, mc_email, mc_status, mc_last_changed, "
-            "mc_status_at, mc_fname, mc_lname, mc_interests, mc_interests_at, mc_unique_id, "
-            "mc_seen_run, sync_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'todo')",
-            inserts,
-        )
-    if updates:
-        conn.executemany(
-            "UPDATE rows SET mc_status = ?, mc_last_changed = ?, mc_status_at = ?, mc_fname = ?, "
-            "mc_lname = ?, mc_interests = ?, mc_interests_at = ?, sync_status = ?, "
-            "mc_seen_run = ? WHERE id = ?",
-            updates,
-        )
-    _baseline_merge_fields(ctx, members)
-
-
-def _baseline_merge_fields(ctx: RunContext, members: list[dict[str, Any]]) -> None:
-    """For mapped merge tags mcsync has not pushed yet, count Mailchimp's current value as
-    the last known one, so a first sync does not rewrite values that already agree. Values
-    mcsync pushed are kept (json_patch: the stored map wins)."""
-    tags = list(ctx.audience.merge_fields)
-    if not tags:
-        return
-    ctx.staging.conn.executemany(
-        "UPDATE rows SET pushed_merge = json_patch(?, pushed_merge) "
-        "WHERE list_id = ? AND mc_hash = ?",
-        [
-            (
-                dumps({t: (m.get("merge_fields") or {}).get(t, "") for t in tags}),
-                ctx.list_id, m["id"],
-            )
-            for m in members
-        ],
-    )
-
-
-def _follow_email_changes(
-    ctx: RunContext, new_members: list[dict[str, Any]], existing: dict[str, Any]
-) -> None:
-    """A member whose address changed at Mailchimp has a new hash but the same
-    unique_email_id: move the staged row to the new hash (seed §5.5, without its webhook), and
-    give the contact the new address as its bulk-mail email."""
-    by_unique = {m["unique_email_id"]: m for m in new_members if m.get("unique_email_id")}
-    if not by_unique:
-        return
-    marks = ",".join("?" * len(by_unique))
-    for old in ctx.staging.query(
-        f"SELECT * FROM rows WHERE list_id = ? AND mc_unique_id IN ({marks})",
-        (ctx.list_id, *by_unique),
-    ):
-        member = by_unique[old["mc_unique_id"]]
-        if old["mc_hash"] == member["id"]:
-            continue
-        email = member.get("email_address")
-        ctx.staging.execute(
-            "UPDATE rows SET mc_hash = ?, mc_email = ? WHERE id = ?", (member["id"], email, old["id"])
-        )
-        if old["contact_id"] is not None and email:
-            ctx.staging.execute(
-                "INSERT OR IGNORE INTO civi_writes (list_id, kind, contact_id, email) "
-                "VALUES (?, 'email', ?, ?)",
-                (ctx.list_id, old["contact_id"], email),
-            )
-        ctx.log(f"Followed an email change at Mailchimp: {old['mc_email']} -> {email}")
-        refreshed = ctx.staging.query("SELECT * FROM rows WHERE id = ?", (old["id"],))
-        existing[member["id"]] = refreshed[0]
-
-
-def _change_time(expected: dict[str, Any], field: str, value: Any, changed: str) -> str:
-    if expected.get(field) == value and expected.get("at"):
-        return str(expected["at"])
-    return changed
 
 
 # -- CiviCRM: marks for a new run ------------------------------------------------------------
@@ -265,7 +71,7 @@ def fetch_civicrm_groups(ctx: RunContext) -> None:
                 "THEN group_status.changed_at ELSE NULL END",
                 [(r["contact_id"], r["group_id"], r["status"], ctx.run_id) for r in page],
             )
-            store_contacts(ctx, [_contact_from_join(r) for r in page])
+            store_contacts(ctx, [contact_from_join(r) for r in page])
             ctx.staging.set_state(ctx.list_id, cursor=page[-1]["id"])
         done += len(page)
         ctx.progress("fetch CiviCRM groups", done, None)
@@ -292,7 +98,7 @@ def fetch_civicrm_groups(ctx: RunContext) -> None:
         _check_contacts_exist(ctx, unseen)
 
 
-def _contact_from_join(record: dict[str, Any]) -> dict[str, Any]:
+def contact_from_join(record: dict[str, Any]) -> dict[str, Any]:
     contact = {"contact_id": record["contact_id"]}
     for key in (*CONTACT_FLAGS, "first_name", "last_name"):
         joined = f"contact_id.{key}"
@@ -358,7 +164,7 @@ def fetch_emails_of_contacts(ctx: RunContext, contact_ids: Sequence[int]) -> Non
                 f"DELETE FROM emails WHERE contact_id IN ({placeholders})", tuple(chunk)
             )
             store_emails(ctx, records)
-            store_contacts(ctx, [_contact_from_join(r) for r in records])
+            store_contacts(ctx, [contact_from_join(r) for r in records])
 
 
 # -- CiviCRM: incremental changes ------------------------------------------------------------
@@ -517,17 +323,3 @@ def _check_contacts_exist(ctx: RunContext, ids: Sequence[int]) -> None:
             )
 
 
-def since_for_new_run(last_run_started: str | None, since_option: str | None) -> datetime | None:
-    """The Mailchimp window of a new run: None means a full fetch (seed-behaviour §3.3, fixed
-    once per run and stored, unlike the seed)."""
-    if since_option == "ever":
-        return None
-    if since_option:
-        moment = datetime.fromisoformat(since_option)
-        if moment.tzinfo is None:
-            from datetime import timezone
-
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment - WINDOW_OVERLAP
-    last = parse_iso(last_run_started)
-    return None if last is None else last - WINDOW_OVERLAP
