@@ -22,7 +22,7 @@ from mcsync.config import Config
 from mcsync.config_load import config_file_is_private, default_config_path, load_config
 from mcsync.console import Output, show_failures, show_plan, show_status
 from mcsync.errors import ConfigError, McsyncError
-from mcsync.http import redact
+from mcsync.responses import redact
 from mcsync.status import REASONS
 
 
