@@ -2,6 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LINT_STAMP := $(VENV)/.lint-installed
 
 .PHONY: install test demo bench lint clean
 
@@ -10,6 +11,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+$(LINT_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,lint]'
+	touch $(LINT_STAMP)
 
 install: $(STAMP)
 
@@ -22,8 +27,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-lint: $(STAMP)
-	$(BIN)/python -m ruff check mcsync tests || true
+lint: $(LINT_STAMP)
+	$(BIN)/python -m ruff check mcsync tests
+	$(BIN)/python -m mypy mcsync
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -57,7 +57,8 @@ class Budget:
             raise BudgetExhausted(self._spent_message())
 
     def sleep(self, seconds: float) -> None:
-        """Sleep ``seconds``, or raise :class:`BudgetExhausted` at once if that would pass the deadline.
+        """Sleep ``seconds``, or raise :class:`BudgetExhausted` at once if that would pass the
+        deadline.
 
         Raising early (rather than sleeping up to the deadline) leaves the caller the remaining
         time to save its progress.

@@ -140,7 +140,7 @@ def field_types(civicrm: Any, paths: list[str]) -> dict[str, str]:
             "where": [["name", "IN", heads]]})
     }
     found: dict[str, str] = {}
-    for path, name in zip(paths, bare):
+    for path, name in zip(paths, bare, strict=True):
         if name in contact:
             # An option suffix (:label, :name) yields the option's text.
             found[path] = "String" if ":" in path else str(contact[name].get("data_type")

@@ -96,7 +96,8 @@ class CiviCRMClient:
         """Run one APIv4 action and return its ``values``.
 
         ``retry`` defaults to True for reads (``get*``) and other repeatable actions; a
-        ``create`` or an unmatched ``save`` could duplicate records if sent twice, so is not retried.
+        ``create`` or an unmatched ``save`` could duplicate records if sent twice, so is not
+        retried.
         """
         if retry is None:
             retry = action.startswith("get") or action in _IDEMPOTENT

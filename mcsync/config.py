@@ -299,7 +299,9 @@ class Config(_Model):
     def _check_across(self) -> Config:
         problems = cross_check(self.model_dump())
         if problems:
-            raise PydanticCustomError(CROSS_CHECK_ERROR, "{problems}", {"problems": "; ".join(problems)})
+            raise PydanticCustomError(
+                CROSS_CHECK_ERROR, "{problems}", {"problems": "; ".join(problems)}
+            )
         return self
 
     def audience_for_group(self, group_id: int) -> AudienceConfig:

@@ -113,7 +113,10 @@ class Output:
         self.stream.write(f"{title}\n")
         for row in rows:
             self.stream.write(
-                "  " + "  ".join(f"{c}={'' if v is None else v}" for c, v in zip(columns, row))
+                "  "
+                + "  ".join(
+                    f"{c}={'' if v is None else v}" for c, v in zip(columns, row, strict=False)
+                )
                 + "\n"
             )
 

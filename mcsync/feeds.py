@@ -16,7 +16,6 @@ from typing import Any
 
 from mcsync.errors import ApiError
 from mcsync.fetch_civicrm import IN_CHUNK
-from mcsync.mailchimp import member_hash
 from mcsync.plugins import (
     FeedAudience,
     FeedData,
@@ -155,7 +154,7 @@ def push_tags(ctx: RunContext) -> None:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-tags") as pool:
             results = list(pool.map(lambda w: _post_tags(ctx, w[0]["mc_email"], w[1]), writes))
         with ctx.staging.atomic():
-            for (row, _), error in zip(writes, results):
+            for (row, _), error in zip(writes, results, strict=True):
                 if error is None:
                     ctx.staging.execute(
                         "UPDATE rows SET pushed_tags = ? WHERE id = ?", (row["tags"], row["id"])

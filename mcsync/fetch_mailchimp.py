@@ -5,7 +5,7 @@ staging, one committed chunk at a time, and fix that window once per run.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from mcsync.run import WINDOW_OVERLAP, RunContext
@@ -185,7 +185,8 @@ def _follow_email_changes(
             continue
         email = member.get("email_address")
         ctx.staging.execute(
-            "UPDATE rows SET mc_hash = ?, mc_email = ? WHERE id = ?", (member["id"], email, old["id"])
+            "UPDATE rows SET mc_hash = ?, mc_email = ? WHERE id = ?",
+            (member["id"], email, old["id"]),
         )
         if old["contact_id"] is not None and email:
             ctx.staging.execute(
@@ -212,9 +213,8 @@ def since_for_new_run(last_run_started: str | None, since_option: str | None) ->
     if since_option:
         moment = datetime.fromisoformat(since_option)
         if moment.tzinfo is None:
-            from datetime import timezone
 
-            moment = moment.replace(tzinfo=timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
         return moment - WINDOW_OVERLAP
     last = parse_iso(last_run_started)
     return None if last is None else last - WINDOW_OVERLAP

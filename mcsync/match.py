@@ -160,7 +160,7 @@ def create_contacts(ctx: RunContext) -> None:
         by_position = [c["id"] for c in created]
         contact_ids = by_position if len(by_position) == len(rows) else []
         with ctx.staging.atomic():
-            for row, contact_id in zip(rows, contact_ids):
+            for row, contact_id in zip(rows, contact_ids, strict=False):
                 ctx.staging.execute(
                     "UPDATE rows SET contact_id = ?, creating = 0, sync_status = 'todo' "
                     "WHERE id = ?",

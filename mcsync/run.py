@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from mcsync.budget import Budget
 from mcsync.civicrm import CiviCRMClient
@@ -34,7 +34,7 @@ class RunContext:
     mailchimp: MailchimpClient
     civicrm: CiviCRMClient
     budget: Budget
-    civi_zone: tzinfo = timezone.utc
+    civi_zone: tzinfo = UTC
     dry_run: bool = False
     allow_mass_changes: bool = False
     progress: ProgressFn = _no_progress
@@ -71,7 +71,7 @@ class RunContext:
         moment = datetime.fromisoformat(local.replace(" ", "T"))
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=self.civi_zone)
-        return moment.astimezone(timezone.utc)
+        return moment.astimezone(UTC)
 
     def civi_local(self, moment: datetime) -> str:
         return moment.astimezone(self.civi_zone).strftime("%Y-%m-%d %H:%M:%S")

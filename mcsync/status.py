@@ -180,7 +180,7 @@ def _counts(staging: Staging, list_id: str, group_id: int) -> dict[str, int]:
         """,
         (group_id, list_id),
     )[0]
-    counts = {key: int(row[key]) for key in row.keys()}
+    counts = {key: int(row[key]) for key in row.keys()}  # noqa: SIM118 (a Row iterates values)
     counts["added_in_civicrm"] = int(
         staging.scalar(
             "SELECT COUNT(*) FROM group_status g JOIN contacts c ON c.contact_id = g.contact_id "

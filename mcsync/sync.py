@@ -80,7 +80,7 @@ class LeaseHeartbeat:
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name="lease-heartbeat")
 
-    def __enter__(self) -> "LeaseHeartbeat":
+    def __enter__(self) -> LeaseHeartbeat:
         self.thread.start()
         return self
 
@@ -113,7 +113,9 @@ def run_audience(
     staging.ensure_audience(ctx.list_id, ctx.group_id, ctx.audience.account)
     owner = lease_owner()
     if not staging.acquire_lease(ctx.list_id, owner, ctx.sync.lease_seconds):
-        raise AudienceBusy(f"audience {ctx.list_id} (group {ctx.group_id}) is busy with another run")
+        raise AudienceBusy(
+            f"audience {ctx.list_id} (group {ctx.group_id}) is busy with another run"
+        )
     started = time.monotonic()
     try:
         with LeaseHeartbeat(str(staging.path), ctx.list_id, owner, ctx.sync.lease_seconds):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ class World:
     """Both simulators in-process, one audience, and a config pointing at them."""
 
     def __init__(self, tmp_path: Path, *, interests: int = 0, batch_threshold: int = 200):
-        self.now = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+        self.now = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
         self.mc = MailchimpSim(batch_delay=0.0)
         self.civi = CiviSim(CIVI_KEY)
         self.list_id = self.mc.add_list(MC_KEY, "Newsletter")
@@ -79,7 +78,7 @@ class World:
         return load_config(self.config_path)
 
     def ago(self, **kwargs: float) -> datetime:
-        return datetime.now(timezone.utc) - timedelta(**kwargs)
+        return datetime.now(UTC) - timedelta(**kwargs)
 
     def person(self, email: str, *, mc: str | None = None, civi: str | None = None,
                mc_at: datetime | None = None, civi_at: datetime | None = None,

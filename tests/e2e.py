@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -305,10 +305,8 @@ def cli_env(extra: dict[str, str] | None) -> dict[str, str]:
 
 def kill_group(process: subprocess.Popen[str]) -> None:
     """SIGKILL the CLI process (it runs in its own session; only its own group is hit)."""
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.communicate(timeout=30)
 
 

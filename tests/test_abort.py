@@ -16,7 +16,9 @@ from mcsync.cli import main
 from mcsync.staging import Staging
 
 
-def test_abort_cancels_batches_and_resets_the_run(make_world, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_abort_cancels_batches_and_resets_the_run(  # type: ignore[no-untyped-def]
+    make_world, monkeypatch: pytest.MonkeyPatch
+) -> None:
     world = make_world(batch_threshold=2)
     world.mc._batches.delay = timedelta(seconds=600)  # Mailchimp is slow today
     for n in range(5):

@@ -334,7 +334,8 @@ def test_invalid_overlong_and_unicode_emails_and_names(world: World) -> None:
     assert [c["first_name"] for c in created] == ["Δημήτρης"]
     staging = Staging(world.config.state_db)
     try:
-        reasons = {f["email"] or "": f["reason"] for f in failures(staging, world.config.audience[0])}
+        found = failures(staging, world.config.audience[0])
+        reasons = {f["email"] or "": f["reason"] for f in found}
     finally:
         staging.close()
     assert reasons.get("someone@exämple.org") == "invalid_email", reasons

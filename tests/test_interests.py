@@ -168,7 +168,8 @@ def test_through_the_cli(it: Interests, tmp_path: Path) -> None:
     w = it.world
     contact = it.person("cli@example.org", interests={it.i0: True, it.i1: True},
                         mc_at=w.ago(days=1),
-                        groups={it.g0: ("Removed", w.ago(days=5)), it.g1: ("Removed", w.ago(hours=1))})
+                        groups={it.g0: ("Removed", w.ago(days=5)),
+                                it.g1: ("Removed", w.ago(hours=1))})
     with served_config(w, tmp_path / "served.toml") as config:
         result = CliRunner().invoke(
             main, ["fetch-and-reconcile", "--config", str(config), "--max-time", "0"]

@@ -310,7 +310,7 @@ def test_put_members_returns_member_errors_in_order(mock: respx.MockRouter) -> N
     ]
     results = make_client().put_members("L1", writes, concurrency=4)
     assert len(results) == 12
-    for (email, _), result in zip(writes, results):
+    for (email, _), result in zip(writes, results, strict=True):
         if email.startswith("gone"):
             assert isinstance(result, ApiError) and result.title == "Member In Compliance State"
             assert result.detail == f"{email} is in a compliance state"

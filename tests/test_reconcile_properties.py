@@ -278,7 +278,7 @@ def play(world: World, policy: AudiencePolicy, script: list[tuple[int, tuple[Any
             world.run(policy, submit=event[1])
 
 
-# ---- properties ------------------------------------------------------------------------------------
+# ---- properties ----------------------------------------------------------------------------------
 
 
 @settings(deadline=None, max_examples=200)

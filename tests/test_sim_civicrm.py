@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,7 +21,7 @@ class Clock:
     """A settable clock so dates in assertions are exact."""
 
     def __init__(self) -> None:
-        self.now = datetime(2024, 3, 31, 0, 30, tzinfo=timezone.utc)
+        self.now = datetime(2024, 3, 31, 0, 30, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now
@@ -397,7 +397,7 @@ def test_group_contact_writes_always_log_history(sim: CiviSim, world: dict[str, 
                                                  clock: Clock) -> None:  # fmt: skip
     news, cat = world["news"], world["cat"]
     before = values(sim, "Contact", {"select": ["modified_date"], "where": [["id", "=", cat]]})
-    clock.now = datetime(2024, 7, 1, 12, 0, 5, tzinfo=timezone.utc)
+    clock.now = datetime(2024, 7, 1, 12, 0, 5, tzinfo=UTC)
     created = api(sim, "GroupContact", "create",
                   {"values": {"contact_id": cat, "group_id": news}, "tracking": "mcsync run 7"})
     assert created["values"][0]["status"] == "Added"
@@ -435,7 +435,7 @@ def test_contact_and_email_writes_bump_modified_date(sim: CiviSim, world: dict[s
         return str(rows[0]["modified_date"])
 
     assert modified() == "2024-03-31 00:30:00"  # GMT before the DST switch
-    clock.now = datetime(2024, 3, 31, 1, 30, tzinfo=timezone.utc)
+    clock.now = datetime(2024, 3, 31, 1, 30, tzinfo=UTC)
     api(sim, "Email", "create", {"values": {"contact_id": ann, "email": "ann@work.org",
                                             "is_primary": True, "location_type_id:name": "Work"}})
     assert modified() == "2024-03-31 02:30:00"  # BST after it
@@ -444,14 +444,14 @@ def test_contact_and_email_writes_bump_modified_date(sim: CiviSim, world: dict[s
     assert emails == [
         {"email": "Ann@Example.org", "is_primary": False, "location_type_id:name": "Home"},
         {"email": "ann@work.org", "is_primary": True, "location_type_id:name": "Work"}]
-    clock.now = datetime(2024, 4, 1, tzinfo=timezone.utc)
+    clock.now = datetime(2024, 4, 1, tzinfo=UTC)
     sim.update_email(sim.query("SELECT id FROM email WHERE email = 'ann@work.org'")[0]["id"],
                      on_hold=1)  # fmt: skip
     held = values(sim, "Email", {"select": ["on_hold:name", "hold_date"],
                                  "where": [["on_hold", ">", 0]]})  # fmt: skip
     assert held == [{"on_hold:name": "On Hold Bounce", "hold_date": "2024-04-01 01:00:00"}]
     assert modified() == "2024-04-01 01:00:00"
-    clock.now = datetime(2024, 4, 2, tzinfo=timezone.utc)
+    clock.now = datetime(2024, 4, 2, tzinfo=UTC)
     updated = api(sim, "Contact", "update", {"values": {"id": ann, "is_opt_out": True,
                                                         "modified_date": "1999-01-01 00:00:00",
                                                         "bogus": 1}})  # fmt: skip
@@ -539,6 +539,6 @@ def test_seed_without_history_and_backdated_status(sim: CiviSim, world: dict[str
     assert sim.group_status(ids[0], world["news"]) == "Added"
     assert sim.query("SELECT * FROM subscription_history WHERE contact_id = ?", ids) == []
     sim.set_group_status(ids[0], world["news"], "Removed", method="Email",
-                         when=datetime(2020, 1, 1, tzinfo=timezone.utc))  # fmt: skip
+                         when=datetime(2020, 1, 1, tzinfo=UTC))  # fmt: skip
     assert values(sim, "SubscriptionHistory", {"select": ["date", "method"], "where": [
         ["contact_id", "=", ids[0]]]}) == [{"date": "2020-01-01 00:00:00", "method": "Email"}]

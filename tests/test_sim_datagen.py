@@ -135,7 +135,10 @@ def test_agree_gives_equal_sides() -> None:
     mc_emails = {m["email_address"] for m in mc.members(spec.list_id)}
     civi_emails = {row["email"] for row in civi.query("SELECT email FROM email")}
     assert mc_emails == civi_emails and len(mc_emails) == 1000
-    flags = "SELECT COUNT(*) FROM contact WHERE is_deleted + is_deceased + do_not_email + is_opt_out > 0"
+    flags = (
+        "SELECT COUNT(*) FROM contact "
+        "WHERE is_deleted + is_deceased + do_not_email + is_opt_out > 0"
+    )
     assert one(civi, flags) == 0
     assert one(civi, "SELECT COUNT(*) FROM email WHERE on_hold > 0") == 0
     for interest_id, group_id in spec.interest_ids.items():

@@ -669,7 +669,7 @@ def test_bulk_subscribe_reports_each_member(
     )
 
 
-# ------------------------------------------------------------------ interests, merge fields, webhooks
+# ---------------------------------------------------------------- interests, merge fields, webhooks
 
 
 def test_interest_categories_interests_and_merge_fields(

@@ -10,11 +10,12 @@ from mcsync.budget import Budget
 from mcsync.slots import ProcessSlots
 
 
-def _hold_and_count(directory: str, results: "multiprocessing.Queue[int]") -> None:
+def _hold_and_count(directory: str, results: multiprocessing.Queue[int]) -> None:
     slots = ProcessSlots("0123-us21", 3, Path(directory))
     for _ in range(5):
         with slots.hold(Budget(None), "Mailchimp test"):
-            marker = Path(directory) / f"held.{multiprocessing.current_process().pid}.{time.time_ns()}"
+            pid = multiprocessing.current_process().pid
+            marker = Path(directory) / f"held.{pid}.{time.time_ns()}"
             marker.touch()
             held = len(list(Path(directory).glob("held.*")))
             results.put(held)
@@ -24,7 +25,7 @@ def _hold_and_count(directory: str, results: "multiprocessing.Queue[int]") -> No
 
 def test_slots_cap_holders_across_processes(tmp_path: Path) -> None:
     context = multiprocessing.get_context("fork")
-    results: "multiprocessing.Queue[int]" = context.Queue()
+    results: multiprocessing.Queue[int] = context.Queue()
     workers = [context.Process(target=_hold_and_count, args=(str(tmp_path), results))
                for _ in range(6)]
     for worker in workers:

@@ -10,7 +10,7 @@ def test_first_sync_converges_both_sides(world: World) -> None:
     b = world.person("b@example.org", mc="unsubscribed", civi="Added",
                      mc_at=world.ago(days=1), civi_at=world.ago(days=10))
     world.person("c@example.org", mc="subscribed", first="Cat", last="Case")
-    d = world.person("d@example.org", civi="Added")
+    world.person("d@example.org", civi="Added")
     results = world.sync()
     assert results[0].error is None, results[0].error
     assert results[0].outcome and results[0].outcome.completed

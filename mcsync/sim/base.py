@@ -20,7 +20,7 @@ class SimRequest:
     @classmethod
     def build(
         cls, method: str, path: str, query_string: str, headers: dict[str, str], body: bytes
-    ) -> "SimRequest":
+    ) -> SimRequest:
         return cls(
             method=method.upper(),
             path=path,
@@ -46,7 +46,7 @@ class SimResponse:
     @classmethod
     def json(
         cls, status: int, payload: Any, content_type: str = "application/json"
-    ) -> "SimResponse":
+    ) -> SimResponse:
         return cls(status, {"Content-Type": content_type}, json.dumps(payload).encode("utf-8"))
 
 

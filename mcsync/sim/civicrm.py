@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
@@ -135,7 +135,7 @@ class CiviSim:
         self.maintenance = False
         self.timezone = timezone
         self._tz = ZoneInfo(timezone)
-        self._clock = clock or (lambda: datetime.now(dt_timezone.utc))
+        self._clock = clock or (lambda: datetime.now(UTC))
         self._users: dict[str, ApiUser] = {}
         self._saved_searches = 0
         self._conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
@@ -173,7 +173,7 @@ class CiviSim:
         return self._format(self._clock())
 
     def _format(self, moment: datetime) -> str:
-        aware = moment if moment.tzinfo else moment.replace(tzinfo=dt_timezone.utc)
+        aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
         return aware.astimezone(self._tz).strftime("%Y-%m-%d %H:%M:%S")
 
     def add_group(
@@ -626,7 +626,7 @@ class CiviSim:
             if params.get(unsupported):
                 raise CiviApiError(f"The simulator does not model the '{unsupported}' parameter")
         ctx = _Ctx(user, str(params.get("method") or "API"), params.get("tracking"))
-        result = getattr(self, f"_action_{action}")(ctx, entity, params)
+        result: _Result = getattr(self, f"_action_{action}")(ctx, entity, params)
         if params.get("chain"):
             self._run_chains(user, result.values, params["chain"])
         return result
@@ -1201,7 +1201,7 @@ def _request_fields(request: SimRequest) -> dict[str, str]:
         message = BytesParser(policy=HTTP).parsebytes(
             f"Content-Type: {content_type}\r\n\r\n".encode() + request.body
         )
-        for part in message.iter_parts():  # type: ignore[attr-defined]
+        for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")
             if name:
                 fields[str(name)] = part.get_content()

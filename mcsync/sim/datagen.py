@@ -295,10 +295,10 @@ def _mailchimp_rows(
         for bits in range(1 << len(interest_ids))
     ]
     # Merge fields and email prefixes per (first, last) name pair, drifted names apart.
-    pairs = [(f, l) for f in range(len(FIRST_NAMES)) for l in range(len(LAST_NAMES))]
-    merges = [{"FNAME": FIRST_NAMES[f][0], "LNAME": LAST_NAMES[l][0]} for f, l in pairs]
-    drifted = [{"FNAME": FIRST_NAMES[f][0][0] + ".", "LNAME": LAST_NAMES[l][0]} for f, l in pairs]
-    prefixes = [f"{FIRST_NAMES[f][1]}.{LAST_NAMES[l][1]}" for f, l in pairs]
+    pairs = [(f, n) for f in range(len(FIRST_NAMES)) for n in range(len(LAST_NAMES))]
+    merges = [{"FNAME": FIRST_NAMES[f][0], "LNAME": LAST_NAMES[n][0]} for f, n in pairs]
+    drifted = [{"FNAME": FIRST_NAMES[f][0][0] + ".", "LNAME": LAST_NAMES[n][0]} for f, n in pairs]
+    prefixes = [f"{FIRST_NAMES[f][1]}.{LAST_NAMES[n][1]}" for f, n in pairs]
     width, unit = len(LAST_NAMES), _AGE_UNIT
     second_emails: list[int] = []
     first, last, flags_of, age, bits = (people.first, people.last, people.flags, people.age,

@@ -970,7 +970,8 @@ class MailchimpSim:
                     [
                         {
                             "field": "unsubscribed_since",
-                            "message": "unsubscribed_since can only be used with status=unsubscribed",
+                            "message": "unsubscribed_since can only be used with "
+                            "status=unsubscribed",
                         }
                     ]
                 )
@@ -1340,7 +1341,8 @@ class MailchimpSim:
                 [
                     {
                         "field": _at(where, "email_address"),
-                        "message": "The subscriber hash in the URL does not match the email address",
+                        "message": "The subscriber hash in the URL does not match the email "
+                        "address",
                     }
                 ],
                 "The email address in the request body does not match the subscriber "

@@ -260,7 +260,8 @@ class BatchQueue:
         return [b for b in self._batches.values() if b.owner == owner]
 
     def delete(self, owner: str, batch_id: str) -> bool:
-        """Stop a batch and drop its results (the spec's DELETE /batches/{id}); ops already run stay applied."""
+        """Stop a batch and drop its results (the spec's DELETE /batches/{id}); operations
+        already run stay applied."""
         if self.get(owner, batch_id) is None:
             return False
         del self._batches[batch_id]

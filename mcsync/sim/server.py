@@ -8,6 +8,7 @@ on the socket: ``drop`` closes the connection without an answer, ``slow`` sleeps
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import threading
@@ -50,10 +51,8 @@ class _SimHTTPServer(ThreadingHTTPServer):
             connections = list(self.connections)
             self.connections.clear()
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class _SimRequestHandler(BaseHTTPRequestHandler):
@@ -72,10 +71,8 @@ class _SimRequestHandler(BaseHTTPRequestHandler):
     def finish(self) -> None:
         with self.server.connections_lock:
             self.server.connections.discard(self.connection)
-        try:
+        with contextlib.suppress(*_CONNECTION_ERRORS):
             super().finish()
-        except _CONNECTION_ERRORS:
-            pass
 
     def handle_one_request(self) -> None:
         try:
