@@ -132,8 +132,10 @@ def collect_batches(ctx: RunContext) -> None:
                     "UPDATE batches SET status = ?, finished_operations = ?, "
                     "errored_operations = ? WHERE id = ?",
                     (
-                        batch.get("status"), batch.get("finished_operations"),
-                        batch.get("errored_operations"), row["id"],
+                        batch.get("status"),
+                        batch.get("finished_operations"),
+                        batch.get("errored_operations"),
+                        row["id"],
                     ),
                 )
             if batch.get("status") != "finished":
@@ -161,8 +163,13 @@ def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -
         for update in updates:
             result = by_update.get(update["id"])
             if result is None:
-                fail_update(ctx, update, "No result", "Mailchimp's batch results did not "
-                             "mention this operation; it will be decided again next run")
+                fail_update(
+                    ctx,
+                    update,
+                    "No result",
+                    "Mailchimp's batch results did not "
+                    "mention this operation; it will be decided again next run",
+                )
                 continue
             status_code = int(result.get("status_code") or 0)
             response = result.get("response") or {}

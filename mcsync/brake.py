@@ -33,32 +33,46 @@ def check_mass_changes(ctx: RunContext) -> None:
         raise MassChangeBrake(message)
 
 
-def mass_change_problems(
-    staging: Staging, list_id: str, group_id: int, share: float
-) -> list[str]:
+def mass_change_problems(staging: Staging, list_id: str, group_id: int, share: float) -> list[str]:
     """Why the brake trips for the changes now planned for this audience (empty: it does not)."""
     state = staging.state(list_id)
-    subscribed = staging.scalar(
-        "SELECT COUNT(*) FROM rows WHERE list_id = ? AND mc_status IN ('subscribed', 'pending')",
-        (list_id,),
-    ) or 0
-    members = staging.scalar(
-        "SELECT COUNT(*) FROM rows WHERE list_id = ? AND mc_hash IS NOT NULL", (list_id,)
-    ) or 0
-    added = staging.scalar(
-        "SELECT COUNT(*) FROM group_status WHERE group_id = ? AND status = 'Added'",
-        (group_id,),
-    ) or 0
-    unsubscribes = staging.scalar(
-        "SELECT COUNT(*) FROM updates WHERE list_id = ? AND state = 'queued' "
-        "AND json_extract(body, '$.status') = 'unsubscribed'",
-        (list_id,),
-    ) or 0
-    removals = staging.scalar(
-        "SELECT COUNT(*) FROM civi_writes WHERE list_id = ? AND kind = 'group' "
-        "AND group_id = ? AND status = 'Removed'",
-        (list_id, group_id),
-    ) or 0
+    subscribed = (
+        staging.scalar(
+            "SELECT COUNT(*) FROM rows WHERE list_id = ? "
+            "AND mc_status IN ('subscribed', 'pending')",
+            (list_id,),
+        )
+        or 0
+    )
+    members = (
+        staging.scalar(
+            "SELECT COUNT(*) FROM rows WHERE list_id = ? AND mc_hash IS NOT NULL", (list_id,)
+        )
+        or 0
+    )
+    added = (
+        staging.scalar(
+            "SELECT COUNT(*) FROM group_status WHERE group_id = ? AND status = 'Added'",
+            (group_id,),
+        )
+        or 0
+    )
+    unsubscribes = (
+        staging.scalar(
+            "SELECT COUNT(*) FROM updates WHERE list_id = ? AND state = 'queued' "
+            "AND json_extract(body, '$.status') = 'unsubscribed'",
+            (list_id,),
+        )
+        or 0
+    )
+    removals = (
+        staging.scalar(
+            "SELECT COUNT(*) FROM civi_writes WHERE list_id = ? AND kind = 'group' "
+            "AND group_id = ? AND status = 'Removed'",
+            (list_id, group_id),
+        )
+        or 0
+    )
     problems = []
     # Like the share checks below, one person leaving is never a "mass" change.
     synced_before = bool(state.get("last_sync"))

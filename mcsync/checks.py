@@ -10,8 +10,16 @@ from mcsync.console import Output
 from mcsync.engine import connections
 from mcsync.errors import ApiError, NotFoundError
 
-GROUP_SELECT = ["id", "name", "title", "group_type:name", "saved_search_id", "is_active",
-                "is_hidden", "children"]
+GROUP_SELECT = [
+    "id",
+    "name",
+    "title",
+    "group_type:name",
+    "saved_search_id",
+    "is_active",
+    "is_hidden",
+    "children",
+]
 
 
 def describe_group(group: dict[str, Any] | None, group_id: int) -> str | None:
@@ -19,12 +27,16 @@ def describe_group(group: dict[str, Any] | None, group_id: int) -> str | None:
     if group is None:
         return f"CiviCRM group {group_id} does not exist"
     if group.get("saved_search_id"):
-        return (f"CiviCRM group {group_id} ({group.get('title')}) is a smart group; mcsync "
-                "syncs static groups only (their membership has history and can be written)")
+        return (
+            f"CiviCRM group {group_id} ({group.get('title')}) is a smart group; mcsync "
+            "syncs static groups only (their membership has history and can be written)"
+        )
     types = group.get("group_type:name") or []
     if "Mailing List" not in types:
-        return (f"CiviCRM group {group_id} ({group.get('title')}) is not a Mailing List group; "
-                "tick 'Mailing List' in the group's settings")
+        return (
+            f"CiviCRM group {group_id} ({group.get('title')}) is not a Mailing List group; "
+            "tick 'Mailing List' in the group's settings"
+        )
     if group.get("is_active") is False:
         return f"CiviCRM group {group_id} ({group.get('title')}) is disabled"
     return None
@@ -52,8 +64,10 @@ def check_config(config: Config, out: Output) -> list[str]:
                 out.say(f"Mailchimp account {name}: connected ({account.get('account_name', '')})")
             except ApiError as exc:
                 problems.append(f"mailchimp.accounts.{name}: {exc}")
-        group_ids = sorted({a.group_id for a in config.audience}
-                           | {g for a in config.audience for g in a.interests.values()})
+        group_ids = sorted(
+            {a.group_id for a in config.audience}
+            | {g for a in config.audience for g in a.interests.values()}
+        )
         groups = fetch_groups(conns, group_ids) if group_ids else {}
         for index, audience in enumerate(config.audience):
             key = f"audience[{index}]"
@@ -64,8 +78,10 @@ def check_config(config: Config, out: Output) -> list[str]:
                 listing = client.get_list(audience.list_id)
                 out.say(f"{key}: audience {audience.list_id} ({listing.get('name')})")
             except NotFoundError:
-                problems.append(f"{key}.list_id: audience {audience.list_id} not found in "
-                                f"Mailchimp account {audience.account}; run 'mcsync discover'")
+                problems.append(
+                    f"{key}.list_id: audience {audience.list_id} not found in "
+                    f"Mailchimp account {audience.account}; run 'mcsync discover'"
+                )
                 continue
             problem = describe_group(groups.get(audience.group_id), audience.group_id)
             if problem:
@@ -84,8 +100,10 @@ def _check_interests(client: Any, audience: Any, groups: dict[int, Any], key: st
     problems = []
     for interest_id, group_id in audience.interests.items():
         if interest_id not in known:
-            problems.append(f"{key}.interests.{interest_id}: no such interest in audience "
-                            f"{audience.list_id}; run 'mcsync discover'")
+            problems.append(
+                f"{key}.interests.{interest_id}: no such interest in audience "
+                f"{audience.list_id}; run 'mcsync discover'"
+            )
         problem = describe_group(groups.get(group_id), group_id)
         if problem:
             problems.append(f"{key}.interests.{interest_id}: {problem}")
@@ -96,8 +114,12 @@ def _check_interests(client: Any, audience: Any, groups: dict[int, Any], key: st
 # Mailchimp types (text, dropdown, phone, url...) take any value as text.
 _NUMERIC = {"Integer", "Float", "Money"}
 _DATES = {"Date", "Timestamp", "Datetime"}
-_ACCEPTS: dict[str, set[str]] = {"number": _NUMERIC, "date": _DATES, "birthday": _DATES,
-                                 "address": set()}
+_ACCEPTS: dict[str, set[str]] = {
+    "number": _NUMERIC,
+    "date": _DATES,
+    "birthday": _DATES,
+    "address": set(),
+}
 
 
 def _check_merge_fields(client: Any, audience: Any, key: str, civicrm: Any) -> list[str]:
@@ -111,20 +133,26 @@ def _check_merge_fields(client: Any, audience: Any, key: str, civicrm: Any) -> l
     for tag, path in audience.merge_fields.items():
         here = f"{key}.merge_fields.{tag}"
         if tag not in tags:
-            problems.append(f"{here}: audience {audience.list_id} has no merge field {tag}; "
-                            "add it in Mailchimp (Audience > Settings > Audience fields) or "
-                            "fix the tag")
+            problems.append(
+                f"{here}: audience {audience.list_id} has no merge field {tag}; "
+                "add it in Mailchimp (Audience > Settings > Audience fields) or "
+                "fix the tag"
+            )
             continue
         data_type = types.get(path)
         if data_type is None:
-            problems.append(f"{here}: CiviCRM has no Contact field {path!r}; see "
-                            "Contact.getFields (custom fields are Group_Name.Field_Name)")
+            problems.append(
+                f"{here}: CiviCRM has no Contact field {path!r}; see "
+                "Contact.getFields (custom fields are Group_Name.Field_Name)"
+            )
             continue
         mc_type = str(tags[tag].get("type") or "text")
         accepted = _ACCEPTS.get(mc_type)
         if accepted is not None and data_type not in accepted:
-            problems.append(f"{here}: Mailchimp field {tag} is of type {mc_type} but {path} is "
-                            f"{data_type}; map a matching field or change the field's type")
+            problems.append(
+                f"{here}: Mailchimp field {tag} is of type {mc_type} but {path} is "
+                f"{data_type}; map a matching field or change the field's type"
+            )
     return problems
 
 
@@ -135,26 +163,35 @@ def field_types(civicrm: Any, paths: list[str]) -> dict[str, str]:
     heads = sorted({p.split(".", 1)[0] for p in bare} | set(bare))
     contact = {
         f["name"]: f
-        for f in civicrm.call("Contact", "getFields", {
-            "action": "get", "select": ["name", "data_type", "fk_entity"],
-            "where": [["name", "IN", heads]]})
+        for f in civicrm.call(
+            "Contact",
+            "getFields",
+            {
+                "action": "get",
+                "select": ["name", "data_type", "fk_entity"],
+                "where": [["name", "IN", heads]],
+            },
+        )
     }
     found: dict[str, str] = {}
     for path, name in zip(paths, bare, strict=True):
         if name in contact:
             # An option suffix (:label, :name) yields the option's text.
-            found[path] = "String" if ":" in path else str(contact[name].get("data_type")
-                                                           or "String")
+            found[path] = (
+                "String" if ":" in path else str(contact[name].get("data_type") or "String")
+            )
             continue
         head, _, rest = name.partition(".")
         entity = (contact.get(head) or {}).get("fk_entity")
         if not entity or not rest or "." in rest:
             continue
-        joined = civicrm.call(entity, "getFields", {
-            "action": "get", "select": ["name", "data_type"], "where": [["name", "=", rest]]})
+        joined = civicrm.call(
+            entity,
+            "getFields",
+            {"action": "get", "select": ["name", "data_type"], "where": [["name", "=", rest]]},
+        )
         if joined:
-            found[path] = "String" if ":" in path else str(joined[0].get("data_type")
-                                                           or "String")
+            found[path] = "String" if ":" in path else str(joined[0].get("data_type") or "String")
     return found
 
 
@@ -168,17 +205,35 @@ def discover_all(config: Config, out: Output) -> None:
                 rows.append((listing["id"], listing.get("name"), "", ""))
                 for category in client.interest_categories(listing["id"]):
                     for interest in client.interests(listing["id"], category["id"]):
-                        rows.append((listing["id"], "", f"{category.get('title')}",
-                                     f"{interest['id']} {interest.get('name')}"))
-            out.table(f"Mailchimp account {name}: audiences and interests",
-                      ["audience id", "audience", "interest category", "interest id / name"],
-                      rows)
+                        rows.append(
+                            (
+                                listing["id"],
+                                "",
+                                f"{category.get('title')}",
+                                f"{interest['id']} {interest.get('name')}",
+                            )
+                        )
+            out.table(
+                f"Mailchimp account {name}: audiences and interests",
+                ["audience id", "audience", "interest category", "interest id / name"],
+                rows,
+            )
         groups = conns.civicrm.call(
-            "Group", "get",
-            {"select": GROUP_SELECT,
-             "where": [["is_active", "=", True], ["saved_search_id", "IS NULL"],
-                       ["group_type:name", "CONTAINS", "Mailing List"]],
-             "orderBy": {"id": "ASC"}, "limit": 0},
+            "Group",
+            "get",
+            {
+                "select": GROUP_SELECT,
+                "where": [
+                    ["is_active", "=", True],
+                    ["saved_search_id", "IS NULL"],
+                    ["group_type:name", "CONTAINS", "Mailing List"],
+                ],
+                "orderBy": {"id": "ASC"},
+                "limit": 0,
+            },
         )
-        out.table("CiviCRM static Mailing List groups", ["group id", "title", "name"],
-                  [(g["id"], g.get("title"), g.get("name")) for g in groups])
+        out.table(
+            "CiviCRM static Mailing List groups",
+            ["group id", "title", "name"],
+            [(g["id"], g.get("title"), g.get("name")) for g in groups],
+        )

@@ -30,8 +30,11 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
     """--config, -v and -q on every command, as DESIGN §1 promises."""
 
     @click.option(
-        "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-        default=None, help="Config file (default: $MCSYNC_CONFIG, else ./mcsync.toml).",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Config file (default: $MCSYNC_CONFIG, else ./mcsync.toml).",
     )
     @click.option("-v", "--verbose", count=True, help="Say more (under cron: a summary line).")
     @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
@@ -44,7 +47,9 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def group_id_option(required: bool = False) -> Callable[..., Any]:
     return click.option(
-        "--group-id", type=int, required=required,
+        "--group-id",
+        type=int,
+        required=required,
         help="Only the audience whose subscription group is this CiviCRM group id.",
     )
 
@@ -71,8 +76,13 @@ def guarded(function: Callable[..., Any]) -> Callable[..., Any]:
     """Translate mcsync's exception tree into exit codes, once."""
 
     @functools.wraps(function)
-    def wrapper(*args: Any, config_path: Path | None = None, verbose: int = 0,
-                quiet: bool = False, **kwargs: Any) -> Any:
+    def wrapper(
+        *args: Any,
+        config_path: Path | None = None,
+        verbose: int = 0,
+        quiet: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         session = Session(config_path, verbose, quiet)
         try:
             return function(session, *args, **kwargs)
@@ -124,8 +134,14 @@ def run_sync(
     debug = (lambda line: out.error(line)) if session.out.verbose >= 2 else None
     with out.progress() as progress:
         results = sync_audiences(
-            config, budget=budget, group_id=group_id, since=since, full=full,
-            dry_run=preview, allow_mass_changes=allow_mass_changes, progress=progress,
+            config,
+            budget=budget,
+            group_id=group_id,
+            since=since,
+            full=full,
+            dry_run=preview,
+            allow_mass_changes=allow_mass_changes,
+            progress=progress,
             debug_http=debug,
         )
     if not preview:
@@ -146,8 +162,14 @@ def run_sync(
         sys.exit(0)
     with out.progress() as progress:
         results = sync_audiences(
-            config, budget=budget, group_id=group_id, since=since, full=False,
-            allow_mass_changes=allow_mass_changes, progress=progress, debug_http=debug,
+            config,
+            budget=budget,
+            group_id=group_id,
+            since=since,
+            full=False,
+            allow_mass_changes=allow_mass_changes,
+            progress=progress,
+            debug_http=debug,
         )
     sys.exit(report_results(session, results))
 
@@ -199,48 +221,97 @@ def report_results(session: Session, results: list[Any]) -> int:
 
 @main.command("fetch-and-reconcile")
 @common_options
-@click.option("--max-time", type=float, default=300, show_default=True,
-              help="Seconds to work before saving progress and stopping; 0 = no limit.")
+@click.option(
+    "--max-time",
+    type=float,
+    default=300,
+    show_default=True,
+    help="Seconds to work before saving progress and stopping; 0 = no limit.",
+)
 @group_id_option()
 @click.option("--since", help="Fetch Mailchimp changes since DATE (ISO 8601), or 'ever'.")
 @click.option("--dry-run", is_flag=True, help="Plan and print the changes; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
-@click.option("--allow-mass-changes", is_flag=True,
-              help="Let a run remove more than max_removal_share of an audience.")
+@click.option(
+    "--allow-mass-changes",
+    is_flag=True,
+    help="Let a run remove more than max_removal_share of an audience.",
+)
 @guarded
-def fetch_and_reconcile(session: Session, max_time: float, group_id: int | None,
-                        since: str | None, dry_run: bool, as_json: bool,
-                        allow_mass_changes: bool) -> None:
+def fetch_and_reconcile(
+    session: Session,
+    max_time: float,
+    group_id: int | None,
+    since: str | None,
+    dry_run: bool,
+    as_json: bool,
+    allow_mass_changes: bool,
+) -> None:
     """The cron job: fetch both sides' changes, reconcile, push; resumes where it stopped."""
-    run_sync(session, max_time=max_time, group_id=group_id, since=since, full=False,
-             dry_run=dry_run, allow_mass_changes=allow_mass_changes, as_json=as_json)
+    run_sync(
+        session,
+        max_time=max_time,
+        group_id=group_id,
+        since=since,
+        full=False,
+        dry_run=dry_run,
+        allow_mass_changes=allow_mass_changes,
+        as_json=as_json,
+    )
 
 
 @main.command("initial-sync")
 @common_options
 @group_id_option()
-@click.option("--max-time", type=float, default=0, show_default=True,
-              help="Seconds to work before saving progress; 0 = no limit.")
+@click.option(
+    "--max-time",
+    type=float,
+    default=0,
+    show_default=True,
+    help="Seconds to work before saving progress; 0 = no limit.",
+)
 @click.option("--dry-run", is_flag=True, help="Plan and print the changes; write nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation before writing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
-@click.option("--allow-mass-changes", is_flag=True,
-              help="Let a run remove more than max_removal_share of an audience.")
+@click.option(
+    "--allow-mass-changes",
+    is_flag=True,
+    help="Let a run remove more than max_removal_share of an audience.",
+)
 @guarded
-def initial_sync(session: Session, group_id: int | None, max_time: float, dry_run: bool,
-                 yes: bool, as_json: bool, allow_mass_changes: bool) -> None:
+def initial_sync(
+    session: Session,
+    group_id: int | None,
+    max_time: float,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+    allow_mass_changes: bool,
+) -> None:
     """First sync after setup: a full fetch of both sides, previewed before writing."""
     confirm = not yes and not dry_run and sys.stdin.isatty() and sys.stdout.isatty()
-    run_sync(session, max_time=max_time, group_id=group_id, since="ever", full=True,
-             dry_run=dry_run, allow_mass_changes=allow_mass_changes, as_json=as_json,
-             confirm=confirm)
+    run_sync(
+        session,
+        max_time=max_time,
+        group_id=group_id,
+        since="ever",
+        full=True,
+        dry_run=dry_run,
+        allow_mass_changes=allow_mass_changes,
+        as_json=as_json,
+        confirm=confirm,
+    )
 
 
 @main.command("status")
 @common_options
 @group_id_option()
-@click.option("--json", "as_json", is_flag=True,
-              help="Machine-readable, stable schema (mcsync/status_schema.json).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Machine-readable, stable schema (mcsync/status_schema.json).",
+)
 @guarded
 def status_command(session: Session, group_id: int | None, as_json: bool) -> None:
     """How in-sync each audience is: balance figures, stage, last sync, recent log."""
@@ -263,13 +334,16 @@ def status_command(session: Session, group_id: int | None, as_json: bool) -> Non
 @main.command("failures")
 @common_options
 @group_id_option()
-@click.option("--reason", type=click.Choice(sorted(REASONS)),
-              help="Only contacts failing for this reason.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Machine-readable (schema: mcsync/status_schema.json).")
+@click.option(
+    "--reason", type=click.Choice(sorted(REASONS)), help="Only contacts failing for this reason."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Machine-readable (schema: mcsync/status_schema.json)."
+)
 @guarded
-def failures_command(session: Session, group_id: int | None, reason: str | None,
-                     as_json: bool) -> None:
+def failures_command(
+    session: Session, group_id: int | None, reason: str | None, as_json: bool
+) -> None:
     """Every row that cannot sync, with a plain reason and what to do about it."""
     from mcsync.engine import selected_audiences
     from mcsync.staging import Staging
@@ -278,8 +352,9 @@ def failures_command(session: Session, group_id: int | None, reason: str | None,
     config = session.config()
     staging = Staging(config.state_db)
     try:
-        rows = [f for a in selected_audiences(config, group_id)
-                for f in failures(staging, a, reason)]
+        rows = [
+            f for a in selected_audiences(config, group_id) for f in failures(staging, a, reason)
+        ]
     finally:
         staging.close()
     if as_json:
@@ -339,10 +414,15 @@ def discover(session: Session) -> None:
 
 @main.command("demo")
 @common_options
-@click.option("--members", type=int, default=2000, show_default=True,
-              help="How many people to generate.")
-@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write the demo's config and database here instead of a temp dir.")
+@click.option(
+    "--members", type=int, default=2000, show_default=True, help="How many people to generate."
+)
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write the demo's config and database here instead of a temp dir.",
+)
 @guarded
 def demo(session: Session, members: int, keep: Path | None) -> None:
     """Run a real sync against the built-in simulators with generated data; needs no accounts."""
@@ -353,12 +433,22 @@ def demo(session: Session, members: int, keep: Path | None) -> None:
 
 @main.command("simulate")
 @common_options
-@click.option("--port", type=int, default=8010, show_default=True,
-              help="Mailchimp simulator port; CiviCRM listens on port + 1.")
-@click.option("--members", type=int, default=1000, show_default=True,
-              help="How many people to generate.")
-@click.option("--write-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write an mcsync config for the simulators to this file.")
+@click.option(
+    "--port",
+    type=int,
+    default=8010,
+    show_default=True,
+    help="Mailchimp simulator port; CiviCRM listens on port + 1.",
+)
+@click.option(
+    "--members", type=int, default=1000, show_default=True, help="How many people to generate."
+)
+@click.option(
+    "--write-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write an mcsync config for the simulators to this file.",
+)
 @guarded
 def simulate(session: Session, port: int, members: int, write_config: Path | None) -> None:
     """Run the Mailchimp and CiviCRM simulators on 127.0.0.1 until interrupted."""

@@ -413,5 +413,3 @@ def toml_key(part: Any) -> str:
     """A key as TOML writes it in a dotted path: bare when it can be, else quoted."""
     text = str(part)
     return text if _BARE_KEY.fullmatch(text) else json.dumps(text)
-
-

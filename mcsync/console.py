@@ -62,8 +62,13 @@ class Output:
             yield lambda stage, done, total: None
             return
         bars = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            RateColumn(), TimeElapsedColumn(), console=self.console, transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
         )
         tasks: dict[str, Any] = {}
         counts: dict[str, int] = {}
@@ -165,7 +170,8 @@ def show_status(out: Output, audiences: list[dict[str, Any]]) -> None:
         out.pairs(heading, rows)
         if item["log"]:
             out.table(
-                "recent log", ["time", "level", "message"],
+                "recent log",
+                ["time", "level", "message"],
                 [(line["at"], line["level"], line["message"]) for line in item["log"][-5:]],
             )
 
@@ -205,7 +211,8 @@ def show_failures(out: Output, failures: list[dict[str, Any]]) -> None:
         out.always(f"\n{reason} ({len(rows)}): {first['explanation']}.")
         out.always(f"  What to do: {first['advice']}")
         out.table(
-            reason, ["group", "email", "contact", "Mailchimp status", "detail"],
+            reason,
+            ["group", "email", "contact", "Mailchimp status", "detail"],
             [
                 (f["group_id"], f["email"], f["contact_id"], f["mailchimp_status"], f["detail"])
                 for f in rows
@@ -237,7 +244,8 @@ def show_plan(out: Output, plan: dict[str, Any]) -> None:
         )
         if changes:
             out.table(
-                "changes per contact", ["contact", "email", "where", "change"],
+                "changes per contact",
+                ["contact", "email", "where", "change"],
                 [
                     (c["contact_id"] or "(new)", c["email"], c["direction"], c["change"])
                     for c in changes
@@ -247,8 +255,7 @@ def show_plan(out: Output, plan: dict[str, Any]) -> None:
             out.always("  nothing to change")
         totals = audience["totals"]
         out.always(
-            "Totals: "
-            + ", ".join(f"{totals.get(key, 0)} {label}" for key, label in TOTAL_LABELS)
+            "Totals: " + ", ".join(f"{totals.get(key, 0)} {label}" for key, label in TOTAL_LABELS)
         )
         if audience.get("brake"):
             out.always("The mass-change brake would stop the real run (see the message above).")

@@ -40,8 +40,7 @@ def run_demo(out: Output, *, members: int, workdir: Path | None) -> int:
                 # Generated data disagrees a lot on purpose, so the first sync removes more
                 # than the brake's 10%: say so explicitly, as an operator would.
                 ("Initial sync", ["initial-sync", "--yes", "--allow-mass-changes", "-v"]),
-                ("A cron run right after (nothing should change)",
-                 ["fetch-and-reconcile", "-v"]),
+                ("A cron run right after (nothing should change)", ["fetch-and-reconcile", "-v"]),
             ]
             for title, args in steps:
                 out.always(f"\n== {title}: mcsync {' '.join(args)}")
@@ -76,8 +75,9 @@ def serve_forever(out: Output, *, port: int, members: int, config_path: Path | N
     out.always(f"Mailchimp simulator on {world.mailchimp_url} (API key {MAILCHIMP_KEY})")
     out.always(f"CiviCRM simulator on {world.civicrm_url} (API key {CIVICRM_KEY})")
     for spec in world.audiences:
-        out.always(f"Audience {spec.list_id} <-> group {spec.group_id}; interests "
-                   f"{spec.interest_ids}")
+        out.always(
+            f"Audience {spec.list_id} <-> group {spec.group_id}; interests {spec.interest_ids}"
+        )
     if config_path:
         world.write_config(config_path)
         out.always(f"Wrote a config for these simulators to {config_path}")

@@ -67,10 +67,15 @@ def fetch_contact_data(ctx: RunContext) -> None:
             for f in fed:
                 if contact_id in f:
                     names.update(f[contact_id].tags)
-            records.append((
-                ctx.list_id, contact_id, dumps(merged),
-                dumps(sorted(names)) if with_tags else None, ctx.run_id,
-            ))
+            records.append(
+                (
+                    ctx.list_id,
+                    contact_id,
+                    dumps(merged),
+                    dumps(sorted(names)) if with_tags else None,
+                    ctx.run_id,
+                )
+            )
         with ctx.staging.atomic():
             ctx.staging.conn.executemany(
                 "INSERT OR REPLACE INTO contact_data (list_id, contact_id, merge_fields, tags, "
@@ -109,8 +114,10 @@ def _contact_tags(ctx: RunContext, contact_ids: Sequence[int]) -> dict[int, list
         "get",
         {
             "select": ["entity_id", "tag_id.name"],
-            "where": [["entity_table", "=", "civicrm_contact"],
-                      ["entity_id", "IN", list(contact_ids)]],
+            "where": [
+                ["entity_table", "=", "civicrm_contact"],
+                ["entity_id", "IN", list(contact_ids)],
+            ],
             "limit": 0,
         },
     )
@@ -123,12 +130,19 @@ def _contact_tags(ctx: RunContext, contact_ids: Sequence[int]) -> dict[int, list
 
 
 def _feed(
-    ctx: RunContext, loaded: LoadedFeed, audience: FeedAudience, contact_ids: Sequence[int],
+    ctx: RunContext,
+    loaded: LoadedFeed,
+    audience: FeedAudience,
+    contact_ids: Sequence[int],
     reader: ReadOnlyCiviCRM,
 ) -> dict[int, FeedData]:
     return run_feed(
-        loaded, audience, contact_ids, reader,
-        check_budget=ctx.budget.check, warn=lambda m: ctx.log(m, "warning"),
+        loaded,
+        audience,
+        contact_ids,
+        reader,
+        check_budget=ctx.budget.check,
+        warn=lambda m: ctx.log(m, "warning"),
     )
 
 
@@ -148,8 +162,9 @@ def push_tags(ctx: RunContext) -> None:
         )
         if not rows:
             return
-        writes = [(r, tag_changes(json.loads(r["pushed_tags"]), json.loads(r["tags"])))
-                  for r in rows]
+        writes = [
+            (r, tag_changes(json.loads(r["pushed_tags"]), json.loads(r["tags"]))) for r in rows
+        ]
         workers = max(1, min(len(writes), ctx.mailchimp.max_connections))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-tags") as pool:
             results = list(pool.map(lambda w: _post_tags(ctx, w[0]["mc_email"], w[1]), writes))
@@ -169,8 +184,9 @@ def tag_changes(pushed: Sequence[str], wanted: Sequence[str]) -> list[dict[str, 
     """The tags-endpoint body items: only what changed since the last push."""
     added = sorted(set(wanted) - set(pushed))
     dropped = sorted(set(pushed) - set(wanted))
-    return ([{"name": t, "status": "active"} for t in added]
-            + [{"name": t, "status": "inactive"} for t in dropped])
+    return [{"name": t, "status": "active"} for t in added] + [
+        {"name": t, "status": "inactive"} for t in dropped
+    ]
 
 
 def _post_tags(ctx: RunContext, email: str, changes: list[dict[str, str]]) -> ApiError | None:

@@ -52,9 +52,13 @@ def fetch_civicrm_groups(ctx: RunContext) -> None:
     state = ctx.staging.state(ctx.list_id)
     params = {
         "select": [
-            "id", "contact_id", "group_id", "status",
+            "id",
+            "contact_id",
+            "group_id",
+            "status",
             *(f"contact_id.{flag}" for flag in CONTACT_FLAGS),
-            "contact_id.first_name", "contact_id.last_name",
+            "contact_id.first_name",
+            "contact_id.last_name",
         ],
         "where": [["group_id", "IN", ctx.all_groups]],
     }
@@ -110,8 +114,10 @@ def contact_from_join(record: dict[str, Any]) -> dict[str, Any]:
 def store_contacts(ctx: RunContext, contacts: list[dict[str, Any]]) -> None:
     rows = [
         (
-            c["contact_id"], *(int(bool(c.get(flag))) for flag in CONTACT_FLAGS),
-            c.get("first_name"), c.get("last_name"),
+            c["contact_id"],
+            *(int(bool(c.get(flag))) for flag in CONTACT_FLAGS),
+            c.get("first_name"),
+            c.get("last_name"),
         )
         for c in contacts
     ]
@@ -133,8 +139,12 @@ def store_emails(ctx: RunContext, records: list[dict[str, Any]]) -> None:
         "is_bulkmail, on_hold) VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
             (
-                r["id"], r["contact_id"], r["email"], (r["email"] or "").lower(),
-                int(bool(r.get("is_primary"))), int(bool(r.get("is_bulkmail"))),
+                r["id"],
+                r["contact_id"],
+                r["email"],
+                (r["email"] or "").lower(),
+                int(bool(r.get("is_primary"))),
+                int(bool(r.get("is_bulkmail"))),
                 int(r.get("on_hold") or 0),
             )
             for r in records
@@ -144,9 +154,15 @@ def store_emails(ctx: RunContext, records: list[dict[str, Any]]) -> None:
 
 
 EMAIL_SELECT = [
-    "id", "contact_id", "email", "is_primary", "is_bulkmail", "on_hold",
+    "id",
+    "contact_id",
+    "email",
+    "is_primary",
+    "is_bulkmail",
+    "on_hold",
     *(f"contact_id.{flag}" for flag in CONTACT_FLAGS),
-    "contact_id.first_name", "contact_id.last_name",
+    "contact_id.first_name",
+    "contact_id.last_name",
 ]
 
 
@@ -194,7 +210,9 @@ def fetch_civicrm_history(ctx: RunContext) -> None:
                 "status = excluded.status, changed_at = excluded.changed_at",
                 [
                     (
-                        r["contact_id"], r["group_id"], _history_status(r["status"]),
+                        r["contact_id"],
+                        r["group_id"],
+                        _history_status(r["status"]),
                         iso(ctx.civi_to_utc(r["date"])),
                     )
                     for r in changes
@@ -321,5 +339,3 @@ def _check_contacts_exist(ctx: RunContext, ids: Sequence[int]) -> None:
                 "ON CONFLICT (contact_id) DO UPDATE SET gone = 1",
                 [(c,) for c in chunk if c not in seen],
             )
-
-

@@ -96,9 +96,17 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
         if old is None:
             inserts.append(
                 (
-                    ctx.list_id, member["id"], member.get("email_address"), status, changed,
-                    changed, fname, lname, dumps(interests),
-                    dumps({i: changed for i in interests}), member.get("unique_email_id"),
+                    ctx.list_id,
+                    member["id"],
+                    member.get("email_address"),
+                    status,
+                    changed,
+                    changed,
+                    fname,
+                    lname,
+                    dumps(interests),
+                    dumps({i: changed for i in interests}),
+                    member.get("unique_email_id"),
                     ctx.run_id,
                 )
             )
@@ -124,8 +132,16 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
         sync_status = "todo" if relevant_change else old["sync_status"]
         updates.append(
             (
-                status, changed, status_at, fname, lname, dumps(interests), dumps(interests_at),
-                sync_status, ctx.run_id, old["id"],
+                status,
+                changed,
+                status_at,
+                fname,
+                lname,
+                dumps(interests),
+                dumps(interests_at),
+                sync_status,
+                ctx.run_id,
+                old["id"],
             )
         )
     conn = ctx.staging.conn
@@ -159,7 +175,8 @@ def _baseline_merge_fields(ctx: RunContext, members: list[dict[str, Any]]) -> No
         [
             (
                 dumps({t: (m.get("merge_fields") or {}).get(t, "") for t in tags}),
-                ctx.list_id, m["id"],
+                ctx.list_id,
+                m["id"],
             )
             for m in members
         ],
@@ -213,7 +230,6 @@ def since_for_new_run(last_run_started: str | None, since_option: str | None) ->
     if since_option:
         moment = datetime.fromisoformat(since_option)
         if moment.tzinfo is None:
-
             moment = moment.replace(tzinfo=UTC)
         return moment - WINDOW_OVERLAP
     last = parse_iso(last_run_started)

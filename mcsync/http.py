@@ -235,9 +235,11 @@ class HttpSession:
             with self._count_lock:
                 self._count += 1
             started = time.monotonic()
-            with self._process_slots.hold(self.budget, self.service) if (
-                self._process_slots and authenticate
-            ) else contextlib.nullcontext():
+            with (
+                self._process_slots.hold(self.budget, self.service)
+                if (self._process_slots and authenticate)
+                else contextlib.nullcontext()
+            ):
                 response = self._client.request(
                     method,
                     url,

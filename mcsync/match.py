@@ -53,8 +53,11 @@ def match_emails(ctx: RunContext) -> None:
         batch = ctx.staging.query(
             "SELECT id, mc_email FROM rows WHERE list_id = ? AND contact_id IS NULL "
             "AND mc_email IS NOT NULL AND id > ? ORDER BY id LIMIT ?",
-            (ctx.list_id, ctx.staging.state(ctx.list_id)["cursor"],
-             EMAIL_LOOKUP_CHUNK * MATCH_CONCURRENCY),
+            (
+                ctx.list_id,
+                ctx.staging.state(ctx.list_id)["cursor"],
+                EMAIL_LOOKUP_CHUNK * MATCH_CONCURRENCY,
+            ),
         )
         if not batch:
             return
@@ -282,8 +285,7 @@ def _disagreement_sql(ctx: RunContext) -> tuple[str, list[Any]]:
     params: list[Any] = [ctx.group_id]
     for interest_id, group_id in ctx.interest_groups.items():
         clauses.append(
-            "(g.group_id = ? AND (g.status = 'Added') IS NOT "
-            "json_extract(r.mc_interests, ?))"
+            "(g.group_id = ? AND (g.status = 'Added') IS NOT json_extract(r.mc_interests, ?))"
         )
         params.extend([group_id, f'$."{interest_id}"'])
     return " OR ".join(clauses), params

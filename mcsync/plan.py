@@ -53,10 +53,16 @@ def reconcile_rows(ctx: RunContext) -> None:
             for row in rows:
                 member_row = loaded.member_row(row)
                 decision = rc.reconcile_member(member_row, policy)
-                settled.append(record_decision(
-                    ctx, row, member_row, decision, loaded.unsubmitted[row["id"]],
-                    in_flight=row["id"] in loaded.in_flight,
-                ))
+                settled.append(
+                    record_decision(
+                        ctx,
+                        row,
+                        member_row,
+                        decision,
+                        loaded.unsubmitted[row["id"]],
+                        in_flight=row["id"] in loaded.in_flight,
+                    )
+                )
                 for outcome in decision.interests:
                     if outcome.rule == "5.3-I1-no-data":
                         missing[outcome.interest_id] += 1
@@ -139,20 +145,26 @@ class LoadedChunk:
 
     def member_row(self, row: sqlite3.Row) -> ms.MemberRow:
         contact_id = row["contact_id"]
-        mailchimp = ms.MailchimpSide(
-            email=row["mc_email"],
-            status=row["mc_status"],
-            last_changed=parse_iso(row["mc_last_changed"]),
-            status_changed_at=parse_iso(row["mc_status_at"]),
-            interests=json.loads(row["mc_interests"]),
-            interests_changed_at={
-                k: v for k, v in
-                ((k, parse_iso(v)) for k, v in json.loads(row["mc_interests_at"]).items())
-                if v is not None
-            },
-            # What Mailchimp has as far as mcsync knows: what it pushed (seed §10 "previous").
-            merge_fields=json.loads(row["pushed_merge"]),
-        ) if row["mc_status"] is not None and row["mc_email"] else ms.MailchimpSide()
+        mailchimp = (
+            ms.MailchimpSide(
+                email=row["mc_email"],
+                status=row["mc_status"],
+                last_changed=parse_iso(row["mc_last_changed"]),
+                status_changed_at=parse_iso(row["mc_status_at"]),
+                interests=json.loads(row["mc_interests"]),
+                interests_changed_at={
+                    k: v
+                    for k, v in (
+                        (k, parse_iso(v)) for k, v in json.loads(row["mc_interests_at"]).items()
+                    )
+                    if v is not None
+                },
+                # What Mailchimp has as far as mcsync knows: what it pushed (seed §10 "previous").
+                merge_fields=json.loads(row["pushed_merge"]),
+            )
+            if row["mc_status"] is not None and row["mc_email"]
+            else ms.MailchimpSide()
+        )
         civicrm = ms.CivicrmSide()
         contact = self.contacts.get(contact_id) if contact_id is not None else None
         if contact is not None:
@@ -170,15 +182,20 @@ class LoadedChunk:
                 emails=tuple(self.emails.get(contact_id, ())),
                 merge_fields=self.merge_fields.get(contact_id, {}),
             )
-        siblings = tuple(
-            ms.Sibling(email, status)  # type: ignore[arg-type]
-            for other_id, email, status in self.siblings.get(contact_id, [])
-            if other_id != row["id"] and email
-        ) if contact_id is not None else ()
+        siblings = (
+            tuple(
+                ms.Sibling(email, status)  # type: ignore[arg-type]
+                for other_id, email, status in self.siblings.get(contact_id, [])
+                if other_id != row["id"] and email
+            )
+            if contact_id is not None
+            else ()
+        )
         refusal = None
         if row["refusal_reason"] and row["refusal_email"]:
             refusal = ms.Refusal(
-                Reason(row["refusal_reason"]), row["refusal_email"],
+                Reason(row["refusal_reason"]),
+                row["refusal_email"],
                 parse_iso(row["refusal_civi_at"]),
             )
         return ms.MemberRow(
@@ -205,7 +222,9 @@ def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
         ):
             loaded.emails[email["contact_id"]].append(
                 ms.EmailRecord(
-                    email["email"], email["on_hold"], bool(email["is_bulkmail"]),
+                    email["email"],
+                    email["on_hold"],
+                    bool(email["is_bulkmail"]),
                     bool(email["is_primary"]),
                 )
             )
@@ -290,8 +309,13 @@ def record_decision(
                 "INSERT INTO civi_writes (list_id, kind, contact_id, group_id, status, origin_at) "
                 "VALUES (?, 'group', ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
                 "status = excluded.status, origin_at = excluded.origin_at",
-                (ctx.list_id, action.contact_id, action.group_id, action.status,
-                 iso(origin or utc_now())),
+                (
+                    ctx.list_id,
+                    action.contact_id,
+                    action.group_id,
+                    action.status,
+                    iso(origin or utc_now()),
+                ),
             )
         else:
             staging.execute(
@@ -303,8 +327,7 @@ def record_decision(
     now = iso(utc_now())
     for abort in queue.abort:
         staging.execute(
-            "UPDATE updates SET state = 'aborted', completed_at = ?, error_detail = ? "
-            "WHERE id = ?",
+            "UPDATE updates SET state = 'aborted', completed_at = ?, error_detail = ? WHERE id = ?",
             (now, abort.reason, abort.update_id),
         )
     live = len(unsubmitted) > len(queue.abort)
@@ -344,5 +367,3 @@ def _origin_of(
             if state and state.changed_at:
                 times.append(state.changed_at)
     return max(times) if times else utc_now()
-
-

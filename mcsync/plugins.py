@@ -56,8 +56,9 @@ class ReadOnlyCiviCRM:
     def __init__(self, client: CiviCRMClient):
         self._client = client
 
-    def call(self, entity: str, action: str, params: dict[str, Any] | None = None
-             ) -> list[dict[str, Any]]:
+    def call(
+        self, entity: str, action: str, params: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         if not action.startswith("get"):
             raise PluginError(
                 f"a data feed tried {entity}.{action}; feeds may only read from CiviCRM"
@@ -96,8 +97,11 @@ def load_feeds(entry_points: EntryPointsFn | None = None) -> list[LoadedFeed]:
     for entry in sorted(found, key=lambda e: e.name):
         try:
             target = entry.load()
-            feed = target if callable(getattr(target, "fetch", None)) and not isinstance(
-                target, type) else target()
+            feed = (
+                target
+                if callable(getattr(target, "fetch", None)) and not isinstance(target, type)
+                else target()
+            )
         except Exception as exc:  # a broken plugin must name itself, whatever it raised
             raise PluginError(
                 f"data feed {entry.name!r} ({entry.value}) could not be loaded: {exc}"
@@ -148,17 +152,17 @@ def run_feed(
     return result
 
 
-def normalise(
-    name: str, contact_id: int, data: Any, warn: Callable[[str], None]
-) -> FeedData:
+def normalise(name: str, contact_id: int, data: Any, warn: Callable[[str], None]) -> FeedData:
     """Only merge fields with valid tags and tag names pass; ``status`` and other member
     fields are dropped with a warning (a feed can never subscribe or unsubscribe anyone)."""
     if isinstance(data, FeedData):
         merge, tags = data.merge_fields, data.tags
     elif isinstance(data, Mapping):
         for key in sorted(set(data) - _FEED_KEYS):
-            warn(f"data feed {name!r}: ignored {key!r} for contact {contact_id}; feeds may "
-                 "only set merge_fields and tags")
+            warn(
+                f"data feed {name!r}: ignored {key!r} for contact {contact_id}; feeds may "
+                "only set merge_fields and tags"
+            )
         merge, tags = data.get("merge_fields") or {}, data.get("tags") or ()
     else:
         raise PluginError(
@@ -189,9 +193,7 @@ def merge_value(value: Any) -> Any:
     return str(value)
 
 
-def merge_under(
-    builtin: Mapping[str, Any], feeds: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
+def merge_under(builtin: Mapping[str, Any], feeds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Built-in values win; among feeds, the earlier (by entry-point name) wins."""
     merged: dict[str, Any] = {}
     for values in feeds:

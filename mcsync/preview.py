@@ -25,11 +25,18 @@ def audience_plan(staging: Staging, list_id: str, group_id: int) -> dict[str, An
         (list_id,),
     ):
         change = (
-            f"{'Add to' if write['status'] == 'Added' else 'Remove from'} group "
-            f"{write['group_id']}" if write["kind"] == "group" else "put email on hold"
+            f"{'Add to' if write['status'] == 'Added' else 'Remove from'} group {write['group_id']}"
+            if write["kind"] == "group"
+            else "put email on hold"
         )
-        changes.append({"direction": "CiviCRM", "contact_id": write["contact_id"],
-                        "email": write["contact_email"], "change": change})
+        changes.append(
+            {
+                "direction": "CiviCRM",
+                "contact_id": write["contact_id"],
+                "email": write["contact_email"],
+                "change": change,
+            }
+        )
     for update in staging.query(
         "SELECT u.*, r.contact_id FROM updates u JOIN rows r ON r.id = u.row_id "
         "WHERE u.list_id = ? AND u.state = 'queued' ORDER BY u.id",
@@ -40,19 +47,35 @@ def audience_plan(staging: Staging, list_id: str, group_id: int) -> dict[str, An
         if body.get("status"):
             parts.append(body["status"])
         if body.get("interests"):
-            parts.append("interests " + ", ".join(
-                f"{k}={'on' if v else 'off'}" for k, v in sorted(body["interests"].items())))
+            parts.append(
+                "interests "
+                + ", ".join(
+                    f"{k}={'on' if v else 'off'}" for k, v in sorted(body["interests"].items())
+                )
+            )
         if body.get("merge_fields"):
             parts.append("merge fields " + ", ".join(sorted(body["merge_fields"])))
-        changes.append({"direction": "Mailchimp", "contact_id": update["contact_id"],
-                        "email": update["email"], "change": "; ".join(parts) or "update"})
+        changes.append(
+            {
+                "direction": "Mailchimp",
+                "contact_id": update["contact_id"],
+                "email": update["email"],
+                "change": "; ".join(parts) or "update",
+            }
+        )
     for row in staging.query(
         "SELECT mc_email FROM rows WHERE list_id = ? AND contact_id IS NULL "
         "AND mc_status IN ('subscribed', 'pending') ORDER BY id",
         (list_id,),
     ):
-        changes.append({"direction": "CiviCRM", "contact_id": None, "email": row["mc_email"],
-                        "change": "create contact and Add to group"})
+        changes.append(
+            {
+                "direction": "CiviCRM",
+                "contact_id": None,
+                "email": row["mc_email"],
+                "change": "create contact and Add to group",
+            }
+        )
     totals: dict[str, int] = defaultdict(int)
     for planned in changes:
         totals[_total_key(planned)] += 1

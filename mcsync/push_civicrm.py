@@ -87,8 +87,10 @@ def _save_one_by_one(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3
                     "reason_detail = ? WHERE list_id = ? AND contact_id = ?",
                     (Reason.CIVICRM_ERROR.value, str(exc), ctx.list_id, write["contact_id"]),
                 )
-            ctx.log(f"CiviCRM refused a group change for contact {write['contact_id']}: {exc}",
-                    "warning")
+            ctx.log(
+                f"CiviCRM refused a group change for contact {write['contact_id']}: {exc}",
+                "warning",
+            )
             continue
         saved.append(write)
     return saved
@@ -112,8 +114,13 @@ def _push_new_emails(ctx: RunContext) -> None:
                 ctx.civicrm.call(
                     "Email",
                     "create",
-                    {"values": {"contact_id": write["contact_id"], "email": write["email"],
-                                "is_bulkmail": True}},
+                    {
+                        "values": {
+                            "contact_id": write["contact_id"],
+                            "email": write["email"],
+                            "is_bulkmail": True,
+                        }
+                    },
                 )
         fetch_emails_of_contacts(ctx, sorted({w["contact_id"] for w in writes}))
         with ctx.staging.atomic():
@@ -153,8 +160,10 @@ def _drop_overtaken(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3.
             "UPDATE rows SET sync_status = 'todo' WHERE list_id = ? AND contact_id = ?",
             [(ctx.list_id, w["contact_id"]) for w in overtaken],
         )
-    ctx.log(f"{len(overtaken)} CiviCRM changes made during this run are kept; "
-            "those contacts are decided again next run")
+    ctx.log(
+        f"{len(overtaken)} CiviCRM changes made during this run are kept; "
+        "those contacts are decided again next run"
+    )
     return [w for w in writes if (w["contact_id"], w["group_id"]) not in changed]
 
 
@@ -177,7 +186,9 @@ def _push_holds(ctx: RunContext) -> None:
             )
         if email_ids:
             ctx.civicrm.call(  # every record has its id: safe to repeat
-                "Email", "save", {"records": [{"id": i, "on_hold": 1} for i in email_ids]},
+                "Email",
+                "save",
+                {"records": [{"id": i, "on_hold": 1} for i in email_ids]},
                 retry=True,
             )
         with ctx.staging.atomic():

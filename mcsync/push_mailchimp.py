@@ -52,8 +52,13 @@ def _push_direct(ctx: RunContext) -> None:
                 elif address in refused:
                     apply_result(ctx, update, 400, None, bulk_error(refused[address]))
                 else:
-                    fail_update(ctx, update, "No result", "Mailchimp's answer did not mention "
-                                 "this member; it will be decided again next run")
+                    fail_update(
+                        ctx,
+                        update,
+                        "No result",
+                        "Mailchimp's answer did not mention "
+                        "this member; it will be decided again next run",
+                    )
         ctx.progress("write Mailchimp", len(updates), None)
 
 

@@ -25,8 +25,8 @@ REASONS: dict[str, tuple[str, str]] = {
         "Ask the person for a working address and add it to their contact in CiviCRM.",
     ),
     "compliance": (
-        "Mailchimp refused to re-subscribe a person who had unsubscribed (\"compliance "
-        "state\"); mcsync asked for a confirmation email instead (status pending)",
+        'Mailchimp refused to re-subscribe a person who had unsubscribed ("compliance '
+        'state"); mcsync asked for a confirmation email instead (status pending)',
         "Nothing to do: they are subscribed once they click the link in Mailchimp's email. "
         "If they never got it, they can re-subscribe through a Mailchimp signup form.",
     ),
@@ -60,8 +60,7 @@ REASONS: dict[str, tuple[str, str]] = {
         "Intentional. To subscribe such contacts anyway, set respect_privacy_flags = false.",
     ),
     "no_contact": (
-        "Subscribed at Mailchimp, but no CiviCRM contact matched the email and none was "
-        "created",
+        "Subscribed at Mailchimp, but no CiviCRM contact matched the email and none was created",
         "Set create_contacts = true in [sync], or create the contact in CiviCRM by hand.",
     ),
     "member_exists": (
@@ -190,7 +189,8 @@ def _counts(staging: Staging, list_id: str, group_id: int) -> dict[str, int]:
         or 0
     )
     updates: dict[str, int] = dict(
-        (r[0], r[1]) for r in staging.query(
+        (r[0], r[1])
+        for r in staging.query(
             "SELECT state, COUNT(*) FROM updates WHERE list_id = ? GROUP BY state", (list_id,)
         )
     )

@@ -132,7 +132,8 @@ def check_groups(ctx: RunContext) -> None:
     from mcsync.checks import GROUP_SELECT, describe_group
 
     records = ctx.civicrm.call(
-        "Group", "get",
+        "Group",
+        "get",
         {"select": GROUP_SELECT, "where": [["id", "IN", ctx.all_groups]], "limit": 0},
     )
     groups = {int(r["id"]): r for r in records}
@@ -140,8 +141,10 @@ def check_groups(ctx: RunContext) -> None:
     if problems:
         ctx.log("Not synced: " + "; ".join(problems), "error")
         raise ConfigError(
-            [f"{p}; nothing was written for this audience (see mcsync config check)"
-             for p in problems]
+            [
+                f"{p}; nothing was written for this audience (see mcsync config check)"
+                for p in problems
+            ]
         )
 
 

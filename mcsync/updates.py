@@ -77,8 +77,12 @@ def apply_result(
             "INSERT INTO updates (list_id, row_id, email, body, origin_at, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (
-                ctx.list_id, update["row_id"], update["email"], dumps(outcome.retry_body),
-                update["origin_at"], now,
+                ctx.list_id,
+                update["row_id"],
+                update["email"],
+                dumps(outcome.retry_body),
+                update["origin_at"],
+                now,
             ),
         )
         ctx.staging.execute(
@@ -124,7 +128,7 @@ def _store_member_response(
     interests = json.loads(row["mc_interests"])
     interests_at = json.loads(row["mc_interests_at"])
     returned = response.get("interests") or {}
-    for interest_id in (body.get("interests") or {}):
+    for interest_id in body.get("interests") or {}:
         if interest_id in returned:
             if interests.get(interest_id) != bool(returned[interest_id]):
                 interests_at[interest_id] = origin

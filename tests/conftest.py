@@ -80,21 +80,36 @@ class World:
     def ago(self, **kwargs: float) -> datetime:
         return datetime.now(UTC) - timedelta(**kwargs)
 
-    def person(self, email: str, *, mc: str | None = None, civi: str | None = None,
-               mc_at: datetime | None = None, civi_at: datetime | None = None,
-               first: str = "", last: str = "", **flags: Any) -> int | None:
+    def person(
+        self,
+        email: str,
+        *,
+        mc: str | None = None,
+        civi: str | None = None,
+        mc_at: datetime | None = None,
+        civi_at: datetime | None = None,
+        first: str = "",
+        last: str = "",
+        **flags: Any,
+    ) -> int | None:
         """One person: a Mailchimp member with status `mc`, and/or a contact whose
         subscription-group status is `civi` (None: no contact)."""
         if mc is not None:
-            self.mc.seed_member(self.list_id, email, mc, last_changed=mc_at or self.ago(days=3),
-                                merge_fields={"FNAME": first, "LNAME": last})
+            self.mc.seed_member(
+                self.list_id,
+                email,
+                mc,
+                last_changed=mc_at or self.ago(days=3),
+                merge_fields={"FNAME": first, "LNAME": last},
+            )
         if civi is None:
             return None
         contact_id = self.civi.add_contact(first, last, **flags)
         self.civi.add_email(contact_id, email)
         if civi != "none":
-            self.civi.set_group_status(contact_id, self.group_id, civi,
-                                       when=civi_at or self.ago(days=5))
+            self.civi.set_group_status(
+                contact_id, self.group_id, civi, when=civi_at or self.ago(days=5)
+            )
         return contact_id
 
     def sync(self, **kwargs: Any) -> list[AudienceResult]:
@@ -110,8 +125,11 @@ class World:
 
     def writes(self) -> list[tuple[str, str]]:
         """Requests that change something, on either simulator."""
-        mc = [r for r in self.mc.request_log if r[0] in ("POST", "PUT", "PATCH", "DELETE")
-              and not r[1].endswith("/batches/")]
+        mc = [
+            r
+            for r in self.mc.request_log
+            if r[0] in ("POST", "PUT", "PATCH", "DELETE") and not r[1].endswith("/batches/")
+        ]
         civi = [r for r in self.civi.request_log if not r[1].endswith(".get")]
         return mc + civi
 

@@ -141,7 +141,7 @@ def raw(status: int, body: bytes, content_type: str = "application/json") -> Sim
 
 
 def civi_call(request: SimRequest) -> str:
-    """"Entity.action" of a CiviCRM APIv4 request ("" for anything else)."""
+    """ "Entity.action" of a CiviCRM APIv4 request ("" for anything else)."""
     parts = request.path.rstrip("/").split("/")
     if len(parts) >= 2 and "api4" in request.path:
         return f"{parts[-2]}.{parts[-1]}"
@@ -163,8 +163,10 @@ class Run:
         return self.out + self.err
 
     def __str__(self) -> str:
-        return (f"mcsync {' '.join(self.args)} -> exit {self.code} in {self.seconds:.1f}s\n"
-                f"--- stdout\n{self.out}\n--- stderr\n{self.err}")
+        return (
+            f"mcsync {' '.join(self.args)} -> exit {self.code} in {self.seconds:.1f}s\n"
+            f"--- stdout\n{self.out}\n--- stderr\n{self.err}"
+        )
 
 
 @dataclass
@@ -186,7 +188,9 @@ class Scenario:
 
     def __post_init__(self) -> None:
         self.world = SimWorld.create(
-            members=self.members, audiences=self.audiences, seed=self.seed,
+            members=self.members,
+            audiences=self.audiences,
+            seed=self.seed,
             batch_delay=self.batch_delay,
         )
         self.mailchimp = self.world.mailchimp
@@ -238,20 +242,36 @@ class Scenario:
     def argv(self, command: str, *args: str) -> list[str]:
         return [*CLI, *command.split(), "--config", str(self.config_path), *args]
 
-    def run(self, command: str = "fetch-and-reconcile", *args: str,
-            timeout: float = RUN_TIMEOUT, env: dict[str, str] | None = None) -> Run:
+    def run(
+        self,
+        command: str = "fetch-and-reconcile",
+        *args: str,
+        timeout: float = RUN_TIMEOUT,
+        env: dict[str, str] | None = None,
+    ) -> Run:
         started = time.monotonic()
         done = subprocess.run(
-            self.argv(command, *args), capture_output=True, text=True, timeout=timeout,
-            cwd=self.workdir, env=cli_env(env), check=False,
+            self.argv(command, *args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.workdir,
+            env=cli_env(env),
+            check=False,
         )
-        return Run([command, *args], done.returncode, done.stdout, done.stderr,
-                   time.monotonic() - started)
+        return Run(
+            [command, *args], done.returncode, done.stdout, done.stderr, time.monotonic() - started
+        )
 
     def start(self, command: str = "fetch-and-reconcile", *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            self.argv(command, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, cwd=self.workdir, env=cli_env(None), start_new_session=True,
+            self.argv(command, *args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.workdir,
+            env=cli_env(None),
+            start_new_session=True,
         )
 
     def converge(self, *args: str, max_runs: int = 12) -> list[Run]:
@@ -332,16 +352,22 @@ def final_state(scenario: Scenario) -> dict[str, Any]:
     contacts: dict[str, dict[str, Any]] = {}
     for row in civi.query("SELECT id, is_deleted FROM contact ORDER BY id"):
         cid = row["id"]
-        key = f"#{cid}" if cid <= scenario.seeded_contacts else (
-            "new:" + ",".join(sorted(emails.get(cid, []))))
+        key = (
+            f"#{cid}"
+            if cid <= scenario.seeded_contacts
+            else ("new:" + ",".join(sorted(emails.get(cid, []))))
+        )
         groups = {
             g["group_id"]: g["status"]
             for g in civi.query(
-                "SELECT group_id, status FROM group_contact WHERE contact_id = ?", (cid,))
+                "SELECT group_id, status FROM group_contact WHERE contact_id = ?", (cid,)
+            )
         }
         holds = tuple(
-            r["on_hold"] for r in civi.query(
-                "SELECT on_hold FROM email WHERE contact_id = ? ORDER BY id", (cid,))
+            r["on_hold"]
+            for r in civi.query(
+                "SELECT on_hold FROM email WHERE contact_id = ? ORDER BY id", (cid,)
+            )
         )
         if key in contacts:
             key += f"+dup{cid}"
@@ -392,8 +418,11 @@ def unsubscribed(state: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 def batch_posts(scenario: Scenario) -> int:
-    return sum(1 for method, path in scenario.mailchimp.request_log
-               if method == "POST" and path.rstrip("/").endswith("/batches"))
+    return sum(
+        1
+        for method, path in scenario.mailchimp.request_log
+        if method == "POST" and path.rstrip("/").endswith("/batches")
+    )
 
 
 def assert_no_secrets(text: str | bytes, where: str) -> None:

@@ -35,8 +35,9 @@ def test_abort_cancels_batches_and_resets_the_run(  # type: ignore[no-untyped-de
         )
     staging.close()
 
-    monkeypatch.setattr(abort, "connections",
-                        functools.partial(engine.connections, transport=world.transport))
+    monkeypatch.setattr(
+        abort, "connections", functools.partial(engine.connections, transport=world.transport)
+    )
     runner = CliRunner()
     args = ["--config", str(world.config_path)]
     done = runner.invoke(main, ["abort", "--group-id", str(world.group_id), *args])
@@ -63,7 +64,8 @@ def test_abort_cancels_batches_and_resets_the_run(  # type: ignore[no-untyped-de
 
 
 def test_abort_needs_a_known_group(world) -> None:  # type: ignore[no-untyped-def]
-    result = CliRunner().invoke(main, ["abort", "--group-id", "999",
-                                       "--config", str(world.config_path)])
+    result = CliRunner().invoke(
+        main, ["abort", "--group-id", "999", "--config", str(world.config_path)]
+    )
     assert result.exit_code == 2
     assert CliRunner().invoke(main, ["abort", "--config", str(world.config_path)]).exit_code == 2

@@ -90,8 +90,14 @@ def test_every_config_problem_is_listed_with_its_key_path(tmp_path: Path) -> Non
     config.write_text(broken)
     run = _cli(config)
     assert run.code == 2, run
-    for key_path in ("civicrm.url", "civicrm.ur", "audience[0].group_id", "audience[0].colour",
-                     "sync.lease_seconds", "sync.batch_threshold"):
+    for key_path in (
+        "civicrm.url",
+        "civicrm.ur",
+        "audience[0].group_id",
+        "audience[0].colour",
+        "sync.lease_seconds",
+        "sync.batch_threshold",
+    ):
         assert key_path in run.err, f"{key_path} not named:\n{run}"
     assert "Traceback" not in run.err
     assert_no_secrets(run.text, "config error output")
@@ -100,8 +106,11 @@ def test_every_config_problem_is_listed_with_its_key_path(tmp_path: Path) -> Non
 
 def test_an_unknown_account_and_a_missing_variable_are_config_errors(tmp_path: Path) -> None:
     config = tmp_path / "mcsync.toml"
-    config.write_text(GOOD_CONFIG.replace('account = "main"', 'account = "other"')
-                      .replace(f'"{CIVI_KEY}"', '"${MCSYNC_TEST_UNSET_VARIABLE}"'))
+    config.write_text(
+        GOOD_CONFIG.replace('account = "main"', 'account = "other"').replace(
+            f'"{CIVI_KEY}"', '"${MCSYNC_TEST_UNSET_VARIABLE}"'
+        )
+    )
     run = _cli(config)
     assert run.code == 2, run
     assert "audience[0].account" in run.err and "MCSYNC_TEST_UNSET_VARIABLE" in run.err, run
@@ -134,8 +143,13 @@ def tampered(tmp_path: Path) -> Iterator[tuple[Scenario, Tamper, Tamper]]:
     scenario.stop()
 
 
-def _on(side: str, match: Callable[[SimRequest], bool], answer: Callable[..., SimResponse],
-        *, after: bool = False) -> tuple[str, Any]:
+def _on(
+    side: str,
+    match: Callable[[SimRequest], bool],
+    answer: Callable[..., SimResponse],
+    *,
+    after: bool = False,
+) -> tuple[str, Any]:
     """A rule answering matching requests with ``answer``; ``after``: the real simulator
     handles the request first (the write happened, its answer is garbled)."""
 
@@ -162,60 +176,107 @@ def _results(request: SimRequest) -> bool:
 
 
 WORDPRESS_LOGIN = "<!DOCTYPE html><html><head><title>Log In &lsaquo; Site</title></head><body>"
-REQUEST_BLOCKED = ("<HTML><HEAD><TITLE>Request Blocked</TITLE></HEAD><BODY>Request Blocked. "
-                   "The request was blocked. Reference&#32;&#35;18&#46;5b4f</BODY></HTML>")
-PROBLEM = json.dumps({
-    "type": "https://mailchimp.com/developer/marketing/docs/errors/",
-    "title": "Resource Not Found", "status": 404,
-    "detail": "The requested resource could not be found.", "instance": "ab12",
-}).encode()
-APIV4_ERROR = json.dumps({
-    "error_code": 0, "error_message": "Api4 GroupContact field 'contact_id.nick' does not exist",
-    "status": 500,
-}).encode()
+REQUEST_BLOCKED = (
+    "<HTML><HEAD><TITLE>Request Blocked</TITLE></HEAD><BODY>Request Blocked. "
+    "The request was blocked. Reference&#32;&#35;18&#46;5b4f</BODY></HTML>"
+)
+PROBLEM = json.dumps(
+    {
+        "type": "https://mailchimp.com/developer/marketing/docs/errors/",
+        "title": "Resource Not Found",
+        "status": 404,
+        "detail": "The requested resource could not be found.",
+        "instance": "ab12",
+    }
+).encode()
+APIV4_ERROR = json.dumps(
+    {
+        "error_code": 0,
+        "error_message": "Api4 GroupContact field 'contact_id.nick' does not exist",
+        "status": 500,
+    }
+).encode()
 
 # (what, rule, words the error must contain). In the order a run meets them: each run fails
 # at its rule's request, and the next case's request is still ahead of the saved progress.
 ANSWERS: list[tuple[str, tuple[str, Any], tuple[str, ...]]] = [
-    ("CiviCRM answers an HTML login page",
-     _on("civicrm", _civi("Group.get"), lambda: html(200, WORDPRESS_LOGIN)),
-     ("CiviCRM", "Group/get", "text/html")),
-    ("CiviCRM answers plain text",
-     _on("civicrm", _civi("Group.get"), lambda: plain(200, "DB Error: connect failed")),
-     ("CiviCRM", "text/plain", "DB Error")),
-    ("CiviCRM answers truncated JSON",
-     _on("civicrm", _civi("Group.get"), lambda: raw(200, b'{"values": [{"id": 1, "na')),
-     ("CiviCRM", "JSON")),
-    ("CiviCRM answers 200 with an unexpected shape",
-     _on("civicrm", _civi("Group.get"), lambda: raw(200, b'{"is_error": 0, "result": []}')),
-     ("CiviCRM", "values")),
-    ("CiviCRM answers an APIv4 error",
-     _on("civicrm", _civi("Group.get"), lambda: raw(500, APIV4_ERROR)),
-     ("CiviCRM", "does not exist")),
-    ("Mailchimp answers problem+json",
-     _on("mailchimp", _members_page,
-         lambda: raw(404, PROBLEM, "application/problem+json; charset=utf-8")),
-     ("Mailchimp main", "Resource Not Found")),
-    ("Mailchimp answers an HTML Request Blocked page",
-     _on("mailchimp", _members_page, lambda: html(403, REQUEST_BLOCKED)),
-     ("Mailchimp main", "Request Blocked")),
-    ("Mailchimp answers 200 with HTML",
-     _on("mailchimp", _members_page, lambda: html(200, "<html>captive portal</html>")),
-     ("Mailchimp main", "JSON")),
-    ("Mailchimp answers a page without members",
-     _on("mailchimp", _members_page, lambda: raw(200, b'{"total_items": 3}')),
-     ("Mailchimp main", "members")),
-    ("CiviCRM saves group changes but answers HTML",
-     _on("civicrm", _civi("GroupContact.save"), lambda: html(502, "<h1>Bad Gateway</h1>"),
-         after=True),
-     ("CiviCRM", "GroupContact")),
-    ("Mailchimp batch results are a corrupt tar",
-     _on("mailchimp", _results, lambda: raw(200, b"\x1f\x8b\x08\x00garbage", "application/x-gzip")),
-     ("Mailchimp main", "tar")),
-    ("Mailchimp batch results are missing",
-     _on("mailchimp", _results,
-         lambda: raw(404, b"<Error><Code>NoSuchKey</Code></Error>", "application/xml")),
-     ("Mailchimp main", "batch results")),
+    (
+        "CiviCRM answers an HTML login page",
+        _on("civicrm", _civi("Group.get"), lambda: html(200, WORDPRESS_LOGIN)),
+        ("CiviCRM", "Group/get", "text/html"),
+    ),
+    (
+        "CiviCRM answers plain text",
+        _on("civicrm", _civi("Group.get"), lambda: plain(200, "DB Error: connect failed")),
+        ("CiviCRM", "text/plain", "DB Error"),
+    ),
+    (
+        "CiviCRM answers truncated JSON",
+        _on("civicrm", _civi("Group.get"), lambda: raw(200, b'{"values": [{"id": 1, "na')),
+        ("CiviCRM", "JSON"),
+    ),
+    (
+        "CiviCRM answers 200 with an unexpected shape",
+        _on("civicrm", _civi("Group.get"), lambda: raw(200, b'{"is_error": 0, "result": []}')),
+        ("CiviCRM", "values"),
+    ),
+    (
+        "CiviCRM answers an APIv4 error",
+        _on("civicrm", _civi("Group.get"), lambda: raw(500, APIV4_ERROR)),
+        ("CiviCRM", "does not exist"),
+    ),
+    (
+        "Mailchimp answers problem+json",
+        _on(
+            "mailchimp",
+            _members_page,
+            lambda: raw(404, PROBLEM, "application/problem+json; charset=utf-8"),
+        ),
+        ("Mailchimp main", "Resource Not Found"),
+    ),
+    (
+        "Mailchimp answers an HTML Request Blocked page",
+        _on("mailchimp", _members_page, lambda: html(403, REQUEST_BLOCKED)),
+        ("Mailchimp main", "Request Blocked"),
+    ),
+    (
+        "Mailchimp answers 200 with HTML",
+        _on("mailchimp", _members_page, lambda: html(200, "<html>captive portal</html>")),
+        ("Mailchimp main", "JSON"),
+    ),
+    (
+        "Mailchimp answers a page without members",
+        _on("mailchimp", _members_page, lambda: raw(200, b'{"total_items": 3}')),
+        ("Mailchimp main", "members"),
+    ),
+    (
+        "CiviCRM saves group changes but answers HTML",
+        _on(
+            "civicrm",
+            _civi("GroupContact.save"),
+            lambda: html(502, "<h1>Bad Gateway</h1>"),
+            after=True,
+        ),
+        ("CiviCRM", "GroupContact"),
+    ),
+    (
+        "Mailchimp batch results are a corrupt tar",
+        _on(
+            "mailchimp",
+            _results,
+            lambda: raw(200, b"\x1f\x8b\x08\x00garbage", "application/x-gzip"),
+        ),
+        ("Mailchimp main", "tar"),
+    ),
+    (
+        "Mailchimp batch results are missing",
+        _on(
+            "mailchimp",
+            _results,
+            lambda: raw(404, b"<Error><Code>NoSuchKey</Code></Error>", "application/xml"),
+        ),
+        ("Mailchimp main", "batch results"),
+    ),
 ]
 
 
@@ -253,6 +314,7 @@ def test_wrong_credentials_exit_1_naming_the_account_never_the_key(
         scenario.config_path.write_text(config.replace(SECRETS[0], "f" * 32 + "-us21"))
         expected = ("mailchimp.accounts.main", "API Key Invalid")
     elif case == "data centre":
+
         def elsewhere(request: SimRequest, forward: Any) -> SimResponse:
             request.headers["host"] = "us7.api.mailchimp.com"
             return forward(request)
@@ -330,7 +392,8 @@ def test_invalid_overlong_and_unicode_emails_and_names(world: World) -> None:
     assert world.mc_status("ok@example.org") == "subscribed"
     created = world.civi.query(
         "SELECT c.first_name FROM contact c JOIN email e ON e.contact_id = c.id "
-        "WHERE e.email = 'new@example.org'")
+        "WHERE e.email = 'new@example.org'"
+    )
     assert [c["first_name"] for c in created] == ["Δημήτρης"]
     staging = Staging(world.config.state_db)
     try:
@@ -376,12 +439,14 @@ def test_merged_and_hard_deleted_contacts(world: World) -> None:
         assert world.mc_status("gone@example.org") == "subscribed"
     owners = world.civi.query(
         "SELECT e.contact_id FROM email e JOIN contact c ON c.id = e.contact_id "
-        "WHERE c.is_deleted = 0 AND e.email = 'merged@example.org'")
+        "WHERE c.is_deleted = 0 AND e.email = 'merged@example.org'"
+    )
     assert [o["contact_id"] for o in owners] == [keep], "a duplicate contact was created"
     assert world.civi_status(keep) == "Added"
     live = world.civi.query(
         "SELECT e.contact_id FROM email e JOIN contact c ON c.id = e.contact_id "
-        "WHERE c.is_deleted = 0 AND e.email = 'gone@example.org'")
+        "WHERE c.is_deleted = 0 AND e.email = 'gone@example.org'"
+    )
     assert len(live) <= 1
     before = len(world.writes())
     world.sync()
@@ -397,14 +462,16 @@ class LondonWorld(World):
         self.civi = CiviSim(CIVI_KEY, timezone="Europe/London")
         self.group_id = self.civi.add_group("Newsletter")
         self.transport = MultiSimTransport(
-            {"http://mailchimp.sim": self.mc, "http://civicrm.sim": self.civi})
+            {"http://mailchimp.sim": self.mc, "http://civicrm.sim": self.civi}
+        )
         self.write_config()
 
     def write_config(self, extra: str = "") -> None:
         super().write_config(extra)
         if getattr(self, "zone_in_config", None):
             text = self.config_path.read_text().replace(
-                "[civicrm]\n", f'[civicrm]\ntimezone = "{self.zone_in_config}"\n', 1)
+                "[civicrm]\n", f'[civicrm]\ntimezone = "{self.zone_in_config}"\n', 1
+            )
             self.config_path.write_text(text)
 
 
@@ -418,16 +485,37 @@ def test_civicrm_dates_in_a_summer_time_zone_are_compared_in_utc(tmp_path: Path)
     world = LondonWorld(tmp_path)
     for n in range(20):  # bystanders in sync, so that the changes stay below the brake
         world.person(f"p{n}@example.org", mc="subscribed", civi="Added")
-    summer_unsub = world.person("s1@example.org", mc="unsubscribed", civi="Added",
-                                mc_at=_utc(2026, 7, 1, 10, 30), civi_at=_utc(2026, 7, 1, 10, 15))
-    summer_sub = world.person("s2@example.org", mc="subscribed", civi="Removed",
-                              mc_at=_utc(2026, 7, 1, 10, 30), civi_at=_utc(2026, 7, 1, 10, 15))
-    winter = world.person("w1@example.org", mc="unsubscribed", civi="Added",
-                          mc_at=_utc(2026, 1, 10, 10, 30), civi_at=_utc(2026, 1, 10, 10, 15))
-    civi_newer = world.person("s3@example.org", mc="unsubscribed", civi="Removed",
-                              mc_at=_utc(2026, 7, 1, 10, 30), civi_at=_utc(2026, 7, 1, 10, 45))
-    stored = world.civi.query("SELECT date FROM subscription_history WHERE contact_id = ?",
-                              (summer_unsub,))
+    summer_unsub = world.person(
+        "s1@example.org",
+        mc="unsubscribed",
+        civi="Added",
+        mc_at=_utc(2026, 7, 1, 10, 30),
+        civi_at=_utc(2026, 7, 1, 10, 15),
+    )
+    summer_sub = world.person(
+        "s2@example.org",
+        mc="subscribed",
+        civi="Removed",
+        mc_at=_utc(2026, 7, 1, 10, 30),
+        civi_at=_utc(2026, 7, 1, 10, 15),
+    )
+    winter = world.person(
+        "w1@example.org",
+        mc="unsubscribed",
+        civi="Added",
+        mc_at=_utc(2026, 1, 10, 10, 30),
+        civi_at=_utc(2026, 1, 10, 10, 15),
+    )
+    civi_newer = world.person(
+        "s3@example.org",
+        mc="unsubscribed",
+        civi="Removed",
+        mc_at=_utc(2026, 7, 1, 10, 30),
+        civi_at=_utc(2026, 7, 1, 10, 45),
+    )
+    stored = world.civi.query(
+        "SELECT date FROM subscription_history WHERE contact_id = ?", (summer_unsub,)
+    )
     assert stored[-1]["date"] == "2026-07-01 11:15:00", "the simulator stores local time"
     assert summer_unsub and summer_sub and winter and civi_newer
     result = world.sync()[0]

@@ -29,12 +29,14 @@ class EmptyMemberPages(httpx.BaseTransport):
 @pytest.fixture
 def synced(world: World, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """Twenty people in sync, and a CLI runner using the world's transport."""
-    contacts = [world.person(f"p{n}@example.org", mc="subscribed", civi="Added")
-                for n in range(20)]
+    contacts = [world.person(f"p{n}@example.org", mc="subscribed", civi="Added") for n in range(20)]
     assert world.sync()[0].outcome.completed  # type: ignore[union-attr]
     # world.transport is read at each call, so a test can swap it (EmptyMemberPages).
-    monkeypatch.setattr(engine, "sync_audiences", lambda config, **kw: _real_sync(
-        config, **{"transport": world.transport, **kw}))
+    monkeypatch.setattr(
+        engine,
+        "sync_audiences",
+        lambda config, **kw: _real_sync(config, **{"transport": world.transport, **kw}),
+    )
 
     def run(*args: str):  # type: ignore[no-untyped-def]
         return CliRunner().invoke(main, [*args, "--config", str(world.config_path)])

@@ -27,8 +27,11 @@ def check(world: World, tmp_path: Path, merge_fields: str = "") -> Result:
         if merge_fields:
             text += f"[audience.merge_fields]\n{merge_fields}"
         config = tmp_path / "served.toml"
-        config.write_text(text.replace(MC_URL, mc_server.url + "/3.0")
-                          .replace(CIVI_URL, civi_server.url + "/civicrm/ajax/api4"))
+        config.write_text(
+            text.replace(MC_URL, mc_server.url + "/3.0").replace(
+                CIVI_URL, civi_server.url + "/civicrm/ajax/api4"
+            )
+        )
         config.chmod(0o600)
         return CliRunner().invoke(main, ["config", "check", "--config", str(config)])
     finally:
@@ -39,8 +42,11 @@ def check(world: World, tmp_path: Path, merge_fields: str = "") -> Result:
 def test_a_good_config_passes(world2: World, tmp_path: Path) -> None:
     world2.mc.add_merge_field(world2.list_id, "CITY", "City")
     world2.mc.add_merge_field(world2.list_id, "SINCE", "Since", "date")
-    result = check(world2, tmp_path, 'FNAME = "first_name"\nCITY = "address_primary.city"\n'
-                                     'SINCE = "created_date"\n')
+    result = check(
+        world2,
+        tmp_path,
+        'FNAME = "first_name"\nCITY = "address_primary.city"\nSINCE = "created_date"\n',
+    )
     assert result.exit_code == 0, result.output
     assert MC_KEY not in result.output and CIVI_KEY not in result.output
 
@@ -51,8 +57,9 @@ def test_every_problem_is_listed_by_key(world2: World, tmp_path: Path) -> None:
     w.write_config()
     w.mc.add_merge_field(w.list_id, "COUNT", "Count", "number")
     w.mc.add_merge_field(w.list_id, "CITY2", "City")
-    result = check(w, tmp_path, 'NOPE = "first_name"\nCOUNT = "last_name"\n'
-                                'CITY2 = "address_primary.nosuch"\n')
+    result = check(
+        w, tmp_path, 'NOPE = "first_name"\nCOUNT = "last_name"\nCITY2 = "address_primary.nosuch"\n'
+    )
     assert result.exit_code != 0
     out = " ".join(result.output.split())
     assert "interests.nosuchid00: no such interest" in out
@@ -92,4 +99,3 @@ def test_a_group_mapped_twice_in_one_audience(world2: World, tmp_path: Path) -> 
     result = check(w, tmp_path)
     assert result.exit_code == 2, result.output
     assert "interests" in result.output and str(w.interest_ids[first]) in result.output
-

@@ -48,8 +48,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def mcsync(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MCSYNC_CONFIG": str(config), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "mcsync", *args], env=env, text=True,
-                          capture_output=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "mcsync", *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_cron_runs_are_quiet_unless_asked(served: Path) -> None:

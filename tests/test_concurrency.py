@@ -38,8 +38,15 @@ def _run_together(scenario: Scenario, count: int) -> list[Run]:
     runs = []
     for n, process in enumerate(processes):
         out, err = process.communicate(timeout=30)
-        runs.append(Run(["fetch-and-reconcile", "-v"], process.returncode, out, err,
-                        ended.get(n, time.monotonic() - started)))
+        runs.append(
+            Run(
+                ["fetch-and-reconcile", "-v"],
+                process.returncode,
+                out,
+                err,
+                ended.get(n, time.monotonic() - started),
+            )
+        )
     return runs
 
 
@@ -66,7 +73,8 @@ def assert_never_two_at_once(scenario: Scenario) -> None:
     with scenario.db() as db:
         events = db.execute(
             "SELECT list_id, message FROM log WHERE message LIKE 'Started a %' "
-            "OR message LIKE 'Run complete%' ORDER BY id").fetchall()
+            "OR message LIKE 'Run complete%' ORDER BY id"
+        ).fetchall()
     running: dict[str, bool] = {}
     for list_id, message in events:
         starting = message.startswith("Started")
@@ -76,9 +84,11 @@ def assert_never_two_at_once(scenario: Scenario) -> None:
 
 
 def _workers(runs: list[Run], list_id: str) -> list[Run]:
-    return [r for r in runs
-            if any(f"audience {list_id}" in line and "complete" in line
-                   for line in r.out.splitlines())]
+    return [
+        r
+        for r in runs
+        if any(f"audience {list_id}" in line and "complete" in line for line in r.out.splitlines())
+    ]
 
 
 def test_one_audience_is_worked_by_exactly_one_of_three_processes(
@@ -111,8 +121,13 @@ def test_two_audiences_four_processes_share_one_accounts_ten_connections(
 ) -> None:
     """Two processes work one audience each, at the same time, on one Mailchimp account;
     each reads member pages 10 at a time, which alone would make 20 in flight."""
-    scenario = Scenario(tmp_path / "two", members=300, seed=3, audiences=2,
-                        sync="batch_threshold = 1000\npage_size_mailchimp = 10")
+    scenario = Scenario(
+        tmp_path / "two",
+        members=300,
+        seed=3,
+        audiences=2,
+        sync="batch_threshold = 1000\npage_size_mailchimp = 10",
+    )
     scenario_dir.append(scenario)
     counter = InFlight(_slow_first_page(scenario), hold=0.05)
     scenario.serve(mailchimp=counter)

@@ -64,8 +64,13 @@ def test_unknown_reason_code_is_shown_as_is() -> None:
 
 
 def test_failures_from_a_real_sync(world: World) -> None:
-    cleaned = world.person("gone@example.org", mc="cleaned", civi="Added",
-                           mc_at=world.ago(days=9), civi_at=world.ago(days=1))
+    cleaned = world.person(
+        "gone@example.org",
+        mc="cleaned",
+        civi="Added",
+        mc_at=world.ago(days=9),
+        civi_at=world.ago(days=1),
+    )
     private = world.person("quiet@example.org", civi="Added", do_not_email=1)
     world.person("ok@example.org", mc="subscribed", civi="Added")
     assert world.sync()[0].error is None

@@ -149,9 +149,13 @@ def test_batch_results_that_cannot_be_fetched_are_retried_later(
     scenario = scenario_factory()
     tamper = Tamper(scenario.mailchimp)
     # What object storage answers for an expired pre-signed link.
-    tamper.add(lambda request, forward: raw(403, b"<Error><Code>AccessDenied</Code></Error>",
-                                            "application/xml")
-               if "/_sim/batch-results/" in request.path else None)
+    tamper.add(
+        lambda request, forward: (
+            raw(403, b"<Error><Code>AccessDenied</Code></Error>", "application/xml")
+            if "/_sim/batch-results/" in request.path
+            else None
+        )
+    )
     scenario.serve(mailchimp=tamper)
     first = scenario.run()
     assert first.code == 1, first
@@ -165,7 +169,8 @@ def test_batch_results_that_cannot_be_fetched_are_retried_later(
     assert_same_result(clean_state, scenario)
     with scenario.db() as db:
         open_batches = db.execute(
-            "SELECT COUNT(*) FROM batches WHERE status != 'processed'").fetchone()[0]
+            "SELECT COUNT(*) FROM batches WHERE status != 'processed'"
+        ).fetchone()[0]
         waiting = db.execute(
             "SELECT COUNT(*) FROM updates WHERE state IN ('submitting', 'submitted')"
         ).fetchone()[0]
@@ -176,8 +181,9 @@ def test_batch_results_that_cannot_be_fetched_are_retried_later(
 def test_retries_never_push_a_run_past_its_budget(scenario_factory: Any) -> None:
     """Half of all requests fail, each 429/503 asking to wait: the run still stops at its
     --max-time (plus at most one request timeout), saves progress and exits 0."""
-    plan = FaultPlan(rate=0.5, kinds=("429", "503", "drop", "slow"), slow_seconds=1.5, seed=5,
-                     retry_after=1)
+    plan = FaultPlan(
+        rate=0.5, kinds=("429", "503", "drop", "slow"), slow_seconds=1.5, seed=5, retry_after=1
+    )
     scenario = scenario_factory(faults=plan).serve()
     budget = 4.0
     run = scenario.run("fetch-and-reconcile", "--max-time", str(budget), "-v")

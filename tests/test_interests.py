@@ -24,12 +24,25 @@ class Interests:
         self.world = world
         (self.i0, self.g0), (self.i1, self.g1) = sorted(world.interest_ids.items())
 
-    def person(self, email: str, *, interests: dict[str, bool], mc_at: datetime,
-               groups: dict[int, tuple[str, datetime]], status: str = "subscribed",
-               civi: str = "Added") -> int:
+    def person(
+        self,
+        email: str,
+        *,
+        interests: dict[str, bool],
+        mc_at: datetime,
+        groups: dict[int, tuple[str, datetime]],
+        status: str = "subscribed",
+        civi: str = "Added",
+    ) -> int:
         w = self.world
-        w.mc.seed_member(w.list_id, email, status, interests=interests, last_changed=mc_at,
-                         merge_fields={"FNAME": "", "LNAME": ""})
+        w.mc.seed_member(
+            w.list_id,
+            email,
+            status,
+            interests=interests,
+            last_changed=mc_at,
+            merge_fields={"FNAME": "", "LNAME": ""},
+        )
         contact = w.civi.add_contact("", "")
         w.civi.add_email(contact, email)
         w.civi.set_group_status(contact, w.group_id, civi, when=w.ago(days=30))
@@ -59,17 +72,30 @@ def test_decision_table(it: Interests) -> None:
     old, new = w.ago(days=5), w.ago(days=1)
     tie = w.ago(days=2).replace(microsecond=0)
     # Mailchimp changed most recently → CiviCRM follows (both values).
-    mc_on = it.person("mc-on@example.org", interests={it.i0: True, it.i1: False}, mc_at=new,
-                      groups={it.g0: ("Removed", old), it.g1: ("Added", old)})
+    mc_on = it.person(
+        "mc-on@example.org",
+        interests={it.i0: True, it.i1: False},
+        mc_at=new,
+        groups={it.g0: ("Removed", old), it.g1: ("Added", old)},
+    )
     # CiviCRM changed most recently → Mailchimp follows.
-    civi_on = it.person("civi-on@example.org", interests={it.i0: False, it.i1: True},
-                        mc_at=old, groups={it.g0: ("Added", new), it.g1: ("Removed", new)})
+    civi_on = it.person(
+        "civi-on@example.org",
+        interests={it.i0: False, it.i1: True},
+        mc_at=old,
+        groups={it.g0: ("Added", new), it.g1: ("Removed", new)},
+    )
     # A tie goes to CiviCRM.
-    tied = it.person("tie@example.org", interests={it.i0: True, it.i1: False}, mc_at=tie,
-                     groups={it.g0: ("Removed", tie), it.g1: ("Added", tie)})
+    tied = it.person(
+        "tie@example.org",
+        interests={it.i0: True, it.i1: False},
+        mc_at=tie,
+        groups={it.g0: ("Removed", tie), it.g1: ("Added", tie)},
+    )
     # No CiviCRM history for the group → Mailchimp wins.
-    fresh = it.person("fresh@example.org", interests={it.i0: True, it.i1: False}, mc_at=old,
-                      groups={})
+    fresh = it.person(
+        "fresh@example.org", interests={it.i0: True, it.i1: False}, mc_at=old, groups={}
+    )
     completed(w)
     assert w.civi_status(mc_on, it.g0) == "Added"
     assert w.civi_status(mc_on, it.g1) == "Removed"
@@ -88,9 +114,14 @@ def test_decision_table(it: Interests) -> None:
 
 def test_unsubscribed_members_get_no_interest_changes(it: Interests) -> None:
     w = it.world
-    contact = it.person("gone@example.org", interests={it.i0: True, it.i1: True},
-                        mc_at=w.ago(days=1), status="unsubscribed", civi="Removed",
-                        groups={it.g1: ("Removed", w.ago(days=3))})
+    contact = it.person(
+        "gone@example.org",
+        interests={it.i0: True, it.i1: True},
+        mc_at=w.ago(days=1),
+        status="unsubscribed",
+        civi="Removed",
+        groups={it.g1: ("Removed", w.ago(days=3))},
+    )
     completed(w)
     assert w.civi_status(contact, it.g0) is None
     assert w.civi_status(contact, it.g1) == "Removed"
@@ -110,10 +141,18 @@ def test_new_members_get_their_groups_as_interests(it: Interests) -> None:
 
 def test_a_mailchimp_name_edit_flips_neither_interest_nor_subscription(it: Interests) -> None:
     w = it.world
-    both = it.person("both@example.org", interests={it.i0: True, it.i1: False},
-                     mc_at=w.ago(days=3), groups={it.g0: ("Added", w.ago(days=4))})
-    leaving = it.person("leaving@example.org", interests={it.i0: True, it.i1: False},
-                        mc_at=w.ago(days=3), groups={it.g0: ("Added", w.ago(days=4))})
+    both = it.person(
+        "both@example.org",
+        interests={it.i0: True, it.i1: False},
+        mc_at=w.ago(days=3),
+        groups={it.g0: ("Added", w.ago(days=4))},
+    )
+    leaving = it.person(
+        "leaving@example.org",
+        interests={it.i0: True, it.i1: False},
+        mc_at=w.ago(days=3),
+        groups={it.g0: ("Added", w.ago(days=4))},
+    )
     completed(w)
     # CiviCRM changes first; then both people edit their names at Mailchimp, which moves
     # last_changed past the CiviCRM change. The per-field times keep CiviCRM the winner.
@@ -131,8 +170,12 @@ def test_a_mailchimp_name_edit_flips_neither_interest_nor_subscription(it: Inter
 
 def test_a_missing_interest_is_skipped_with_a_notice(it: Interests) -> None:
     w = it.world
-    contact = it.person("some@example.org", interests={it.i0: True, it.i1: False},
-                        mc_at=w.ago(days=1), groups={it.g0: ("Removed", w.ago(days=5))})
+    contact = it.person(
+        "some@example.org",
+        interests={it.i0: True, it.i1: False},
+        mc_at=w.ago(days=1),
+        groups={it.g0: ("Removed", w.ago(days=5))},
+    )
     gone_group = w.civi.add_group("Deleted topic")
     w.interest_ids["0000dead00"] = gone_group
     w.write_config()
@@ -155,7 +198,8 @@ def served_config(world: World, path: Path) -> Iterator[Path]:
     try:
         text = world.config_path.read_text()
         text = text.replace(MC_URL, mc_server.url + "/3.0").replace(
-            CIVI_URL, civi_server.url + "/civicrm/ajax/api4")
+            CIVI_URL, civi_server.url + "/civicrm/ajax/api4"
+        )
         path.write_text(text)
         path.chmod(0o600)
         yield path
@@ -166,10 +210,12 @@ def served_config(world: World, path: Path) -> Iterator[Path]:
 
 def test_through_the_cli(it: Interests, tmp_path: Path) -> None:
     w = it.world
-    contact = it.person("cli@example.org", interests={it.i0: True, it.i1: True},
-                        mc_at=w.ago(days=1),
-                        groups={it.g0: ("Removed", w.ago(days=5)),
-                                it.g1: ("Removed", w.ago(hours=1))})
+    contact = it.person(
+        "cli@example.org",
+        interests={it.i0: True, it.i1: True},
+        mc_at=w.ago(days=1),
+        groups={it.g0: ("Removed", w.ago(days=5)), it.g1: ("Removed", w.ago(hours=1))},
+    )
     with served_config(w, tmp_path / "served.toml") as config:
         result = CliRunner().invoke(
             main, ["fetch-and-reconcile", "--config", str(config), "--max-time", "0"]

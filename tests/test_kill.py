@@ -60,7 +60,8 @@ def _is_member_write(request: SimRequest) -> bool:
     """A direct member write: one PUT, or a bulk POST /lists/{id} of several members."""
     path = request.path.rstrip("/")
     return (request.method == "PUT" and "/members/" in path) or (
-        request.method == "POST" and path.count("/") == 3 and path.startswith("/3.0/lists/"))
+        request.method == "POST" and path.count("/") == 3 and path.startswith("/3.0/lists/")
+    )
 
 
 # In the order a run makes them (the pending retries' PUTs come in the second run).
@@ -194,8 +195,11 @@ def _kill_points(trial: int) -> list[tuple[str, str, float]]:
     stage = STAGES[trial % len(STAGES)]
     other = STAGES[(trial * 7 + 3) % len(STAGES)]
     request = sorted(REQUESTS)[trial % len(REQUESTS)]
-    points = [("stage", stage, rng.choice([0.0, rng.uniform(0, 0.03), rng.uniform(0, 0.3)])),
-              ("request", request, 0.0), ("stage", other, rng.uniform(0.0, 0.05))]
+    points = [
+        ("stage", stage, rng.choice([0.0, rng.uniform(0, 0.03), rng.uniform(0, 0.3)])),
+        ("request", request, 0.0),
+        ("stage", other, rng.uniform(0.0, 0.05)),
+    ]
     rng.shuffle(points)
     return points[:2] if trial % 2 else points
 
@@ -216,8 +220,9 @@ def _trial(clean: dict[str, Any], workdir: Path, trial: int) -> list[str]:
     """One world, two or three kill points, then runs to completion; returns where the
     kills landed. Raises AssertionError when the result differs from the clean run."""
     # 10 ms per request stretches the stages so that kills spread over them.
-    scenario = Scenario(workdir, members=MEMBERS, seed=SEED, sync=SYNC,
-                        faults=FaultPlan(latency=0.01))
+    scenario = Scenario(
+        workdir, members=MEMBERS, seed=SEED, sync=SYNC, faults=FaultPlan(latency=0.01)
+    )
     try:
         killer = Killer(scenario)
         where = []
@@ -251,8 +256,10 @@ def test_killed_runs_resume_to_the_uninterrupted_result(
             except AssertionError as exc:
                 failures.append(f"trial {n}: {exc}")
     kills = sum(v for k, v in landed.items() if k not in ("missed", "completed", "idle"))
-    print(f"\nkill trials: {TRIALS} run, {TRIALS - len(failures)} passed; "
-          f"{kills} kills landed: {dict(sorted(landed.items()))}")
+    print(
+        f"\nkill trials: {TRIALS} run, {TRIALS - len(failures)} passed; "
+        f"{kills} kills landed: {dict(sorted(landed.items()))}"
+    )
     assert not failures, "\n\n".join(failures)
     assert kills >= TRIALS, landed
     spread = [k for k in landed if k in STAGES]
@@ -281,7 +288,8 @@ def test_a_killed_runs_lease_blocks_then_expires(scenario: Scenario) -> None:
     kill_group(process)
     with scenario.db() as db:
         owner, expires = db.execute(
-            "SELECT lease_owner, lease_expires FROM audience_state").fetchone()
+            "SELECT lease_owner, lease_expires FROM audience_state"
+        ).fetchone()
     assert owner and expires > time.time(), "the killed run's lease should still be live"
 
     busy = scenario.run()

@@ -250,8 +250,12 @@ def captured() -> Iterator[list[httpx.Request]]:
         client.write_members(
             LIST_ID,
             [
-                {"email_address": "f@x.org", "status": "subscribed",
-                 "merge_fields": body["merge_fields"], "interests": body["interests"]},
+                {
+                    "email_address": "f@x.org",
+                    "status": "subscribed",
+                    "merge_fields": body["merge_fields"],
+                    "interests": body["interests"],
+                },
                 {"email_address": "g@x.org", "status": "unsubscribed"},
             ],
         )

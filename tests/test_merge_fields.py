@@ -26,8 +26,11 @@ def configure(world: World, mapping: dict[str, str] | None = None, sync: str = "
 
 
 def mc_puts(world: World, email_hash_part: str = "") -> list[tuple[str, str]]:
-    return [r for r in world.mc.request_log if r[0] in ("PUT", "POST", "PATCH")
-            and email_hash_part in r[1]]
+    return [
+        r
+        for r in world.mc.request_log
+        if r[0] in ("PUT", "POST", "PATCH") and email_hash_part in r[1]
+    ]
 
 
 def merge_of(world: World, email: str) -> dict[str, Any]:
@@ -92,8 +95,9 @@ def test_empty_civicrm_values_never_blank_mailchimp(world: World) -> None:
 
 
 def test_blank_merge_fields_clears_them(world: World) -> None:
-    configure(world, {"FNAME": "first_name", "LNAME": "last_name"},
-              sync="blank_merge_fields = true")
+    configure(
+        world, {"FNAME": "first_name", "LNAME": "last_name"}, sync="blank_merge_fields = true"
+    )
     world.person("ed@example.org", mc="subscribed", civi="Added", first="Ed", last="")
     world.mc.edit_member(world.list_id, "ed@example.org", merge_fields={"LNAME": "Smith"})
     completed(world)
@@ -112,23 +116,30 @@ def test_new_members_get_their_values_and_new_contacts_get_mailchimp_names(
     world.civi.add_address(fay, city="Hull")
     world.person("gus@example.org", mc="subscribed", first="Gus", last="Pim")
     completed(world)
-    assert merge_of(world, "fay@example.org").items() >= {
-        "FNAME": "Fay", "LNAME": "Orr", "CITY": "Hull"}.items()
+    assert (
+        merge_of(world, "fay@example.org").items()
+        >= {"FNAME": "Fay", "LNAME": "Orr", "CITY": "Hull"}.items()
+    )
     created = world.civi.query(
         "SELECT c.first_name, c.last_name FROM contact c JOIN email e ON e.contact_id = c.id "
         "WHERE e.email = 'gus@example.org'"
     )
     assert created == [{"first_name": "Gus", "last_name": "Pim"}]
-    written = {r[0] for r in sqlite3.connect(world.tmp_path / "state.sqlite3").execute(
-        "SELECT lower(email) FROM updates WHERE state = 'done'")}
+    written = {
+        r[0]
+        for r in sqlite3.connect(world.tmp_path / "state.sqlite3").execute(
+            "SELECT lower(email) FROM updates WHERE state = 'done'"
+        )
+    }
     assert written == {"fay@example.org"}, "only Fay is written; Gus's names already agree"
 
 
 def test_unsubscribed_members_get_no_merge_fields(world: World) -> None:
     configure(world, {"FNAME": "first_name"})
     world.person("hal@example.org", mc="unsubscribed", civi="none", first="Old")
-    contact = world.civi.query(
-        "SELECT contact_id FROM email WHERE email = 'hal@example.org'")[0]["contact_id"]
+    contact = world.civi.query("SELECT contact_id FROM email WHERE email = 'hal@example.org'")[0][
+        "contact_id"
+    ]
     world.civi.update_contact(contact, first_name="New")
     completed(world)
     assert merge_of(world, "hal@example.org")["FNAME"] == "Old"
@@ -142,14 +153,19 @@ def test_mapped_paths_are_selected_in_one_bulk_call() -> None:
 
         def call(self, entity: str, action: str, params: dict[str, Any]) -> list[dict[str, Any]]:
             self.calls.append((entity, action, params))
-            return [{"id": 7, "Member_Info.Level": ["Gold", "Plus"], "email_primary.email": None,
-                     "birth_date": "1990-02-03"}]
+            return [
+                {
+                    "id": 7,
+                    "Member_Info.Level": ["Gold", "Plus"],
+                    "email_primary.email": None,
+                    "birth_date": "1990-02-03",
+                }
+            ]
 
     class Ctx:
         civicrm = Civi()
 
-    mapping = {"LEVEL": "Member_Info.Level", "EMAIL2": "email_primary.email",
-               "BDAY": "birth_date"}
+    mapping = {"LEVEL": "Member_Info.Level", "EMAIL2": "email_primary.email", "BDAY": "birth_date"}
     values = feeds._mapped_values(Ctx(), [7, 8], mapping)  # type: ignore[arg-type]
     assert values == {7: {"LEVEL": "Gold, Plus", "EMAIL2": "", "BDAY": "1990-02-03"}}
     ((entity, action, params),) = Ctx.civicrm.calls
@@ -160,8 +176,11 @@ def test_mapped_paths_are_selected_in_one_bulk_call() -> None:
 
 def test_decide_merge_fields_table() -> None:
     def row(civi: dict[str, Any], known: dict[str, Any], status: Any = "subscribed") -> MemberRow:
-        mc = MailchimpSide("x@example.org", status, merge_fields=known) if status else \
-            MailchimpSide()
+        mc = (
+            MailchimpSide("x@example.org", status, merge_fields=known)
+            if status
+            else MailchimpSide()
+        )
         return MemberRow(mailchimp=mc, civicrm=CivicrmSide(1, merge_fields=civi))
 
     assert decide_merge_fields(row({"A": "1"}, {"A": "1"})) == {}
@@ -205,14 +224,24 @@ def _post_own_tag(world: World, email: str, name: str) -> None:
     from mcsync.sim.base import SimRequest
 
     body = json.dumps({"tags": [{"name": name, "status": "active"}]}).encode()
-    world.mc.handle(SimRequest(
-        "POST", f"/3.0/lists/{world.list_id}/members/{member_hash(email)}/tags", {},
-        {"authorization": "Bearer " + "0123456789abcdef0123456789abcdef-us21",
-         "content-type": "application/json", "host": "mailchimp.sim"}, body,
-    ))
+    world.mc.handle(
+        SimRequest(
+            "POST",
+            f"/3.0/lists/{world.list_id}/members/{member_hash(email)}/tags",
+            {},
+            {
+                "authorization": "Bearer " + "0123456789abcdef0123456789abcdef-us21",
+                "content-type": "application/json",
+                "host": "mailchimp.sim",
+            },
+            body,
+        )
+    )
 
 
 def test_tag_changes_are_only_the_difference() -> None:
     assert feeds.tag_changes(["a", "b"], ["b", "c"]) == [
-        {"name": "c", "status": "active"}, {"name": "a", "status": "inactive"}]
+        {"name": "c", "status": "active"},
+        {"name": "a", "status": "inactive"},
+    ]
     assert feeds.tag_changes([], []) == []

@@ -25,11 +25,13 @@ class NicknameFeed:
     def __init__(self) -> None:
         self.calls: list[list[int]] = []
 
-    def fetch(self, audience: FeedAudience, contact_ids: Sequence[int],
-              civicrm: ReadOnlyCiviCRM) -> Mapping[int, Any]:
+    def fetch(
+        self, audience: FeedAudience, contact_ids: Sequence[int], civicrm: ReadOnlyCiviCRM
+    ) -> Mapping[int, Any]:
         self.calls.append(list(contact_ids))
-        rows = civicrm.get("Contact", {"select": ["id", "first_name"],
-                                       "where": [["id", "IN", list(contact_ids)]]})
+        rows = civicrm.get(
+            "Contact", {"select": ["id", "first_name"], "where": [["id", "IN", list(contact_ids)]]}
+        )
         return {
             r["id"]: {
                 "merge_fields": {"NICK": (r["first_name"] or "").upper(), "FNAME": "Plugin"},
@@ -91,8 +93,9 @@ def test_a_plugin_cannot_write_to_civicrm(world: World, monkeypatch: pytest.Monk
             civicrm.call("Contact", "delete", {"where": [["id", "IN", list(contact_ids)]]})
             return {}
 
-    monkeypatch.setattr(plugins.importlib.metadata, "entry_points",
-                        lambda group: [Entry("writer", Writer)])
+    monkeypatch.setattr(
+        plugins.importlib.metadata, "entry_points", lambda group: [Entry("writer", Writer)]
+    )
     world.person("a@example.org", mc="subscribed", civi="Added")
     results = world.sync()
     assert isinstance(results[0].error, plugins.PluginError)
@@ -102,14 +105,23 @@ def test_a_plugin_cannot_write_to_civicrm(world: World, monkeypatch: pytest.Monk
 
 def test_normalise_drops_what_a_feed_may_not_set() -> None:
     warnings: list[str] = []
-    data = plugins.normalise("f", 1, {"merge_fields": {"A": None, "b": 1, "EMAIL": "x",
-                                                       "N": 3, "L": ["x", "y"], "T": True},
-                                      "tags": ["t", " ", "t"], "status": "subscribed"},
-                             warnings.append)
+    data = plugins.normalise(
+        "f",
+        1,
+        {
+            "merge_fields": {"A": None, "b": 1, "EMAIL": "x", "N": 3, "L": ["x", "y"], "T": True},
+            "tags": ["t", " ", "t"],
+            "status": "subscribed",
+        },
+        warnings.append,
+    )
     assert data == FeedData({"A": "", "N": 3, "L": "x, y", "T": "Yes"}, ("t",))
     assert len(warnings) == 3
     assert plugins.merge_under({"A": 1}, [{"A": 2, "B": 2}, {"B": 3, "C": 3}]) == {
-        "A": 1, "B": 2, "C": 3}
+        "A": 1,
+        "B": 2,
+        "C": 3,
+    }
 
 
 def test_a_broken_plugin_is_named() -> None:
@@ -119,6 +131,7 @@ def test_a_broken_plugin_is_named() -> None:
 
             def load(self) -> Any:
                 raise ImportError("No module named 'nowhere'")
+
         return [Bad()]
 
     with pytest.raises(plugins.PluginError, match="'bad'.*could not be loaded"):
@@ -146,23 +159,38 @@ def test_a_registered_distribution_through_the_cli(world: World, tmp_path: Path)
     info.mkdir(parents=True)
     (site / "mcsync_test_feed.py").write_text(PLUGIN_SOURCE)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mcsync-test-feed\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(
-        "[mcsync.data_feeds]\ntitles = mcsync_test_feed:Feed\n")
+    (info / "entry_points.txt").write_text("[mcsync.data_feeds]\ntitles = mcsync_test_feed:Feed\n")
     world.mc.add_merge_field(world.list_id, "NICK", "Nickname")
     world.person("doc@example.org", mc="subscribed", civi="Added", first="Di", last="Who")
     mc_server, civi_server = serve_simulators(world.mc, world.civi)
     try:
         config = tmp_path / "served.toml"
-        config.write_text(world.config_path.read_text()
-                          .replace(MC_URL, mc_server.url + "/3.0")
-                          .replace(CIVI_URL, civi_server.url + "/civicrm/ajax/api4"))
+        config.write_text(
+            world.config_path.read_text()
+            .replace(MC_URL, mc_server.url + "/3.0")
+            .replace(CIVI_URL, civi_server.url + "/civicrm/ajax/api4")
+        )
         config.chmod(0o600)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(site), str(Path(__file__).resolve().parents[1])])}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(site), str(Path(__file__).resolve().parents[1])]),
+        }
         done = subprocess.run(
-            [sys.executable, "-m", "mcsync", "fetch-and-reconcile", "--config", str(config),
-             "--max-time", "0"],
-            env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "mcsync",
+                "fetch-and-reconcile",
+                "--config",
+                str(config),
+                "--max-time",
+                "0",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
         )
     finally:
         mc_server.stop()

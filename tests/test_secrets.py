@@ -31,8 +31,13 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Scenario,
     """One world synced with -vv under faults (so retries and errors are traced too), plus
     every read-only command's output."""
     plan = FaultPlan(rate=0.15, kinds=("429", "500", "drop"), seed=3, retry_after=None)
-    scenario = Scenario(tmp_path_factory.mktemp("secrets"), members=120, seed=9,
-                        sync="batch_threshold = 10", faults=plan)
+    scenario = Scenario(
+        tmp_path_factory.mktemp("secrets"),
+        members=120,
+        seed=9,
+        sync="batch_threshold = 10",
+        faults=plan,
+    )
     scenario.serve()
     runs = [scenario.run("fetch-and-reconcile", "-vv") for _ in range(3)]
     runs += [
@@ -70,8 +75,10 @@ def test_no_secret_in_the_staging_db_or_its_log(traced: tuple[Scenario, list[Run
         assert_clean(path.read_bytes(), path.name)
     with scenario.db() as db:
         messages = " ".join(r[0] for r in db.execute("SELECT message FROM log"))
-        errors = " ".join(str(r[0]) + str(r[1]) for r in db.execute(
-            "SELECT error_title, error_detail FROM updates"))
+        errors = " ".join(
+            str(r[0]) + str(r[1])
+            for r in db.execute("SELECT error_title, error_detail FROM updates")
+        )
     assert_clean(messages + errors, "the run log")
 
 
@@ -101,7 +108,7 @@ def test_the_staging_db_is_created_private(traced: tuple[Scenario, list[Run]]) -
 
 
 def test_config_check_warns_when_the_config_is_readable_by_others(
-    traced: tuple[Scenario, list[Run]]
+    traced: tuple[Scenario, list[Run]],
 ) -> None:
     scenario, runs = traced
     private = next(r for r in runs if r.args[0] == "config check")

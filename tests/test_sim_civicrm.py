@@ -136,8 +136,13 @@ def test_csrf_rule_applies_to_header_flow_only(sim: CiviSim) -> None:
 
 
 def test_param_flow_and_authx_id(sim: CiviSim) -> None:
-    response = raw(sim, "POST", "/civicrm/ajax/api4/Contact/get", hdrs={"Content-Type": FORM},
-                   body=urlencode({"_authx": f"Bearer {KEY}", "params": "{}"}).encode())
+    response = raw(
+        sim,
+        "POST",
+        "/civicrm/ajax/api4/Contact/get",
+        hdrs={"Content-Type": FORM},
+        body=urlencode({"_authx": f"Bearer {KEY}", "params": "{}"}).encode(),
+    )
     assert response.status == 200
     who = json.loads(raw(sim, "GET", "/civicrm/authx/id").body)
     assert who["flow"] == "xheader" and who["cred"] == "api_key"
@@ -224,14 +229,19 @@ def test_invalid_json_params(sim: CiviSim) -> None:
 
 def test_masked_errors_without_debug_permission(sim: CiviSim) -> None:
     sim.add_api_key("masked", debug_visible=False)
-    response = raw(sim, "POST", "/civicrm/ajax/api4/Contact/get",
-                   hdrs=headers(**{"X-Civi-Auth": "Bearer masked"}),
-                   body=urlencode({"params": json.dumps({"where": [["x", "=", 1]]})}).encode())
+    response = raw(
+        sim,
+        "POST",
+        "/civicrm/ajax/api4/Contact/get",
+        hdrs=headers(**{"X-Civi-Auth": "Bearer masked"}),
+        body=urlencode({"params": json.dumps({"where": [["x", "=", 1]]})}).encode(),
+    )
     body = json.loads(response.body)
     assert response.status == 500 and body["error_code"] == "1" and "error_id" not in body
     error_id, detail = sim.error_log[-1]
     assert body["error_message"] == (
-        f"Sorry an error occurred and your request was not completed. (Error ID: {error_id})")
+        f"Sorry an error occurred and your request was not completed. (Error ID: {error_id})"
+    )
     assert detail == "Invalid field 'x'"
 
 
@@ -239,8 +249,13 @@ def test_acl_filters_reads_and_blocks_writes(sim: CiviSim, world: dict[str, int]
     sim.add_api_key("limited", view_all_contacts=False, edit_all_contacts=False,
                     acl_contact_ids=[world["ann"]])  # fmt: skip
     hdrs = headers(**{"X-Civi-Auth": "Bearer limited"})
-    seen = raw(sim, "POST", "/civicrm/ajax/api4/Contact/get", hdrs=hdrs,
-               body=urlencode({"params": json.dumps({"select": ["id"]})}).encode())
+    seen = raw(
+        sim,
+        "POST",
+        "/civicrm/ajax/api4/Contact/get",
+        hdrs=hdrs,
+        body=urlencode({"params": json.dumps({"select": ["id"]})}).encode(),
+    )
     assert json.loads(seen.body)["values"] == [{"id": world["ann"]}]
     params = {"values": {"contact_id": world["bob"], "group_id": world["smart"]}}
     denied = raw(sim, "POST", "/civicrm/ajax/api4/GroupContact/create", hdrs=hdrs,
@@ -328,22 +343,29 @@ def test_group_filters_and_smart_groups(sim: CiviSim, world: dict[str, int]) -> 
     assert groups[0]["group_type"] == ["2"] and groups[0]["group_type:name"] == ["Mailing List"]
     static = values(sim, "Group", {"select": ["id"], "where": [["saved_search_id", "IS NULL"]]})
     assert static == [{"id": world["news"]}]
-    members = values(sim, "Contact", {"select": ["id"],
-                                      "where": [["groups", "IN", [world["news"], world["smart"]]]]})
+    members = values(
+        sim,
+        "Contact",
+        {"select": ["id"], "where": [["groups", "IN", [world["news"], world["smart"]]]]},
+    )
     assert members == [{"id": world["ann"]}, {"id": world["bob"]}]
 
 
 def test_trash_hidden_unless_asked_or_by_id(sim: CiviSim, world: dict[str, int]) -> None:
     sim.delete_contact(world["bob"])
-    assert [r["id"] for r in values(sim, "Contact", {"select": ["id"]})] == [world["ann"],
-                                                                             world["cat"]]
+    assert [r["id"] for r in values(sim, "Contact", {"select": ["id"]})] == [
+        world["ann"],
+        world["cat"],
+    ]
     by_id = values(sim, "Contact", {"select": ["is_deleted"], "where": [["id", "=", world["bob"]]]})
     assert by_id == [{"is_deleted": True}]
-    both = values(sim, "Contact", {"select": ["id"],
-                                   "where": [["is_deleted", "IN", [True, False]]]})
+    both = values(
+        sim, "Contact", {"select": ["id"], "where": [["is_deleted", "IN", [True, False]]]}
+    )
     assert len(both) == 3
-    via_email = values(sim, "Email", {"select": ["contact_id"],
-                                      "where": [["contact_id.is_deleted", "=", False]]})
+    via_email = values(
+        sim, "Email", {"select": ["contact_id"], "where": [["contact_id.is_deleted", "=", False]]}
+    )
     assert world["bob"] not in [r["contact_id"] for r in via_email]
 
 
@@ -362,8 +384,9 @@ def test_keyset_paging_and_large_in_lists(sim: CiviSim) -> None:
             break
         last = page[-1]["id"]
     assert seen == ids
-    chunk = values(sim, "Email", {"select": ["contact_id"],
-                                  "where": [["contact_id", "IN", ids[:1000]]]})
+    chunk = values(
+        sim, "Email", {"select": ["contact_id"], "where": [["contact_id", "IN", ids[:1000]]]}
+    )
     assert len(chunk) == 1000
     emails = values(sim, "Email", {"select": ["id"], "where": [
         ["email", "IN", [f"P{i}@EXAMPLE.ORG" for i in range(600)]]]})  # fmt: skip
@@ -398,8 +421,12 @@ def test_group_contact_writes_always_log_history(sim: CiviSim, world: dict[str, 
     news, cat = world["news"], world["cat"]
     before = values(sim, "Contact", {"select": ["modified_date"], "where": [["id", "=", cat]]})
     clock.now = datetime(2024, 7, 1, 12, 0, 5, tzinfo=UTC)
-    created = api(sim, "GroupContact", "create",
-                  {"values": {"contact_id": cat, "group_id": news}, "tracking": "mcsync run 7"})
+    created = api(
+        sim,
+        "GroupContact",
+        "create",
+        {"values": {"contact_id": cat, "group_id": news}, "tracking": "mcsync run 7"},
+    )
     assert created["values"][0]["status"] == "Added"
     dup = api(sim, "GroupContact", "create", {"values": {"contact_id": cat, "group_id": news}},
               expect=500)  # fmt: skip
@@ -436,14 +463,26 @@ def test_contact_and_email_writes_bump_modified_date(sim: CiviSim, world: dict[s
 
     assert modified() == "2024-03-31 00:30:00"  # GMT before the DST switch
     clock.now = datetime(2024, 3, 31, 1, 30, tzinfo=UTC)
-    api(sim, "Email", "create", {"values": {"contact_id": ann, "email": "ann@work.org",
-                                            "is_primary": True, "location_type_id:name": "Work"}})
+    api(
+        sim,
+        "Email",
+        "create",
+        {
+            "values": {
+                "contact_id": ann,
+                "email": "ann@work.org",
+                "is_primary": True,
+                "location_type_id:name": "Work",
+            }
+        },
+    )
     assert modified() == "2024-03-31 02:30:00"  # BST after it
     emails = values(sim, "Email", {"select": ["email", "is_primary", "location_type_id:name"],
                                    "where": [["contact_id", "=", ann]]})  # fmt: skip
     assert emails == [
         {"email": "Ann@Example.org", "is_primary": False, "location_type_id:name": "Home"},
-        {"email": "ann@work.org", "is_primary": True, "location_type_id:name": "Work"}]
+        {"email": "ann@work.org", "is_primary": True, "location_type_id:name": "Work"},
+    ]
     clock.now = datetime(2024, 4, 1, tzinfo=UTC)
     sim.update_email(sim.query("SELECT id FROM email WHERE email = 'ann@work.org'")[0]["id"],
                      on_hold=1)  # fmt: skip
@@ -455,12 +494,14 @@ def test_contact_and_email_writes_bump_modified_date(sim: CiviSim, world: dict[s
     updated = api(sim, "Contact", "update", {"values": {"id": ann, "is_opt_out": True,
                                                         "modified_date": "1999-01-01 00:00:00",
                                                         "bogus": 1}})  # fmt: skip
-    assert updated["values"] == [{"id": ann, "is_opt_out": True,
-                                  "modified_date": "2024-04-02 01:00:00", "bogus": None}]
+    assert updated["values"] == [
+        {"id": ann, "is_opt_out": True, "modified_date": "2024-04-02 01:00:00", "bogus": None}
+    ]
     deleted = api(sim, "Email", "delete", {"where": [["email", "=", "ann@work.org"]]})
     assert len(deleted["values"]) == 1
-    assert values(sim, "Email", {"select": ["is_primary"],
-                                 "where": [["contact_id", "=", ann]]}) == [{"is_primary": True}]
+    assert values(
+        sim, "Email", {"select": ["is_primary"], "where": [["contact_id", "=", ann]]}
+    ) == [{"is_primary": True}]
 
 
 def test_contact_create_with_primary_email_and_save_match(sim: CiviSim) -> None:
@@ -485,7 +526,8 @@ def test_contact_create_with_primary_email_and_save_match(sim: CiviSim) -> None:
 def test_contact_delete_trash_and_permanent(sim: CiviSim, world: dict[str, int]) -> None:
     api(sim, "Contact", "delete", {"where": [["id", "=", world["ann"]]]})
     assert sim.query("SELECT is_deleted FROM contact WHERE id = ?", [world["ann"]]) == [
-        {"is_deleted": 1}]
+        {"is_deleted": 1}
+    ]
     assert sim.group_status(world["ann"], world["news"]) == "Added"  # trash keeps memberships
     api(sim, "Contact", "delete", {"where": [["id", "=", world["bob"]]], "useTrash": False})
     assert sim.query("SELECT * FROM contact WHERE id = ?", [world["bob"]]) == []
@@ -515,8 +557,9 @@ def test_merge_moves_rows_and_trashes_loser(sim: CiviSim, world: dict[str, int])
 
 
 def test_group_create_nesting_and_uniqueness(sim: CiviSim) -> None:
-    parent = api(sim, "Group", "create", {"values": {"title": "Parent",
-                                                     "group_type:name": ["Mailing List"]}})
+    parent = api(
+        sim, "Group", "create", {"values": {"title": "Parent", "group_type:name": ["Mailing List"]}}
+    )
     pid = parent["values"][0]["id"]
     child = api(sim, "Group", "create", {"values": {"title": "Child", "parents": [pid]}})
     assert child["values"][0]["name"] == "Child"
@@ -540,5 +583,8 @@ def test_seed_without_history_and_backdated_status(sim: CiviSim, world: dict[str
     assert sim.query("SELECT * FROM subscription_history WHERE contact_id = ?", ids) == []
     sim.set_group_status(ids[0], world["news"], "Removed", method="Email",
                          when=datetime(2020, 1, 1, tzinfo=UTC))  # fmt: skip
-    assert values(sim, "SubscriptionHistory", {"select": ["date", "method"], "where": [
-        ["contact_id", "=", ids[0]]]}) == [{"date": "2020-01-01 00:00:00", "method": "Email"}]
+    assert values(
+        sim,
+        "SubscriptionHistory",
+        {"select": ["date", "method"], "where": [["contact_id", "=", ids[0]]]},
+    ) == [{"date": "2020-01-01 00:00:00", "method": "Email"}]

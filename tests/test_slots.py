@@ -26,8 +26,9 @@ def _hold_and_count(directory: str, results: multiprocessing.Queue[int]) -> None
 def test_slots_cap_holders_across_processes(tmp_path: Path) -> None:
     context = multiprocessing.get_context("fork")
     results: multiprocessing.Queue[int] = context.Queue()
-    workers = [context.Process(target=_hold_and_count, args=(str(tmp_path), results))
-               for _ in range(6)]
+    workers = [
+        context.Process(target=_hold_and_count, args=(str(tmp_path), results)) for _ in range(6)
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:

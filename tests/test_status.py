@@ -37,8 +37,16 @@ def stage_known_state(world: World) -> Staging:
             staging.execute(
                 "INSERT INTO rows (id, list_id, mc_hash, mc_email, mc_status, contact_id, "
                 "sync_status, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (n, world.list_id, f"h{n}" if mc else None, f"p{n}@example.org" if mc else None,
-                 mc, contact, sync, reason),
+                (
+                    n,
+                    world.list_id,
+                    f"h{n}" if mc else None,
+                    f"p{n}@example.org" if mc else None,
+                    mc,
+                    contact,
+                    sync,
+                    reason,
+                ),
             )
             if contact is not None:
                 staging.execute("INSERT INTO contacts (contact_id) VALUES (?)", (contact,))
@@ -122,8 +130,9 @@ def test_never_synced_is_not_in_sync(world: World) -> None:
 
 def test_expired_lease_is_a_possible_crash(world: World) -> None:
     staging = stage_known_state(world)
-    staging.set_state(world.list_id, stage="reconcile", lease_owner="host:1:x",
-                      lease_expires=time.time() - 5)
+    staging.set_state(
+        world.list_id, stage="reconcile", lease_owner="host:1:x", lease_expires=time.time() - 5
+    )
     staging.close()
     status = status_of(world)
     assert status["running"] is False
@@ -132,8 +141,14 @@ def test_expired_lease_is_a_possible_crash(world: World) -> None:
 
 def test_live_lease_is_running_with_progress(world: World) -> None:
     staging = stage_known_state(world)
-    staging.set_state(world.list_id, stage="reconcile", mc_offset=700, run_started=iso(utc_now()),
-                      lease_owner="host:1:x", lease_expires=time.time() + 60)
+    staging.set_state(
+        world.list_id,
+        stage="reconcile",
+        mc_offset=700,
+        run_started=iso(utc_now()),
+        lease_owner="host:1:x",
+        lease_expires=time.time() + 60,
+    )
     staging.close()
     status = status_of(world)
     assert status["running"] is True and status["possible_crash"] is None
@@ -170,7 +185,13 @@ def test_plain_status_names_every_figure(world: World) -> None:
     result = CliRunner().invoke(main, ["status", "--config", str(world.config_path)])
     assert result.exit_code == 0, result.output
     assert re.search(r"subscribed at Mailchimp: +4\n", result.output)
-    for label in ("Added in CiviCRM", "to add to Mailchimp",
-                  "to remove from Mailchimp", "cannot subscribe", "batches in flight",
-                  "NOT in sync", "took 12s"):
+    for label in (
+        "Added in CiviCRM",
+        "to add to Mailchimp",
+        "to remove from Mailchimp",
+        "cannot subscribe",
+        "batches in flight",
+        "NOT in sync",
+        "took 12s",
+    ):
         assert label in result.output

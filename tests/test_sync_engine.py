@@ -7,8 +7,13 @@ from conftest import World
 
 def test_first_sync_converges_both_sides(world: World) -> None:
     a = world.person("a@example.org", mc="subscribed", civi="Added")
-    b = world.person("b@example.org", mc="unsubscribed", civi="Added",
-                     mc_at=world.ago(days=1), civi_at=world.ago(days=10))
+    b = world.person(
+        "b@example.org",
+        mc="unsubscribed",
+        civi="Added",
+        mc_at=world.ago(days=1),
+        civi_at=world.ago(days=10),
+    )
     world.person("c@example.org", mc="subscribed", first="Cat", last="Case")
     world.person("d@example.org", civi="Added")
     results = world.sync()
@@ -16,8 +21,7 @@ def test_first_sync_converges_both_sides(world: World) -> None:
     assert results[0].outcome and results[0].outcome.completed
     assert world.civi_status(a) == "Added"
     assert world.civi_status(b) == "Removed"
-    created = world.civi.query("SELECT contact_id FROM email WHERE email = ?",
-                               ("c@example.org",))
+    created = world.civi.query("SELECT contact_id FROM email WHERE email = ?", ("c@example.org",))
     assert len(created) == 1
     assert world.civi_status(created[0]["contact_id"]) == "Added"
     assert world.mc_status("d@example.org") == "subscribed"
@@ -79,8 +83,13 @@ def test_deleted_contacts_are_never_matched(world: World) -> None:
 
 
 def test_cleaned_member_email_goes_on_hold_and_is_never_resubscribed(world: World) -> None:
-    contact = world.person("bounce@example.org", mc="cleaned", civi="Added",
-                           mc_at=world.ago(days=10), civi_at=world.ago(days=1))
+    contact = world.person(
+        "bounce@example.org",
+        mc="cleaned",
+        civi="Added",
+        mc_at=world.ago(days=10),
+        civi_at=world.ago(days=1),
+    )
     world.sync()
     assert world.mc_status("bounce@example.org") == "cleaned"
     hold = world.civi.query("SELECT on_hold FROM email WHERE email = 'bounce@example.org'")
@@ -91,8 +100,13 @@ def test_cleaned_member_email_goes_on_hold_and_is_never_resubscribed(world: Worl
 
 
 def test_compliance_refusal_is_retried_once_as_pending(world: World) -> None:
-    contact = world.person("back@example.org", mc="unsubscribed", civi="Added",
-                           mc_at=world.ago(days=10), civi_at=world.ago(days=1))
+    contact = world.person(
+        "back@example.org",
+        mc="unsubscribed",
+        civi="Added",
+        mc_at=world.ago(days=10),
+        civi_at=world.ago(days=1),
+    )
     world.sync()
     assert world.mc_status("back@example.org") == "pending"
     assert contact is not None and world.civi_status(contact) == "Added"
@@ -105,8 +119,9 @@ def test_several_mailchimp_emails_keep_the_contact_added(world: World) -> None:
     contact = world.person("one@example.org", mc="subscribed", civi="Added")
     assert contact is not None
     world.civi.add_email(contact, "two@example.org", is_primary=False)
-    world.mc.seed_member(world.list_id, "two@example.org", "unsubscribed",
-                         last_changed=world.ago(hours=1))
+    world.mc.seed_member(
+        world.list_id, "two@example.org", "unsubscribed", last_changed=world.ago(hours=1)
+    )
     world.sync()
     assert world.civi_status(contact) == "Added"
     assert world.mc_status("two@example.org") == "unsubscribed"
@@ -148,9 +163,13 @@ def test_a_tiny_budget_stops_and_resumes_to_the_same_result(make_world) -> None:
 
     world = make_world()
     for n in range(60):
-        world.person(f"m{n}@example.org", mc="subscribed" if n % 3 else "unsubscribed",
-                     civi=None if n % 4 == 0 else "Added",
-                     mc_at=world.ago(days=2), civi_at=world.ago(days=3 if n % 2 else 1))
+        world.person(
+            f"m{n}@example.org",
+            mc="subscribed" if n % 3 else "unsubscribed",
+            civi=None if n % 4 == 0 else "Added",
+            mc_at=world.ago(days=2),
+            civi_at=world.ago(days=3 if n % 2 else 1),
+        )
     clock = iter(range(0, 10**6, 1))
     runs = 0
     while True:
@@ -161,11 +180,19 @@ def test_a_tiny_budget_stops_and_resumes_to_the_same_result(make_world) -> None:
             break
         assert runs < 200, results[0].outcome
     assert runs > 1
-    subscribed = {m["email_address"] for m in world.mc.members(world.list_id)
-                  if m["status"] in ("subscribed", "pending")}
-    added = {r["email"] for r in world.civi.query(
-        "SELECT e.email FROM group_contact g JOIN email e ON e.contact_id = g.contact_id "
-        "WHERE g.group_id = ? AND g.status = 'Added'", (world.group_id,))}
+    subscribed = {
+        m["email_address"]
+        for m in world.mc.members(world.list_id)
+        if m["status"] in ("subscribed", "pending")
+    }
+    added = {
+        r["email"]
+        for r in world.civi.query(
+            "SELECT e.email FROM group_contact g JOIN email e ON e.contact_id = g.contact_id "
+            "WHERE g.group_id = ? AND g.status = 'Added'",
+            (world.group_id,),
+        )
+    }
     assert subscribed == added
 
 
@@ -176,8 +203,10 @@ def test_an_email_changed_at_mailchimp_is_followed_not_duplicated(world: World) 
     world.sync()
     assert contact is not None
     assert world.civi.query("SELECT COUNT(*) AS n FROM contact")[0]["n"] == 1
-    emails = {r["email"] for r in world.civi.query(
-        "SELECT email FROM email WHERE contact_id = ?", (contact,))}
+    emails = {
+        r["email"]
+        for r in world.civi.query("SELECT email FROM email WHERE contact_id = ?", (contact,))
+    }
     assert emails == {"old@example.org", "new@example.org"}
     assert world.civi_status(contact) == "Added"
     assert world.mc_status("new@example.org") == "subscribed"
@@ -186,8 +215,13 @@ def test_an_email_changed_at_mailchimp_is_followed_not_duplicated(world: World) 
 def test_a_civicrm_change_made_during_the_run_is_not_overwritten(world: World) -> None:
     from mcsync import push_civicrm
 
-    contact = world.person("racer@example.org", mc="subscribed", civi="Removed",
-                           mc_at=world.ago(hours=1), civi_at=world.ago(days=3))
+    contact = world.person(
+        "racer@example.org",
+        mc="subscribed",
+        civi="Removed",
+        mc_at=world.ago(hours=1),
+        civi_at=world.ago(days=3),
+    )
     assert contact is not None
     original = push_civicrm._drop_overtaken
 
@@ -211,8 +245,11 @@ def test_a_full_run_notices_members_archived_at_mailchimp(world: World) -> None:
     gone = world.person("gone@example.org", mc="subscribed", civi="Added")
     world.sync()
     world.mc.set_member_status(world.list_id, "gone@example.org", "archived")
-    assert not any(m["email_address"] == "gone@example.org"
-                   for m in world.mc.members(world.list_id) if m["status"] != "archived")
+    assert not any(
+        m["email_address"] == "gone@example.org"
+        for m in world.mc.members(world.list_id)
+        if m["status"] != "archived"
+    )
     world.sync(since="ever")
     assert gone is not None and world.civi_status(gone) == "Removed"
     assert all(world.civi_status(k) == "Added" for k in keep if k is not None)
@@ -248,8 +285,13 @@ def test_one_record_civicrm_refuses_fails_alone(world: World) -> None:
 def test_compliance_retries_from_batch_results_go_out_in_the_same_run(make_world) -> None:
     world = make_world(batch_threshold=2)
     for n in range(3):
-        world.person(f"back{n}@example.org", mc="unsubscribed", civi="Added",
-                     mc_at=world.ago(days=10), civi_at=world.ago(days=1))
+        world.person(
+            f"back{n}@example.org",
+            mc="unsubscribed",
+            civi="Added",
+            mc_at=world.ago(days=10),
+            civi_at=world.ago(days=1),
+        )
     results = world.sync()
     assert results[0].outcome and results[0].outcome.completed
     assert all(world.mc_status(f"back{n}@example.org") == "pending" for n in range(3))

@@ -44,9 +44,7 @@ class SimResponse:
     body: bytes = b""
 
     @classmethod
-    def json(
-        cls, status: int, payload: Any, content_type: str = "application/json"
-    ) -> SimResponse:
+    def json(cls, status: int, payload: Any, content_type: str = "application/json") -> SimResponse:
         return cls(status, {"Content-Type": content_type}, json.dumps(payload).encode("utf-8"))
 
 

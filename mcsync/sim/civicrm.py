@@ -617,8 +617,11 @@ class CiviSim:
             raise CiviApiError(
                 f"API ({entity}, {action}) does not exist (join the API team and implement it!)"
             )
-        allowed = COMMON_PARAMS | ACTION_PARAMS[action] | ENTITY_ACTION_PARAMS.get(
-            (entity, action), frozenset())
+        allowed = (
+            COMMON_PARAMS
+            | ACTION_PARAMS[action]
+            | ENTITY_ACTION_PARAMS.get((entity, action), frozenset())
+        )
         for name in params:
             if name not in allowed:
                 raise CiviApiError(f"Unknown api parameter: set{name[:1].upper()}{name[1:]}")
@@ -845,8 +848,9 @@ class CiviSim:
             if key in echo or "." in key:
                 out[key] = None if key in echo else values[key]
             elif name in stored:
-                out[key] = self._output(entity, record_id, [key])[key] if ":" in key else \
-                    stored[name]
+                out[key] = (
+                    self._output(entity, record_id, [key])[key] if ":" in key else stored[name]
+                )
         return out, values.get("id") is not None
 
     def _split_values(self, entity: str, values: dict[str, Any]
@@ -994,9 +998,12 @@ class CiviSim:
                             row: dict[str, Any], now: str) -> None:  # fmt: skip
         """Email/Address rules: first row is primary; holds stamp ``hold_date``."""
         table = ENTITIES[entity].table
-        if current is None and not self._conn.execute(
-            f"SELECT 1 FROM {table} WHERE contact_id = ?", (row["contact_id"],)
-        ).fetchone():
+        if (
+            current is None
+            and not self._conn.execute(
+                f"SELECT 1 FROM {table} WHERE contact_id = ?", (row["contact_id"],)
+            ).fetchone()
+        ):
             row["is_primary"] = 1
         if entity == "Email":
             was_held = bool(current and current.get("on_hold"))

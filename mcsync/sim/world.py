@@ -40,17 +40,26 @@ class SimWorld:
         for index in range(audiences):
             world.audiences.append(
                 generate(
-                    world.mailchimp, world.civicrm, api_key=MAILCHIMP_KEY, members=members,
-                    seed=seed + index, agree=agree, list_name=f"Newsletter {index + 1}",
+                    world.mailchimp,
+                    world.civicrm,
+                    api_key=MAILCHIMP_KEY,
+                    members=members,
+                    seed=seed + index,
+                    agree=agree,
+                    list_name=f"Newsletter {index + 1}",
                 )
             )
         return world
 
-    def serve(self, *, mailchimp_port: int = 0, civicrm_port: int = 0,
-              faults: FaultPlan | None = None) -> SimWorld:
+    def serve(
+        self, *, mailchimp_port: int = 0, civicrm_port: int = 0, faults: FaultPlan | None = None
+    ) -> SimWorld:
         self.servers = serve_simulators(
-            self.mailchimp, self.civicrm, mailchimp_port=mailchimp_port,
-            civicrm_port=civicrm_port, faults=faults,
+            self.mailchimp,
+            self.civicrm,
+            mailchimp_port=mailchimp_port,
+            civicrm_port=civicrm_port,
+            faults=faults,
         )
         return self
 
