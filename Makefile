@@ -29,6 +29,7 @@ bench: $(STAMP)
 
 lint: $(LINT_STAMP)
 	$(BIN)/python -m ruff check mcsync tests
+	$(BIN)/python -m ruff format --check mcsync tests
 	$(BIN)/python -m mypy mcsync
 
 clean:
