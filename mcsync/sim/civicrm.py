@@ -33,20 +33,18 @@ from urllib.parse import parse_qs
 from zoneinfo import ZoneInfo
 
 from mcsync.sim.base import SimRequest, SimResponse
-from mcsync.sim.civicrm_query import (
+from mcsync.sim.civicrm_query import Query, where_fetches_by_id, where_mentions
+from mcsync.sim.civicrm_schema import (
     ENTITIES,
     SCHEMA,
     VIRTUAL_FIELDS,
     CiviApiError,
-    Query,
     civi_key,
     from_storage,
     register_functions,
     serialize,
     to_storage,
     unserialize,
-    where_fetches_by_id,
-    where_mentions,
 )
 
 ROUTE = re.compile(r"(?:^|/)civicrm/ajax/api4(?:/([A-Za-z0-9_]+)/([A-Za-z0-9_]+))?/?$")
