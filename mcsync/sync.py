@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -89,13 +90,20 @@ class LeaseHeartbeat:
         self.thread.join(timeout=5)
 
     def _run(self) -> None:
-        staging = Staging(self.path)
+        staging: Staging | None = None
+        interval = max(1.0, self.args[2] / 6)
         try:
-            interval = max(1.0, self.args[2] / 6)
             while not self.stop_event.wait(interval):
-                staging.renew_lease(*self.args)
+                try:
+                    staging = staging or Staging(self.path)
+                    staging.renew_lease(*self.args)
+                except sqlite3.OperationalError:
+                    # The run's own connection holds a long write (a set-based statement
+                    # over a large audience): beat again next time; the lease has slack.
+                    continue
         finally:
-            staging.close()
+            if staging is not None:
+                staging.close()
 
 
 def run_audience(
@@ -120,7 +128,9 @@ def run_audience(
     try:
         with LeaseHeartbeat(str(staging.path), ctx.list_id, owner, ctx.sync.lease_seconds):
             check_groups(ctx)
-            return _run_stages(ctx, since=since, full=full, stop_before=stop_before, t0=started)
+            return _run_stages(
+                ctx, owner, since=since, full=full, stop_before=stop_before, t0=started
+            )
     finally:
         staging.release_lease(ctx.list_id, owner)
 
@@ -149,7 +159,13 @@ def check_groups(ctx: RunContext) -> None:
 
 
 def _run_stages(
-    ctx: RunContext, *, since: str | None, full: bool, stop_before: str | None, t0: float
+    ctx: RunContext,
+    owner: str,
+    *,
+    since: str | None,
+    full: bool,
+    stop_before: str | None,
+    t0: float,
 ) -> RunOutcome:
     staging = ctx.staging
     state = staging.state(ctx.list_id)
@@ -165,6 +181,11 @@ def _run_stages(
                 break
             if stop_before and stage == stop_before:
                 return RunOutcome(ctx.list_id, ctx.group_id, False, stage, time.monotonic() - t0)
+            if not staging.renew_lease(ctx.list_id, owner, ctx.sync.lease_seconds):
+                raise AudienceBusy(
+                    f"audience {ctx.list_id} (group {ctx.group_id}): this run lost its lease "
+                    "(it was stalled past lease_seconds and another run took over); stopping"
+                )
             index = STAGE_NAMES.index(stage)
             _, function, when = STAGES[index]
             if when in ("any", "write", mode):
