@@ -22,6 +22,7 @@ from mcsync.run import RunContext
 from mcsync.staging import dumps, iso, parse_iso, utc_now
 
 CHUNK = 1000
+SETTLE_STEP = 20_000  # rows per set-based statement
 
 
 def policy_for(ctx: RunContext) -> ms.AudiencePolicy:
@@ -97,10 +98,27 @@ def settle_agreeing_rows(ctx: RunContext) -> int:
     interest_params: list[Any] = []
     for interest_id, group_id in ctx.interest_groups.items():
         interest_params.extend([f'$."{interest_id}"', group_id])
+    low, high = ctx.staging.query(
+        "SELECT MIN(id), MAX(id) FROM rows WHERE list_id = ? AND sync_status = 'todo'",
+        (ctx.list_id,),
+    )[0]
+    settled = 0
+    # One statement per id range, each its own short transaction: a large audience never
+    # holds the write lock for long (the lease heartbeat writes too).
+    for start in range(low or 0, (high or -1) + 1, SETTLE_STEP):
+        ctx.budget.check()
+        settled += _settle_range(ctx, start, start + SETTLE_STEP, interest_checks, interest_params)
+    return settled
+
+
+def _settle_range(
+    ctx: RunContext, start: int, stop: int, interest_checks: str, interest_params: list[Any]
+) -> int:
     cursor = ctx.staging.execute(
         f"""
         UPDATE rows AS r SET sync_status = 'ok', reason = NULL, reason_detail = NULL
-        WHERE r.list_id = ? AND r.sync_status = 'todo' AND r.mc_status = 'subscribed'
+        WHERE r.id >= ? AND r.id < ?
+          AND r.list_id = ? AND r.sync_status = 'todo' AND r.mc_status = 'subscribed'
           AND r.mc_hash IS NOT NULL AND r.contact_id IS NOT NULL AND r.creating = 0
           AND r.mc_expected IS NULL AND r.refusal_reason IS NULL
           AND EXISTS (SELECT 1 FROM contacts c WHERE c.contact_id = r.contact_id
@@ -124,7 +142,7 @@ def settle_agreeing_rows(ctx: RunContext) -> int:
           AND NOT EXISTS (SELECT 1 FROM civi_writes w WHERE w.list_id = r.list_id
                           AND w.contact_id = r.contact_id)
         """,
-        (ctx.list_id, ctx.group_id, *interest_params),
+        (start, stop, ctx.list_id, ctx.group_id, *interest_params),
     )
     return cursor.rowcount
 
