@@ -54,6 +54,27 @@ def group_id_option(required: bool = False) -> Callable[..., Any]:
     )
 
 
+def plan_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """--dry-run, --json and --allow-mass-changes, shared by the two sync commands."""
+    for option in reversed(
+        [
+            click.option(
+                "--dry-run", is_flag=True, help="Plan and print the changes; write nothing."
+            ),
+            click.option(
+                "--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON."
+            ),
+            click.option(
+                "--allow-mass-changes",
+                is_flag=True,
+                help="Let a run remove more than max_removal_share of an audience.",
+            ),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
 class Session:
     """What one command invocation carries: output, config and the secrets to redact."""
 
@@ -230,13 +251,7 @@ def report_results(session: Session, results: list[Any]) -> int:
 )
 @group_id_option()
 @click.option("--since", help="Fetch Mailchimp changes since DATE (ISO 8601), or 'ever'.")
-@click.option("--dry-run", is_flag=True, help="Plan and print the changes; write nothing.")
-@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
-@click.option(
-    "--allow-mass-changes",
-    is_flag=True,
-    help="Let a run remove more than max_removal_share of an audience.",
-)
+@plan_options
 @guarded
 def fetch_and_reconcile(
     session: Session,
@@ -270,14 +285,8 @@ def fetch_and_reconcile(
     show_default=True,
     help="Seconds to work before saving progress; 0 = no limit.",
 )
-@click.option("--dry-run", is_flag=True, help="Plan and print the changes; write nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation before writing.")
-@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
-@click.option(
-    "--allow-mass-changes",
-    is_flag=True,
-    help="Let a run remove more than max_removal_share of an audience.",
-)
+@plan_options
 @guarded
 def initial_sync(
     session: Session,

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
 from typing import Any
 
 from mcsync import write_results as wr
 from mcsync.errors import ApiError
-from mcsync.fetch_civicrm import chunks
 from mcsync.run import RunContext
 from mcsync.staging import dumps, iso, parse_iso, utc_now
 
@@ -170,13 +168,3 @@ def _close_row_if_done(
         "('queued', 'submitting', 'submitted'))",
         (sync_status, reason, detail, row_id, row_id),
     )
-
-
-def abort_unsubmitted(ctx: RunContext, row_ids: Sequence[int], why: str) -> None:
-    for chunk in chunks(list(row_ids), 500):
-        placeholders = ",".join("?" * len(chunk))
-        ctx.staging.execute(
-            f"UPDATE updates SET state = 'aborted', completed_at = ?, error_detail = ? "
-            f"WHERE state = 'queued' AND row_id IN ({placeholders})",
-            (iso(utc_now()), why, *chunk),
-        )

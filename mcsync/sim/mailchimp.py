@@ -1132,36 +1132,21 @@ class MailchimpSim:
     # ---------------------------------------------------------------- writing members
 
     def _post_member(self, call: _Call) -> tuple[int, Any]:
-        lst = self._own_list(call)
-        row = self._write(
-            lst,
-            None,
-            call.json_body(),
-            "POST",
-            call.now,
-            skip_merge_validation=call.flag("skip_merge_validation"),
-        )
-        return 200, self._render(lst, row)
+        return self._write_member(call, None, "POST")
 
     def _put_member(self, call: _Call) -> tuple[int, Any]:
-        lst = self._own_list(call)
-        row = self._write(
-            lst,
-            _member_key(call.params["1"]),
-            call.json_body(),
-            "PUT",
-            call.now,
-            skip_merge_validation=call.flag("skip_merge_validation"),
-        )
-        return 200, self._render(lst, row)
+        return self._write_member(call, _member_key(call.params["1"]), "PUT")
 
     def _patch_member(self, call: _Call) -> tuple[int, Any]:
+        return self._write_member(call, _member_key(call.params["1"]), "PATCH")
+
+    def _write_member(self, call: _Call, key: str | None, method: str) -> tuple[int, Any]:
         lst = self._own_list(call)
         row = self._write(
             lst,
-            _member_key(call.params["1"]),
+            key,
             call.json_body(),
-            "PATCH",
+            method,
             call.now,
             skip_merge_validation=call.flag("skip_merge_validation"),
         )
