@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mcsync.budget import Budget
@@ -49,10 +50,12 @@ def fetch_groups(conns: Any, ids: list[int]) -> dict[int, dict[str, Any]]:
     return {int(r["id"]): r for r in records}
 
 
-def check_config(config: Config, out: Output) -> list[str]:
+def check_config(
+    config: Config, out: Output, *, debug_http: Callable[[str], None] | None = None
+) -> list[str]:
     """Every problem found, each naming the config key it comes from; empty when all is well."""
     problems: list[str] = []
-    with connections(config, Budget(120)) as conns:
+    with connections(config, Budget(120), debug_http=debug_http) as conns:
         try:
             conns.civicrm.call("Contact", "get", {"select": ["id"], "limit": 1})
             out.say("CiviCRM: connected")
@@ -195,9 +198,11 @@ def field_types(civicrm: Any, paths: list[str]) -> dict[str, str]:
     return found
 
 
-def discover_all(config: Config, out: Output) -> None:
+def discover_all(
+    config: Config, out: Output, *, debug_http: Callable[[str], None] | None = None
+) -> None:
     """Audiences, interest categories and interests per account; CiviCRM mailing groups."""
-    with connections(config, Budget(120)) as conns:
+    with connections(config, Budget(120), debug_http=debug_http) as conns:
         for name in config.mailchimp.accounts:
             client = conns.mailchimp_for(name)
             rows = []

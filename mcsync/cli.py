@@ -38,6 +38,11 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
     )
     @click.option("-v", "--verbose", count=True, help="Say more (under cron: a summary line).")
     @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+    @click.option(
+        "--debug-http",
+        is_flag=True,
+        help="Trace every HTTP request and response on stderr (keys redacted); same as -vv.",
+    )
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return function(*args, **kwargs)
@@ -78,10 +83,17 @@ def plan_options(function: Callable[..., Any]) -> Callable[..., Any]:
 class Session:
     """What one command invocation carries: output, config and the secrets to redact."""
 
-    def __init__(self, config_path: Path | None, verbose: int, quiet: bool):
+    def __init__(
+        self, config_path: Path | None, verbose: int, quiet: bool, debug_http: bool = False
+    ):
         self.out = Output(verbose=verbose, quiet=quiet)
         self.path = config_path or default_config_path()
         self.secrets: list[str] = []
+        self.debug_http = debug_http or verbose >= 2
+
+    def http_trace(self) -> Callable[[str], None] | None:
+        """Where HTTP trace lines go (stderr), when asked for; the HTTP layer redacts them."""
+        return self.out.error if self.debug_http else None
 
     def config(self) -> Config:
         config = load_config(self.path)
@@ -102,9 +114,10 @@ def guarded(function: Callable[..., Any]) -> Callable[..., Any]:
         config_path: Path | None = None,
         verbose: int = 0,
         quiet: bool = False,
+        debug_http: bool = False,
         **kwargs: Any,
     ) -> Any:
-        session = Session(config_path, verbose, quiet)
+        session = Session(config_path, verbose, quiet, debug_http)
         try:
             return function(session, *args, **kwargs)
         except ConfigError as exc:
@@ -152,7 +165,7 @@ def run_sync(
     if preview:
         ensure_no_writes_pending(config, group_id)
     budget = Budget(max_time or None)
-    debug = (lambda line: out.error(line)) if session.out.verbose >= 2 else None
+    debug = session.http_trace()
     with out.progress() as progress:
         results = sync_audiences(
             config,
@@ -403,7 +416,7 @@ def config_check(session: Session) -> None:
             f"warning: {session.path} is readable by other users; it holds or points to API "
             f"keys (chmod 600 {session.path})"
         )
-    problems = check_config(config, session.out)
+    problems = check_config(config, session.out, debug_http=session.http_trace())
     if problems:
         for problem in problems:
             session.out.error(redact(problem, session.secrets))
@@ -418,7 +431,7 @@ def discover(session: Session) -> None:
     """List audiences, interests and CiviCRM mailing groups with their ids."""
     from mcsync.checks import discover_all
 
-    discover_all(session.config(), session.out)
+    discover_all(session.config(), session.out, debug_http=session.http_trace())
 
 
 @main.command("demo")

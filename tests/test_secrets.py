@@ -47,7 +47,8 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Scenario,
         scenario.run("failures", "--json"),
         scenario.run("failures"),
         scenario.run("config check", "-vv"),
-        scenario.run("discover", "-v"),
+        scenario.run("discover", "--debug-http"),
+        scenario.run("fetch-and-reconcile", "--since", "ever", "--debug-http"),
     ]
     yield scenario, runs
     scenario.stop()
@@ -65,6 +66,8 @@ def test_no_secret_in_any_output_or_http_trace(traced: tuple[Scenario, list[Run]
     assert "authorization: ***" in traces.lower() and "x-civi-auth: ***" in traces.lower()
     assert "x-civi-key: ***" in traces.lower()
     assert "retry" in traces, "the fault plan should have caused traced retries"
+    flagged = runs[-1].err  # --debug-http traces like -vv
+    assert "Mailchimp main ->" in flagged and "authorization: ***" in flagged.lower()
 
 
 def test_no_secret_in_the_staging_db_or_its_log(traced: tuple[Scenario, list[Run]]) -> None:
