@@ -138,13 +138,16 @@ class Refusal:
 class MemberRow:
     """One staging row: a Mailchimp member and/or a CiviCRM contact of one audience.
     ``mailchimp_email_on_hold``: the member's address is on hold on any CiviCRM Email record,
-    of any contact (seed §4.5)."""
+    of any contact (seed §4.5). ``addresses_in_use``: lower-cased addresses that other member
+    rows of this audience already hold (linked to another contact), which a contact not at
+    Mailchimp must not claim."""
 
     mailchimp: MailchimpSide = field(default_factory=MailchimpSide)
     civicrm: CivicrmSide = field(default_factory=CivicrmSide)
     siblings: tuple[Sibling, ...] = ()
     mailchimp_email_on_hold: bool = False
     refusal: Refusal | None = None
+    addresses_in_use: frozenset[str] = frozenset()
 
     @property
     def sibling_subscribed(self) -> bool:

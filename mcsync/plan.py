@@ -157,6 +157,7 @@ class LoadedChunk:
         self.groups: dict[int, dict[int, ms.GroupState]] = defaultdict(dict)
         self.siblings: dict[int, list[tuple[int, str | None, str | None]]] = defaultdict(list)
         self.held_addresses: set[str] = set()
+        self.addresses_in_use: frozenset[str] = frozenset()
         self.unsubmitted: dict[int, list[qr.QueuedUpdate]] = defaultdict(list)
         self.in_flight: set[int] = set()
         self.merge_fields: dict[int, dict[str, Any]] = {}
@@ -222,7 +223,34 @@ class LoadedChunk:
             siblings=siblings,
             mailchimp_email_on_hold=(row["mc_email"] or "").lower() in self.held_addresses,
             refusal=refusal,
+            addresses_in_use=self.addresses_in_use if row["mc_hash"] is None else frozenset(),
         )
+
+
+def _addresses_in_use(
+    ctx: RunContext, rows: Sequence[sqlite3.Row], loaded: LoadedChunk
+) -> frozenset[str]:
+    """Of the addresses contacts not at Mailchimp could be subscribed with, those another
+    member row of this audience already holds."""
+    candidates = sorted(
+        {
+            e.email.strip().lower()
+            for r in rows
+            if r["mc_hash"] is None and r["contact_id"] is not None
+            for e in loaded.emails.get(r["contact_id"], ())
+        }
+    )
+    if not candidates:
+        return frozenset()
+    marks = ",".join("?" * len(candidates))
+    return frozenset(
+        r[0]
+        for r in ctx.staging.query(
+            f"SELECT lower(mc_email) FROM rows WHERE list_id = ? AND mc_hash IS NOT NULL "
+            f"AND lower(mc_email) IN ({marks})",
+            (ctx.list_id, *candidates),
+        )
+    )
 
 
 def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
@@ -280,6 +308,7 @@ def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
                 addresses,
             )
         }
+    loaded.addresses_in_use = _addresses_in_use(ctx, rows, loaded)
     row_ids = [r["id"] for r in rows]
     marks = ",".join("?" * len(row_ids))
     for update in staging.query(

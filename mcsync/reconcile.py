@@ -255,6 +255,10 @@ def _civicrm_wins(row: MemberRow, contact_id: int, hold: tuple[PutEmailOnHold, .
         best = choose_best_email(c.emails)
         if best is None:
             return Decision(row_id, False, hold, _no_email_reason(c.emails))
+        if best.strip().lower() in row.addresses_in_use:
+            # Two contacts share the address and the member is linked to the other one:
+            # that contact's row decides the member (subscribing here would fight it).
+            return Decision(f"{row_id}-address-in-use", False, hold, Reason.MEMBER_EXISTS)
         email = best
     else:
         email = str(m.email)

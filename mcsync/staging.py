@@ -172,6 +172,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE rows ADD COLUMN mc_seen_run TEXT
     """,
+    # 5: rows by member address, case-insensitively (is an address already in the audience?)
+    """
+    CREATE INDEX rows_by_address ON rows (list_id, lower(mc_email))
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience

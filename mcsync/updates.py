@@ -155,7 +155,16 @@ def _store_member_response(
         # The member was fetched into its own row meanwhile: that row carries on.
         ctx.staging.execute("DELETE FROM rows WHERE id = ?", (row["id"],))
         return
+    if row["reason"] in LASTING_REASONS:
+        # Written as decided, but the row still cannot fully sync (a privacy flag keeps an
+        # Added contact unsubscribed at Mailchimp): it stays listed as a failure.
+        _close_row_if_done(ctx, row["id"], "fail", row["reason"], row["reason_detail"])
+        return
     _close_row_if_done(ctx, row["id"], "ok", None, None)
+
+
+# Reasons a decision gives while still writing something, which outlast the write.
+LASTING_REASONS = frozenset({"privacy_flags"})
 
 
 def _close_row_if_done(

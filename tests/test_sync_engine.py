@@ -295,3 +295,42 @@ def test_compliance_retries_from_batch_results_go_out_in_the_same_run(make_world
     results = world.sync()
     assert results[0].outcome and results[0].outcome.completed
     assert all(world.mc_status(f"back{n}@example.org") == "pending" for n in range(3))
+
+
+def test_a_shared_address_held_by_another_contacts_member_is_not_fought_over(
+    world: World,
+) -> None:
+    # The member is linked to the deceased contact (privacy: unsubscribed at Mailchimp); a
+    # second contact in the group shares the address and must not re-subscribe it each run.
+    first = world.person("shared@example.org", mc="subscribed", civi="Added", is_deceased=True)
+    second = world.person("shared@example.org", civi="Added")
+    assert first is not None and second is not None
+    world.sync()
+    assert world.mc_status("shared@example.org") == "unsubscribed"
+    before = len(world.writes())
+    world.sync()
+    world.sync()
+    assert world.mc_status("shared@example.org") == "unsubscribed"
+    assert len(world.writes()) == before
+    from mcsync.staging import Staging
+
+    reasons = {
+        r["contact_id"]: r["reason"]
+        for r in Staging(world.tmp_path / "state.sqlite3").query("SELECT * FROM rows")
+    }
+    assert reasons[second] == "member_exists"
+
+
+def test_a_privacy_flagged_contact_counts_as_cannot_subscribe_not_to_add(world: World) -> None:
+    from mcsync.staging import Staging
+    from mcsync.status import audience_status
+
+    world.person("quiet@example.org", mc="subscribed", civi="Added", is_opt_out=True)
+    world.person("fine@example.org", mc="subscribed", civi="Added")
+    world.sync()
+    assert world.mc_status("quiet@example.org") == "unsubscribed"
+    staging = Staging(world.tmp_path / "state.sqlite3")
+    status = audience_status(staging, world.config.audience[0])
+    assert status["counts"]["to_add"] == 0
+    assert status["counts"]["cannot_subscribe"] == 1
+    assert status["in_sync"] is True
