@@ -176,6 +176,11 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX rows_by_address ON rows (list_id, lower(mc_email))
     """,
+    # 6: the modified_date last seen per contact, so the overlap of the modified-contacts
+    # window does not fetch the same unchanged contacts run after run
+    """
+    ALTER TABLE contacts ADD COLUMN modified_date TEXT
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience

@@ -334,3 +334,38 @@ def test_a_privacy_flagged_contact_counts_as_cannot_subscribe_not_to_add(world: 
     assert status["counts"]["to_add"] == 0
     assert status["counts"]["cannot_subscribe"] == 1
     assert status["in_sync"] is True
+
+
+def test_contacts_modified_in_civicrm_are_read_once_not_every_run(world: World) -> None:
+    import json
+    import time
+    from urllib.parse import parse_qs
+
+    contacts = [world.person(f"c{n}@example.org", mc="subscribed", civi="Added") for n in range(6)]
+    world.sync()
+    time.sleep(1.1)  # CiviCRM dates have whole seconds
+    world.civi.update_contact(contacts[0], is_opt_out=True)
+    for contact in contacts[1:5]:
+        world.civi.update_contact(contact, last_name="Edited")
+    time.sleep(1.1)
+    world.civi.update_contact(contacts[5], last_name="Latest")  # the newest modified_date
+    read: list[int] = []
+    real = world.civi.handle
+
+    def recording(request):  # type: ignore[no-untyped-def]
+        if request.path.endswith("/Email/get"):
+            params = json.loads(parse_qs(request.body.decode())["params"][0])
+            for clause in params.get("where", []):
+                if clause[0] == "contact_id" and clause[1] == "IN":
+                    read.extend(clause[2])
+        return real(request)
+
+    world.civi.handle = recording  # type: ignore[method-assign]
+    world.sync()
+    assert world.mc_status("c0@example.org") == "unsubscribed"
+    assert set(read) >= set(contacts)  # every modified contact was read once
+    read.clear()
+    world.sync()
+    world.sync()
+    # Only the contact at the newest modified_date may be read again (same-second safety).
+    assert set(read) <= {contacts[5]}, read
