@@ -217,7 +217,7 @@ class Staging:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA cache_size=-16384")
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
         self._depth = 0
