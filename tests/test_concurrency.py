@@ -72,7 +72,7 @@ def assert_never_two_at_once(scenario: Scenario) -> None:
     worker finished may legitimately run the audience again.)"""
     with scenario.db() as db:
         events = db.execute(
-            "SELECT list_id, message FROM log WHERE message LIKE 'Started a %' "
+            "SELECT list_id, message FROM log WHERE message LIKE 'Started % run%' "
             "OR message LIKE 'Run complete%' ORDER BY id"
         ).fetchall()
     running: dict[str, bool] = {}

@@ -66,7 +66,7 @@ def test_no_secret_in_any_output_or_http_trace(traced: tuple[Scenario, list[Run]
     assert "authorization: ***" in traces.lower() and "x-civi-auth: ***" in traces.lower()
     assert "x-civi-key: ***" in traces.lower()
     assert "retry" in traces, "the fault plan should have caused traced retries"
-    flagged = runs[-1].err  # --debug-http traces like -vv
+    flagged = runs[-2].err  # discover --debug-http traces like -vv
     assert "Mailchimp main ->" in flagged and "authorization: ***" in flagged.lower()
 
 
