@@ -177,6 +177,20 @@ def _invalid(errors: list[dict[str, str]], detail: str = _VALIDATION_DETAIL) -> 
     return Problem(400, "Invalid Resource", detail, errors)
 
 
+def _require(body: dict[str, Any], names: tuple[str, ...], where: str = "") -> None:
+    """Mailchimp's answer to a body missing required fields (empty counts as missing)."""
+    missing = [n for n in names if not body.get(n)]
+    if missing:
+        raise _invalid(
+            [
+                {
+                    "field": where,
+                    "message": "Required fields were not provided: " + ", ".join(missing),
+                }
+            ]
+        )
+
+
 @dataclass
 class MergeField:
     merge_id: int
@@ -1591,16 +1605,7 @@ class MailchimpSim:
     def _post_merge_field(self, call: _Call) -> tuple[int, Any]:
         lst = self._own_list(call)
         body = call.json_body()
-        missing = [n for n in ("name", "type") if not body.get(n)]
-        if missing:
-            raise _invalid(
-                [
-                    {
-                        "field": "",
-                        "message": "Required fields were not provided: " + ", ".join(missing),
-                    }
-                ]
-            )
+        _require(body, ("name", "type"))
         if body["type"] not in MERGE_TYPES:
             raise _invalid([{"field": "type", "message": "Value is not one of enum values"}])
         tag = str(body.get("tag") or f"MMERGE{len(lst.merge_fields) + 1}").upper()
@@ -1667,16 +1672,7 @@ class MailchimpSim:
     def _post_category(self, call: _Call) -> tuple[int, Any]:
         lst = self._own_list(call)
         body = call.json_body()
-        missing = [n for n in ("title", "type") if not body.get(n)]
-        if missing:
-            raise _invalid(
-                [
-                    {
-                        "field": "",
-                        "message": "Required fields were not provided: " + ", ".join(missing),
-                    }
-                ]
-            )
+        _require(body, ("title", "type"))
         if body["type"] not in CATEGORY_TYPES:
             raise _invalid([{"field": "type", "message": "Value is not one of enum values"}])
         if any(c.title == body["title"] for c in lst.categories.values()):
