@@ -30,13 +30,22 @@ def push_mailchimp(ctx: RunContext) -> None:
 
 
 def _push_direct(ctx: RunContext) -> None:
-    """Small change sets: bulk `POST /lists/{id}` (≤ 500 members a request), answered at once
-    with per-member errors, so results are recorded in the same pass."""
+    """Small change sets: status changes as bulk `POST /lists/{id}` (≤ 500 members a request),
+    answered at once with per-member errors, so results are recorded in the same pass.
+    Data-only updates (interests, merge fields) go as PUTs without a status: a bulk write must
+    name a status, and naming `pending` again would send the person another confirmation."""
     while True:
         ctx.budget.check()
         updates = _one_per_address(queued_updates(ctx, BULK_LIMIT * 2))[:BULK_LIMIT]
         if not updates:
             return
+        data_only = [u for u in updates if "status" not in json.loads(u["body"])]
+        if data_only:
+            _put_data_only(ctx, data_only)
+        sent = {u["id"] for u in data_only}
+        updates = [u for u in updates if u["id"] not in sent]
+        if not updates:
+            continue
         items = [bulk_item(u["email"], json.loads(u["body"])) for u in updates]
         answer = ctx.mailchimp.write_members(ctx.list_id, items)
         written = {
@@ -60,6 +69,18 @@ def _push_direct(ctx: RunContext) -> None:
                         "this member; it will be decided again next run",
                     )
         ctx.progress("write Mailchimp", len(updates), None)
+
+
+def _put_data_only(ctx: RunContext, updates: list[sqlite3.Row]) -> None:
+    results = ctx.mailchimp.put_members(
+        ctx.list_id, [(u["email"], json.loads(u["body"])) for u in updates]
+    )
+    with ctx.staging.atomic():
+        for update, result in zip(updates, results, strict=True):
+            if isinstance(result, ApiError):
+                apply_result(ctx, update, result.status or 400, None, result)
+            else:
+                apply_result(ctx, update, 200, result, None)
 
 
 def _one_per_address(updates: list[sqlite3.Row]) -> list[sqlite3.Row]:

@@ -369,3 +369,18 @@ def test_contacts_modified_in_civicrm_are_read_once_not_every_run(world: World) 
     world.sync()
     # Only the contact at the newest modified_date may be read again (same-second safety).
     assert set(read) <= {contacts[5]}, read
+
+
+def test_data_only_updates_never_name_a_status(make_world) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(interests=1)
+    ((interest_id, interest_group),) = world.interest_ids.items()
+    contact = world.person("waiting@example.org", mc="pending", civi="Added")
+    world.sync()
+    assert contact is not None
+    world.civi.set_group_status(contact, interest_group, "Added")
+    world.sync()
+    member = world.mc.member(world.list_id, "waiting@example.org")
+    assert member is not None and member["status"] == "pending"
+    assert member["interests"][interest_id] is True
+    puts = [r for r in world.mc.request_log if r[0] == "PUT"]
+    assert len(puts) == 1  # the interest went as a PUT without a status, not a bulk "pending"
