@@ -172,6 +172,12 @@ def _run_stages(
     if state["stage"] == "idle":
         start_run(ctx, since="ever" if full else since)
         state = staging.state(ctx.list_id)
+    elif since or full:
+        ctx.log(
+            f"A run is part-way through (at {state['stage']}); it finishes with the window it "
+            "started with, and --since / a full fetch applies to the next run",
+            "notice",
+        )
     ctx.run_id = state["run_id"]
     mode = "full" if state["run_full"] else "incremental"
     try:
