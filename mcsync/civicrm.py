@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import Any, Self
+from typing import Any
 
 import httpx
 
 from .budget import Budget
 from .errors import ApiError, BadResponse
-from .http import HttpSession
+from .http import HttpSession, SessionClient
 
 # Actions that can be repeated without changing the result, so their calls may be retried.
 _IDEMPOTENT = frozenset({"update", "delete", "autocomplete"})
@@ -25,7 +25,7 @@ def endpoint(url: str, entity: str, action: str) -> str:
     return f"{url.rstrip('/')}/{entity}/{action}"
 
 
-class CiviCRMClient:
+class CiviCRMClient(SessionClient):
     """One CiviCRM site. Thread-safe."""
 
     def __init__(
@@ -71,19 +71,6 @@ class CiviCRMClient:
                 " and 'access AJAX API' plus rights on the entities mcsync reads and writes."
             ),
         )
-
-    @property
-    def request_count(self) -> int:
-        return self.session.request_count
-
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def call(
         self,

@@ -374,3 +374,22 @@ class HttpSession:
     def _describe(self, exc: BaseException) -> str:
         text = str(exc) or "no details"
         return self.redact(f"{type(exc).__name__} ({text})")
+
+
+class SessionClient:
+    """What every API client shares: one session, its request count, and closing it."""
+
+    session: HttpSession
+
+    @property
+    def request_count(self) -> int:
+        return self.session.request_count
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -29,7 +29,7 @@ from .errors import (
     NotFoundError,
     RetriesExhausted,
 )
-from .http import HttpSession
+from .http import HttpSession, SessionClient
 from .slots import ProcessSlots
 
 #: Member fields fetched by default: what matching, reconciling and merge-field feeds need.
@@ -96,7 +96,7 @@ def _is_member_error(exc: ApiError) -> bool:
     return not isinstance(exc, (AuthError, NotFoundError, BadResponse, RetriesExhausted))
 
 
-class MailchimpClient:
+class MailchimpClient(SessionClient):
     """One Mailchimp account. Thread-safe; requests share the account's 10-connection cap."""
 
     def __init__(
@@ -142,19 +142,6 @@ class MailchimpClient:
         )
 
     member_hash = staticmethod(member_hash)
-
-    @property
-    def request_count(self) -> int:
-        return self.session.request_count
-
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # -- account and audience metadata --------------------------------------------------------
 
