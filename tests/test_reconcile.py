@@ -52,6 +52,7 @@ from mcsync.write_results import apply_batch_result
 
 T = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 OLD, NEW = T, T + timedelta(hours=1)
+NEWER = T + timedelta(hours=2)
 CID, GID, IGID, IID = 7, 12, 34, "int-a"
 EMAIL = "ann@example.org"
 POLICY = AudiencePolicy(group_id=GID, interest_groups={IID: IGID})
@@ -82,9 +83,13 @@ def row(
     contact_id: int | None = CID,
     interest: tuple[bool | None, datetime | None, str | None, datetime | None] | None = None,
     merge: tuple[dict[str, Any], dict[str, Any]] = ({}, {}),
+    flags_at: datetime | None = None,
+    cleaned_handled: bool = False,
     **flags: bool,
 ) -> MemberRow:
-    """A row; ``interest`` = (MC value, MC time, CiviCRM status, CiviCRM time) for IID."""
+    """A row; ``interest`` = (MC value, MC time, CiviCRM status, CiviCRM time) for IID;
+    ``flags_at``: when the privacy flags were set (None: unknown); ``cleaned_handled``:
+    mcsync already acted on the member becoming cleaned."""
     mc_interests: dict[str, bool] = {}
     mc_interest_at: dict[str, datetime] = {}
     civi_groups: dict[int, GroupState] = {}
@@ -110,11 +115,13 @@ def row(
             interest_groups=civi_groups,
             emails=emails,
             merge_fields=merge[1],
+            flags_changed_at=flags_at,
             **flags,
         ),
         siblings=siblings,
         mailchimp_email_on_hold=on_hold_anywhere,
         refusal=refusal,
+        cleaned_handled=cleaned_handled,
     )
 
 
@@ -526,6 +533,104 @@ SUBSCRIPTION_CASES = [
         (HOLD,),
         id="4.5-deceased-cleaned-still-on-hold",
     ),
+    # --- issue 10 item 7: a privacy flag never undoes a newer Mailchimp subscribe ---
+    pytest.param(
+        row("subscribed", "Added", is_opt_out=True, flags_at=OLD, **A),
+        "privacy-newer-subscribe",
+        False,
+        Reason.PRIVACY_FLAGS,
+        (),
+        id="10.7-opt-out-older-than-mc-subscribe-not-undone",
+    ),
+    pytest.param(
+        row("pending", "Removed", do_not_email=True, flags_at=OLD, mc_at=NEW, civi_at=T),
+        "privacy-newer-subscribe",
+        False,
+        Reason.PRIVACY_FLAGS,
+        (),
+        id="10.7-do-not-email-older-than-mc-pending-no-group-write",
+    ),
+    pytest.param(
+        row("subscribed", None, civi_at=None, is_deceased=True, flags_at=OLD, mc_at=NEW),
+        "privacy-newer-subscribe",
+        False,
+        Reason.PRIVACY_FLAGS,
+        (),
+        id="10.7-flag-older-mc-newer-no-history-not-added",
+    ),
+    pytest.param(
+        row("subscribed", "Added", is_opt_out=True, flags_at=NEW, mc_at=OLD, civi_at=OLD),
+        "privacy-unsubscribe",
+        False,
+        Reason.PRIVACY_FLAGS,
+        (put("unsubscribed"),),
+        id="10.7-flag-newer-than-mc-subscribe-unsubscribes",
+    ),
+    pytest.param(
+        row("subscribed", "Added", is_opt_out=True, flags_at=T, mc_at=T, civi_at=OLD),
+        "privacy-unsubscribe",
+        False,
+        Reason.PRIVACY_FLAGS,
+        (put("unsubscribed"),),
+        id="10.7-flag-same-time-as-mc-subscribe-goes-to-civicrm",
+    ),
+    pytest.param(
+        row("subscribed", "Removed", is_opt_out=True, flags_at=OLD, mc_at=NEW, civi_at=NEWER),
+        "5.2-B5",
+        False,
+        None,
+        (put("unsubscribed"),),
+        id="10.7-flag-older-but-civi-removal-newest-unsubscribes",
+    ),
+    pytest.param(
+        row(None, "Added", is_opt_out=True, flags_at=OLD, civi_at=NEW),
+        "privacy-keep-group",
+        False,
+        Reason.PRIVACY_FLAGS,
+        (),
+        id="10.7-flagged-never-subscribed-from-civicrm",
+    ),
+    pytest.param(
+        row("unsubscribed", "Added", is_opt_out=True, flags_at=OLD, mc_at=NEW, civi_at=T),
+        "privacy-keep-group",
+        False,
+        Reason.PRIVACY_FLAGS,
+        (),
+        id="10.7-flag-older-mc-unsubscribed-keeps-group",
+    ),
+    # --- issue 10 item 6: cleaned puts the email on hold once, on the transition ---
+    pytest.param(
+        row("cleaned", "Added", cleaned_handled=True, **A),
+        "5.2-A2",
+        False,
+        None,
+        (REMOVE,),
+        id="10.6-cleaned-handled-admin-unhold-kept-A2",
+    ),
+    pytest.param(
+        row("cleaned", "Added", cleaned_handled=True, **B),
+        "5.2-B4",
+        False,
+        Reason.CLEANED,
+        (),
+        id="10.6-cleaned-handled-admin-unhold-kept-B4",
+    ),
+    pytest.param(
+        row("cleaned", None, civi_at=None, cleaned_handled=True),
+        "5.2-A4",
+        False,
+        None,
+        (),
+        id="10.6-cleaned-handled-no-history-no-hold",
+    ),
+    pytest.param(
+        row("cleaned", "Added", is_deceased=True, cleaned_handled=True),
+        "privacy-keep-group",
+        False,
+        Reason.PRIVACY_FLAGS,
+        (),
+        id="10.6-cleaned-handled-flagged-no-hold",
+    ),
     # --- §4.1/§4.5 no contact, deleted contact ---
     pytest.param(
         row("subscribed", None, contact_id=None),
@@ -561,6 +666,27 @@ def test_subscription_table(
     decision = decide_subscription(member, POLICY)
     assert (decision.rule, decision.final_subscribed, decision.reason) == (rule, final, reason)
     assert decision.actions == actions
+
+
+def test_newer_mailchimp_subscribe_of_flagged_contact_says_what_to_check() -> None:
+    """The failure row names both times, so whoever reads `mcsync failures` can judge."""
+    member = row("subscribed", "Added", is_opt_out=True, flags_at=OLD, **A)
+    decision = reconcile_member(member, POLICY)
+    assert (decision.rule, decision.actions, decision.interests) == (
+        "privacy-newer-subscribe",
+        (),
+        (),
+    )
+    assert decision.detail is not None
+    assert "2024-05-01 13:00" in decision.detail and "2024-05-01 12:00" in decision.detail
+    assert "check the flag" in decision.detail
+
+
+def test_newer_subscribe_of_flagged_contact_aborts_queued_writes() -> None:
+    """Left alone means left alone: an older queued unsubscribe or data push is dropped."""
+    queued = [QueuedUpdate(1, body("unsubscribed"))]
+    decision = reconcile_member(row("subscribed", "Added", is_opt_out=True, flags_at=OLD, **A), POLICY)
+    assert plan_queue(queued, decision) == QueuePlan((AbortUpdate(1, ABORT_NOT_SUBSCRIBED),))
 
 
 def test_privacy_flags_can_be_ignored() -> None:

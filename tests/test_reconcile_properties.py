@@ -55,6 +55,7 @@ class World:
     group: tuple[str | None, int | None] = (None, None)
     igroup: tuple[str | None, int | None] = (None, None)
     flags: dict[str, bool] = field(default_factory=dict)
+    flags_at: int | None = None  # when a privacy flag was last set (None: unknown)
     emails: list[EmailRecord] = field(default_factory=list)
     queue: list[QueuedUpdate] = field(default_factory=list)
     next_update_id: int = 1
@@ -62,6 +63,9 @@ class World:
     last_subscribe_event: float | None = None
     last_unsubscribe_event: float | None = None
     sync_added_to_group_after_unsubscribe: bool = False
+    cleaned_handled: bool = False  # mcsync acted on the member becoming cleaned
+    admin_released_hold: bool = False  # an admin took the cleaned address off hold after
+    held_again_after_handled: bool = False
 
     @staticmethod
     def at(minute: int | None) -> datetime | None:
@@ -83,10 +87,17 @@ class World:
             subscription=GroupState(self.group[0], self.at(self.group[1])),  # type: ignore[arg-type]
             interest_groups={IGID: GroupState(self.igroup[0], self.at(self.igroup[1]))},  # type: ignore[arg-type]
             emails=tuple(self.emails),
+            flags_changed_at=self.at(self.flags_at),
             **self.flags,
         )
         held = any(e.email == self.mc_email and e.held for e in self.emails)
-        return MemberRow(mc, civi, mailchimp_email_on_hold=held, refusal=self.refusal)
+        return MemberRow(
+            mc,
+            civi,
+            mailchimp_email_on_hold=held,
+            refusal=self.refusal,
+            cleaned_handled=self.cleaned_handled,
+        )
 
     # ---- user events ----
 
@@ -106,6 +117,30 @@ class World:
             self.note(True)
         elif status in UNSUBSCRIBING:
             self.note(False)
+
+    def set_flag(self, name: str, value: bool) -> None:
+        """Staff set or clear a privacy flag; setting one is the flags' own change time."""
+        newly_set = value and not self.flags.get(name)
+        self.flags[name] = value
+        if not any(self.flags.values()):
+            self.flags_at = None
+        elif newly_set:
+            self.flags_at = self.now
+
+    def set_hold(self, index: int, on_hold: int) -> None:
+        email = self.emails[index]
+        if self.cleaned_handled and email.email == self.mc_email and email.held and not on_hold:
+            self.admin_released_hold = True
+        self.emails[index] = replace(email, on_hold=on_hold)
+
+    def mailchimp_subscribe_outranks_flag(self) -> bool:
+        """Subscribed at Mailchimp at a time strictly after the privacy flag was set."""
+        return (
+            self.mc_status in SUBSCRIBED_STATUSES
+            and self.mc_status_at is not None
+            and self.flags_at is not None
+            and self.mc_status_at > self.flags_at
+        )
 
     def civicrm_user_group(self, status: str) -> None:
         self.group = (None if status == "Deleted" else status, self.now)
@@ -150,7 +185,11 @@ class World:
         self.now += 1
         decision = reconcile_member(self.row(), policy)
         plan = plan_queue(self.queue, decision)
+        if self.cleaned_handled and any(isinstance(a, PutEmailOnHold) for a in decision.actions):
+            self.held_again_after_handled = True
         self.apply_civicrm(decision)
+        if self.mc_status == "cleaned":
+            self.cleaned_handled = True  # the engine records it once the hold is written
         aborted = {a.update_id for a in plan.abort}
         self.queue = [u for u in self.queue if u.update_id not in aborted]
         if plan.enqueue is not None:
@@ -210,6 +249,8 @@ def worlds(draw: st.DrawFn) -> World:
         for i in range(draw(st.integers(0, 2)))
     ]
     world.flags = {name: draw(st.booleans()) for name in FLAGS if draw(st.integers(0, 4)) == 0}
+    if any(world.flags.values()):
+        world.flags_at = draw(st.one_of(st.none(), minutes))
     status = draw(st.sampled_from((None, *MC_STATUSES)))
     if status is not None:
         at = draw(minutes)
@@ -271,9 +312,9 @@ def play(world: World, policy: AudiencePolicy, script: list[tuple[int, tuple[Any
         elif kind == "civi_interest":
             world.igroup = (event[1], world.now)
         elif kind == "flag":
-            world.flags[event[1]] = event[2]
+            world.set_flag(event[1], event[2])
         elif kind == "hold" and event[1] < len(world.emails):
-            world.emails[event[1]] = replace(world.emails[event[1]], on_hold=int(event[2]))
+            world.set_hold(event[1], int(event[2]))
         elif kind == "run":
             world.run(policy, submit=event[1])
 
@@ -313,13 +354,18 @@ def test_newer_unsubscribe_never_becomes_a_subscription(
 def test_flagged_and_cleaned_contacts_end_unsubscribed(
     world: World, policy: AudiencePolicy, script: list[tuple[int, tuple[Any, ...]]]
 ) -> None:
+    """Flagged contacts end unsubscribed unless they subscribed at Mailchimp after the flag
+    was set (issue 10 item 7); a cleaned address ends on hold unless an admin took it off
+    hold after mcsync held it (item 6), and mcsync never holds it a second time."""
     play(world, policy, script)
     world.run(policy)
     world.run(policy)
-    if policy.respect_privacy_flags and any(world.flags.values()):
+    flagged = policy.respect_privacy_flags and any(world.flags.values())
+    if flagged and not world.mailchimp_subscribe_outranks_flag():
         assert world.mc_status not in SUBSCRIBED_STATUSES
-    if world.mc_status == "cleaned":
+    if world.mc_status == "cleaned" and not world.admin_released_hold:
         assert all(e.held for e in world.emails if e.email == world.mc_email)
+    assert not world.held_again_after_handled
 
 
 @settings(deadline=None, max_examples=200)
@@ -347,3 +393,38 @@ def test_single_decision_never_subscribes_over_a_newer_unsubscribe(
         assert not subscribes
     if civi == "Removed" and civi_at is not None and civi_at > mc_at and mc in SUBSCRIBED_STATUSES:
         assert not adds
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    civi=st.sampled_from([None, "Added", "Removed", "Pending"]),
+    civi_at=st.one_of(st.none(), minutes),
+    mc=st.sampled_from(sorted(SUBSCRIBED_STATUSES)),
+    mc_at=minutes,
+    flags_at=st.one_of(st.none(), minutes),
+    flag=st.sampled_from(FLAGS),
+)
+def test_privacy_flag_never_undoes_a_newer_mailchimp_subscribe(
+    civi: str | None,
+    civi_at: int | None,
+    mc: str,
+    mc_at: int,
+    flags_at: int | None,
+    flag: str,
+) -> None:
+    """Issue 10 item 7: a flag set before the Mailchimp subscribe neither unsubscribes at
+    Mailchimp nor writes the group, unless CiviCRM's group changed later still (a removal
+    newer than the subscribe is a later choice). A flag set at or after the subscribe (or
+    at an unknown time) unsubscribes, as before. Flagged contacts are never Added."""
+    world = World(mc_status=mc, mc_email=EMAILS[0], mc_status_at=mc_at, mc_last_changed=mc_at)
+    world.group, world.flags, world.flags_at = (civi, civi_at), {flag: True}, flags_at
+    world.emails = [EmailRecord(EMAILS[0], is_primary=True)]
+    decision = reconcile_member(world.row(), AudiencePolicy(group_id=GID))
+    update = decision.mailchimp_update
+    assert not any(isinstance(a, SetGroupStatus) for a in decision.actions)
+    civicrm_removal_is_newer = civi != "Added" and civi_at is not None and civi_at >= mc_at
+    if flags_at is not None and flags_at < mc_at and not civicrm_removal_is_newer:
+        assert decision.actions == ()
+        assert decision.rule == "privacy-newer-subscribe"
+    else:
+        assert update is not None and update.status == "unsubscribed"

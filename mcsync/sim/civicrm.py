@@ -223,10 +223,16 @@ class CiviSim:
                                                        "is_primary": 1})  # fmt: skip
             return contact_id
 
-    def update_contact(self, contact_id: int, **fields: Any) -> None:
-        """A CiviCRM-side edit (opt-out, deceased, trash): bumps ``modified_date``, no history."""
+    def update_contact(
+        self, contact_id: int, *, when: datetime | None = None, **fields: Any
+    ) -> None:
+        """A CiviCRM-side edit (opt-out, deceased, trash): bumps ``modified_date``, no history.
+        ``when`` back-dates the edit (a flag set long ago), which only admin-side helpers can."""
         with self.lock, self._tx():
             self._update_row(_Ctx(None), "Contact", contact_id, self._columns("Contact", fields))
+            if when is not None:
+                self._conn.execute("UPDATE contact SET modified_date = ? WHERE id = ?",
+                                   (self._format(when), contact_id))  # fmt: skip
 
     def add_email(
         self,
@@ -302,6 +308,31 @@ class CiviSim:
                     "INSERT INTO subscription_history (contact_id, group_id, date, method, "
                     "status) VALUES (?, ?, ?, ?, ?)",
                     (contact_id, group_id, date, method, status),
+                )
+
+    def delete_group_contact(
+        self,
+        contact_id: int,
+        group_id: int,
+        *,
+        method: str = "Admin",
+        when: datetime | None = None,
+    ) -> None:
+        """Delete a membership as the contact's Groups tab "Delete" does (APIv4
+        ``GroupContact.delete`` likewise, with method ``API``): the row is hard-deleted and
+        history logs status ``Deleted`` (civicrm-api.md §2.4). ``when`` back-dates the history
+        row, which only admin-side helpers can do."""
+        with self.lock, self._tx():
+            deleted = self._conn.execute(
+                "DELETE FROM group_contact WHERE contact_id = ? AND group_id = ?",
+                (contact_id, group_id),
+            ).rowcount
+            if deleted:
+                date = self._format(when) if when else self.now()
+                self._conn.execute(
+                    "INSERT INTO subscription_history (contact_id, group_id, date, method, "
+                    "status) VALUES (?, ?, ?, ?, 'Deleted')",
+                    (contact_id, group_id, date, method),
                 )
 
     def set_smart_group_members(self, group_id: int, contact_ids: Iterable[int]) -> None:
