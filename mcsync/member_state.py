@@ -95,7 +95,9 @@ class MailchimpSide:
 class CivicrmSide:
     """The matched contact (``contact_id`` None = unmatched). ``interest_groups`` maps each
     mapped interest's CiviCRM group id to its state; ``merge_fields`` are the values CiviCRM
-    wants at Mailchimp (merge tag → value, from the one-way feeds)."""
+    wants at Mailchimp (merge tag → value, from the one-way feeds). ``flags_changed_at``:
+    when the privacy flags were set, as far as mcsync knows (the contact's modified_date when
+    it first saw them set: the flag's own change or later); None = unknown."""
 
     contact_id: int | None = None
     subscription: GroupState = field(default_factory=GroupState)
@@ -106,6 +108,10 @@ class CivicrmSide:
     is_opt_out: bool = False
     emails: tuple[EmailRecord, ...] = ()
     merge_fields: Mapping[str, Any] = field(default_factory=dict)
+    flags_changed_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _require_utc_aware("CivicrmSide.flags_changed_at", self.flags_changed_at)
 
     @property
     def has_privacy_flag(self) -> bool:
@@ -140,7 +146,9 @@ class MemberRow:
     ``mailchimp_email_on_hold``: the member's address is on hold on any CiviCRM Email record,
     of any contact (seed §4.5). ``addresses_in_use``: lower-cased addresses that other member
     rows of this audience already hold (linked to another contact), which a contact not at
-    Mailchimp must not claim."""
+    Mailchimp must not claim. ``cleaned_handled``: mcsync already acted on this member
+    becoming cleaned (put the address on hold, or found it held), so an admin who takes the
+    address off hold afterwards is not overruled (issue 10)."""
 
     mailchimp: MailchimpSide = field(default_factory=MailchimpSide)
     civicrm: CivicrmSide = field(default_factory=CivicrmSide)
@@ -148,6 +156,7 @@ class MemberRow:
     mailchimp_email_on_hold: bool = False
     refusal: Refusal | None = None
     addresses_in_use: frozenset[str] = frozenset()
+    cleaned_handled: bool = False
 
     @property
     def sibling_subscribed(self) -> bool:

@@ -49,7 +49,7 @@ def reconcile_rows(ctx: RunContext) -> None:
             return
         loaded = load_chunk(ctx, rows)
         missing: dict[str, int] = defaultdict(int)
-        settled: list[tuple[str, str | None, int]] = []
+        settled: list[tuple[str, str | None, str | None, int]] = []
         with ctx.staging.atomic():
             for row in rows:
                 member_row = loaded.member_row(row)
@@ -68,7 +68,7 @@ def reconcile_rows(ctx: RunContext) -> None:
                     if outcome.rule == "5.3-I1-no-data":
                         missing[outcome.interest_id] += 1
             ctx.staging.conn.executemany(
-                "UPDATE rows SET sync_status = ?, reason = ?, reason_detail = NULL WHERE id = ?",
+                "UPDATE rows SET sync_status = ?, reason = ?, reason_detail = ? WHERE id = ?",
                 settled,
             )
             ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
@@ -200,6 +200,7 @@ class LoadedChunk:
                 is_opt_out=bool(contact["is_opt_out"]),
                 emails=tuple(self.emails.get(contact_id, ())),
                 merge_fields=self.merge_fields.get(contact_id, {}),
+                flags_changed_at=parse_iso(contact["flags_at"]),
             )
         siblings = (
             tuple(
@@ -224,7 +225,19 @@ class LoadedChunk:
             mailchimp_email_on_hold=(row["mc_email"] or "").lower() in self.held_addresses,
             refusal=refusal,
             addresses_in_use=self.addresses_in_use if row["mc_hash"] is None else frozenset(),
+            cleaned_handled=_cleaned_handled(row),
         )
+
+
+def _cleaned_handled(row: sqlite3.Row) -> bool:
+    """mcsync acted on this cleaned state: the one it recorded, by its status time (a member
+    cleaned again after a re-subscribe has a new one)."""
+    handled = row["cleaned_handled_at"]
+    return (
+        row["mc_status"] == "cleaned"
+        and handled is not None
+        and handled == (row["mc_status_at"] or row["mc_last_changed"])
+    )
 
 
 def _addresses_in_use(
@@ -338,10 +351,10 @@ def record_decision(
     unsubmitted: list[qr.QueuedUpdate],
     *,
     in_flight: bool,
-) -> tuple[str, str | None, int]:
-    """Queue one decision's writes; return the row's new (sync status, reason, id), which
-    the caller stores for the whole chunk at once. `in_flight`: the row has updates that
-    were submitted and not yet answered."""
+) -> tuple[str, str | None, str | None, int]:
+    """Queue one decision's writes; return the row's new (sync status, reason, detail, id),
+    which the caller stores for the whole chunk at once. `in_flight`: the row has updates
+    that were submitted and not yet answered."""
     staging = ctx.staging
     m, c = member_row.mailchimp, member_row.civicrm
     interest_by_group = {g: i for i, g in ctx.interest_groups.items()}
@@ -370,6 +383,17 @@ def record_decision(
                 "VALUES (?, 'hold', ?, ?)",
                 (ctx.list_id, action.contact_id, action.email),
             )
+    if (
+        m.status == "cleaned"
+        and not member_row.cleaned_handled
+        and c.contact_id is not None
+        and not c.is_deleted
+        and not ctx.dry_run
+        and not any(isinstance(a, rc.PutEmailOnHold) for a in decision.actions)
+    ):
+        # Nothing to hold (already held): the transition is done. A queued hold marks it
+        # when push_civicrm writes it (a dry run or abort discards it unwritten).
+        staging.mark_cleaned_handled([row["id"]])
     queue = qr.plan_queue(unsubmitted, decision)
     now = iso(utc_now())
     for abort in queue.abort:
@@ -397,7 +421,7 @@ def record_decision(
         live = True
     reason = decision.reason.value if decision.reason else None
     sync_status = "live" if live or in_flight else ("fail" if reason else "ok")
-    return sync_status, reason, row["id"]
+    return sync_status, reason, decision.detail if reason else None, row["id"]
 
 
 def _origin_of(

@@ -195,6 +195,8 @@ def _push_holds(ctx: RunContext) -> None:
             ctx.staging.conn.executemany(
                 "UPDATE emails SET on_hold = 1 WHERE email_id = ?", [(i,) for i in email_ids]
             )
+            for write in writes:  # the transition to cleaned is done: never held again
+                ctx.staging.mark_cleaned_held(ctx.list_id, write["contact_id"], write["email"])
             _forget_writes(ctx, writes)
 
 

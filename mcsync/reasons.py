@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from datetime import datetime
 
 
 class Reason(enum.StrEnum):
@@ -33,9 +34,23 @@ REASON_TEXT: Mapping[Reason, str] = {
     "fine to ignore",
     Reason.NO_USABLE_EMAIL: "the contact has no email that is not on hold",
     Reason.INVALID_EMAIL: "the email is not a valid address",
-    Reason.PRIVACY_FLAGS: "the contact is deceased, do-not-email or opted out of bulk mail",
+    Reason.PRIVACY_FLAGS: "the contact is deceased, do-not-email or opted out of bulk mail; "
+    "a Mailchimp sign-up made after the flag was set is left alone and listed",
     Reason.NO_CONTACT: "subscribed at Mailchimp but no CiviCRM contact matched or was created",
     Reason.MEMBER_EXISTS: "Mailchimp says the member exists; two contacts may share the email",
     Reason.MAILCHIMP_ERROR: "Mailchimp refused the update; see title and detail",
     Reason.CIVICRM_ERROR: "CiviCRM refused the group change; see the error",
 }
+
+
+def newer_subscribe_detail(subscribed_at: datetime, flags_at: datetime) -> str:
+    """The failure detail of a flagged contact who subscribed at Mailchimp after the flag was
+    set: mcsync neither unsubscribes them nor changes the group, and a person must decide."""
+    return (
+        f"subscribed at Mailchimp {_utc(subscribed_at)}, after the privacy flag was set in "
+        f"CiviCRM (by {_utc(flags_at)}); left subscribed: check the flag"
+    )
+
+
+def _utc(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")

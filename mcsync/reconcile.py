@@ -13,7 +13,10 @@ Rules (DESIGN §4, seed-behaviour §4–§7; the ``rule`` ids name the rows of i
   changes; a queued update never overrides a later unsubscribe.
 - Privacy flags (deceased, do_not_email, is_opt_out; on by default): such contacts are not
   subscribed at Mailchimp (a subscribed member is unsubscribed there), and mcsync leaves their
-  CiviCRM group status alone, since the flag is not a group opt-out.
+  CiviCRM group status alone, since the flag is not a group opt-out. A Mailchimp subscribe
+  newer than the flag is a later choice: it is not undone, only reported (issue 10).
+- Cleaned puts the email on hold once, on the transition: an admin who takes a repaired
+  address off hold afterwards is not overruled (issue 10).
 - One contact with several Mailchimp emails stays Added while any of them is subscribed, and an
   unsubscribed address is not re-subscribed while another is (issue #9).
 - Interests sync (both ways, same latest-wins rule) and merge fields (CiviCRM → Mailchimp) only
@@ -30,13 +33,14 @@ from typing import Any, Literal, TypeAlias
 
 from mcsync.member_state import (
     AudiencePolicy,
+    CivicrmSide,
     EmailRecord,
     GroupState,
     MailchimpSide,
     MemberRow,
     Side,
 )
-from mcsync.reasons import Reason
+from mcsync.reasons import Reason, newer_subscribe_detail
 
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
@@ -93,13 +97,16 @@ class InterestOutcome:
 class Decision:
     """The result for one row. ``final_subscribed``: the member ends up subscribed/pending at
     Mailchimp (gates interests, merge fields and queued updates). ``reason`` is set when the
-    row cannot fully sync; ``rule`` names the decision-table row applied."""
+    row cannot fully sync, with ``detail`` for the failure list when there is more to say;
+    ``rule`` names the decision-table row applied. A member mcsync leaves alone (a flagged
+    contact's newer sign-up) is not ``final_subscribed``: nothing is pushed for it."""
 
     rule: str
     final_subscribed: bool
     actions: tuple[Action, ...] = ()
     reason: Reason | None = None
     interests: tuple[InterestOutcome, ...] = ()
+    detail: str | None = None
 
     @property
     def mailchimp_update(self) -> QueueMailchimpUpdate | None:
@@ -171,9 +178,10 @@ def _refused(row: MemberRow, email: str) -> Reason | None:
 
 
 def _hold_actions(row: MemberRow) -> tuple[PutEmailOnHold, ...]:
-    """A cleaned member's address goes on hold in CiviCRM, at fetch time too (seed §12)."""
+    """A cleaned member's address goes on hold in CiviCRM, at fetch time too (seed §12), on
+    the transition only: once mcsync has acted on it, the hold is an admin's to lift."""
     m, c = row.mailchimp, row.civicrm
-    if m.status != "cleaned" or c.contact_id is None:
+    if m.status != "cleaned" or c.contact_id is None or row.cleaned_handled:
         return ()
     if any(_same(e.email, m.email) and not e.held for e in c.emails):
         return (PutEmailOnHold(c.contact_id, str(m.email)),)
@@ -192,6 +200,9 @@ def decide_subscription(row: MemberRow, policy: AudiencePolicy) -> Decision:
         return Decision("no-contact", m.subscribed, reason=reason)
     hold = _hold_actions(row)
     if policy.respect_privacy_flags and c.has_privacy_flag:
+        times = _subscribed_after_flag(m, c)
+        if times is not None:
+            return _newer_subscribe_of_flagged(row, policy, c.contact_id, hold, times)
         if m.subscribed:
             unsubscribe = QueueMailchimpUpdate(
                 str(m.email), member_body(str(m.email), "unsubscribed")
@@ -207,6 +218,37 @@ def decide_subscription(row: MemberRow, policy: AudiencePolicy) -> Decision:
     if side == "mailchimp":
         return _mailchimp_wins(row, policy, c.contact_id, hold)
     return _civicrm_wins(row, c.contact_id, hold)
+
+
+def _subscribed_after_flag(
+    m: MailchimpSide, c: CivicrmSide
+) -> tuple[datetime, datetime] | None:
+    """(subscribe time, flag time) when the member is subscribed at Mailchimp strictly after
+    the privacy flag was set; None otherwise (a tie, or either time unknown, leaves the flag
+    in charge, as a tie goes to CiviCRM)."""
+    subscribed_at, flags_at = m.status_time, c.flags_changed_at
+    if m.subscribed and subscribed_at and flags_at and subscribed_at > flags_at:
+        return subscribed_at, flags_at
+    return None
+
+
+def _newer_subscribe_of_flagged(
+    row: MemberRow,
+    policy: AudiencePolicy,
+    contact_id: int,
+    hold: tuple[PutEmailOnHold, ...],
+    times: tuple[datetime, datetime],
+) -> Decision:
+    """A flagged contact subscribed at Mailchimp after the flag was set: the sign-up is the
+    later choice, so the flag does not undo it; a group removal in CiviCRM newer still does
+    (5.2-B5). Nothing else is written: the group is left alone (the flag is not a group
+    choice) and the row is reported for a person to check the flag."""
+    m, c = row.mailchimp, row.civicrm
+    side = most_recent(c.subscription, m.status_time, at_mailchimp=True, trust=policy.trust)
+    if side == "civicrm" and not c.subscription.added:
+        return _civicrm_wins(row, contact_id, hold)
+    detail = newer_subscribe_detail(*times)
+    return Decision("privacy-newer-subscribe", False, hold, Reason.PRIVACY_FLAGS, detail=detail)
 
 
 def _mailchimp_wins(
@@ -354,7 +396,9 @@ def reconcile_member(row: MemberRow, policy: AudiencePolicy) -> Decision:
         if merge_fields:
             body["merge_fields"] = merge_fields
         actions.append(QueueMailchimpUpdate(update.email, body))
-    return Decision(decision.rule, True, tuple(actions), decision.reason, outcomes)
+    return Decision(
+        decision.rule, True, tuple(actions), decision.reason, outcomes, decision.detail
+    )
 
 
 # ---- email changes in CiviCRM (seed §5.5) -------------------------------------------------------

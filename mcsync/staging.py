@@ -181,6 +181,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE contacts ADD COLUMN modified_date TEXT
     """,
+    # 7: issue 10. The Mailchimp status time of the cleaned state mcsync acted on (held the
+    # address, or found it held): the hold is applied on the transition only. And when the
+    # contact's privacy flags were set, as far as mcsync knows (its modified_date, in UTC,
+    # when mcsync first saw them set): a Mailchimp sign-up after that is not undone.
+    """
+    ALTER TABLE rows ADD COLUMN cleaned_handled_at TEXT;
+    ALTER TABLE contacts ADD COLUMN flags_at TEXT
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience
@@ -349,6 +357,26 @@ class Staging:
                 "(SELECT id FROM log WHERE list_id IS ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                 (list_id, list_id, LOG_KEEP),
             )
+
+    # -- cleaned members (issue 10) -----------------------------------------------------
+    def mark_cleaned_handled(self, row_ids: list[int]) -> None:
+        """These rows' members became cleaned and mcsync has acted on it (the address was
+        already held, or has no record to hold): never hold it again for this cleaned state."""
+        self.conn.executemany(
+            "UPDATE rows SET cleaned_handled_at = COALESCE(mc_status_at, mc_last_changed) "
+            "WHERE id = ? AND mc_status = 'cleaned'",
+            [(row_id,) for row_id in row_ids],
+        )
+
+    def mark_cleaned_held(self, list_id: str, contact_id: int, email: str) -> None:
+        """The hold for a cleaned member of this contact and address was written to CiviCRM:
+        the transition is done, and an admin may lift the hold without being overruled."""
+        self.conn.execute(
+            "UPDATE rows SET cleaned_handled_at = COALESCE(mc_status_at, mc_last_changed) "
+            "WHERE list_id = ? AND contact_id = ? AND lower(mc_email) = ? "
+            "AND mc_status = 'cleaned'",
+            (list_id, contact_id, email.lower()),
+        )
 
     def recent_log(self, list_id: str, limit: int = 10) -> list[dict[str, Any]]:
         rows = self.conn.execute(
