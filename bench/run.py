@@ -125,7 +125,7 @@ def floor_full(mc_url: str, civi_url: str, list_id: str, group_ids: list[int]) -
         group_select = ["id", "contact_id", "group_id", "status", "contact_id.is_deleted",
                         "contact_id.is_deceased", "contact_id.do_not_email",
                         "contact_id.is_opt_out", "contact_id.first_name",
-                        "contact_id.last_name"]  # fmt: skip
+                        "contact_id.last_name", "contact_id.modified_date"]  # fmt: skip
         for entity, select, where in (
             ("GroupContact", group_select, [["group_id", "IN", group_ids]]),
             ("Email", EMAIL_SELECT, [["contact_id.is_deleted", "=", False]]),

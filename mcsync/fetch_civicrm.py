@@ -15,6 +15,7 @@ from mcsync.run import TRACKING_MARKER, WINDOW_OVERLAP, RunContext
 from mcsync.staging import iso
 
 CONTACT_FLAGS = ("is_deleted", "is_deceased", "do_not_email", "is_opt_out")
+PRIVACY_FLAGS = ("is_deceased", "do_not_email", "is_opt_out")
 IN_CHUNK = 500  # ids or emails per APIv4 `IN` filter
 
 
@@ -59,6 +60,7 @@ def fetch_civicrm_groups(ctx: RunContext) -> None:
             *(f"contact_id.{flag}" for flag in CONTACT_FLAGS),
             "contact_id.first_name",
             "contact_id.last_name",
+            "contact_id.modified_date",
         ],
         "where": [["group_id", "IN", ctx.all_groups]],
     }
@@ -104,7 +106,7 @@ def fetch_civicrm_groups(ctx: RunContext) -> None:
 
 def contact_from_join(record: dict[str, Any]) -> dict[str, Any]:
     contact = {"contact_id": record["contact_id"]}
-    for key in (*CONTACT_FLAGS, "first_name", "last_name"):
+    for key in (*CONTACT_FLAGS, "first_name", "last_name", "modified_date"):
         joined = f"contact_id.{key}"
         if joined in record:
             contact[key] = record[joined]
@@ -112,22 +114,34 @@ def contact_from_join(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def store_contacts(ctx: RunContext, contacts: list[dict[str, Any]]) -> None:
+    """Upsert contacts' flags and names. `flags_at` keeps when the privacy flags were set as
+    far as mcsync knows: the contact's modified_date when a flag is first seen set (the flag's
+    own change, or later), kept while no new flag appears, so a later unrelated edit (an
+    address, mcsync's own hold) does not make an old flag look new (issue 10)."""
     rows = [
         (
             c["contact_id"],
             *(int(bool(c.get(flag))) for flag in CONTACT_FLAGS),
             c.get("first_name"),
             c.get("last_name"),
+            iso(ctx.civi_to_utc(c.get("modified_date")))
+            if any(c.get(flag) for flag in PRIVACY_FLAGS)
+            else None,
         )
         for c in contacts
     ]
     ctx.staging.conn.executemany(
         "INSERT INTO contacts (contact_id, is_deleted, is_deceased, do_not_email, is_opt_out, "
-        "first_name, last_name, gone) VALUES (?, ?, ?, ?, ?, ?, ?, 0) "
+        "first_name, last_name, gone, flags_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?) "
         "ON CONFLICT (contact_id) DO UPDATE SET is_deleted = excluded.is_deleted, "
         "is_deceased = excluded.is_deceased, do_not_email = excluded.do_not_email, "
         "is_opt_out = excluded.is_opt_out, first_name = excluded.first_name, "
-        "last_name = excluded.last_name, gone = 0",
+        "last_name = excluded.last_name, gone = 0, flags_at = CASE "
+        "WHEN excluded.is_deceased + excluded.do_not_email + excluded.is_opt_out = 0 THEN NULL "
+        "WHEN contacts.flags_at IS NOT NULL AND excluded.is_deceased <= contacts.is_deceased "
+        "AND excluded.do_not_email <= contacts.do_not_email "
+        "AND excluded.is_opt_out <= contacts.is_opt_out THEN contacts.flags_at "
+        "ELSE excluded.flags_at END",
         rows,
     )
 
@@ -163,6 +177,7 @@ EMAIL_SELECT = [
     *(f"contact_id.{flag}" for flag in CONTACT_FLAGS),
     "contact_id.first_name",
     "contact_id.last_name",
+    "contact_id.modified_date",
 ]
 
 
@@ -320,7 +335,9 @@ def mark_contacts_todo(ctx: RunContext, contact_ids: Iterable[int]) -> None:
 
 
 def fetch_missing_contacts(ctx: RunContext) -> None:
-    """Contacts the audience refers to but staging has no flags or emails for."""
+    """Contacts the audience refers to but staging has no flags or emails for, and flagged
+    contacts subscribed at Mailchimp whose flags' time staging does not know yet."""
+    _load_unknown_flag_times(ctx)
     while True:
         ctx.budget.check()
         missing = [
@@ -342,6 +359,25 @@ def fetch_missing_contacts(ctx: RunContext) -> None:
             _check_contacts_exist(ctx, gone)
 
 
+def _load_unknown_flag_times(ctx: RunContext) -> None:
+    """Reconcile weighs a privacy flag against a Mailchimp subscribe by their times; a contact
+    staged before mcsync kept the flags' time (or read without it) gets it now. One bounded
+    pass over the rows to decide, so contacts CiviCRM cannot date are not asked for again."""
+    unknown = [
+        r[0]
+        for r in ctx.staging.query(
+            "SELECT DISTINCT c.contact_id FROM rows r JOIN contacts c ON c.contact_id = "
+            "r.contact_id WHERE r.list_id = ? AND r.sync_status = 'todo' "
+            "AND r.mc_status IN ('subscribed', 'pending') AND c.flags_at IS NULL "
+            "AND c.gone = 0 AND c.is_deleted = 0 "
+            "AND c.is_deceased + c.do_not_email + c.is_opt_out > 0",
+            (ctx.list_id,),
+        )
+    ]
+    if unknown:
+        _check_contacts_exist(ctx, unknown)
+
+
 def _contacts_present(ctx: RunContext, ids: Sequence[int]) -> set[int]:
     placeholders = ",".join("?" * len(ids))
     return {
@@ -359,7 +395,7 @@ def _check_contacts_exist(ctx: RunContext, ids: Sequence[int]) -> None:
             "Contact",
             "get",
             {
-                "select": ["id", *CONTACT_FLAGS, "first_name", "last_name"],
+                "select": ["id", *CONTACT_FLAGS, "first_name", "last_name", "modified_date"],
                 "where": [["id", "IN", list(chunk)], ["is_deleted", "IN", [True, False]]],
                 "limit": 0,
             },

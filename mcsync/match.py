@@ -230,19 +230,32 @@ def load_history_dates(ctx: RunContext) -> None:
     """For rows to reconcile where the sides disagree and the CiviCRM change time is not
     staged yet, fetch the latest history row per (contact, group) not written by mcsync.
 
+    That includes memberships that are absent (no GroupContact row) while Mailchimp says
+    subscribed or interested: a GroupContact deleted in CiviCRM leaves only its history
+    (status `Deleted`), which a full run, reading rows, never sees. A deletion is a removal
+    at its date (issue 10); without one, Mailchimp wins as before.
+
     Only disagreements need a date, so the cost follows the number of changes."""
     while True:
         ctx.budget.check()
         disagree, params = _disagreement_sql(ctx)
+        absent, absent_params = _absent_membership_sql(ctx)
         contact_ids = [
             r[0]
             for r in ctx.staging.query(
                 "SELECT DISTINCT r.contact_id FROM rows r "
-                "JOIN group_status g ON g.contact_id = r.contact_id "
                 "WHERE r.list_id = ? AND r.sync_status = 'todo' AND r.contact_id > ? "
-                f"AND g.changed_at IS NULL AND g.status IS NOT NULL AND ({disagree}) "
+                "AND (EXISTS (SELECT 1 FROM group_status g WHERE g.contact_id = r.contact_id "
+                f"AND g.changed_at IS NULL AND g.status IS NOT NULL AND ({disagree})) "
+                f"OR {absent}) "
                 "ORDER BY r.contact_id LIMIT ?",
-                (ctx.list_id, ctx.staging.state(ctx.list_id)["cursor"], *params, IN_CHUNK),
+                (
+                    ctx.list_id,
+                    ctx.staging.state(ctx.list_id)["cursor"],
+                    *params,
+                    *absent_params,
+                    IN_CHUNK,
+                ),
             )
         ]
         if not contact_ids:
@@ -260,20 +273,51 @@ def load_history_dates(ctx: RunContext) -> None:
                 "limit": 0,
             },
         )
-        latest: dict[tuple[int, int], str] = {}
+        latest: dict[tuple[int, int], tuple[str, str]] = {}
         for record in records:
             if (record.get("tracking") or "") == TRACKING_MARKER:
                 continue
             moment = ctx.civi_to_utc(record["date"])
-            latest[(record["contact_id"], record["group_id"])] = iso(moment) or ""
+            latest[(record["contact_id"], record["group_id"])] = (
+                iso(moment) or "",
+                record["status"],
+            )
         with ctx.staging.atomic():
             ctx.staging.conn.executemany(
                 "UPDATE group_status SET changed_at = ? WHERE contact_id = ? AND group_id = ? "
-                "AND changed_at IS NULL",
-                [(at, c, g) for (c, g), at in latest.items()],
+                "AND changed_at IS NULL AND status IS NOT NULL",
+                [(at, c, g) for (c, g), (at, _) in latest.items()],
+            )
+            # An absent membership whose latest history is a deletion: not in the group
+            # since that date.
+            ctx.staging.conn.executemany(
+                "INSERT INTO group_status (contact_id, group_id, status, changed_at) "
+                "VALUES (?, ?, NULL, ?) ON CONFLICT (contact_id, group_id) DO UPDATE SET "
+                "changed_at = excluded.changed_at "
+                "WHERE group_status.status IS NULL AND group_status.changed_at IS NULL",
+                [
+                    (c, g, at)
+                    for (c, g), (at, status) in latest.items()
+                    if status == "Deleted"
+                ],
             )
             ctx.staging.set_state(ctx.list_id, cursor=contact_ids[-1])
         ctx.progress("load history", len(contact_ids), None)
+
+
+def _absent_membership_sql(ctx: RunContext) -> tuple[str, list[Any]]:
+    """SQL true when the row `r` is subscribed (or interested) at Mailchimp while the
+    contact has no membership staged for that group and no date for its absence."""
+    unknown = (
+        "NOT EXISTS (SELECT 1 FROM group_status g WHERE g.contact_id = r.contact_id "
+        "AND g.group_id = ? AND (g.status IS NOT NULL OR g.changed_at IS NOT NULL))"
+    )
+    clauses = [f"(COALESCE(r.mc_status, '') IN ('subscribed', 'pending') AND {unknown})"]
+    params: list[Any] = [ctx.group_id]
+    for interest_id, group_id in ctx.interest_groups.items():
+        clauses.append(f"(json_extract(r.mc_interests, ?) = 1 AND {unknown})")
+        params.extend([f'$."{interest_id}"', group_id])
+    return "(" + " OR ".join(clauses) + ")", params
 
 
 def _disagreement_sql(ctx: RunContext) -> tuple[str, list[Any]]:
