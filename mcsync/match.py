@@ -295,11 +295,7 @@ def load_history_dates(ctx: RunContext) -> None:
                 "VALUES (?, ?, NULL, ?) ON CONFLICT (contact_id, group_id) DO UPDATE SET "
                 "changed_at = excluded.changed_at "
                 "WHERE group_status.status IS NULL AND group_status.changed_at IS NULL",
-                [
-                    (c, g, at)
-                    for (c, g), (at, status) in latest.items()
-                    if status == "Deleted"
-                ],
+                [(c, g, at) for (c, g), (at, status) in latest.items() if status == "Deleted"],
             )
             ctx.staging.set_state(ctx.list_id, cursor=contact_ids[-1])
         ctx.progress("load history", len(contact_ids), None)

@@ -220,9 +220,7 @@ def decide_subscription(row: MemberRow, policy: AudiencePolicy) -> Decision:
     return _civicrm_wins(row, c.contact_id, hold)
 
 
-def _subscribed_after_flag(
-    m: MailchimpSide, c: CivicrmSide
-) -> tuple[datetime, datetime] | None:
+def _subscribed_after_flag(m: MailchimpSide, c: CivicrmSide) -> tuple[datetime, datetime] | None:
     """(subscribe time, flag time) when the member is subscribed at Mailchimp strictly after
     the privacy flag was set; None otherwise (a tie, or either time unknown, leaves the flag
     in charge, as a tie goes to CiviCRM)."""
@@ -396,9 +394,7 @@ def reconcile_member(row: MemberRow, policy: AudiencePolicy) -> Decision:
         if merge_fields:
             body["merge_fields"] = merge_fields
         actions.append(QueueMailchimpUpdate(update.email, body))
-    return Decision(
-        decision.rule, True, tuple(actions), decision.reason, outcomes, decision.detail
-    )
+    return Decision(decision.rule, True, tuple(actions), decision.reason, outcomes, decision.detail)
 
 
 # ---- email changes in CiviCRM (seed §5.5) -------------------------------------------------------

@@ -56,8 +56,11 @@ REASONS: dict[str, tuple[str, str]] = {
     ),
     "privacy_flags": (
         "The contact is deceased, marked 'do not email' or opted out of bulk mail, so mcsync "
-        "does not subscribe them",
-        "Intentional. To subscribe such contacts anyway, set respect_privacy_flags = false.",
+        "does not subscribe them; if they signed up at Mailchimp after the flag was set (the "
+        "detail says so), mcsync leaves that sign-up alone instead of undoing it",
+        "Usually intentional. Where the detail says 'check the flag', check it: clear it in "
+        "CiviCRM if the person wants mail again, or unsubscribe them in Mailchimp if the flag "
+        "is right. To subscribe flagged contacts anyway, set respect_privacy_flags = false.",
     ),
     "no_contact": (
         "Subscribed at Mailchimp, but no CiviCRM contact matched the email and none was created",

@@ -685,7 +685,9 @@ def test_newer_mailchimp_subscribe_of_flagged_contact_says_what_to_check() -> No
 def test_newer_subscribe_of_flagged_contact_aborts_queued_writes() -> None:
     """Left alone means left alone: an older queued unsubscribe or data push is dropped."""
     queued = [QueuedUpdate(1, body("unsubscribed"))]
-    decision = reconcile_member(row("subscribed", "Added", is_opt_out=True, flags_at=OLD, **A), POLICY)
+    decision = reconcile_member(
+        row("subscribed", "Added", is_opt_out=True, flags_at=OLD, **A), POLICY
+    )
     assert plan_queue(queued, decision) == QueuePlan((AbortUpdate(1, ABORT_NOT_SUBSCRIBED),))
 
 
