@@ -184,10 +184,13 @@ MIGRATIONS: list[str] = [
     # 7: issue 10. The Mailchimp status time of the cleaned state mcsync acted on (held the
     # address, or found it held): the hold is applied on the transition only. And when the
     # contact's privacy flags were set, as far as mcsync knows (its modified_date, in UTC,
-    # when mcsync first saw them set): a Mailchimp sign-up after that is not undone.
+    # when mcsync first saw them set): a Mailchimp sign-up after that is not undone. Cleaned
+    # rows already decided were held by earlier versions (on every run): count them as done.
     """
     ALTER TABLE rows ADD COLUMN cleaned_handled_at TEXT;
-    ALTER TABLE contacts ADD COLUMN flags_at TEXT
+    ALTER TABLE contacts ADD COLUMN flags_at TEXT;
+    UPDATE rows SET cleaned_handled_at = COALESCE(mc_status_at, mc_last_changed)
+    WHERE mc_status = 'cleaned' AND contact_id IS NOT NULL AND sync_status IN ('ok', 'fail')
     """,
 ]
 

@@ -6,6 +6,7 @@ privacy flag does not undo a Mailchimp sign-up made after it was set."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from click.testing import CliRunner
 from conftest import World
@@ -229,3 +230,46 @@ def test_flagged_contact_is_still_never_subscribed_from_civicrm(world: World) ->
     world.civi.set_group_status(contact, world.group_id, "Added")  # staff, today
     _completed(world)
     assert world.mc_status("never@example.org") == "unsubscribed"
+
+
+def test_flag_time_unknown_to_staging_is_read_before_deciding(world: World) -> None:
+    """A contact staged before mcsync kept the flags' time (an upgrade): it is read from
+    CiviCRM before the row is decided, rather than letting the flag win by default."""
+    from mcsync.staging import Staging
+
+    contact = _flagged_long_ago(world, "old@example.org", is_opt_out=True)
+    world.person("other@example.org", mc="subscribed", civi="Added")  # edited today
+    _completed(world)
+    staging = Staging(world.config.state_db)
+    with staging.atomic():
+        staging.execute("UPDATE contacts SET flags_at = NULL WHERE contact_id = ?", (contact,))
+    staging.close()
+    world.mc.set_member_status(world.list_id, "old@example.org", "subscribed")
+    _completed(world)
+    assert world.mc_status("old@example.org") == "subscribed"
+
+
+def test_upgrade_counts_cleaned_rows_already_decided_as_handled(tmp_path: Path) -> None:
+    """Earlier versions held a cleaned address on every run: after the upgrade, an address an
+    admin has taken off hold since is not held once more."""
+    from mcsync import staging as staging_module
+
+    path = tmp_path / "old.sqlite3"
+    shipped = staging_module.MIGRATIONS
+    staging_module.MIGRATIONS = shipped[:6]
+    try:
+        old = staging_module.Staging(path)
+        for mc_hash, status in (("done", "fail"), ("new", "todo")):
+            old.execute(
+                "INSERT INTO rows (list_id, mc_hash, mc_email, mc_status, mc_status_at, "
+                "contact_id, sync_status) VALUES ('l', ?, ?, 'cleaned', "
+                "'2024-01-01T00:00:00+00:00', 7, ?)",
+                (mc_hash, f"{mc_hash}@example.org", status),
+            )
+        old.close()
+    finally:
+        staging_module.MIGRATIONS = shipped
+    upgraded = staging_module.Staging(path)
+    handled = dict(upgraded.query("SELECT mc_hash, cleaned_handled_at FROM rows"))
+    upgraded.close()
+    assert handled == {"done": "2024-01-01T00:00:00+00:00", "new": None}
