@@ -59,16 +59,17 @@ SIBLING_PASSES = 4
 
 
 def decide_again(ctx: RunContext, policy: ms.AudiencePolicy) -> None:
-    """Rows whose decision depends on another row's decision in the same run. One contact with several Mailchimp members: one row's decision can queue a CiviCRM
-    write (an interest group Removed because that member changed it last, the subscription
-    group Added) that the contact's other rows were, or will be, decided without. Decide
-    those rows again, now seeing the queued writes (`load_chunk` lays them over the staged
+    """Decide again the rows whose decision depends on another row's in the same run.
+
+    One contact with several Mailchimp members: one row's decision can queue a CiviCRM write
+    (an interest group Removed because that member changed it last, the subscription group
+    Added) that the contact's other rows were, or will be, decided without. Decide those
+    rows again, now seeing the queued writes (`load_chunk` lays them over the staged
     state), until the writes stop changing, so the run ends where its next run would: the
     other members follow the newer choice in this run, not the next (issue 10, item 12).
     Two contacts not at Mailchimp that share an address would both subscribe it: the one
     matching will link the member to keeps it, the other is told the member exists."""
     for _ in range(SIBLING_PASSES):
-        before = _queued_group_writes(ctx)
         rows = ctx.staging.query(
             "SELECT * FROM rows WHERE id IN ("
             # rows of a contact with several member rows and CiviCRM writes queued
@@ -85,22 +86,34 @@ def decide_again(ctx: RunContext, policy: ms.AudiencePolicy) -> None:
             "HAVING COUNT(DISTINCT o2.contact_id) > 1)) ORDER BY id",
             (ctx.list_id, ctx.list_id, ctx.list_id),
         )
+        if not rows:
+            return
+        # A decision queues CiviCRM writes for its own contact only: compare those.
+        contact_ids = sorted({r["contact_id"] for r in rows if r["contact_id"] is not None})
+        before = _queued_group_writes(ctx, contact_ids)
         for start in range(0, len(rows), CHUNK):
             ctx.budget.check()
             _decide_rows(ctx, policy, rows[start : start + CHUNK], cursor=False)
-        if _queued_group_writes(ctx) == before:
+        if _queued_group_writes(ctx, contact_ids) == before:
             return
 
 
-def _queued_group_writes(ctx: RunContext) -> list[tuple[Any, ...]]:
-    return [
-        tuple(r)
-        for r in ctx.staging.query(
-            "SELECT contact_id, group_id, status, origin_at FROM civi_writes WHERE list_id = ? "
-            "AND kind = 'group' ORDER BY contact_id, group_id",
-            (ctx.list_id,),
+def _queued_group_writes(ctx: RunContext, contact_ids: Sequence[int]) -> list[tuple[Any, ...]]:
+    """The group writes queued for these contacts, in a fixed order."""
+    found: list[tuple[Any, ...]] = []
+    for start in range(0, len(contact_ids), CHUNK):
+        chunk = contact_ids[start : start + CHUNK]
+        marks = ",".join("?" * len(chunk))
+        found.extend(
+            tuple(r)
+            for r in ctx.staging.query(
+                f"SELECT contact_id, group_id, status, origin_at FROM civi_writes "
+                f"WHERE list_id = ? AND kind = 'group' AND contact_id IN ({marks}) "
+                f"ORDER BY contact_id, group_id",
+                (ctx.list_id, *chunk),
+            )
         )
-    ]
+    return found
 
 
 def _decide_rows(

@@ -65,4 +65,5 @@ def retry_delay(attempts: int) -> timedelta:
     again: the first failure at the next run, then 15 minutes, doubling, at most a day."""
     if attempts <= 1:
         return timedelta(0)
-    return min(RETRY_FIRST * 2 ** min(attempts - 2, 16), RETRY_CAP)
+    doublings: int = min(attempts - 2, 16)
+    return min(RETRY_FIRST * (1 << doublings), RETRY_CAP)
