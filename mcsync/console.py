@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -212,12 +213,29 @@ def show_failures(out: Output, failures: list[dict[str, Any]]) -> None:
         out.always(f"  What to do: {first['advice']}")
         out.table(
             reason,
-            ["group", "email", "contact", "Mailchimp status", "detail"],
+            ["group", "email", "contact", "Mailchimp status", "detail", "next try"],
             [
-                (f["group_id"], f["email"], f["contact_id"], f["mailchimp_status"], f["detail"])
+                (
+                    f["group_id"],
+                    f["email"],
+                    f["contact_id"],
+                    f["mailchimp_status"],
+                    f["detail"],
+                    _next_try_text(f.get("next_try")),
+                )
                 for f in rows
             ],
         )
+
+
+def _next_try_text(next_try: str | None) -> str:
+    """When a normal run tries a failed row again; rows failing for a lasting reason wait for
+    their data to change (or a full run)."""
+    if not next_try:
+        return "when the data changes"
+    if next_try <= datetime.now(UTC).isoformat():
+        return "next run"
+    return f"a run from {next_try}"
 
 
 TOTAL_LABELS = [

@@ -11,6 +11,7 @@ import json
 import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +36,8 @@ def policy_for(ctx: RunContext) -> ms.AudiencePolicy:
 
 
 def reconcile_rows(ctx: RunContext) -> None:
-    """Decide every `todo` row, a chunk per transaction with the cursor."""
+    """Decide every `todo` row, a chunk per transaction with the cursor; then decide again
+    the rows of contacts with several member rows whose CiviCRM state this run changes."""
     policy = policy_for(ctx)
     settle_agreeing_rows(ctx)
     while True:
@@ -46,42 +48,114 @@ def reconcile_rows(ctx: RunContext) -> None:
             (ctx.list_id, ctx.staging.state(ctx.list_id)["cursor"], CHUNK),
         )
         if not rows:
+            break
+        _decide_rows(ctx, policy, rows, cursor=True)
+    decide_again(ctx, policy)
+
+
+# Passes over rows decided again: each pass can only make the queued CiviCRM writes newer, so they
+# settle within a pass per sibling; contacts with more member rows than this are rarer still.
+SIBLING_PASSES = 4
+
+
+def decide_again(ctx: RunContext, policy: ms.AudiencePolicy) -> None:
+    """Decide again the rows whose decision depends on another row's in the same run.
+
+    One contact with several Mailchimp members: one row's decision can queue a CiviCRM write
+    (an interest group Removed because that member changed it last, the subscription group
+    Added) that the contact's other rows were, or will be, decided without. Decide those
+    rows again, now seeing the queued writes (`load_chunk` lays them over the staged
+    state), until the writes stop changing, so the run ends where its next run would: the
+    other members follow the newer choice in this run, not the next (issue 10, item 12).
+    Two contacts not at Mailchimp that share an address would both subscribe it: the one
+    matching will link the member to keeps it, the other is told the member exists."""
+    for _ in range(SIBLING_PASSES):
+        rows = ctx.staging.query(
+            "SELECT * FROM rows WHERE id IN ("
+            # rows of a contact with several member rows and CiviCRM writes queued
+            "SELECT r.id FROM civi_writes w JOIN rows r ON r.contact_id = w.contact_id "
+            "AND r.list_id = w.list_id WHERE w.list_id = ? AND w.kind IN ('group', 'hold') "
+            "AND EXISTS (SELECT 1 FROM rows s WHERE s.contact_id = r.contact_id "
+            "AND s.list_id = r.list_id AND s.id != r.id) "
+            # rows of different contacts, not at Mailchimp, queued to subscribe one address
+            "UNION SELECT u.row_id FROM updates u JOIN rows o ON o.id = u.row_id "
+            "WHERE u.list_id = ? AND u.state = 'queued' AND o.mc_hash IS NULL "
+            "AND lower(u.email) IN (SELECT lower(u2.email) FROM updates u2 "
+            "JOIN rows o2 ON o2.id = u2.row_id WHERE u2.list_id = ? AND u2.state = 'queued' "
+            "AND o2.mc_hash IS NULL GROUP BY lower(u2.email) "
+            "HAVING COUNT(DISTINCT o2.contact_id) > 1)) ORDER BY id",
+            (ctx.list_id, ctx.list_id, ctx.list_id),
+        )
+        if not rows:
             return
-        loaded = load_chunk(ctx, rows)
-        missing: dict[str, int] = defaultdict(int)
-        settled: list[tuple[str, str | None, str | None, int]] = []
-        with ctx.staging.atomic():
-            for row in rows:
-                member_row = loaded.member_row(row)
-                decision = rc.reconcile_member(member_row, policy)
-                settled.append(
-                    record_decision(
-                        ctx,
-                        row,
-                        member_row,
-                        decision,
-                        loaded.unsubmitted[row["id"]],
-                        in_flight=row["id"] in loaded.in_flight,
-                    )
+        # A decision queues CiviCRM writes for its own contact only: compare those.
+        contact_ids = sorted({r["contact_id"] for r in rows if r["contact_id"] is not None})
+        before = _queued_group_writes(ctx, contact_ids)
+        for start in range(0, len(rows), CHUNK):
+            ctx.budget.check()
+            _decide_rows(ctx, policy, rows[start : start + CHUNK], cursor=False)
+        if _queued_group_writes(ctx, contact_ids) == before:
+            return
+
+
+def _queued_group_writes(ctx: RunContext, contact_ids: Sequence[int]) -> list[tuple[Any, ...]]:
+    """The group writes queued for these contacts, in a fixed order."""
+    found: list[tuple[Any, ...]] = []
+    for start in range(0, len(contact_ids), CHUNK):
+        chunk = contact_ids[start : start + CHUNK]
+        marks = ",".join("?" * len(chunk))
+        found.extend(
+            tuple(r)
+            for r in ctx.staging.query(
+                f"SELECT contact_id, group_id, status, origin_at FROM civi_writes "
+                f"WHERE list_id = ? AND kind = 'group' AND contact_id IN ({marks}) "
+                f"ORDER BY contact_id, group_id",
+                (ctx.list_id, *chunk),
+            )
+        )
+    return found
+
+
+def _decide_rows(
+    ctx: RunContext, policy: ms.AudiencePolicy, rows: Sequence[sqlite3.Row], *, cursor: bool
+) -> None:
+    """Decide these rows and queue their writes in one transaction (with the cursor)."""
+    loaded = load_chunk(ctx, rows)
+    missing: dict[str, int] = defaultdict(int)
+    settled: list[tuple[str, str | None, str | None, int]] = []
+    with ctx.staging.atomic():
+        for row in rows:
+            member_row = loaded.member_row(row)
+            decision = rc.reconcile_member(member_row, policy)
+            settled.append(
+                record_decision(
+                    ctx,
+                    row,
+                    member_row,
+                    decision,
+                    loaded.unsubmitted[row["id"]],
+                    in_flight=row["id"] in loaded.in_flight,
                 )
-                for outcome in decision.interests:
-                    if outcome.rule == "5.3-I1-no-data":
-                        missing[outcome.interest_id] += 1
-            ctx.staging.conn.executemany(
-                "UPDATE rows SET sync_status = ?, reason = ?, reason_detail = ? WHERE id = ?",
-                settled,
             )
+            for outcome in decision.interests:
+                if outcome.rule == "5.3-I1-no-data":
+                    missing[outcome.interest_id] += 1
+        ctx.staging.conn.executemany(
+            "UPDATE rows SET sync_status = ?, reason = ?, reason_detail = ? WHERE id = ?",
+            settled,
+        )
+        if cursor:
             ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
-        for interest_id, count in sorted(missing.items()):
-            # Seed §5.3 (lab #19): deleted at Mailchimp, or mapped after these members were
-            # fetched; a full run (--since ever) fetches their interests again.
-            ctx.log(
-                f"Interest {interest_id} is missing from the Mailchimp data of {count} "
-                f"subscribed member(s); skipped. Was it deleted in Mailchimp, or newly mapped "
-                f"(then run with --since ever)?",
-                "notice",
-            )
-        ctx.progress("reconcile", len(rows), None)
+    for interest_id, count in sorted(missing.items()):
+        # Seed §5.3 (lab #19): deleted at Mailchimp, or mapped after these members were
+        # fetched; a full run (--since ever) fetches their interests again.
+        ctx.log(
+            f"Interest {interest_id} is missing from the Mailchimp data of {count} "
+            f"subscribed member(s); skipped. Was it deleted in Mailchimp, or newly mapped "
+            f"(then run with --since ever)?",
+            "notice",
+        )
+    ctx.progress("reconcile", len(rows), None)
 
 
 def settle_agreeing_rows(ctx: RunContext) -> int:
@@ -158,6 +232,7 @@ class LoadedChunk:
         self.siblings: dict[int, list[tuple[int, str | None, str | None]]] = defaultdict(list)
         self.held_addresses: set[str] = set()
         self.addresses_in_use: frozenset[str] = frozenset()
+        self.addresses_claimed: list[tuple[str, int]] = []
         self.unsubmitted: dict[int, list[qr.QueuedUpdate]] = defaultdict(list)
         self.in_flight: set[int] = set()
         self.merge_fields: dict[int, dict[str, Any]] = {}
@@ -224,7 +299,11 @@ class LoadedChunk:
             siblings=siblings,
             mailchimp_email_on_hold=(row["mc_email"] or "").lower() in self.held_addresses,
             refusal=refusal,
-            addresses_in_use=self.addresses_in_use if row["mc_hash"] is None else frozenset(),
+            addresses_in_use=self.addresses_in_use.union(
+                a for a, owner in self.addresses_claimed if owner < contact_id
+            )
+            if row["mc_hash"] is None and contact_id is not None
+            else frozenset(),
             cleaned_handled=_cleaned_handled(row),
         )
 
@@ -256,6 +335,19 @@ def _addresses_in_use(
     if not candidates:
         return frozenset()
     marks = ",".join("?" * len(candidates))
+    # Another contact not at Mailchimp yet may be about to subscribe the same address (two
+    # contacts share it): the lower contact id, whom matching picks once the member exists,
+    # keeps it; see `decide_again`.
+    loaded.addresses_claimed = [
+        (r[0], r[1])
+        for r in ctx.staging.query(
+            f"SELECT DISTINCT lower(u.email), r.contact_id FROM updates u "
+            f"JOIN rows r ON r.id = u.row_id WHERE u.list_id = ? AND r.mc_hash IS NULL "
+            f"AND r.contact_id IS NOT NULL AND u.state IN ('queued', 'submitting', 'submitted') "
+            f"AND lower(u.email) IN ({marks})",
+            (ctx.list_id, *candidates),
+        )
+    ]
     return frozenset(
         r[0]
         for r in ctx.staging.query(
@@ -302,6 +394,16 @@ def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
             loaded.groups[group["contact_id"]][group["group_id"]] = ms.GroupState(
                 group["status"], parse_iso(group["changed_at"])
             )
+        # Writes this run queued for CiviCRM are what it will have (push_civicrm stores the
+        # same status and time after writing): decide against them, not the state before.
+        for write in staging.query(
+            f"SELECT contact_id, group_id, status, origin_at FROM civi_writes WHERE "
+            f"list_id = ? AND kind = 'group' AND contact_id IN ({marks})",
+            (ctx.list_id, *contact_ids),
+        ):
+            loaded.groups[write["contact_id"]][write["group_id"]] = ms.GroupState(
+                write["status"], parse_iso(write["origin_at"])
+            )
         for sibling in staging.query(
             f"SELECT id, contact_id, mc_email, mc_status FROM rows WHERE list_id = ? "
             f"AND contact_id IN ({marks}) AND mc_hash IS NOT NULL",
@@ -310,6 +412,17 @@ def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
             loaded.siblings[sibling["contact_id"]].append(
                 (sibling["id"], sibling["mc_email"], sibling["mc_status"])
             )
+    if contact_ids:
+        # Holds queued this run (a cleaned member) count as on hold already.
+        for hold in staging.query(
+            f"SELECT contact_id, lower(email) FROM civi_writes WHERE list_id = ? "
+            f"AND kind = 'hold' AND contact_id IN ({marks})",
+            (ctx.list_id, *contact_ids),
+        ):
+            loaded.emails[hold[0]] = [
+                replace(e, on_hold=1) if e.email.strip().lower() == hold[1] else e
+                for e in loaded.emails.get(hold[0], [])
+            ]
     addresses = sorted({(r["mc_email"] or "").lower() for r in rows if r["mc_email"]})
     if addresses:
         marks = ",".join("?" * len(addresses))

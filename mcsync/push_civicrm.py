@@ -11,6 +11,7 @@ from mcsync.errors import ApiError
 from mcsync.fetch_civicrm import fetch_emails_of_contacts
 from mcsync.reasons import Reason
 from mcsync.run import TRACKING_MARKER, RunContext
+from mcsync.updates import schedule_retry
 
 CIVI_WRITE_CHUNK = 500
 
@@ -40,6 +41,9 @@ def push_civicrm(ctx: RunContext) -> None:
                 [(w["contact_id"], w["group_id"], w["status"], w["origin_at"]) for w in writes],
             )
             _forget_writes(ctx, writes)
+            ctx.staging.clear_retry_of_contacts(
+                ctx.list_id, sorted({w["contact_id"] for w in writes})
+            )
         ctx.progress("write CiviCRM", len(writes), None)
     _push_holds(ctx)
     _push_new_emails(ctx)
@@ -87,6 +91,11 @@ def _save_one_by_one(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3
                     "reason_detail = ? WHERE list_id = ? AND contact_id = ?",
                     (Reason.CIVICRM_ERROR.value, str(exc), ctx.list_id, write["contact_id"]),
                 )
+                for row in ctx.staging.query(
+                    "SELECT id FROM rows WHERE list_id = ? AND contact_id = ?",
+                    (ctx.list_id, write["contact_id"]),
+                ):
+                    schedule_retry(ctx, row["id"], Reason.CIVICRM_ERROR, exc.status)
             ctx.log(
                 f"CiviCRM refused a group change for contact {write['contact_id']}: {exc}",
                 "warning",

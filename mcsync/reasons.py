@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 
 
 class Reason(enum.StrEnum):
@@ -54,3 +54,31 @@ def newer_subscribe_detail(subscribed_at: datetime, flags_at: datetime) -> str:
 
 def _utc(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+# Reasons that pass by themselves (a Mailchimp outage inside a batch, a CiviCRM lock timeout):
+# normal runs try such rows again, with a backoff. Every other reason lasts until the data
+# changes (which marks the row to decide again) or a full run decides every row again.
+RETRIED_REASONS = frozenset({Reason.MAILCHIMP_ERROR, Reason.CIVICRM_ERROR})
+RETRY_FIRST = timedelta(minutes=15)
+RETRY_CAP = timedelta(days=1)
+
+
+def is_retried(reason: Reason | str | None, status: int | None) -> bool:
+    """Whether a failure is tried again by normal runs. A Mailchimp error is when Mailchimp
+    answered 5xx or 429 (or nothing); a 4xx names data to fix, which a change in CiviCRM
+    brings back. CiviCRM refusals are (a lock timeout, an ACL fixed meanwhile)."""
+    if reason == Reason.CIVICRM_ERROR:
+        return True
+    if reason == Reason.MAILCHIMP_ERROR:
+        return status is None or status == 429 or status >= 500
+    return False
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """How long after the run that failed a row's ``attempts``-th time in a row it is tried
+    again: the first failure at the next run, then 15 minutes, doubling, at most a day."""
+    if attempts <= 1:
+        return timedelta(0)
+    doublings: int = min(attempts - 2, 16)
+    return min(RETRY_FIRST * (1 << doublings), RETRY_CAP)

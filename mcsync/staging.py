@@ -192,6 +192,12 @@ MIGRATIONS: list[str] = [
     UPDATE rows SET cleaned_handled_at = COALESCE(mc_status_at, mc_last_changed)
     WHERE mc_status = 'cleaned' AND contact_id IS NOT NULL AND sync_status IN ('ok', 'fail')
     """,
+    # 8: rows failed for a passing reason (a Mailchimp 5xx, a CiviCRM error) are tried again
+    # by normal runs: how many times in a row they failed, and from when they are due again
+    """
+    ALTER TABLE rows ADD COLUMN retry_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rows ADD COLUMN retry_at TEXT
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience
@@ -347,6 +353,44 @@ class Staging:
                 "WHERE list_id = ? AND lease_owner = ?",
                 (list_id, owner),
             )
+
+    # -- retries of failed rows ---------------------------------------------------------
+    def retry_attempts(self, row_id: int) -> int:
+        return int(self.scalar("SELECT retry_attempts FROM rows WHERE id = ?", (row_id,)) or 0)
+
+    def schedule_retry(self, row_id: int, attempts: int, retry_at: str | None) -> None:
+        """A failed row: ``attempts`` failures in a row, tried again from ``retry_at`` (None:
+        not by normal runs, the reason lasts)."""
+        self.conn.execute(
+            "UPDATE rows SET retry_attempts = ?, retry_at = ? WHERE id = ?",
+            (attempts, retry_at, row_id),
+        )
+
+    def clear_retry(self, row_ids: list[int]) -> None:
+        """The row's write went through: its next failure starts the backoff afresh."""
+        self.conn.executemany(
+            "UPDATE rows SET retry_attempts = 0, retry_at = NULL WHERE id = ? "
+            "AND (retry_attempts != 0 OR retry_at IS NOT NULL)",
+            [(row_id,) for row_id in row_ids],
+        )
+
+    def clear_retry_of_contacts(self, list_id: str, contact_ids: list[int]) -> None:
+        """CiviCRM took the contacts' group changes: the rows' next failure starts afresh."""
+        self.conn.executemany(
+            "UPDATE rows SET retry_attempts = 0, retry_at = NULL WHERE list_id = ? "
+            "AND contact_id = ? AND sync_status != 'fail' AND retry_attempts != 0",
+            [(list_id, contact_id) for contact_id in contact_ids],
+        )
+
+    def requeue_due_retries(self, list_id: str, reasons: list[str], due_by: str) -> int:
+        """Failed rows with a passing reason whose next try is due go back to be decided."""
+        marks = ",".join("?" * len(reasons))
+        cursor = self.conn.execute(
+            f"UPDATE rows SET sync_status = 'todo' WHERE list_id = ? AND sync_status = 'fail' "
+            f"AND reason IN ({marks}) AND retry_at IS NOT NULL AND retry_at <= ?",
+            (list_id, *reasons, due_by),
+        )
+        return cursor.rowcount
 
     # -- log ----------------------------------------------------------------------------
     def log(self, list_id: str | None, message: str, level: str = "info") -> None:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from mcsync.config import AudienceConfig
+from mcsync.reasons import RETRIED_REASONS
 from mcsync.staging import Staging, parse_iso, utc_now
 
 SILENT_LOG_LIMIT = timedelta(minutes=30)
@@ -73,12 +74,15 @@ REASONS: dict[str, tuple[str, str]] = {
     ),
     "mailchimp_error": (
         "Mailchimp refused the update; its error title and detail are shown",
-        "Read the detail; fix the data it names in CiviCRM. The next run tries again.",
+        "Read the detail. A temporary error at Mailchimp (5xx, 429) is tried again by itself, "
+        "at the next try shown; otherwise fix the data it names in CiviCRM, and the run after "
+        "the change tries again.",
     ),
     "civicrm_error": (
         "CiviCRM refused to change this contact's group membership; its error is shown",
         "Check the contact in CiviCRM (deleted, merged, or hidden from the API user by an "
-        "ACL?). The next run tries again.",
+        "ACL?). mcsync tries again by itself at the next try shown (after a run, then 15 "
+        "minutes, doubling up to a day).",
     ),
     "aborted": (
         "The update was cancelled by 'mcsync abort' before Mailchimp confirmed it",
@@ -261,7 +265,8 @@ def failures(
     rows = staging.query(
         f"SELECT r.id, COALESCE(r.mc_email, (SELECT e.email FROM emails e WHERE "
         f"e.contact_id = r.contact_id ORDER BY e.is_primary DESC, e.email_id LIMIT 1)) AS email, "
-        f"r.contact_id, r.mc_status, r.reason, r.reason_detail, r.sync_status "
+        f"r.contact_id, r.mc_status, r.reason, r.reason_detail, r.sync_status, "
+        f"r.retry_attempts, r.retry_at "
         f"FROM rows r WHERE {where} ORDER BY r.reason, r.id",
         params,
     )
@@ -281,9 +286,19 @@ def failures(
                 "advice": advice,
                 "detail": row["reason_detail"],
                 "sync_status": row["sync_status"],
+                "retry_attempts": row["retry_attempts"],
+                "next_try": _next_try(row),
             }
         )
     return result
+
+
+def _next_try(row: Any) -> str | None:
+    """When a normal run next tries a row that failed for a passing reason: the first run
+    that starts from this time. None: it waits for its data to change or a full run."""
+    if row["sync_status"] != "fail" or row["reason"] not in RETRIED_REASONS:
+        return None
+    return str(row["retry_at"]) if row["retry_at"] else None
 
 
 def age(moment: str | None) -> str:

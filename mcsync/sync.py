@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from mcsync import (
     batches,
@@ -29,10 +29,15 @@ from mcsync import (
     push_mailchimp,
 )
 from mcsync.errors import AudienceBusy, BudgetExhausted, ConfigError
+from mcsync.reasons import RETRIED_REASONS
 from mcsync.run import RunContext
 from mcsync.staging import Staging, iso, parse_iso, utc_now
 
 StageFn = Callable[[RunContext], None]
+
+# A failed row is due at the run that starts at or after its next-try time; cron starts runs a
+# little early or late, so a run that starts within this much of it counts.
+RETRY_SLACK = timedelta(minutes=1)
 
 # Stage name → what it does. Full runs read all group membership; incremental runs read
 # subscription history and modified contacts since the stored marks.
@@ -221,6 +226,7 @@ def start_run(ctx: RunContext, *, since: str | None) -> None:
     now = utc_now()
     window = fetch_mailchimp.since_for_new_run(state["last_run_started"], since)
     full = window is None or since == "ever" or not state["last_sync"]
+    retried = 0
     history_target, modified_target = fetch_civicrm.civicrm_marks(ctx)
     with ctx.staging.atomic():
         ctx.staging.set_state(
@@ -241,10 +247,16 @@ def start_run(ctx: RunContext, *, since: str | None) -> None:
                 "AND sync_status IN ('ok', 'fail')",
                 (ctx.list_id,),
             )
+        else:
+            retried = ctx.staging.requeue_due_retries(
+                ctx.list_id, sorted(RETRIED_REASONS), iso(now + RETRY_SLACK) or ""
+            )
     ctx.log(
         f"Started {'a full' if full else 'an incremental'} run"
         + ("" if full else f" for Mailchimp changes since {iso(window)}")
     )
+    if retried:
+        ctx.log(f"{retried} rows that failed for a passing reason are tried again")
 
 
 def _retries_queued(ctx: RunContext) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 
 from mcsync import write_results as wr
 from mcsync.errors import ApiError
+from mcsync.reasons import Reason, is_retried, retry_delay
 from mcsync.run import RunContext
 from mcsync.staging import dumps, iso, parse_iso, utc_now
 
@@ -103,6 +104,7 @@ def apply_result(
         )
     ctx.staging.execute("UPDATE rows SET mc_expected = NULL WHERE id = ?", (row["id"],))
     _close_row_if_done(ctx, row["id"], "fail", failure.reason.value, _error_text(error))
+    schedule_retry(ctx, row["id"], failure.reason, status_code)
 
 
 def _error_text(error: ApiError | None) -> str | None:
@@ -155,12 +157,28 @@ def _store_member_response(
         # The member was fetched into its own row meanwhile: that row carries on.
         ctx.staging.execute("DELETE FROM rows WHERE id = ?", (row["id"],))
         return
+    ctx.staging.clear_retry([row["id"]])
     if row["reason"] in LASTING_REASONS:
         # Written as decided, but the row still cannot fully sync (a privacy flag keeps an
         # Added contact unsubscribed at Mailchimp): it stays listed as a failure.
         _close_row_if_done(ctx, row["id"], "fail", row["reason"], row["reason_detail"])
         return
     _close_row_if_done(ctx, row["id"], "ok", None, None)
+
+
+def schedule_retry(ctx: RunContext, row_id: int, reason: Reason, status: int | None) -> None:
+    """A row that failed for a passing reason (``reasons.is_retried``) is tried again by a
+    normal run, the first time by the next one, then after a backoff counted from the start
+    of the run that failed (``reasons.retry_delay``); one that failed for a lasting reason
+    waits for its data to change or for a full run."""
+    if ctx.staging.scalar("SELECT sync_status FROM rows WHERE id = ?", (row_id,)) != "fail":
+        return  # another update of the row is still open; its outcome closes the row
+    if not is_retried(reason, status):
+        ctx.staging.schedule_retry(row_id, 0, None)
+        return
+    attempts = ctx.staging.retry_attempts(row_id) + 1
+    started = parse_iso(ctx.staging.state(ctx.list_id).get("run_started")) or utc_now()
+    ctx.staging.schedule_retry(row_id, attempts, iso(started + retry_delay(attempts)))
 
 
 # Reasons a decision gives while still writing something, which outlast the write.

@@ -195,7 +195,9 @@ class World:
         if plan.enqueue is not None:
             self.queue.append(QueuedUpdate(self.next_update_id, dict(plan.enqueue.body)))
             self.next_update_id += 1
-        if submit:
+        while submit and self.queue:
+            # A compliance refusal's retry as pending goes out in the same run (sync.advance
+            # returns from collect_batches to push_mailchimp while retries are queued).
             self.submit()
         return bool(decision.actions) or plan != QueuePlan()
 
@@ -324,11 +326,11 @@ def play(world: World, policy: AudiencePolicy, script: list[tuple[int, tuple[Any
 
 @settings(deadline=None, max_examples=200)
 @given(world=worlds(), policy=policies, script=steps)
-def test_two_runs_reach_a_fixed_point(
+def test_one_run_reaches_a_fixed_point(
     world: World, policy: AudiencePolicy, script: list[tuple[int, tuple[Any, ...]]]
 ) -> None:
+    """Whatever happened before, one complete run leaves nothing for the next to do."""
     play(world, policy, script)
-    world.run(policy)
     world.run(policy)
     decision = reconcile_member(world.row(), policy)
     assert decision.actions == (), decision

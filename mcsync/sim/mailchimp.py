@@ -419,6 +419,8 @@ class MailchimpSim:
         self._lists: dict[str, MailList] = {}
         self._counter = 0
         self._batches = BatchQueue(batch_delay)
+        # (list id, member hash) -> (operations left to fail, their status code)
+        self._failing_operations: dict[tuple[str, str], tuple[int, int]] = {}
         self._db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.executescript(_TABLE + _INDEXES)
@@ -606,6 +608,27 @@ class MailchimpSim:
         with self.lock:
             self._batches.advance(self._now())
             return self._batches.all()
+
+    def fail_batch_operations(
+        self, list_id: str, email: str, times: int = 1, status: int = 500
+    ) -> None:
+        """The next ``times`` batch operations on this member end in Mailchimp's internal
+        error (a 5xx result inside a finished batch, the operation not applied), as happens
+        now and then to single operations of a real batch."""
+        with self.lock:
+            self._failing_operations[(list_id, subscriber_hash(email))] = (times, status)
+
+    def _operation_fault(self, path: str) -> int | None:
+        """The status a batch operation on ``path`` fails with, if it is set to fail."""
+        parts = path.strip("/").split("/")
+        if len(parts) < 4 or parts[0] != "lists" or parts[2] != "members":
+            return None
+        key = (parts[1], _member_key(parts[3]))
+        left, status = self._failing_operations.get(key, (0, 500))
+        if left <= 0:
+            return None
+        self._failing_operations[key] = (left - 1, status)
+        return status
 
     def set_member_status(self, list_id: str, email: str, status: str) -> None:
         """What a person or the account owner does in Mailchimp: any status, no API rules."""
@@ -1872,6 +1895,15 @@ class MailchimpSim:
             method: str, path: str, query: dict[str, list[str]], body: str | None, now: datetime
         ) -> tuple[int, str]:
             path, _, query_text = path.partition("?")
+            failing = self._operation_fault(path)
+            if failing is not None:
+                error = Problem(
+                    failing,
+                    "Internal Server Error",
+                    "An unexpected internal error has occurred. Please contact Support for "
+                    "more information.",
+                )
+                return failing, json.dumps(error.document(str(uuid.uuid4())))
             merged = {**parse_qs(query_text, keep_blank_values=True), **query}
             inner = _Call(
                 account,
