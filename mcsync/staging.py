@@ -337,6 +337,39 @@ class Staging:
                 (list_id, owner),
             )
 
+    # -- members absent from a full fetch ---------------------------------------------
+    def seen_any_member(self, list_id: str, run_id: str) -> bool:
+        """Did this run read at least one member (an empty answer is never "everyone left")?"""
+        return bool(
+            self.scalar(
+                "SELECT 1 FROM rows WHERE list_id = ? AND mc_seen_run = ? LIMIT 1",
+                (list_id, run_id),
+            )
+        )
+
+    def unseen_members(
+        self, list_id: str, run_id: str, after_id: int, limit: int
+    ) -> list[sqlite3.Row]:
+        """Staged members this full run has not read (in id order after ``after_id``): the
+        candidates for "gone", each to be confirmed before it is treated so. Rows with writes
+        on their way are left alone, as before."""
+        return self.query(
+            "SELECT id, mc_hash, mc_unique_id FROM rows WHERE list_id = ? AND id > ? "
+            "AND mc_hash IS NOT NULL AND mc_seen_run IS NOT ? AND mc_status IS NOT 'archived' "
+            "AND sync_status != 'live' ORDER BY id LIMIT ?",
+            (list_id, after_id, run_id, limit),
+        )
+
+    def mark_members_gone(self, list_id: str, hashes: list[str], at: str) -> None:
+        """Members confirmed no longer in the audience (archived, or deleted permanently):
+        not subscribed from ``at`` (the run's start), to be reconciled."""
+        self.conn.executemany(
+            "UPDATE rows SET mc_status = 'archived', mc_status_at = ?, sync_status = 'todo' "
+            "WHERE list_id = ? AND mc_hash = ? AND mc_status IS NOT 'archived' "
+            "AND sync_status != 'live'",
+            [(at, list_id, h) for h in hashes],
+        )
+
     # -- log ----------------------------------------------------------------------------
     def log(self, list_id: str | None, message: str, level: str = "info") -> None:
         with self.atomic():

@@ -38,6 +38,8 @@ StageFn = Callable[[RunContext], None]
 # subscription history and modified contacts since the stored marks.
 STAGES: list[tuple[str, StageFn, str]] = [
     ("fetch_mailchimp", fetch_mailchimp.fetch_mailchimp, "any"),
+    ("fetch_mailchimp_changed", fetch_mailchimp.fetch_changed_during_fetch, "full"),
+    ("confirm_vanished", fetch_mailchimp.confirm_vanished_members, "full"),
     ("fetch_civicrm_groups", fetch_civicrm.fetch_civicrm_groups, "full"),
     ("fetch_civicrm_history", fetch_civicrm.fetch_civicrm_history, "incremental"),
     ("fetch_civicrm_modified", fetch_civicrm.fetch_civicrm_modified, "incremental"),
