@@ -5,7 +5,6 @@ staging, one committed chunk at a time, and fix that window once per run.
 from __future__ import annotations
 
 import json
-from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -80,7 +79,7 @@ def fetch_changed_during_fetch(ctx: RunContext) -> None:
             with ctx.staging.atomic():
                 merge_members(ctx, members)
                 ctx.staging.set_state(ctx.list_id, cursor=page_offset + len(members))
-            ctx.progress("fetch Mailchimp changes made meanwhile", page_offset + len(members), total)
+            ctx.progress("fetch Mailchimp changes", page_offset + len(members), total)
             ctx.budget.check()
     finally:
         close = getattr(pages, "close", None)
@@ -95,13 +94,17 @@ def fetch_changed_during_fetch(ctx: RunContext) -> None:
         status="archived",
         fields=("id",),
     )
-    with closing(archived):
+    try:
         for _, _, members in archived:
             with ctx.staging.atomic():
                 ctx.staging.mark_members_gone(
                     ctx.list_id, [m["id"] for m in members], state["run_started"]
                 )
             ctx.budget.check()
+    finally:
+        close = getattr(archived, "close", None)
+        if close:
+            close()
 
 
 def confirm_vanished_members(ctx: RunContext) -> None:
@@ -131,9 +134,7 @@ def confirm_vanished_members(ctx: RunContext) -> None:
         found = ctx.mailchimp.current_members(
             ctx.list_id, [(r["mc_hash"], r["mc_unique_id"]) for r in rows]
         )
-        present = {
-            m["id"]: m for m in found if m is not None and m.get("status") != "archived"
-        }
+        present = {m["id"]: m for m in found if m is not None and m.get("status") != "archived"}
         gone = [
             r["mc_hash"]
             for r, m in zip(rows, found, strict=True)

@@ -215,9 +215,11 @@ class MailchimpClient(SessionClient):
     ) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:
         """Yield ``(offset, total_items, members)`` in offset order, sorted by last_changed.
 
-        Newest first (the default) is what resumable paging wants: a member that changes while
-        pages are read jumps to the front, so later offsets may repeat a member but never skip
-        one.
+        Offsets are over live data: a member that changes while pages are read jumps to the
+        newest end (so it may be missed, and a later offset may repeat a member), and a member
+        archived or deleted meanwhile moves every later member up a place (so one unread
+        member is skipped); pages fetched concurrently may also be answered out of order. A
+        caller that needs every member must look again (see ``fetch_mailchimp``).
 
         The first page gives ``total_items``; the following pages are fetched concurrently (at most
         ``concurrency`` in flight or buffered) and yielded in order, so a caller that saves
