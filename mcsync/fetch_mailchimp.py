@@ -8,6 +8,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from mcsync.mailchimp import member_hash
+from mcsync.match import assign_matches
 from mcsync.run import WINDOW_OVERLAP, RunContext
 from mcsync.staging import dumps, iso, parse_iso, utc_now
 
@@ -146,6 +148,48 @@ def confirm_vanished_members(ctx: RunContext) -> None:
             ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
         confirmed += len(rows)
         ctx.progress("confirm members missing from the fetch", confirmed, None)
+
+
+def confirm_civicrm_only(ctx: RunContext) -> None:
+    """On a full run, a contact Added in CiviCRM with no member row is about to be subscribed
+    at Mailchimp as new, because the fetch did not return its address. Paging over changing
+    data can skip a member, and that subscribe would overwrite the status the person chose
+    there. So each such contact's addresses are read directly first; a member found is
+    staged as read and matched, and reconciled like any other (its status, its time). One
+    round of concurrent reads per committed chunk, resumable by the stage cursor."""
+    chunk = max(1, ctx.mailchimp.max_connections)
+    checked = 0
+    while True:
+        ctx.budget.check()
+        cursor = ctx.staging.state(ctx.list_id)["cursor"]
+        rows = ctx.staging.civicrm_only_added(
+            ctx.list_id,
+            ctx.group_id,
+            cursor,
+            chunk,
+            privacy_flags=ctx.respect_privacy_flags,
+        )
+        if not rows:
+            return
+        emails = ctx.staging.subscribable_emails([r["contact_id"] for r in rows])
+        found = ctx.mailchimp.current_members(
+            ctx.list_id, [(member_hash(email), None) for email in emails]
+        )
+        present = {m["id"]: m for m in found if m is not None and m.get("status") != "archived"}
+        with ctx.staging.atomic():
+            if present:
+                merge_members(ctx, list(present.values()))
+                new_rows = ctx.staging.unmatched_member_rows(ctx.list_id, list(present))
+                if new_rows:
+                    assign_matches(ctx, new_rows)
+                ctx.staging.drop_contact_rows_with_members(ctx.list_id)
+                ctx.log(
+                    f"Found {len(present)} member(s) at Mailchimp that the full fetch did not "
+                    "return (paging over changing data); reconciled as read"
+                )
+            ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
+        checked += len(rows)
+        ctx.progress("check CiviCRM-only contacts at Mailchimp", checked, None)
 
 
 def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:

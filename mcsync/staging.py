@@ -370,6 +370,64 @@ class Staging:
             [(at, list_id, h) for h in hashes],
         )
 
+    def civicrm_only_added(
+        self, list_id: str, group_id: int, after_id: int, limit: int, *, privacy_flags: bool
+    ) -> list[sqlite3.Row]:
+        """Rows of contacts Added to the group with no member row (in id order after
+        ``after_id``): what a run would subscribe at Mailchimp as new. With ``privacy_flags``,
+        contacts that would not be subscribed anyway are left out."""
+        flags = (
+            "AND c.is_deceased = 0 AND c.do_not_email = 0 AND c.is_opt_out = 0"
+            if privacy_flags
+            else ""
+        )
+        return self.query(
+            "SELECT r.id, r.contact_id FROM rows r "
+            "JOIN group_status g ON g.contact_id = r.contact_id AND g.group_id = ? "
+            "AND g.status = 'Added' "
+            "JOIN contacts c ON c.contact_id = r.contact_id AND c.is_deleted = 0 AND c.gone = 0 "
+            f"WHERE r.list_id = ? AND r.mc_hash IS NULL AND r.id > ? {flags} "
+            "ORDER BY r.id LIMIT ?",
+            (group_id, list_id, after_id, limit),
+        )
+
+    def subscribable_emails(self, contact_ids: list[int]) -> list[str]:
+        """The contacts' addresses not on hold (any of them could be the one subscribed)."""
+        if not contact_ids:
+            return []
+        marks = ",".join("?" * len(contact_ids))
+        return [
+            r[0]
+            for r in self.query(
+                f"SELECT DISTINCT email FROM emails WHERE contact_id IN ({marks}) "
+                "AND on_hold = 0 ORDER BY email",
+                contact_ids,
+            )
+        ]
+
+    def unmatched_member_rows(self, list_id: str, hashes: list[str]) -> list[int]:
+        if not hashes:
+            return []
+        marks = ",".join("?" * len(hashes))
+        return [
+            r[0]
+            for r in self.query(
+                f"SELECT id FROM rows WHERE list_id = ? AND contact_id IS NULL "
+                f"AND mc_hash IN ({marks})",
+                (list_id, *hashes),
+            )
+        ]
+
+    def drop_contact_rows_with_members(self, list_id: str) -> None:
+        """Contact-only rows whose contact also has a member row are redundant
+        (seed-behaviour §3.4)."""
+        self.execute(
+            "DELETE FROM rows WHERE list_id = ? AND mc_hash IS NULL AND sync_status != 'live' "
+            "AND contact_id IN (SELECT contact_id FROM rows WHERE list_id = ? "
+            "AND mc_hash IS NOT NULL AND contact_id IS NOT NULL)",
+            (list_id, list_id),
+        )
+
     # -- log ----------------------------------------------------------------------------
     def log(self, list_id: str | None, message: str, level: str = "info") -> None:
         with self.atomic():

@@ -48,6 +48,7 @@ STAGES: list[tuple[str, StageFn, str]] = [
     ("match_emails", match.match_emails, "any"),
     ("create_contacts", match.create_contacts, "any"),
     ("add_civicrm_only", match.add_civicrm_only, "any"),
+    ("confirm_civicrm_only", fetch_mailchimp.confirm_civicrm_only, "full"),
     ("load_history", match.load_history_dates, "any"),
     ("fetch_contact_data", feeds.fetch_contact_data, "any"),
     ("reconcile", plan.reconcile_rows, "any"),

@@ -35,12 +35,26 @@ def _email(n: int) -> str:
 def churn_world(make_world: Callable[..., World]) -> World:
     """400 people subscribed at Mailchimp and Added in CiviCRM; member n changed n minutes
     before member 0, so member 0 is the newest (page 1) and member 399 the oldest (page 40)."""
-    world = make_world()
-    world.write_config(f"page_size_mailchimp = {PAGE_SIZE}")
+    return _churn_world(make_world())
+
+
+def _churn_world(
+    world: World, *, unsubscribed: frozenset[int] = frozenset(), extra: str = ""
+) -> World:
+    world.write_config(f"page_size_mailchimp = {PAGE_SIZE}\n{extra}")
     newest = world.ago(days=3)
     world.mc.seed_members(
         world.list_id,
-        [(_email(n), "subscribed", {}, {}, newest - timedelta(minutes=n)) for n in range(MEMBERS)],
+        [
+            (
+                _email(n),
+                "unsubscribed" if n in unsubscribed else "subscribed",
+                {},
+                {},
+                newest - timedelta(minutes=n),
+            )
+            for n in range(MEMBERS)
+        ],
     )
     world.contacts = {}  # type: ignore[attr-defined]
     for n in range(MEMBERS):
@@ -162,6 +176,25 @@ def test_members_archived_during_a_full_fetch_skip_nobody(churn_world: World) ->
     assert _civi_removed(world) == {0, 1, 2}
     assert _not_subscribed(world, range(3, MEMBERS)) == set()
     assert {_mc_statuses(world).get(_email(n)) for n in (0, 1, 2)} == {"archived"}
+
+
+def test_a_member_skipped_on_the_first_sync_is_read_before_it_is_subscribed(
+    make_world: Callable[..., World],
+) -> None:
+    """On the first sync nothing is staged: a member the paging skipped looks like a contact
+    Added in CiviCRM only, to be subscribed at Mailchimp. It is read directly first: members
+    20-22 unsubscribed at Mailchimp after CiviCRM added them, so they are Removed in CiviCRM
+    and stay unsubscribed (one page at a time, so the skipped members are known)."""
+    skipped = frozenset({20, 21, 22})
+    world = _churn_world(make_world(), unsubscribed=skipped, extra="max_connections = 1")
+    world.mc.after_member_pages(2, _archive(world, [0, 1, 2]))
+    _completed(world.sync())
+    assert {_mc_statuses(world)[_email(n)] for n in skipped} == {"unsubscribed"}
+    assert _civi_removed(world) == {0, 1, 2} | skipped
+    assert _not_subscribed(world) == {0, 1, 2} | skipped
+    before = len(world.writes())
+    _completed(world.sync(full=True))
+    assert world.writes()[before:] == []
 
 
 def test_members_who_change_during_the_first_fetch_are_read_in_the_same_run(
