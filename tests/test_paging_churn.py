@@ -17,6 +17,7 @@ from contextlib import closing
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from conftest import World
 
@@ -324,6 +325,57 @@ def test_confirmation_resumes_when_the_budget_ends_mid_way(churn_world: World) -
     assert _not_subscribed(world, range(0, 100)) | _not_subscribed(world, range(300, 400)) == set()
 
 
+class CrashAfter(httpx.BaseTransport):
+    """Kill the run (an exception nothing catches) when the ``after``-th request matching
+    ``wanted`` is about to be sent, as a SIGKILL between two committed chunks would."""
+
+    def __init__(
+        self, inner: httpx.BaseTransport, wanted: Callable[[httpx.Request], bool], after: int
+    ):
+        self.inner, self.wanted, self.left = inner, wanted, after
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.wanted(request):
+            self.left -= 1
+            if self.left == 0:
+                raise RuntimeError("killed")
+        return self.inner.handle_request(request)
+
+
+def _is_member_get(request: httpx.Request) -> bool:
+    parts = request.url.path.rstrip("/").split("/")
+    return request.method == "GET" and len(parts) == 6 and parts[-2] == "members"
+
+
+def test_confirmation_killed_mid_way_resumes_without_redoing_committed_chunks(
+    churn_world: World,
+) -> None:
+    """A run killed while confirming: the chunks committed before the kill are kept, the
+    next run confirms the rest, and only the members confirmed gone are swept."""
+    world = churn_world
+    _completed(world.sync())
+    deleted = list(range(100, 300))
+    world.mc.after_member_pages(1, _forget(world, deleted))
+    plain = world.transport
+    world.transport = CrashAfter(plain, _is_member_get, 35)  # type: ignore[assignment]
+    with pytest.raises(RuntimeError, match="killed"):
+        world.sync(full=True, allow_mass_changes=True)
+    state = _state(world)
+    assert state["stage"] == "confirm_vanished" and state["cursor"] > 0, state
+    assert _civi_removed(world) == set()
+    with closing(sqlite3.connect(world.tmp_path / "state.sqlite3")) as db:
+        db.execute("UPDATE audience_state SET lease_expires = 0")
+        db.commit()
+
+    world.transport = plain
+    before = [r for r in world.mc.request_log if r[0] == "GET" and "/members/" in r[1]]
+    _completed(world.sync(allow_mass_changes=True))
+    after = [r for r in world.mc.request_log if r[0] == "GET" and "/members/" in r[1]]
+    assert len(after) - len(before) <= len(deleted) - 30 + 10
+    assert _civi_removed(world) == set(deleted)
+    assert _not_subscribed(world, range(0, 100)) | _not_subscribed(world, range(300, 400)) == set()
+
+
 def test_a_full_run_without_churn_costs_at_most_two_extra_requests(churn_world: World) -> None:
     """(e) Nothing vanished and nothing changed: confirming costs nothing beyond one look for
     changes made during the fetch (and no member GETs)."""
@@ -341,16 +393,24 @@ def test_a_full_run_without_churn_costs_at_most_two_extra_requests(churn_world: 
 
 
 def test_a_member_absent_only_because_it_was_skipped_is_kept(churn_world: World) -> None:
-    """The rule itself, on the staged rows: after a full run with churn, every member still
-    in the audience was seen by this run (read in a page, or confirmed by a direct read)."""
+    """The rule itself, on the staged rows: after a full run with churn, only the archived
+    members are staged as gone, and every other member was seen by this run (read in a page,
+    or confirmed by a direct read)."""
     world = churn_world
     _completed(world.sync())
     world.mc.after_member_pages(2, _archive(world, [0, 1, 2]))
     _completed(world.sync(full=True))
     with closing(sqlite3.connect(world.tmp_path / "state.sqlite3")) as db:
-        run_id = db.execute("SELECT last_run_started FROM audience_state").fetchone()
-        assert run_id
-        archived = {
-            r[0] for r in db.execute("SELECT mc_email FROM rows WHERE mc_status = 'archived'")
+        last_run = db.execute("SELECT run_id FROM audience_state").fetchone()[0]
+        staged = dict(db.execute("SELECT mc_email, mc_status FROM rows").fetchall())
+        unseen = {
+            r[0]
+            for r in db.execute(
+                "SELECT mc_email FROM rows WHERE mc_seen_run IS NOT ? AND mc_status != 'archived'",
+                (last_run,),
+            )
         }
-    assert archived == {_email(n) for n in (0, 1, 2)}
+    assert {e for e, status in staged.items() if status == "archived"} == {
+        _email(n) for n in (0, 1, 2)
+    }
+    assert unseen == set()
