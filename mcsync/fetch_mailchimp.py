@@ -171,7 +171,7 @@ def confirm_civicrm_only(ctx: RunContext) -> None:
         )
         if not rows:
             return
-        emails = ctx.staging.subscribable_emails([r["contact_id"] for r in rows])
+        emails = ctx.staging.unstaged_emails(ctx.list_id, [r["contact_id"] for r in rows])
         found = ctx.mailchimp.current_members(
             ctx.list_id, [(member_hash(email), None) for email in emails]
         )

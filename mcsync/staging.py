@@ -391,19 +391,31 @@ class Staging:
             (group_id, list_id, after_id, limit),
         )
 
-    def subscribable_emails(self, contact_ids: list[int]) -> list[str]:
-        """The contacts' addresses not on hold (any of them could be the one subscribed)."""
+    def unstaged_emails(self, list_id: str, contact_ids: list[int]) -> list[str]:
+        """The contacts' addresses not on hold (any of them could be the one subscribed) that
+        have no member row in this audience (a staged member is known, not missing)."""
         if not contact_ids:
             return []
         marks = ",".join("?" * len(contact_ids))
-        return [
-            r[0]
+        emails = {
+            r[1]: r[0]
             for r in self.query(
-                f"SELECT DISTINCT email FROM emails WHERE contact_id IN ({marks}) "
-                "AND on_hold = 0 ORDER BY email",
+                f"SELECT email, email_lc FROM emails WHERE contact_id IN ({marks}) AND on_hold = 0",
                 contact_ids,
             )
-        ]
+        }
+        if not emails:
+            return []
+        marks = ",".join("?" * len(emails))
+        staged = {
+            r[0]
+            for r in self.query(
+                f"SELECT lower(mc_email) FROM rows WHERE list_id = ? "
+                f"AND lower(mc_email) IN ({marks})",
+                (list_id, *emails),
+            )
+        }
+        return sorted(email for lc, email in emails.items() if lc not in staged)
 
     def unmatched_member_rows(self, list_id: str, hashes: list[str]) -> list[int]:
         if not hashes:
