@@ -1,5 +1,7 @@
-"""The fetch_mailchimp stage: page the audience's members changed since the run's window into
-staging, one committed chunk at a time, and fix that window once per run.
+"""The Mailchimp fetch stages: page the audience's members changed since the run's window into
+staging, one committed chunk at a time, and fix that window once per run. On a full run, also
+read what changed while the pages were read, and confirm every member (or CiviCRM-only
+address) the fetch did not return before it is treated as gone (or as new).
 """
 
 from __future__ import annotations
