@@ -1,22 +1,34 @@
-"""The fetch_mailchimp stage: page the audience's members changed since the run's window into
-staging, one committed chunk at a time, and fix that window once per run.
+"""The Mailchimp fetch stages: page the audience's members changed since the run's window into
+staging, one committed chunk at a time, and fix that window once per run. On a full run, also
+read what changed while the pages were read, and confirm every member (or CiviCRM-only
+address) the fetch did not return before it is treated as gone (or as new).
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from mcsync.mailchimp import member_hash
+from mcsync.match import assign_matches
 from mcsync.run import WINDOW_OVERLAP, RunContext
 from mcsync.staging import dumps, iso, parse_iso, utc_now
+
+# Margin before a full run's start for reading the changes made while it paged: covers a
+# clock difference with Mailchimp and its whole-second times.
+CHANGED_DURING_FETCH_MARGIN = timedelta(minutes=5)
 
 
 def fetch_mailchimp(ctx: RunContext) -> None:
     """Page members changed since the run's window (all of them on a full run) into `rows`.
 
-    Pages are sorted by last_changed, newest first: a member changing mid-fetch jumps to the
-    front, so later offsets can only repeat a member, never skip one (seed-behaviour §12).
+    Pages are offsets over live data, sorted by last_changed, newest first, and fetched
+    concurrently. While they are read, a member who changes moves to the already-read end,
+    and a member archived or deleted moves every later member up a place, so an unread member
+    can be skipped. A full run therefore reads what changed meanwhile
+    (`fetch_changed_during_fetch`) and confirms every staged member it did not see before
+    treating it as gone (`confirm_vanished_members`).
     """
     state = ctx.staging.state(ctx.list_id)
     since = parse_iso(state["mc_since"])
@@ -39,28 +51,147 @@ def fetch_mailchimp(ctx: RunContext) -> None:
         close = getattr(pages, "close", None)
         if close:
             close()
-    if state["run_full"]:
-        sweep_vanished_members(ctx, state["run_started"])
 
 
-def sweep_vanished_members(ctx: RunContext, run_started: str) -> None:
-    """After a full fetch, members not seen are no longer in the audience (archived or
-    deleted at Mailchimp): they count as not subscribed from the start of this run. The
-    mass-change brake stops a run where this is a surprise (an empty answer, a wrong list),
-    and an answer with no members at all is never taken to mean that everyone left."""
-    seen = ctx.staging.scalar(
-        "SELECT 1 FROM rows WHERE list_id = ? AND mc_seen_run = ? LIMIT 1",
-        (ctx.list_id, ctx.run_id),
-    )
-    if not seen:
+def changed_since(run_started: str | None) -> datetime | None:
+    """Where the look for changes made during a full fetch starts: the run's start (the
+    first invocation's, when the fetch was spread over several), less a margin for the two
+    clocks and Mailchimp's whole-second times. A change older than that was read by the
+    fetch itself, or is caught by the next run's overlapping window."""
+    started = parse_iso(run_started)
+    return None if started is None else started - CHANGED_DURING_FETCH_MARGIN
+
+
+def fetch_changed_during_fetch(ctx: RunContext) -> None:
+    """After a full fetch, read the members that changed while it paged (they moved to the
+    already-read end, so the fetch may have missed them or read them before the change),
+    then note the staged members archived meanwhile. The stage cursor is the offset into
+    the changed members; each page commits with it."""
+    state = ctx.staging.state(ctx.list_id)
+    since = changed_since(state["run_started"])
+    if since is None:
         return
-    with ctx.staging.atomic():
-        ctx.staging.execute(
-            "UPDATE rows SET mc_status = 'archived', mc_status_at = ?, sync_status = 'todo' "
-            "WHERE list_id = ? AND mc_hash IS NOT NULL AND mc_seen_run IS NOT ? "
-            "AND mc_status IS NOT 'archived' AND sync_status != 'live'",
-            (run_started, ctx.list_id, ctx.run_id),
+    ctx.budget.check()
+    pages = ctx.mailchimp.member_pages(
+        ctx.list_id,
+        since_last_changed=since,
+        page_size=ctx.sync.page_size_mailchimp,
+        start_offset=state["cursor"],
+    )
+    try:
+        for page_offset, total, members in pages:
+            with ctx.staging.atomic():
+                merge_members(ctx, members)
+                ctx.staging.set_state(ctx.list_id, cursor=page_offset + len(members))
+            ctx.progress("fetch Mailchimp changes", page_offset + len(members), total)
+            ctx.budget.check()
+    finally:
+        close = getattr(pages, "close", None)
+        if close:
+            close()
+    # Archived members are not in the audience's member list; asked for by status they are
+    # (seed-behaviour: archived = gone). Re-reading them after a resume changes nothing.
+    archived = ctx.mailchimp.member_pages(
+        ctx.list_id,
+        since_last_changed=since,
+        page_size=ctx.sync.page_size_mailchimp,
+        status="archived",
+        fields=("id",),
+    )
+    try:
+        for _, _, members in archived:
+            with ctx.staging.atomic():
+                ctx.staging.mark_members_gone(
+                    ctx.list_id, [m["id"] for m in members], state["run_started"]
+                )
+            ctx.budget.check()
+    finally:
+        close = getattr(archived, "close", None)
+        if close:
+            close()
+
+
+def confirm_vanished_members(ctx: RunContext) -> None:
+    """After a full fetch, a staged member the run did not read is gone only once confirmed
+    (DESIGN §4): read directly, it is archived or answers 404 (and no member holds its
+    unique_email_id under a new address). A member still there is merged as read; it was
+    only skipped by offset paging over changing data. Rows are confirmed in chunks, each
+    committed with the stage cursor, so a budget end or a kill resumes after the last chunk
+    and nothing unconfirmed is ever swept. Costs nothing when nothing went missing.
+
+    An answer with no members at all is never taken to mean that everyone left: nothing is
+    confirmed, and the mass-change brake stops the run (DESIGN §5)."""
+    state = ctx.staging.state(ctx.list_id)
+    if not ctx.staging.seen_any_member(ctx.list_id, ctx.run_id):
+        return
+    # One round of concurrent reads per transaction: even a short budget makes progress.
+    chunk = max(1, ctx.mailchimp.max_connections)
+    confirmed = 0
+    while True:
+        ctx.budget.check()
+        cursor = ctx.staging.state(ctx.list_id)["cursor"]
+        rows = ctx.staging.unseen_members(ctx.list_id, ctx.run_id, cursor, chunk)
+        if not rows:
+            if confirmed:
+                ctx.log(f"Confirmed {confirmed} member(s) missing from the full fetch")
+            return
+        found = ctx.mailchimp.current_members(
+            ctx.list_id, [(r["mc_hash"], r["mc_unique_id"]) for r in rows]
         )
+        present = {m["id"]: m for m in found if m is not None and m.get("status") != "archived"}
+        gone = [
+            r["mc_hash"]
+            for r, m in zip(rows, found, strict=True)
+            if m is None or m.get("status") == "archived"
+        ]
+        with ctx.staging.atomic():
+            merge_members(ctx, list(present.values()))
+            ctx.staging.mark_members_gone(ctx.list_id, gone, state["run_started"])
+            ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
+        confirmed += len(rows)
+        ctx.progress("confirm members missing from the fetch", confirmed, None)
+
+
+def confirm_civicrm_only(ctx: RunContext) -> None:
+    """On a full run, a contact Added in CiviCRM with no member row is about to be subscribed
+    at Mailchimp as new, because the fetch did not return its address. Paging over changing
+    data can skip a member, and that subscribe would overwrite the status the person chose
+    there. So each such contact's addresses are read directly first; a member found is
+    staged as read and matched, and reconciled like any other (its status, its time). One
+    round of concurrent reads per committed chunk, resumable by the stage cursor."""
+    chunk = max(1, ctx.mailchimp.max_connections)
+    checked = 0
+    while True:
+        ctx.budget.check()
+        cursor = ctx.staging.state(ctx.list_id)["cursor"]
+        rows = ctx.staging.civicrm_only_added(
+            ctx.list_id,
+            ctx.group_id,
+            cursor,
+            chunk,
+            privacy_flags=ctx.respect_privacy_flags,
+        )
+        if not rows:
+            return
+        emails = ctx.staging.unstaged_emails(ctx.list_id, [r["contact_id"] for r in rows])
+        found = ctx.mailchimp.current_members(
+            ctx.list_id, [(member_hash(email), None) for email in emails]
+        )
+        present = {m["id"]: m for m in found if m is not None and m.get("status") != "archived"}
+        with ctx.staging.atomic():
+            if present:
+                merge_members(ctx, list(present.values()))
+                new_rows = ctx.staging.unmatched_member_rows(ctx.list_id, list(present))
+                if new_rows:
+                    assign_matches(ctx, new_rows)
+                ctx.staging.drop_contact_rows_with_members(ctx.list_id)
+                ctx.log(
+                    f"Found {len(present)} member(s) at Mailchimp that the full fetch did not "
+                    "return (paging over changing data); reconciled as read"
+                )
+            ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
+        checked += len(rows)
+        ctx.progress("check CiviCRM-only contacts at Mailchimp", checked, None)
 
 
 def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:

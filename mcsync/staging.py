@@ -392,6 +392,109 @@ class Staging:
         )
         return cursor.rowcount
 
+    # -- members absent from a full fetch ---------------------------------------------
+    def seen_any_member(self, list_id: str, run_id: str) -> bool:
+        """Did this run read at least one member (an empty answer is never "everyone left")?"""
+        return bool(
+            self.scalar(
+                "SELECT 1 FROM rows WHERE list_id = ? AND mc_seen_run = ? LIMIT 1",
+                (list_id, run_id),
+            )
+        )
+
+    def unseen_members(
+        self, list_id: str, run_id: str, after_id: int, limit: int
+    ) -> list[sqlite3.Row]:
+        """Staged members this full run has not read (in id order after ``after_id``): the
+        candidates for "gone", each to be confirmed before it is treated so. Rows with writes
+        on their way are left alone, as before."""
+        return self.query(
+            "SELECT id, mc_hash, mc_unique_id FROM rows WHERE list_id = ? AND id > ? "
+            "AND mc_hash IS NOT NULL AND mc_seen_run IS NOT ? AND mc_status IS NOT 'archived' "
+            "AND sync_status != 'live' ORDER BY id LIMIT ?",
+            (list_id, after_id, run_id, limit),
+        )
+
+    def mark_members_gone(self, list_id: str, hashes: list[str], at: str) -> None:
+        """Members confirmed no longer in the audience (archived, or deleted permanently):
+        not subscribed from ``at`` (the run's start), to be reconciled."""
+        self.conn.executemany(
+            "UPDATE rows SET mc_status = 'archived', mc_status_at = ?, sync_status = 'todo' "
+            "WHERE list_id = ? AND mc_hash = ? AND mc_status IS NOT 'archived' "
+            "AND sync_status != 'live'",
+            [(at, list_id, h) for h in hashes],
+        )
+
+    def civicrm_only_added(
+        self, list_id: str, group_id: int, after_id: int, limit: int, *, privacy_flags: bool
+    ) -> list[sqlite3.Row]:
+        """Rows of contacts Added to the group with no member row (in id order after
+        ``after_id``): what a run would subscribe at Mailchimp as new. With ``privacy_flags``,
+        contacts that would not be subscribed anyway are left out."""
+        flags = (
+            "AND c.is_deceased = 0 AND c.do_not_email = 0 AND c.is_opt_out = 0"
+            if privacy_flags
+            else ""
+        )
+        return self.query(
+            "SELECT r.id, r.contact_id FROM rows r "
+            "JOIN group_status g ON g.contact_id = r.contact_id AND g.group_id = ? "
+            "AND g.status = 'Added' "
+            "JOIN contacts c ON c.contact_id = r.contact_id AND c.is_deleted = 0 AND c.gone = 0 "
+            f"WHERE r.list_id = ? AND r.mc_hash IS NULL AND r.id > ? {flags} "
+            "ORDER BY r.id LIMIT ?",
+            (group_id, list_id, after_id, limit),
+        )
+
+    def unstaged_emails(self, list_id: str, contact_ids: list[int]) -> list[str]:
+        """The contacts' addresses not on hold (any of them could be the one subscribed) that
+        have no member row in this audience (a staged member is known, not missing)."""
+        if not contact_ids:
+            return []
+        marks = ",".join("?" * len(contact_ids))
+        emails = {
+            r[1]: r[0]
+            for r in self.query(
+                f"SELECT email, email_lc FROM emails WHERE contact_id IN ({marks}) AND on_hold = 0",
+                contact_ids,
+            )
+        }
+        if not emails:
+            return []
+        marks = ",".join("?" * len(emails))
+        staged = {
+            r[0]
+            for r in self.query(
+                f"SELECT lower(mc_email) FROM rows WHERE list_id = ? "
+                f"AND lower(mc_email) IN ({marks})",
+                (list_id, *emails),
+            )
+        }
+        return sorted(email for lc, email in emails.items() if lc not in staged)
+
+    def unmatched_member_rows(self, list_id: str, hashes: list[str]) -> list[int]:
+        if not hashes:
+            return []
+        marks = ",".join("?" * len(hashes))
+        return [
+            r[0]
+            for r in self.query(
+                f"SELECT id FROM rows WHERE list_id = ? AND contact_id IS NULL "
+                f"AND mc_hash IN ({marks})",
+                (list_id, *hashes),
+            )
+        ]
+
+    def drop_contact_rows_with_members(self, list_id: str) -> None:
+        """Contact-only rows whose contact also has a member row are redundant
+        (seed-behaviour §3.4)."""
+        self.execute(
+            "DELETE FROM rows WHERE list_id = ? AND mc_hash IS NULL AND sync_status != 'live' "
+            "AND contact_id IN (SELECT contact_id FROM rows WHERE list_id = ? "
+            "AND mc_hash IS NOT NULL AND contact_id IS NOT NULL)",
+            (list_id, list_id),
+        )
+
     # -- log ----------------------------------------------------------------------------
     def log(self, list_id: str | None, message: str, level: str = "info") -> None:
         with self.atomic():

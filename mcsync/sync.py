@@ -43,6 +43,8 @@ RETRY_SLACK = timedelta(minutes=1)
 # subscription history and modified contacts since the stored marks.
 STAGES: list[tuple[str, StageFn, str]] = [
     ("fetch_mailchimp", fetch_mailchimp.fetch_mailchimp, "any"),
+    ("fetch_mailchimp_changed", fetch_mailchimp.fetch_changed_during_fetch, "full"),
+    ("confirm_vanished", fetch_mailchimp.confirm_vanished_members, "full"),
     ("fetch_civicrm_groups", fetch_civicrm.fetch_civicrm_groups, "full"),
     ("fetch_civicrm_history", fetch_civicrm.fetch_civicrm_history, "incremental"),
     ("fetch_civicrm_modified", fetch_civicrm.fetch_civicrm_modified, "incremental"),
@@ -51,6 +53,7 @@ STAGES: list[tuple[str, StageFn, str]] = [
     ("match_emails", match.match_emails, "any"),
     ("create_contacts", match.create_contacts, "any"),
     ("add_civicrm_only", match.add_civicrm_only, "any"),
+    ("confirm_civicrm_only", fetch_mailchimp.confirm_civicrm_only, "full"),
     ("load_history", match.load_history_dates, "any"),
     ("fetch_contact_data", feeds.fetch_contact_data, "any"),
     ("reconcile", plan.reconcile_rows, "any"),

@@ -428,6 +428,7 @@ class MailchimpSim:
         self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
         self._totals: dict[_PageQuery, int] = {}
         self._cursors: dict[tuple[_PageQuery, int], tuple[Any, ...]] = {}
+        self._page_hooks: list[list[Any]] = []  # [member pages still to answer, action]
         self._add_routes()
 
     # ---------------------------------------------------------------- seeding and inspection
@@ -663,6 +664,29 @@ class MailchimpSim:
             changes["email"] = new_email
         self._edit(list_id, email, changes)
 
+    def forget_member(self, list_id: str, email: str) -> None:
+        """The account owner deletes a member permanently (a GDPR erasure in the UI): the row
+        goes, later members move up a place in every page, and the address cannot be re-added
+        by the API."""
+        with self.lock:
+            lst = self._list(list_id)
+            row = self._row(list_id, subscriber_hash(email))
+            if row is None:
+                raise KeyError(f"{email} is not on list {list_id}")
+            self._delete_permanently(lst, row)
+
+    def after_member_pages(self, pages: int, action: Callable[[], None]) -> None:
+        """Run ``action`` once, right after the ``pages``-th member-list page from now
+        (``GET /lists/{id}/members``, any list) has been answered, before any other request is
+        handled: what people and staff do in Mailchimp while a client is paging. The paging
+        itself stays real offset paging over the current data, so a member archived or deleted
+        there moves every later member up a place, and a member who changes moves to the
+        newest end of a ``last_changed`` order."""
+        if pages < 1:
+            raise ValueError("pages must be at least 1")
+        with self.lock:
+            self._page_hooks.append([pages, action])
+
     # ---------------------------------------------------------------- HTTP entry point
 
     def handle(self, request: SimRequest) -> SimResponse:
@@ -671,9 +695,23 @@ class MailchimpSim:
             now = self._now()
             self._batches.advance(now)
             try:
-                return self._handle(request, now)
+                response = self._handle(request, now)
             except Problem as error:
                 return self._problem(error)
+            if self._page_hooks and _is_member_page(request, response):
+                self._run_page_hooks()
+            return response
+
+    def _run_page_hooks(self) -> None:
+        """Count one member page answered; fire the actions it was the last page for."""
+        due = []
+        for hook in self._page_hooks:
+            hook[0] -= 1
+            if hook[0] == 0:
+                due.append(hook)
+        self._page_hooks = [h for h in self._page_hooks if h[0] > 0]
+        for _, action in due:
+            action()
 
     def _handle(self, request: SimRequest, now: datetime) -> SimResponse:
         host = request.headers.get("host", "127.0.0.1")
@@ -1202,13 +1240,16 @@ class MailchimpSim:
     def _forget(self, call: _Call) -> tuple[int, Any]:
         """delete-permanent: the row goes and the address can never be added by the API again."""
         lst, row = self._own_member(call)
+        self._delete_permanently(lst, row)
+        return 204, None
+
+    def _delete_permanently(self, lst: MailList, row: Row) -> None:
         self._db.execute("DELETE FROM members WHERE seq = ?", (row["seq"],))
         self._count(lst, row, -1)
         lst.version += 1
         self._db.execute(
             "INSERT OR IGNORE INTO forgotten VALUES (?, ?)", (lst.web_id, _hkey(row["hash"]))
         )
-        return 204, None
 
     def _post_tags(self, call: _Call) -> tuple[int, Any]:
         """Tags change without touching ``last_changed`` (Mailchimp does not bump it for tags)."""
@@ -2155,6 +2196,18 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
 def _chunks(items: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
     while chunk := list(itertools.islice(items, size)):
         yield chunk
+
+
+_MEMBER_LIST_PATH = re.compile(r"^/3\.0/lists/[^/]+/members/?$")
+
+
+def _is_member_page(request: SimRequest, response: SimResponse) -> bool:
+    """A member-list page answered with members (what a paging client reads)."""
+    return (
+        request.method == "GET"
+        and response.status == 200
+        and _MEMBER_LIST_PATH.match(request.path) is not None
+    )
 
 
 def _member_key(segment: str) -> str:

@@ -1,0 +1,416 @@
+"""Paging under churn (issue 10, item 1): a full fetch pages members by offset, newest first,
+over live data. A member archived or deleted at Mailchimp while mcsync pages moves every later
+member up a place, so one unread member per vanished one is never read; a member who changes
+moves to the already-read end. Neither may look like "gone" (DESIGN §4: a member absent from a
+full fetch is gone only once confirmed), and changes made during the fetch are read before
+reconciling.
+
+The churn runs inside the Mailchimp simulator between two page requests
+(``MailchimpSim.after_member_pages``), so the paging is the simulator's real offset paging.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from conftest import World
+
+from mcsync.budget import Budget
+from mcsync.errors import MassChangeBrake
+
+MEMBERS = 400
+PAGE_SIZE = 10
+
+
+def _email(n: int) -> str:
+    return f"m{n:03d}@example.org"
+
+
+@pytest.fixture
+def churn_world(make_world: Callable[..., World]) -> World:
+    """400 people subscribed at Mailchimp and Added in CiviCRM; member n changed n minutes
+    before member 0, so member 0 is the newest (page 1) and member 399 the oldest (page 40)."""
+    return _churn_world(make_world())
+
+
+def _churn_world(
+    world: World, *, unsubscribed: frozenset[int] = frozenset(), extra: str = ""
+) -> World:
+    world.write_config(f"page_size_mailchimp = {PAGE_SIZE}\n{extra}")
+    newest = world.ago(days=3)
+    world.mc.seed_members(
+        world.list_id,
+        [
+            (
+                _email(n),
+                "unsubscribed" if n in unsubscribed else "subscribed",
+                {},
+                {},
+                newest - timedelta(minutes=n),
+            )
+            for n in range(MEMBERS)
+        ],
+    )
+    world.contacts = {}  # type: ignore[attr-defined]
+    for n in range(MEMBERS):
+        contact = world.civi.add_contact(f"P{n}", "Churn")
+        world.civi.add_email(contact, _email(n))
+        world.civi.set_group_status(contact, world.group_id, "Added", when=world.ago(days=5))
+        world.contacts[n] = contact  # type: ignore[attr-defined]
+    return world
+
+
+def _contacts(world: World) -> dict[int, int]:
+    found: dict[int, int] = world.contacts  # type: ignore[attr-defined]
+    return found
+
+
+def _completed(results: list[Any]) -> None:
+    assert results[0].error is None, results[0].error
+    assert results[0].outcome and results[0].outcome.completed, results[0].outcome
+
+
+def _civi_removed(world: World) -> set[int]:
+    return {n for n, c in _contacts(world).items() if world.civi_status(c) != "Added"}
+
+
+def _mc_statuses(world: World) -> dict[str, str]:
+    return {m["email_address"]: m["status"] for m in world.mc.members(world.list_id)}
+
+
+def _not_subscribed(world: World, among: range = range(MEMBERS)) -> set[int]:
+    statuses = _mc_statuses(world)
+    return {n for n in among if statuses.get(_email(n)) not in ("subscribed", "pending")}
+
+
+def _member_pages(world: World) -> int:
+    path = f"/3.0/lists/{world.list_id}/members"
+    return sum(1 for method, p in world.mc.request_log if method == "GET" and p == path)
+
+
+def _archive(world: World, numbers: list[int]) -> Callable[[], None]:
+    def action() -> None:
+        for n in numbers:
+            world.mc.set_member_status(world.list_id, _email(n), "archived")
+
+    return action
+
+
+def _forget(world: World, numbers: list[int]) -> Callable[[], None]:
+    def action() -> None:
+        for n in numbers:
+            world.mc.forget_member(world.list_id, _email(n))
+
+    return action
+
+
+def _state(world: World) -> dict[str, Any]:
+    with closing(sqlite3.connect(world.tmp_path / "state.sqlite3")) as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute("SELECT * FROM audience_state").fetchone()
+        return dict(row)
+
+
+def _budgeted_runs(
+    world: World, ticks: int, *, between: Callable[[int], None] | None = None, **kwargs: Any
+) -> Iterator[Any]:
+    """Runs with a budget of ``ticks`` clock readings each, until one completes; yields each
+    run's outcome. ``between(n)`` runs before invocation n (n >= 1)."""
+    clock = iter(range(0, 10**7))
+    for n in range(400):
+        if between and n:
+            between(n)
+        budget = Budget(ticks, clock=lambda: float(next(clock)))
+        results = world.sync(budget=budget, **kwargs)
+        assert results[0].error is None, results[0].error
+        yield results[0].outcome
+        if results[0].outcome and results[0].outcome.completed:
+            return
+    raise AssertionError("the runs never completed")
+
+
+def test_the_sim_pages_over_live_data_and_runs_churn_between_pages(churn_world: World) -> None:
+    """The simulator's part: an archive between two pages moves later members up a place, so
+    a plain offset walk misses exactly as many members as vanished."""
+    world = churn_world
+    world.mc.after_member_pages(2, _archive(world, [0, 1, 2]))
+    seen: set[str] = set()
+    offsets: list[int] = []
+    from mcsync.mailchimp import MailchimpClient
+
+    with MailchimpClient(
+        account_name="main",
+        api_key=world.config.mailchimp.accounts["main"].api_key.get_secret_value(),
+        base_url="http://mailchimp.sim/3.0",
+        budget=Budget(None),
+        transport=world.transport,
+        max_connections=1,
+    ) as client:
+        for offset, _, members in client.member_pages(world.list_id, page_size=PAGE_SIZE):
+            offsets.append(offset)
+            seen.update(m["email_address"] for m in members)
+    assert offsets[-1] == 390  # the last page holds the 7 members left after 397
+    missed = {_email(n) for n in range(MEMBERS)} - seen - {_email(n) for n in (0, 1, 2)}
+    assert missed == {_email(n) for n in (20, 21, 22)}
+
+
+def test_members_archived_during_a_full_fetch_skip_nobody(churn_world: World) -> None:
+    """(a) 400 members, pages of 10, 3 members archived after page 2: the members the offset
+    shift skipped are confirmed present, not swept; over two full runs nobody else is Removed
+    in CiviCRM or unsubscribed at Mailchimp. The 3 archived members are gone as before."""
+    world = churn_world
+    _completed(world.sync())  # the first sync: everyone agrees, every member staged
+    assert _civi_removed(world) == set()
+
+    world.mc.after_member_pages(2, _archive(world, [0, 1, 2]))
+    _completed(world.sync(full=True))
+    assert _civi_removed(world) == {0, 1, 2}
+    assert _not_subscribed(world, range(3, MEMBERS)) == set()
+
+    _completed(world.sync(full=True))
+    assert _civi_removed(world) == {0, 1, 2}
+    assert _not_subscribed(world, range(3, MEMBERS)) == set()
+    assert {_mc_statuses(world).get(_email(n)) for n in (0, 1, 2)} == {"archived"}
+
+
+def test_a_member_skipped_on_the_first_sync_is_read_before_it_is_subscribed(
+    make_world: Callable[..., World],
+) -> None:
+    """On the first sync nothing is staged: a member the paging skipped looks like a contact
+    Added in CiviCRM only, to be subscribed at Mailchimp. It is read directly first: members
+    20-22 unsubscribed at Mailchimp after CiviCRM added them, so they are Removed in CiviCRM
+    and stay unsubscribed (one page at a time, so the skipped members are known)."""
+    skipped = frozenset({20, 21, 22})
+    world = _churn_world(make_world(), unsubscribed=skipped, extra="max_connections = 1")
+    world.mc.after_member_pages(2, _archive(world, [0, 1, 2]))
+    _completed(world.sync())
+    assert {_mc_statuses(world)[_email(n)] for n in skipped} == {"unsubscribed"}
+    assert _civi_removed(world) == {0, 1, 2} | skipped
+    assert _not_subscribed(world) == {0, 1, 2} | skipped
+    before = len(world.writes())
+    _completed(world.sync(full=True))
+    assert world.writes()[before:] == []
+
+
+def test_members_who_change_during_the_first_fetch_are_read_in_the_same_run(
+    churn_world: World,
+) -> None:
+    """(b) On the first sync, members who unsubscribe while the fetch pages move to the
+    already-read end; a new subscriber appears there too. They are read before reconciling:
+    the unsubscribes reach CiviCRM in the same run and are never re-subscribed, the new
+    subscriber gets a contact, and nobody else changes."""
+    world = churn_world
+    changers = [0, 397, 398, 399]  # one already read, three not yet read
+
+    def churn() -> None:
+        for n in changers:
+            world.mc.set_member_status(world.list_id, _email(n), "unsubscribed")
+        world.mc.seed_member(world.list_id, "new@example.org", "subscribed", last_changed=None)
+
+    world.mc.after_member_pages(2, churn)
+    _completed(world.sync())
+    assert _civi_removed(world) == set(changers)
+    assert _not_subscribed(world) == set(changers)
+    assert {_mc_statuses(world)[_email(n)] for n in changers} == {"unsubscribed"}
+    new = world.civi.query("SELECT contact_id FROM email WHERE email = 'new@example.org'")
+    assert len(new) == 1 and world.civi_status(new[0]["contact_id"]) == "Added"
+    before = len(world.writes())
+    _completed(world.sync(full=True))
+    assert world.writes()[before:] == []
+
+
+def test_members_who_change_during_a_later_full_fetch_are_read_in_the_same_run(
+    churn_world: World,
+) -> None:
+    """(b) The same on a full run over a staged audience: a member read before it changed,
+    and members who moved to the read end before they were read."""
+    world = churn_world
+    _completed(world.sync())
+    changers = [5, 390, 391]
+
+    def churn() -> None:
+        for n in changers:
+            world.mc.set_member_status(world.list_id, _email(n), "unsubscribed")
+
+    world.mc.after_member_pages(3, churn)
+    _completed(world.sync(full=True))
+    assert _civi_removed(world) == set(changers)
+    assert _not_subscribed(world) == set(changers)
+
+
+def test_churn_during_a_full_fetch_spread_over_budgeted_runs(churn_world: World) -> None:
+    """(c) A full fetch cut by --max-time and resumed by later runs, with members archived
+    between runs and during one: only they are gone; nobody else is Removed or unsubscribed,
+    and members who unsubscribed meanwhile are read in the same run."""
+    world = churn_world
+    _completed(world.sync())
+
+    stages: list[str] = []
+
+    def between(n: int) -> None:
+        stages.append(_state(world)["stage"])
+        if n == 1:
+            _archive(world, [0, 1, 2])()
+            world.mc.set_member_status(world.list_id, _email(399), "unsubscribed")
+        if n == 2:
+            world.mc.after_member_pages(1, _archive(world, [3, 4]))
+
+    outcomes = list(_budgeted_runs(world, 60, between=between, full=True))
+    assert len(outcomes) > 2
+    assert stages[:2] == ["fetch_mailchimp", "fetch_mailchimp"], stages
+    assert _civi_removed(world) == {0, 1, 2, 3, 4, 399}
+    assert _not_subscribed(world) == {0, 1, 2, 3, 4, 399}
+    _completed(world.sync(full=True))
+    assert _civi_removed(world) == {0, 1, 2, 3, 4, 399}
+    assert _not_subscribed(world) == {0, 1, 2, 3, 4, 399}
+
+
+def test_hundreds_vanish_mid_fetch_all_confirmed_and_the_brake_still_applies(
+    churn_world: World,
+) -> None:
+    """(d) After 25 pages, 150 members already read are archived and 100 not yet read are
+    deleted permanently: the rest move up 250 places and about 150 unread members are
+    skipped by the offset walk. Each missing member is confirmed: the 250 are gone, nobody
+    skipped is. Removing 250 of 400 trips the brake as it always has; allowed, exactly those
+    250 are Removed in CiviCRM and nobody is unsubscribed at Mailchimp."""
+    world = churn_world
+    _completed(world.sync())
+    archived, deleted = list(range(0, 150)), list(range(300, 400))
+
+    def churn() -> None:
+        _archive(world, archived)()
+        _forget(world, deleted)()
+
+    world.mc.after_member_pages(25, churn)
+    results = world.sync(full=True)
+    assert isinstance(results[0].error, MassChangeBrake), results[0]
+    assert "remove 250 of 400" in str(results[0].error)
+    assert _civi_removed(world) == set()
+
+    _completed(world.sync(allow_mass_changes=True))
+    assert _civi_removed(world) == set(archived + deleted)
+    assert _not_subscribed(world, range(150, 300)) == set()
+    _completed(world.sync(full=True))
+    assert _civi_removed(world) == set(archived + deleted)
+    assert _not_subscribed(world, range(150, 300)) == set()
+
+
+def test_confirmation_resumes_when_the_budget_ends_mid_way(churn_world: World) -> None:
+    """(d) Hundreds to confirm, the budget ending part-way through the confirmation: the
+    confirmed rows are kept, the rest are confirmed by the next runs, and only members
+    confirmed gone are swept."""
+    world = churn_world
+    _completed(world.sync())
+    deleted = list(range(100, 300))
+    world.mc.after_member_pages(1, _forget(world, deleted))
+    stages: list[str] = []
+    outcomes = list(
+        _budgeted_runs(
+            world,
+            100,
+            between=lambda n: stages.append(_state(world)["stage"]),
+            full=True,
+            allow_mass_changes=True,
+        )
+    )
+    assert outcomes[-1].completed
+    assert stages.count("confirm_vanished") >= 2, stages
+    assert _civi_removed(world) == set(deleted)
+    assert _not_subscribed(world, range(0, 100)) | _not_subscribed(world, range(300, 400)) == set()
+
+
+class CrashAfter(httpx.BaseTransport):
+    """Kill the run (an exception nothing catches) when the ``after``-th request matching
+    ``wanted`` is about to be sent, as a SIGKILL between two committed chunks would."""
+
+    def __init__(
+        self, inner: httpx.BaseTransport, wanted: Callable[[httpx.Request], bool], after: int
+    ):
+        self.inner, self.wanted, self.left = inner, wanted, after
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.wanted(request):
+            self.left -= 1
+            if self.left == 0:
+                raise RuntimeError("killed")
+        return self.inner.handle_request(request)
+
+
+def _is_member_get(request: httpx.Request) -> bool:
+    parts = request.url.path.rstrip("/").split("/")
+    return request.method == "GET" and len(parts) == 6 and parts[-2] == "members"
+
+
+def test_confirmation_killed_mid_way_resumes_without_redoing_committed_chunks(
+    churn_world: World,
+) -> None:
+    """A run killed while confirming: the chunks committed before the kill are kept, the
+    next run confirms the rest, and only the members confirmed gone are swept."""
+    world = churn_world
+    _completed(world.sync())
+    deleted = list(range(100, 300))
+    world.mc.after_member_pages(1, _forget(world, deleted))
+    plain = world.transport
+    world.transport = CrashAfter(plain, _is_member_get, 35)  # type: ignore[assignment]
+    with pytest.raises(RuntimeError, match="killed"):
+        world.sync(full=True, allow_mass_changes=True)
+    state = _state(world)
+    assert state["stage"] == "confirm_vanished" and state["cursor"] > 0, state
+    assert _civi_removed(world) == set()
+    with closing(sqlite3.connect(world.tmp_path / "state.sqlite3")) as db:
+        db.execute("UPDATE audience_state SET lease_expires = 0")
+        db.commit()
+
+    world.transport = plain
+    before = [r for r in world.mc.request_log if r[0] == "GET" and "/members/" in r[1]]
+    _completed(world.sync(allow_mass_changes=True))
+    after = [r for r in world.mc.request_log if r[0] == "GET" and "/members/" in r[1]]
+    assert len(after) - len(before) <= len(deleted) - 30 + 10
+    assert _civi_removed(world) == set(deleted)
+    assert _not_subscribed(world, range(0, 100)) | _not_subscribed(world, range(300, 400)) == set()
+
+
+def test_a_full_run_without_churn_costs_at_most_two_extra_requests(churn_world: World) -> None:
+    """(e) Nothing vanished and nothing changed: confirming costs nothing beyond one look for
+    changes made during the fetch (and no member GETs)."""
+    world = churn_world
+    _completed(world.sync())
+    before = len(world.mc.request_log)
+    pages_before = _member_pages(world)
+    _completed(world.sync(full=True))
+    requests = world.mc.request_log[before:]
+    pages = _member_pages(world) - pages_before
+    assert pages - MEMBERS // PAGE_SIZE <= 2, pages
+    single_gets = [r for r in requests if r[0] == "GET" and "/members/" in r[1]]
+    assert single_gets == []
+    assert len(requests) - MEMBERS // PAGE_SIZE <= 2, requests
+
+
+def test_a_member_absent_only_because_it_was_skipped_is_kept(churn_world: World) -> None:
+    """The rule itself, on the staged rows: after a full run with churn, only the archived
+    members are staged as gone, and every other member was seen by this run (read in a page,
+    or confirmed by a direct read)."""
+    world = churn_world
+    _completed(world.sync())
+    world.mc.after_member_pages(2, _archive(world, [0, 1, 2]))
+    _completed(world.sync(full=True))
+    with closing(sqlite3.connect(world.tmp_path / "state.sqlite3")) as db:
+        last_run = db.execute("SELECT run_id FROM audience_state").fetchone()[0]
+        staged = dict(db.execute("SELECT mc_email, mc_status FROM rows").fetchall())
+        unseen = {
+            r[0]
+            for r in db.execute(
+                "SELECT mc_email FROM rows WHERE mc_seen_run IS NOT ? AND mc_status != 'archived'",
+                (last_run,),
+            )
+        }
+    assert {e for e, status in staged.items() if status == "archived"} == {
+        _email(n) for n in (0, 1, 2)
+    }
+    assert unseen == set()
