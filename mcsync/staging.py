@@ -357,6 +357,32 @@ class Staging:
         ).fetchall()
         return [dict(r) for r in reversed(rows)]
 
+    # -- the mass-change brake ------------------------------------------------------------
+    def planned_interest_switches(self, list_id: str, interest_id: str) -> dict[bool, int]:
+        """Queued Mailchimp updates that would turn this interest on (True) or off (False)
+        for a member who already exists, by direction. A new member's first interests are
+        part of its subscribe, which is an addition, not a switch."""
+        pushed, known = f'$.interests."{interest_id}"', f'$."{interest_id}"'
+        rows = self.conn.execute(
+            "SELECT json_extract(u.body, ?) AS value, COUNT(*) "
+            "FROM updates u JOIN rows r ON r.id = u.row_id "
+            "WHERE u.list_id = ? AND u.state = 'queued' AND r.mc_hash IS NOT NULL "
+            "AND json_extract(u.body, ?) IS NOT NULL "
+            "AND json_extract(u.body, ?) IS NOT json_extract(r.mc_interests, ?) "
+            "GROUP BY value",
+            (pushed, list_id, pushed, pushed, known),
+        ).fetchall()
+        return {bool(value): count for value, count in rows}
+
+    def planned_group_writes(self, list_id: str, group_id: int) -> dict[str, int]:
+        """Queued CiviCRM writes to one group, by the status they set (Added, Removed)."""
+        rows = self.conn.execute(
+            "SELECT status, COUNT(*) FROM civi_writes WHERE list_id = ? AND kind = 'group' "
+            "AND group_id = ? GROUP BY status",
+            (list_id, group_id),
+        ).fetchall()
+        return {status: count for status, count in rows}
+
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
