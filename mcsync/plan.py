@@ -17,6 +17,7 @@ from typing import Any
 from mcsync import member_state as ms
 from mcsync import queue_rules as qr
 from mcsync import reconcile as rc
+from mcsync.addresses import fold_email
 from mcsync.reasons import Reason
 from mcsync.run import RunContext
 from mcsync.staging import dumps, iso, parse_iso, utc_now
@@ -128,10 +129,10 @@ def _settle_range(
                AND g.group_id = ?) IS 'Added'
           {interest_checks}
           AND EXISTS (SELECT 1 FROM emails e WHERE e.contact_id = r.contact_id
-                      AND e.email_lc = lower(r.mc_email) AND e.on_hold = 0)
+                      AND e.email_lc = fold_email(r.mc_email) AND e.on_hold = 0)
           AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.contact_id = r.contact_id
-                          AND e.email_lc != lower(r.mc_email))
-          AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.email_lc = lower(r.mc_email)
+                          AND e.email_lc != fold_email(r.mc_email))
+          AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.email_lc = fold_email(r.mc_email)
                           AND e.on_hold != 0)
           AND NOT EXISTS (SELECT 1 FROM rows s WHERE s.contact_id = r.contact_id
                           AND s.list_id = r.list_id AND s.id != r.id)
@@ -221,7 +222,7 @@ class LoadedChunk:
             mailchimp=mailchimp,
             civicrm=civicrm,
             siblings=siblings,
-            mailchimp_email_on_hold=(row["mc_email"] or "").lower() in self.held_addresses,
+            mailchimp_email_on_hold=fold_email(row["mc_email"] or "") in self.held_addresses,
             refusal=refusal,
             addresses_in_use=self.addresses_in_use if row["mc_hash"] is None else frozenset(),
         )
@@ -234,7 +235,7 @@ def _addresses_in_use(
     member row of this audience already holds."""
     candidates = sorted(
         {
-            e.email.strip().lower()
+            fold_email(e.email)
             for r in rows
             if r["mc_hash"] is None and r["contact_id"] is not None
             for e in loaded.emails.get(r["contact_id"], ())
@@ -246,8 +247,8 @@ def _addresses_in_use(
     return frozenset(
         r[0]
         for r in ctx.staging.query(
-            f"SELECT lower(mc_email) FROM rows WHERE list_id = ? AND mc_hash IS NOT NULL "
-            f"AND lower(mc_email) IN ({marks})",
+            f"SELECT fold_email(mc_email) FROM rows WHERE list_id = ? AND mc_hash IS NOT NULL "
+            f"AND fold_email(mc_email) IN ({marks})",
             (ctx.list_id, *candidates),
         )
     )
@@ -297,7 +298,7 @@ def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
             loaded.siblings[sibling["contact_id"]].append(
                 (sibling["id"], sibling["mc_email"], sibling["mc_status"])
             )
-    addresses = sorted({(r["mc_email"] or "").lower() for r in rows if r["mc_email"]})
+    addresses = sorted({fold_email(r["mc_email"]) for r in rows if r["mc_email"]})
     if addresses:
         marks = ",".join("?" * len(addresses))
         loaded.held_addresses = {

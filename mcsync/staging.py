@@ -20,6 +20,8 @@ from typing import Any
 
 import sqlite_utils
 
+from mcsync.addresses import fold_email
+
 # Numbered migrations: never edit one that has shipped; append a new one.
 MIGRATIONS: list[str] = [
     # 1: the initial schema
@@ -181,6 +183,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE contacts ADD COLUMN modified_date TEXT
     """,
+    # 7: addresses compare by fold_email (mcsync.addresses), in SQL as in Python: SQLite's own
+    # lower() folds ASCII only, so 'ÄNNE@x' did not meet 'änne@x' (issue 10.8)
+    """
+    DROP INDEX rows_by_address;
+    CREATE INDEX rows_by_folded_address ON rows (list_id, fold_email(mc_email));
+    UPDATE emails SET email_lc = fold_email(email)
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience
@@ -214,6 +223,7 @@ class Staging:
         self._create_private(self.path)
         conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
         conn.row_factory = sqlite3.Row
+        register_functions(conn)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -382,6 +392,16 @@ class Staging:
             (list_id, group_id),
         ).fetchall()
         return {status: count for status, count in rows}
+
+
+def register_functions(conn: sqlite3.Connection) -> None:
+    """SQL functions every connection to a staging DB needs: ``fold_email`` compares
+    addresses exactly as Python does (an index uses it, so writes to ``rows`` need it too)."""
+    conn.create_function("fold_email", 1, _sql_fold_email, deterministic=True)
+
+
+def _sql_fold_email(value: Any) -> str | None:
+    return None if value is None else fold_email(str(value))
 
 
 def dumps(value: Any) -> str:
