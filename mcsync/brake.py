@@ -51,7 +51,10 @@ def mass_change_problems(
     Subscriptions count in the direction that loses people (unsubscribes at Mailchimp,
     removals from the CiviCRM group); each mapped interest counts both ways on both sides,
     since switching an interest on for most of an audience is as surely a mistake (a group
-    filled by accident) as switching it off. Every count is held against the same share."""
+    filled by accident) as switching it off. Every count is held against the same share.
+    Before the audience's first complete sync there is no agreed state to change, and the
+    two sides' interests are being joined: then, as with subscribes, only the switches that
+    take an interest away count."""
     state = staging.state(list_id)
     subscribed = (
         staging.scalar(
@@ -117,6 +120,8 @@ def mass_change_problems(
         mapped = f"interest {interest_id} (CiviCRM group {interest_group})"
         switches = staging.planned_interest_switches(list_id, interest_id)
         for value, direction in ((False, "off"), (True, "on")):
+            if value and not synced_before:
+                continue
             count = switches.get(value, 0)
             if count > share * base and count > 1:
                 problems.append(
@@ -125,6 +130,8 @@ def mass_change_problems(
                 )
         writes = staging.planned_group_writes(list_id, interest_group)
         for status, verb in (("Removed", "remove"), ("Added", "add")):
+            if status == "Added" and not synced_before:
+                continue
             count = writes.get(status, 0)
             preposition = "from" if status == "Removed" else "to"
             if count > share * base and count > 1:

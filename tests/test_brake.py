@@ -240,3 +240,32 @@ def test_a_few_interest_changes_pass(interest_world: InterestWorld) -> None:
     assert result.exit_code == 0, result.output  # at most 2 of 20 each way: the 10% limit
     assert not iw.mc_interest(0, iw.on) and iw.mc_interest(1, iw.off)
     assert w.civi_status(iw.contacts[2], iw.on_group) == "Removed"
+
+
+def test_a_first_sync_joins_interests_but_never_takes_them_away(make_world) -> None:  # type: ignore[no-untyped-def]
+    """Before the first complete sync the two sides' interests are being joined: switching on
+    passes (like subscribes), switching off for many is still held."""
+    world = make_world(interests=2)
+    (on, on_group), (off, off_group) = sorted(world.interest_ids.items())
+    contacts = []
+    for n in range(20):
+        email = f"p{n}@example.org"
+        world.mc.seed_member(
+            world.list_id,
+            email,
+            "subscribed",
+            interests={on: True, off: n < 10},
+            last_changed=world.ago(days=10),
+        )
+        contact = world.civi.add_contact("", "")
+        world.civi.add_email(contact, email)
+        world.civi.set_group_status(contact, world.group_id, "Added", when=world.ago(days=30))
+        world.civi.set_group_status(contact, off_group, "Removed", when=world.ago(days=1))
+        contacts.append(contact)
+    result = world.sync()[0]
+    assert result.error is not None and "switch interest" in str(result.error)
+    assert f"interest {off} (CiviCRM group {off_group}) off for 10 of 20" in str(result.error)
+    assert f"to CiviCRM group {on_group}" not in str(result.error), "joining is no mass change"
+    assert world.civi_status(contacts[0], on_group) is None, "nothing written"
+    assert world.sync(allow_mass_changes=True)[0].error is None
+    assert world.civi_status(contacts[0], on_group) == "Added", "Mailchimp's interests joined"
