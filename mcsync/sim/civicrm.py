@@ -654,7 +654,7 @@ class CiviSim:
             raise CiviApiError("Invalid select: expected a list")
         # APIv4 SQL functions in select: only NOW() ("NOW() AS alias"), the server's current
         # time in the site's zone like every date it returns (civicrm-core SqlFunctionNOW).
-        now_keys = [_now_alias(e) for e in select if _now_alias(e)]
+        now_keys = [key for key in map(_now_alias, select) if key]
         fields = [e for e in select if not _now_alias(e)]
         items, row_count = query.expand_select(fields) if fields or not now_keys else ([], False)
         where_sql, order_sql = self._where_and_order(ctx, query, entity, params)
