@@ -50,6 +50,7 @@ def mass_change_problems(
 
     Subscriptions count in the direction that loses people (unsubscribes at Mailchimp,
     removals from the CiviCRM group); each mapped interest counts both ways on both sides,
+    for people already subscribed (a new subscriber's interests come with its subscribe),
     since switching an interest on for most of an audience is as surely a mistake (a group
     filled by accident) as switching it off. Every count is held against the same share.
     Before the audience's first complete sync there is no agreed state to change, and the
@@ -128,7 +129,7 @@ def mass_change_problems(
                     f"this run would switch {mapped} {direction} for {count} of {subscribed} "
                     f"subscribed members at Mailchimp"
                 )
-        writes = staging.planned_group_writes(list_id, interest_group)
+        writes = staging.planned_interest_group_writes(list_id, interest_group, group_id)
         for status, verb in (("Removed", "remove"), ("Added", "add")):
             if status == "Added" and not synced_before:
                 continue

@@ -384,12 +384,18 @@ class Staging:
         ).fetchall()
         return {bool(value): count for value, count in rows}
 
-    def planned_group_writes(self, list_id: str, group_id: int) -> dict[str, int]:
-        """Queued CiviCRM writes to one group, by the status they set (Added, Removed)."""
+    def planned_interest_group_writes(
+        self, list_id: str, group_id: int, subscription_group: int
+    ) -> dict[str, int]:
+        """Queued CiviCRM writes to an interest's group, by the status they set (Added,
+        Removed), for contacts already Added to the subscription group: a new subscriber's
+        interests come with its subscribe, which is an addition, not a switch."""
         rows = self.conn.execute(
-            "SELECT status, COUNT(*) FROM civi_writes WHERE list_id = ? AND kind = 'group' "
-            "AND group_id = ? GROUP BY status",
-            (list_id, group_id),
+            "SELECT w.status, COUNT(*) FROM civi_writes w WHERE w.list_id = ? "
+            "AND w.kind = 'group' AND w.group_id = ? AND EXISTS (SELECT 1 FROM group_status g "
+            "WHERE g.contact_id = w.contact_id AND g.group_id = ? AND g.status = 'Added') "
+            "GROUP BY w.status",
+            (list_id, group_id, subscription_group),
         ).fetchall()
         return {status: count for status, count in rows}
 

@@ -269,3 +269,27 @@ def test_a_first_sync_joins_interests_but_never_takes_them_away(make_world) -> N
     assert world.civi_status(contacts[0], on_group) is None, "nothing written"
     assert world.sync(allow_mass_changes=True)[0].error is None
     assert world.civi_status(contacts[0], on_group) == "Added", "Mailchimp's interests joined"
+
+
+def test_new_subscribers_bring_their_interests_without_a_brake(
+    interest_world: InterestWorld,
+) -> None:
+    """Subscribes are never held, so neither are the interests new subscribers bring with
+    them to CiviCRM: only switches for people already subscribed are mass changes."""
+    iw = interest_world
+    w = iw.world
+    for n in range(20, 30):
+        w.mc.seed_member(
+            w.list_id,
+            f"p{n}@example.org",
+            "subscribed",
+            interests={iw.on: True, iw.off: True},
+            last_changed=w.ago(hours=1),
+        )
+    result = iw.run("fetch-and-reconcile")
+    assert result.exit_code == 0, result.output
+    created = w.civi.query("SELECT e.contact_id FROM email e WHERE e.email = 'p25@example.org'")[0][
+        "contact_id"
+    ]
+    assert w.civi_status(created) == "Added"
+    assert w.civi_status(created, iw.off_group) == "Added"
