@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from mcsync.addresses import fold_email
 from mcsync.fetch_civicrm import IN_CHUNK
 from mcsync.match import assign_matches
 from mcsync.staging import Staging
@@ -31,7 +32,7 @@ def fill(staging: Staging, members: int, seed: int = 3) -> int:
         owners = 2 if rng.random() < 0.02 else 1
         for _ in range(owners):
             contacts.append((next_contact, 1 if rng.random() < 0.01 else 0))
-            emails.append((next_contact, next_contact, address, address.lower()))
+            emails.append((next_contact, next_contact, address, fold_email(address)))
             if rng.random() < 0.8:
                 status = "Added" if rng.random() < 0.9 else "Removed"
                 groups.append((next_contact, GROUP_ID, status))

@@ -4,6 +4,8 @@ whose planned changes look like a mistake rather than people's choices.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from mcsync.errors import MassChangeBrake
 from mcsync.run import RunContext
 from mcsync.staging import Staging
@@ -18,7 +20,11 @@ def check_mass_changes(ctx: RunContext) -> None:
     if ctx.allow_mass_changes:
         return
     problems = mass_change_problems(
-        ctx.staging, ctx.list_id, ctx.group_id, ctx.sync.max_removal_share
+        ctx.staging,
+        ctx.list_id,
+        ctx.group_id,
+        ctx.sync.max_removal_share,
+        ctx.interest_groups,
     )
     if problems:
         share = ctx.sync.max_removal_share
@@ -33,8 +39,23 @@ def check_mass_changes(ctx: RunContext) -> None:
         raise MassChangeBrake(message)
 
 
-def mass_change_problems(staging: Staging, list_id: str, group_id: int, share: float) -> list[str]:
-    """Why the brake trips for the changes now planned for this audience (empty: it does not)."""
+def mass_change_problems(
+    staging: Staging,
+    list_id: str,
+    group_id: int,
+    share: float,
+    interest_groups: Mapping[str, int] | None = None,
+) -> list[str]:
+    """Why the brake trips for the changes now planned for this audience (empty: it does not).
+
+    Subscriptions count in the direction that loses people (unsubscribes at Mailchimp,
+    removals from the CiviCRM group); each mapped interest counts both ways on both sides,
+    for people already subscribed (a new subscriber's interests come with its subscribe),
+    since switching an interest on for most of an audience is as surely a mistake (a group
+    filled by accident) as switching it off. Every count is held against the same share.
+    Before the audience's first complete sync there is no agreed state to change, and the
+    two sides' interests are being joined: then, as with subscribes, only the switches that
+    take an interest away count."""
     state = staging.state(list_id)
     subscribed = (
         staging.scalar(
@@ -96,4 +117,27 @@ def mass_change_problems(staging: Staging, list_id: str, group_id: int, share: f
         problems.append(
             f"this run would remove {removals} of {added} contacts from CiviCRM group {group_id}"
         )
+    for interest_id, interest_group in sorted((interest_groups or {}).items()):
+        mapped = f"interest {interest_id} (CiviCRM group {interest_group})"
+        switches = staging.planned_interest_switches(list_id, interest_id)
+        for value, direction in ((False, "off"), (True, "on")):
+            if value and not synced_before:
+                continue
+            count = switches.get(value, 0)
+            if count > share * base and count > 1:
+                problems.append(
+                    f"this run would switch {mapped} {direction} for {count} of {subscribed} "
+                    f"subscribed members at Mailchimp"
+                )
+        writes = staging.planned_interest_group_writes(list_id, interest_group, group_id)
+        for status, verb in (("Removed", "remove"), ("Added", "add")):
+            if status == "Added" and not synced_before:
+                continue
+            count = writes.get(status, 0)
+            preposition = "from" if status == "Removed" else "to"
+            if count > share * base and count > 1:
+                problems.append(
+                    f"this run would {verb} {count} of {subscribed} subscribed members "
+                    f"{preposition} CiviCRM group {interest_group} (interest {interest_id})"
+                )
     return problems

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, tzinfo
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from mcsync.budget import Budget
@@ -61,12 +64,16 @@ def check_config(
             out.say("CiviCRM: connected")
         except ApiError as exc:
             return [f"civicrm: {exc}"]
+        mailchimp_clocks: dict[str, datetime | None] = {}
         for name in config.mailchimp.accounts:
             try:
-                account = conns.mailchimp_for(name).ping()
+                client = conns.mailchimp_for(name)
+                account = client.ping()
                 out.say(f"Mailchimp account {name}: connected ({account.get('account_name', '')})")
+                mailchimp_clocks[name] = http_date(client.session.server_date)
             except ApiError as exc:
                 problems.append(f"mailchimp.accounts.{name}: {exc}")
+        problems.extend(check_clocks(config, conns, out, mailchimp_clocks))
         group_ids = sorted(
             {a.group_id for a in config.audience}
             | {g for a in config.audience for g in a.interests.values()}
@@ -92,6 +99,124 @@ def check_config(
             problems.extend(_check_interests(client, audience, groups, key))
             problems.extend(_check_merge_fields(client, audience, key, conns.civicrm))
     return problems
+
+
+# A wrong zone is hours off; clocks a few minutes apart are only skew.
+CLOCK_TOLERANCE = timedelta(minutes=5)
+# Zones suggested first when CiviCRM's clock shows their offset (any zone with the offset and
+# the site's daylight-saving rules is right; these are the likely ones).
+_LIKELY_ZONES = (
+    "UTC", "Europe/London", "Europe/Paris", "Europe/Helsinki", "Europe/Moscow", "Asia/Dubai",
+    "Asia/Kolkata", "Asia/Shanghai", "Asia/Tokyo", "Australia/Sydney", "Pacific/Auckland",
+    "America/Sao_Paulo", "America/New_York", "America/Chicago", "America/Denver",
+    "America/Phoenix", "America/Los_Angeles", "America/Anchorage", "Pacific/Honolulu",
+    "Africa/Lagos", "Africa/Johannesburg", "Africa/Nairobi",
+)  # fmt: skip
+
+
+def check_clocks(
+    config: Config, conns: Any, out: Output, mailchimp_clocks: dict[str, datetime | None]
+) -> list[str]:
+    """Show what "now" is on every side, and check civicrm.timezone against CiviCRM's clock.
+
+    CiviCRM returns dates in its site's zone with no offset (civicrm-api.md §2.6); read in the
+    wrong zone, every CiviCRM change is hours off and the wrong side wins conflicts (issue
+    10.9). APIv4's ``NOW()`` gives CiviCRM's local time, the response's ``Date`` header the
+    same server's UTC time, so the offset between them is CiviCRM's zone whatever this
+    machine's clock says."""
+    zone, name = config.civicrm.tzinfo, config.civicrm.timezone
+    here = datetime.now(UTC)
+    try:
+        records = conns.civicrm.call(
+            "Group", "get", {"select": ["id", "NOW() AS mcsync_now"], "limit": 1}
+        )
+    except ApiError:
+        records = []  # an older CiviCRM without NOW(): say so below
+    civi_text = records[0].get("mcsync_now") if records else None
+    civi_server = http_date(conns.civicrm.session.server_date)
+    reference = civi_server or here
+    clocks = [f"this machine {here:%Y-%m-%d %H:%M:%S} UTC"]
+    problems: list[str] = []
+    if isinstance(civi_text, str):
+        local = datetime.fromisoformat(civi_text.replace(" ", "T")).replace(tzinfo=None)
+        read_as = local.replace(tzinfo=zone).astimezone(UTC)
+        clocks.append(
+            f'CiviCRM {local:%Y-%m-%d %H:%M:%S}, read with timezone = "{name}" as '
+            f"{read_as:%Y-%m-%d %H:%M:%S} UTC"
+        )
+        if abs(read_as - reference) > CLOCK_TOLERANCE:
+            problems.append(_wrong_zone(name, zone, local, reference, civi_server is not None))
+    else:
+        out.always(
+            "CiviCRM's clock could not be read (APIv4 has no NOW() on this site); make sure "
+            f'civicrm.timezone = "{name}" is the site\'s time zone'
+        )
+    for account, moment in mailchimp_clocks.items():
+        if moment is not None:
+            clocks.append(f"Mailchimp {moment:%Y-%m-%d %H:%M:%S} UTC (account {account})")
+            if civi_server is not None and abs(moment - civi_server) > CLOCK_TOLERANCE:
+                out.error(
+                    f"warning: CiviCRM's server clock ({civi_server:%H:%M:%S} UTC) and "
+                    f"Mailchimp's ({moment:%H:%M:%S} UTC) are more than "
+                    f"{CLOCK_TOLERANCE.seconds // 60} minutes apart; changes made on both sides "
+                    "within that time may be ordered wrongly (is CiviCRM's server clock set?)"
+                )
+    out.always("Clocks: " + "; ".join(clocks))
+    return problems
+
+
+def _wrong_zone(
+    name: str, zone: tzinfo, local: datetime, reference: datetime, from_server: bool
+) -> str:
+    """The problem with a timezone that does not match CiviCRM's clock, and zones that do."""
+    quarter = timedelta(minutes=15)
+    observed = quarter * round((local - reference.replace(tzinfo=None)) / quarter)
+    configured = reference.astimezone(zone).utcoffset() or timedelta(0)
+
+    def shows_observed(zone_name: str) -> bool:
+        return reference.astimezone(zoneinfo.ZoneInfo(zone_name)).utcoffset() == observed
+
+    matching = [z for z in _LIKELY_ZONES if shows_observed(z)] or sorted(
+        z
+        for z in zoneinfo.available_timezones()
+        if "/" in z and not z.startswith("Etc/") and shows_observed(z)
+    )
+    hint = " or ".join(f'"{z}"' for z in matching[:2]) or "the site's zone"
+    source = "its server's Date header" if from_server else "this machine's clock"
+    return (
+        f'civicrm.timezone: timezone = "{name}" does not match CiviCRM: its clock reads '
+        f"{local:%Y-%m-%d %H:%M:%S}, which is UTC{_offset(observed)} (UTC is "
+        f'{reference:%H:%M:%S} by {source}), while "{name}" is UTC{_offset(configured)} now. '
+        f"Read in this zone every CiviCRM date is {_span(observed - configured)} off, and "
+        f"the wrong side wins conflicts. Set timezone to the site's time zone, e.g. {hint}"
+    )
+
+
+def _offset(delta: timedelta) -> str:
+    """``+01:00`` / ``-05:00``."""
+    minutes = round(delta.total_seconds() / 60)
+    sign = "-" if minutes < 0 else "+"
+    hours, rest = divmod(abs(minutes), 60)
+    return f"{sign}{hours:02d}:{rest:02d}"
+
+
+def _span(delta: timedelta) -> str:
+    """``5 hours``, ``1 hour 30 minutes``."""
+    hours, minutes = divmod(abs(round(delta.total_seconds() / 60)), 60)
+    parts = [f"{hours} hour{'s' * (hours != 1)}"] if hours else []
+    parts += [f"{minutes} minutes"] if minutes else []
+    return " ".join(parts) or "0 minutes"
+
+
+def http_date(value: str | None) -> datetime | None:
+    """An HTTP ``Date`` header (always GMT) as an aware UTC time; None when absent or odd."""
+    if not value:
+        return None
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _check_interests(client: Any, audience: Any, groups: dict[int, Any], key: str) -> list[str]:

@@ -160,7 +160,16 @@ class CiviCRMConfig(_Model):
     )
     api_key: ApiKey = Field(description="the API user's key", examples=["${CIVICRM_API_KEY}"])
     site_key: ApiKey | None = None
-    timezone: str = "UTC"
+    # Required: CiviCRM's dates carry no offset, and a wrong zone makes the wrong side win
+    # conflicts (issue 10.9), so there is no default to fall back on silently.
+    timezone: str = Field(
+        description=(
+            "the IANA name of the time zone CiviCRM's dates are in, its site's zone, such as "
+            "Europe/London, America/New_York or UTC; 'mcsync config check' compares it with "
+            "CiviCRM's clock"
+        ),
+        examples=["Europe/London"],
+    )
 
     _strip_keys = field_validator("api_key", "site_key", mode="before")(_strip_secret)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from mcsync.addresses import fold_email
 from mcsync.run import TRACKING_MARKER, WINDOW_OVERLAP, RunContext
 from mcsync.staging import iso
 
@@ -156,7 +157,7 @@ def store_emails(ctx: RunContext, records: list[dict[str, Any]]) -> None:
                 r["id"],
                 r["contact_id"],
                 r["email"],
-                (r["email"] or "").lower(),
+                fold_email(r["email"] or ""),
                 int(bool(r.get("is_primary"))),
                 int(bool(r.get("is_bulkmail"))),
                 int(r.get("on_hold") or 0),

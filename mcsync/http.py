@@ -117,6 +117,9 @@ class HttpSession:
         self._slots = account_slots(service)
         self._count = 0
         self._count_lock = threading.Lock()
+        # The Date header of the latest successful response: the server's own clock (UTC),
+        # which `config check` shows beside the other side's.
+        self.server_date: str | None = None
         hooks = {"request": [self._log_request]} if debug_http else {}
         self._client = httpx.Client(
             timeout=timeout,
@@ -184,6 +187,7 @@ class HttpSession:
             else:
                 outcome = classify(response)
                 if outcome == "ok":
+                    self.server_date = response.headers.get("date")
                     return self._parse(response, label, expect_json)
                 if outcome != "retry":
                     raise self._error(outcome, response, label)

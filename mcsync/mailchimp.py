@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import httpx
 
+from .addresses import fold_email
 from .budget import Budget
 from .errors import (
     ApiError,
@@ -65,7 +66,7 @@ def data_centre(api_key: str, *, account_name: str = "?") -> str:
 
 def member_hash(email: str) -> str:
     """Mailchimp's subscriber hash: MD5 hex of the lower-cased address (§3)."""
-    return hashlib.md5(email.lower().encode("utf-8")).hexdigest()
+    return hashlib.md5(fold_email(email).encode("utf-8")).hexdigest()
 
 
 def member_put_operation(

@@ -103,7 +103,7 @@ def assign_matches(ctx: RunContext, row_ids: Sequence[int]) -> None:
                    COALESCE(g.status = 'Added', 0) AS added,
                    (g.status IS NOT NULL OR g.changed_at IS NOT NULL) AS has_history
             FROM rows r
-            JOIN emails e ON e.email_lc = lower(r.mc_email)
+            JOIN emails e ON e.email_lc = fold_email(r.mc_email)
             JOIN contacts c ON c.contact_id = e.contact_id AND c.is_deleted = 0 AND c.gone = 0
             LEFT JOIN group_status g ON g.contact_id = e.contact_id AND g.group_id = ?
             WHERE r.id IN ({placeholders})

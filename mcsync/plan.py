@@ -18,6 +18,7 @@ from typing import Any
 from mcsync import member_state as ms
 from mcsync import queue_rules as qr
 from mcsync import reconcile as rc
+from mcsync.addresses import fold_email
 from mcsync.reasons import Reason
 from mcsync.run import RunContext
 from mcsync.staging import dumps, iso, parse_iso, utc_now
@@ -80,9 +81,9 @@ def decide_again(ctx: RunContext, policy: ms.AudiencePolicy) -> None:
             # rows of different contacts, not at Mailchimp, queued to subscribe one address
             "UNION SELECT u.row_id FROM updates u JOIN rows o ON o.id = u.row_id "
             "WHERE u.list_id = ? AND u.state = 'queued' AND o.mc_hash IS NULL "
-            "AND lower(u.email) IN (SELECT lower(u2.email) FROM updates u2 "
+            "AND fold_email(u.email) IN (SELECT fold_email(u2.email) FROM updates u2 "
             "JOIN rows o2 ON o2.id = u2.row_id WHERE u2.list_id = ? AND u2.state = 'queued' "
-            "AND o2.mc_hash IS NULL GROUP BY lower(u2.email) "
+            "AND o2.mc_hash IS NULL GROUP BY fold_email(u2.email) "
             "HAVING COUNT(DISTINCT o2.contact_id) > 1)) ORDER BY id",
             (ctx.list_id, ctx.list_id, ctx.list_id),
         )
@@ -202,10 +203,10 @@ def _settle_range(
                AND g.group_id = ?) IS 'Added'
           {interest_checks}
           AND EXISTS (SELECT 1 FROM emails e WHERE e.contact_id = r.contact_id
-                      AND e.email_lc = lower(r.mc_email) AND e.on_hold = 0)
+                      AND e.email_lc = fold_email(r.mc_email) AND e.on_hold = 0)
           AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.contact_id = r.contact_id
-                          AND e.email_lc != lower(r.mc_email))
-          AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.email_lc = lower(r.mc_email)
+                          AND e.email_lc != fold_email(r.mc_email))
+          AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.email_lc = fold_email(r.mc_email)
                           AND e.on_hold != 0)
           AND NOT EXISTS (SELECT 1 FROM rows s WHERE s.contact_id = r.contact_id
                           AND s.list_id = r.list_id AND s.id != r.id)
@@ -297,7 +298,7 @@ class LoadedChunk:
             mailchimp=mailchimp,
             civicrm=civicrm,
             siblings=siblings,
-            mailchimp_email_on_hold=(row["mc_email"] or "").lower() in self.held_addresses,
+            mailchimp_email_on_hold=fold_email(row["mc_email"] or "") in self.held_addresses,
             refusal=refusal,
             addresses_in_use=self.addresses_in_use.union(
                 a for a, owner in self.addresses_claimed if owner < contact_id
@@ -326,7 +327,7 @@ def _addresses_in_use(
     member row of this audience already holds."""
     candidates = sorted(
         {
-            e.email.strip().lower()
+            fold_email(e.email)
             for r in rows
             if r["mc_hash"] is None and r["contact_id"] is not None
             for e in loaded.emails.get(r["contact_id"], ())
@@ -341,18 +342,18 @@ def _addresses_in_use(
     loaded.addresses_claimed = [
         (r[0], r[1])
         for r in ctx.staging.query(
-            f"SELECT DISTINCT lower(u.email), r.contact_id FROM updates u "
+            f"SELECT DISTINCT fold_email(u.email), r.contact_id FROM updates u "
             f"JOIN rows r ON r.id = u.row_id WHERE u.list_id = ? AND r.mc_hash IS NULL "
             f"AND r.contact_id IS NOT NULL AND u.state IN ('queued', 'submitting', 'submitted') "
-            f"AND lower(u.email) IN ({marks})",
+            f"AND fold_email(u.email) IN ({marks})",
             (ctx.list_id, *candidates),
         )
     ]
     return frozenset(
         r[0]
         for r in ctx.staging.query(
-            f"SELECT lower(mc_email) FROM rows WHERE list_id = ? AND mc_hash IS NOT NULL "
-            f"AND lower(mc_email) IN ({marks})",
+            f"SELECT fold_email(mc_email) FROM rows WHERE list_id = ? AND mc_hash IS NOT NULL "
+            f"AND fold_email(mc_email) IN ({marks})",
             (ctx.list_id, *candidates),
         )
     )
@@ -415,15 +416,15 @@ def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
     if contact_ids:
         # Holds queued this run (a cleaned member) count as on hold already.
         for hold in staging.query(
-            f"SELECT contact_id, lower(email) FROM civi_writes WHERE list_id = ? "
+            f"SELECT contact_id, fold_email(email) FROM civi_writes WHERE list_id = ? "
             f"AND kind = 'hold' AND contact_id IN ({marks})",
             (ctx.list_id, *contact_ids),
         ):
             loaded.emails[hold[0]] = [
-                replace(e, on_hold=1) if e.email.strip().lower() == hold[1] else e
+                replace(e, on_hold=1) if fold_email(e.email) == hold[1] else e
                 for e in loaded.emails.get(hold[0], [])
             ]
-    addresses = sorted({(r["mc_email"] or "").lower() for r in rows if r["mc_email"]})
+    addresses = sorted({fold_email(r["mc_email"]) for r in rows if r["mc_email"]})
     if addresses:
         marks = ",".join("?" * len(addresses))
         loaded.held_addresses = {

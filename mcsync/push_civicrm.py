@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from mcsync.addresses import fold_email
 from mcsync.errors import ApiError
 from mcsync.fetch_civicrm import fetch_emails_of_contacts
 from mcsync.reasons import Reason
@@ -117,7 +118,7 @@ def _push_new_emails(ctx: RunContext) -> None:
         for write in writes:
             known = ctx.staging.scalar(
                 "SELECT COUNT(*) FROM emails WHERE contact_id = ? AND email_lc = ?",
-                (write["contact_id"], (write["email"] or "").lower()),
+                (write["contact_id"], fold_email(write["email"] or "")),
             )
             if not known:
                 ctx.civicrm.call(
@@ -190,7 +191,7 @@ def _push_holds(ctx: RunContext) -> None:
                 for r in ctx.staging.query(
                     "SELECT email_id FROM emails WHERE contact_id = ? AND email_lc = ? "
                     "AND on_hold = 0",
-                    (write["contact_id"], (write["email"] or "").lower()),
+                    (write["contact_id"], fold_email(write["email"] or "")),
                 )
             )
         if email_ids:

@@ -9,6 +9,7 @@ import sqlite3
 from typing import Any
 
 from mcsync import write_results as wr
+from mcsync.addresses import fold_email
 from mcsync.batches import push_batches
 from mcsync.errors import ApiError
 from mcsync.mailchimp import BULK_LIMIT
@@ -49,13 +50,13 @@ def _push_direct(ctx: RunContext) -> None:
         items = [bulk_item(u["email"], json.loads(u["body"])) for u in updates]
         answer = ctx.mailchimp.write_members(ctx.list_id, items)
         written = {
-            (m.get("email_address") or "").lower(): m
+            fold_email(m.get("email_address") or ""): m
             for m in (answer.get("new_members") or []) + (answer.get("updated_members") or [])
         }
-        refused = {(e.get("email_address") or "").lower(): e for e in answer.get("errors") or []}
+        refused = {fold_email(e.get("email_address") or ""): e for e in answer.get("errors") or []}
         with ctx.staging.atomic():
             for update in updates:
-                address = update["email"].lower()
+                address = fold_email(update["email"])
                 if address in written:
                     apply_result(ctx, update, 200, written[address], None)
                 elif address in refused:
@@ -88,7 +89,7 @@ def _one_per_address(updates: list[sqlite3.Row]) -> list[sqlite3.Row]:
     seen: set[str] = set()
     kept = []
     for update in updates:
-        address = update["email"].lower()
+        address = fold_email(update["email"])
         if address not in seen:
             seen.add(address)
             kept.append(update)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
+from mcsync.addresses import fold_email
 from mcsync.member_state import (
     AudiencePolicy,
     CivicrmSide,
@@ -67,7 +68,7 @@ class PutEmailOnHold:
 
 @dataclass(frozen=True)
 class QueueMailchimpUpdate:
-    """A member PUT to ``/lists/{list}/members/{md5(lower(email))}``; ``body`` always has
+    """A member PUT to ``/lists/{list}/members/{md5(fold_email(email))}``; ``body`` always has
     ``email_address`` and ``status_if_new`` and, when the status must change, ``status``."""
 
     email: str
@@ -157,7 +158,7 @@ def _no_email_reason(emails: Sequence[EmailRecord]) -> Reason:
 
 
 def _same(a: str | None, b: str | None) -> bool:
-    return a is not None and b is not None and a.strip().lower() == b.strip().lower()
+    return a is not None and b is not None and fold_email(a) == fold_email(b)
 
 
 def member_body(email: str, status: str) -> dict[str, Any]:
@@ -295,7 +296,7 @@ def _civicrm_wins(row: MemberRow, contact_id: int, hold: tuple[PutEmailOnHold, .
         best = choose_best_email(c.emails)
         if best is None:
             return Decision(row_id, False, hold, _no_email_reason(c.emails))
-        if best.strip().lower() in row.addresses_in_use:
+        if fold_email(best) in row.addresses_in_use:
             # Two contacts share the address and the member is linked to the other one:
             # that contact's row decides the member (subscribing here would fight it).
             return Decision(f"{row_id}-address-in-use", False, hold, Reason.MEMBER_EXISTS)

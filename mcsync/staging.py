@@ -20,6 +20,8 @@ from typing import Any
 
 import sqlite_utils
 
+from mcsync.addresses import fold_email
+
 # Numbered migrations: never edit one that has shipped; append a new one.
 MIGRATIONS: list[str] = [
     # 1: the initial schema
@@ -198,6 +200,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE rows ADD COLUMN retry_attempts INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE rows ADD COLUMN retry_at TEXT
     """,
+    # 9: addresses compare by fold_email (mcsync.addresses), in SQL as in Python: SQLite's own
+    # lower() folds ASCII only, so 'ÄNNE@x' did not meet 'änne@x' (issue 10.8)
+    """
+    DROP INDEX rows_by_address;
+    CREATE INDEX rows_by_folded_address ON rows (list_id, fold_email(mc_email));
+    UPDATE emails SET email_lc = fold_email(email)
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience
@@ -231,6 +240,7 @@ class Staging:
         self._create_private(self.path)
         conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
         conn.row_factory = sqlite3.Row
+        register_functions(conn)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -465,8 +475,8 @@ class Staging:
         staged = {
             r[0]
             for r in self.query(
-                f"SELECT lower(mc_email) FROM rows WHERE list_id = ? "
-                f"AND lower(mc_email) IN ({marks})",
+                f"SELECT fold_email(mc_email) FROM rows WHERE list_id = ? "
+                f"AND fold_email(mc_email) IN ({marks})",
                 (list_id, *emails),
             )
         }
@@ -523,9 +533,9 @@ class Staging:
         the transition is done, and an admin may lift the hold without being overruled."""
         self.conn.execute(
             "UPDATE rows SET cleaned_handled_at = COALESCE(mc_status_at, mc_last_changed) "
-            "WHERE list_id = ? AND contact_id = ? AND lower(mc_email) = ? "
+            "WHERE list_id = ? AND contact_id = ? AND fold_email(mc_email) = ? "
             "AND mc_status = 'cleaned'",
-            (list_id, contact_id, email.lower()),
+            (list_id, contact_id, fold_email(email)),
         )
 
     def recent_log(self, list_id: str, limit: int = 10) -> list[dict[str, Any]]:
@@ -534,6 +544,48 @@ class Staging:
             (list_id, limit),
         ).fetchall()
         return [dict(r) for r in reversed(rows)]
+
+    # -- the mass-change brake ------------------------------------------------------------
+    def planned_interest_switches(self, list_id: str, interest_id: str) -> dict[bool, int]:
+        """Queued Mailchimp updates that would turn this interest on (True) or off (False)
+        for a member who already exists, by direction. A new member's first interests are
+        part of its subscribe, which is an addition, not a switch."""
+        pushed, known = f'$.interests."{interest_id}"', f'$."{interest_id}"'
+        rows = self.conn.execute(
+            "SELECT json_extract(u.body, ?) AS value, COUNT(*) "
+            "FROM updates u JOIN rows r ON r.id = u.row_id "
+            "WHERE u.list_id = ? AND u.state = 'queued' AND r.mc_hash IS NOT NULL "
+            "AND json_extract(u.body, ?) IS NOT NULL "
+            "AND json_extract(u.body, ?) IS NOT json_extract(r.mc_interests, ?) "
+            "GROUP BY value",
+            (pushed, list_id, pushed, pushed, known),
+        ).fetchall()
+        return {bool(value): count for value, count in rows}
+
+    def planned_interest_group_writes(
+        self, list_id: str, group_id: int, subscription_group: int
+    ) -> dict[str, int]:
+        """Queued CiviCRM writes to an interest's group, by the status they set (Added,
+        Removed), for contacts already Added to the subscription group: a new subscriber's
+        interests come with its subscribe, which is an addition, not a switch."""
+        rows = self.conn.execute(
+            "SELECT w.status, COUNT(*) FROM civi_writes w WHERE w.list_id = ? "
+            "AND w.kind = 'group' AND w.group_id = ? AND EXISTS (SELECT 1 FROM group_status g "
+            "WHERE g.contact_id = w.contact_id AND g.group_id = ? AND g.status = 'Added') "
+            "GROUP BY w.status",
+            (list_id, group_id, subscription_group),
+        ).fetchall()
+        return {status: count for status, count in rows}
+
+
+def register_functions(conn: sqlite3.Connection) -> None:
+    """SQL functions every connection to a staging DB needs: ``fold_email`` compares
+    addresses exactly as Python does (an index uses it, so writes to ``rows`` need it too)."""
+    conn.create_function("fold_email", 1, _sql_fold_email, deterministic=True)
+
+
+def _sql_fold_email(value: Any) -> str | None:
+    return None if value is None else fold_email(str(value))
 
 
 def dumps(value: Any) -> str:

@@ -64,7 +64,7 @@ class World:
         interests = "".join(f'"{i}" = {g}\n' for i, g in self.interest_ids.items())
         self.config_path.write_text(
             f'state_db = "state.sqlite3"\n'
-            f'[civicrm]\nurl = "{CIVI_URL}"\napi_key = "{CIVI_KEY}"\n'
+            f'[civicrm]\nurl = "{CIVI_URL}"\napi_key = "{CIVI_KEY}"\ntimezone = "UTC"\n'
             f'[mailchimp.accounts.main]\napi_key = "{MC_KEY}"\nbase_url = "{MC_URL}"\n'
             f"[sync]\nbatch_threshold = {self.batch_threshold}\n{extra}\n"
             f'[[audience]]\naccount = "main"\nlist_id = "{self.list_id}"\n'

@@ -53,6 +53,7 @@ state_db = "state.sqlite3"
 [civicrm]
 url = "{CIVI_URL}"
 api_key = "{CIVI_KEY}"
+timezone = "UTC"
 [mailchimp.accounts.main]
 api_key = "{MC_KEY}"
 base_url = "{MC_URL}"
@@ -470,7 +471,7 @@ class LondonWorld(World):
         super().write_config(extra)
         if getattr(self, "zone_in_config", None):
             text = self.config_path.read_text().replace(
-                "[civicrm]\n", f'[civicrm]\ntimezone = "{self.zone_in_config}"\n', 1
+                'timezone = "UTC"\n', f'timezone = "{self.zone_in_config}"\n', 1
             )
             self.config_path.write_text(text)
 

@@ -114,3 +114,182 @@ def test_mailchimp_mass_unsubscribe_trips_the_brake(world: World, synced) -> Non
     assert result.exit_code == 1 and "remove 10 of 20 contacts" in result.output
     assert len(world.writes()) == before
     assert world.civi_status(contacts[0]) == "Added"
+
+
+class InterestWorld:
+    """Twenty subscribers in sync: interest `on` set and its group Added, interest `off`
+    unset and its group without them; a CLI runner against the world's transport."""
+
+    def __init__(self, world: World, monkeypatch: pytest.MonkeyPatch):
+        self.world = world
+        (self.on, self.on_group), (self.off, self.off_group) = sorted(world.interest_ids.items())
+        self.contacts: list[int] = []
+        for n in range(20):
+            email = f"p{n}@example.org"
+            world.mc.seed_member(
+                world.list_id,
+                email,
+                "subscribed",
+                interests={self.on: True, self.off: False},
+                last_changed=world.ago(days=10),
+                merge_fields={"FNAME": "", "LNAME": ""},
+            )
+            contact = world.civi.add_contact("", "")
+            world.civi.add_email(contact, email)
+            world.civi.set_group_status(contact, world.group_id, "Added", when=world.ago(days=30))
+            world.civi.set_group_status(contact, self.on_group, "Added", when=world.ago(days=30))
+            self.contacts.append(contact)
+        first = world.sync()[0]
+        assert first.error is None and first.outcome and first.outcome.completed
+        monkeypatch.setattr(
+            engine,
+            "sync_audiences",
+            lambda config, **kw: _real_sync(config, **{"transport": world.transport, **kw}),
+        )
+
+    def run(self, *args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(main, [*args, "--config", str(self.world.config_path)])
+
+    def mc_interest(self, n: int, interest_id: str) -> bool:
+        member = self.world.mc.member(self.world.list_id, f"p{n}@example.org")
+        assert member is not None
+        return bool(member["interests"][interest_id])
+
+
+@pytest.fixture
+def interest_world(make_world, monkeypatch: pytest.MonkeyPatch) -> InterestWorld:  # type: ignore[no-untyped-def]
+    return InterestWorld(make_world(interests=2), monkeypatch)
+
+
+def _held_then_allowed(iw: InterestWorld, expected: list[str]) -> None:
+    """The run stops with a message naming the interest and direction; nothing is written
+    until --allow-mass-changes."""
+    before = len(iw.world.writes())
+    result = iw.run("fetch-and-reconcile")
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "Mass-change brake" in text
+    for part in expected:
+        assert part in text, text
+    assert len(iw.world.writes()) == before
+    assert iw.run("fetch-and-reconcile").exit_code == 1
+    assert len(iw.world.writes()) == before
+    allowed = iw.run("fetch-and-reconcile", "--allow-mass-changes")
+    assert allowed.exit_code == 0, allowed.output
+
+
+def test_emptied_interest_group_trips_the_brake(interest_world: InterestWorld) -> None:
+    """Issue 10.5: emptying an interest's group switched the interest off at Mailchimp for
+    half the audience, exit 0."""
+    iw = interest_world
+    for contact in iw.contacts[:10]:
+        iw.world.civi.set_group_status(contact, iw.on_group, "Removed")
+    _held_then_allowed(
+        iw,
+        [
+            f"switch interest {iw.on} (CiviCRM group {iw.on_group}) off for 10 of 20",
+            "at Mailchimp",
+        ],
+    )
+    assert [iw.mc_interest(n, iw.on) for n in range(12)] == [False] * 10 + [True] * 2
+
+
+def test_filled_interest_group_trips_the_brake(interest_world: InterestWorld) -> None:
+    iw = interest_world
+    for contact in iw.contacts[:10]:
+        iw.world.civi.set_group_status(contact, iw.off_group, "Added")
+    _held_then_allowed(
+        iw, [f"switch interest {iw.off} (CiviCRM group {iw.off_group}) on for 10 of 20"]
+    )
+    assert [iw.mc_interest(n, iw.off) for n in range(12)] == [True] * 10 + [False] * 2
+
+
+def test_interest_switched_off_at_mailchimp_trips_the_brake(
+    interest_world: InterestWorld,
+) -> None:
+    iw = interest_world
+    w = iw.world
+    for n in range(10):
+        w.mc.edit_member(w.list_id, f"p{n}@example.org", interests={iw.on: False})
+    group = f"CiviCRM group {iw.on_group} (interest {iw.on})"
+    _held_then_allowed(iw, [f"remove 10 of 20 subscribed members from {group}"])
+    assert w.civi_status(iw.contacts[0], iw.on_group) == "Removed"
+
+
+def test_interest_switched_on_at_mailchimp_trips_the_brake(
+    interest_world: InterestWorld,
+) -> None:
+    iw = interest_world
+    w = iw.world
+    for n in range(10):
+        w.mc.edit_member(w.list_id, f"p{n}@example.org", interests={iw.off: True})
+    _held_then_allowed(
+        iw, [f"add 10 of 20 subscribed members to CiviCRM group {iw.off_group} (interest {iw.off})"]
+    )
+    assert w.civi_status(iw.contacts[0], iw.off_group) == "Added"
+
+
+def test_a_few_interest_changes_pass(interest_world: InterestWorld) -> None:
+    iw = interest_world
+    w = iw.world
+    iw.world.civi.set_group_status(iw.contacts[0], iw.on_group, "Removed")
+    iw.world.civi.set_group_status(iw.contacts[1], iw.off_group, "Added")
+    w.mc.edit_member(w.list_id, "p2@example.org", interests={iw.on: False, iw.off: True})
+    w.mc.edit_member(w.list_id, "p3@example.org", interests={iw.on: False, iw.off: True})
+    result = iw.run("fetch-and-reconcile")
+    assert result.exit_code == 0, result.output  # at most 2 of 20 each way: the 10% limit
+    assert not iw.mc_interest(0, iw.on) and iw.mc_interest(1, iw.off)
+    assert w.civi_status(iw.contacts[2], iw.on_group) == "Removed"
+
+
+def test_a_first_sync_joins_interests_but_never_takes_them_away(make_world) -> None:  # type: ignore[no-untyped-def]
+    """Before the first complete sync the two sides' interests are being joined: switching on
+    passes (like subscribes), switching off for many is still held."""
+    world = make_world(interests=2)
+    (on, on_group), (off, off_group) = sorted(world.interest_ids.items())
+    contacts = []
+    for n in range(20):
+        email = f"p{n}@example.org"
+        world.mc.seed_member(
+            world.list_id,
+            email,
+            "subscribed",
+            interests={on: True, off: n < 10},
+            last_changed=world.ago(days=10),
+        )
+        contact = world.civi.add_contact("", "")
+        world.civi.add_email(contact, email)
+        world.civi.set_group_status(contact, world.group_id, "Added", when=world.ago(days=30))
+        world.civi.set_group_status(contact, off_group, "Removed", when=world.ago(days=1))
+        contacts.append(contact)
+    result = world.sync()[0]
+    assert result.error is not None and "switch interest" in str(result.error)
+    assert f"interest {off} (CiviCRM group {off_group}) off for 10 of 20" in str(result.error)
+    assert f"to CiviCRM group {on_group}" not in str(result.error), "joining is no mass change"
+    assert world.civi_status(contacts[0], on_group) is None, "nothing written"
+    assert world.sync(allow_mass_changes=True)[0].error is None
+    assert world.civi_status(contacts[0], on_group) == "Added", "Mailchimp's interests joined"
+
+
+def test_new_subscribers_bring_their_interests_without_a_brake(
+    interest_world: InterestWorld,
+) -> None:
+    """Subscribes are never held, so neither are the interests new subscribers bring with
+    them to CiviCRM: only switches for people already subscribed are mass changes."""
+    iw = interest_world
+    w = iw.world
+    for n in range(20, 30):
+        w.mc.seed_member(
+            w.list_id,
+            f"p{n}@example.org",
+            "subscribed",
+            interests={iw.on: True, iw.off: True},
+            last_changed=w.ago(hours=1),
+        )
+    result = iw.run("fetch-and-reconcile")
+    assert result.exit_code == 0, result.output
+    created = w.civi.query("SELECT e.contact_id FROM email e WHERE e.email = 'p25@example.org'")[0][
+        "contact_id"
+    ]
+    assert w.civi_status(created) == "Added"
+    assert w.civi_status(created, iw.off_group) == "Added"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner, Result
 from conftest import CIVI_KEY, CIVI_URL, MC_KEY, MC_URL, World
 
 from mcsync.cli import main
+from mcsync.sim.civicrm import CiviSim
 from mcsync.sim.server import serve_simulators
 
 
@@ -99,3 +103,53 @@ def test_a_group_mapped_twice_in_one_audience(world2: World, tmp_path: Path) -> 
     result = check(w, tmp_path)
     assert result.exit_code == 2, result.output
     assert "interests" in result.output and str(w.interest_ids[first]) in result.output
+
+
+def _site_in(world: World, zone: str, configured: str) -> None:
+    """Replace the world's CiviCRM by a site whose dates are in `zone`; the config says
+    `configured`."""
+    world.civi = CiviSim(CIVI_KEY, timezone=zone)
+    world.group_id = world.civi.add_group("Newsletter")
+    world.write_config()
+    text = world.config_path.read_text()
+    world.config_path.write_text(text.replace('timezone = "UTC"', f'timezone = "{configured}"'))
+
+
+def test_config_check_shows_both_clocks(world: World, tmp_path: Path) -> None:
+    """DESIGN §2: the zone must be right, and config check shows both clocks."""
+    _site_in(world, "America/New_York", "America/New_York")
+    result = check(world, tmp_path)
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    now = datetime.now(UTC)
+    assert "Clocks:" in out
+
+    def shown(label: str) -> datetime:
+        found = re.search(label + r" (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", out)
+        assert found, out
+        return datetime.fromisoformat(found.group(1))
+
+    def near(moment: datetime) -> bool:
+        return abs(moment.replace(tzinfo=None) - now.replace(tzinfo=None)) < timedelta(minutes=1)
+
+    # CiviCRM's own clock, in its zone, and as the configured zone reads it; Mailchimp's.
+    new_york = now.astimezone(ZoneInfo("America/New_York")).replace(tzinfo=None)
+    assert abs(shown("CiviCRM") - new_york) < timedelta(minutes=1)
+    assert near(shown('read with timezone = "America/New_York" as'))
+    assert near(shown("Mailchimp"))
+
+
+@pytest.mark.parametrize("configured", ["UTC", "Europe/London", "America/Los_Angeles"])
+def test_config_check_catches_a_wrong_time_zone(
+    world: World, tmp_path: Path, configured: str
+) -> None:
+    """Issue 10.9: a New York site configured as another zone reads every CiviCRM date hours
+    off, so the wrong side wins; config check says so and which zone CiviCRM is in."""
+    _site_in(world, "America/New_York", configured)
+    result = check(world, tmp_path)
+    assert result.exit_code == 1, result.output
+    out = " ".join(result.output.split())
+    assert f'civicrm.timezone: timezone = "{configured}" does not match CiviCRM' in out
+    offset = datetime.now(ZoneInfo("America/New_York")).strftime("%z")
+    assert f"UTC{offset[:3]}:{offset[3:]}" in out, "the offset CiviCRM's clock shows"
+    assert '"America/New_York"' in out, "a zone to set instead"

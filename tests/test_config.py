@@ -7,7 +7,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from mcsync.cli import main
 from mcsync.config import Config, SyncConfig
 from mcsync.config_load import config_file_is_private, default_config_path, load_config
 from mcsync.errors import ConfigError
@@ -23,6 +25,7 @@ MINIMAL = """
 [civicrm]
 url = "https://crm.example.org/civicrm/ajax/api4"
 api_key = "${CIVICRM_API_KEY}"
+timezone = "UTC"
 
 [mailchimp.accounts.main]
 api_key = "${MAILCHIMP_API_KEY}"
@@ -75,7 +78,6 @@ def test_sync_defaults_match_the_example() -> None:
 def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL), ENV)
     assert config.audience == []
-    assert config.civicrm.timezone == "UTC"
     assert config.civicrm.site_key is None
     assert config.sync.batch_threshold == 1000
     assert config.sync.max_connections == 10
@@ -161,8 +163,27 @@ def test_single_bracket_audience_is_explained(tmp_path: Path) -> None:
     assert problem.startswith("audience: must be a list of tables") and "[[audience]]" in problem
 
 
+def test_timezone_is_required(tmp_path: Path) -> None:
+    """Issue 10.9: a silent UTC default read a New York site's dates 5 hours off, and the
+    wrong side won conflicts. The zone must be said."""
+    path = write(tmp_path, MINIMAL.replace('timezone = "UTC"\n', ""))
+    (problem,) = problems_of(path)
+    assert problem.startswith(
+        'civicrm.timezone: required key is missing; add timezone = "Europe/London"'
+    )
+    assert "IANA" in problem and "config check" in problem
+    result = CliRunner().invoke(main, ["status", "--config", str(path)], env=ENV)
+    assert result.exit_code == 2
+    assert "civicrm.timezone: required key is missing" in result.output
+
+
+def test_timezone_names_the_zone(tmp_path: Path) -> None:
+    text = MINIMAL.replace('timezone = "UTC"', 'timezone = "America/New_York"')
+    assert str(load_config(write(tmp_path, text), ENV).civicrm.tzinfo) == "America/New_York"
+
+
 def test_bad_timezone_names_key_and_suggests(tmp_path: Path) -> None:
-    text = MINIMAL.replace("[mailchimp", 'timezone = "Europe/Londn"\n\n[mailchimp', 1)
+    text = MINIMAL.replace('timezone = "UTC"', 'timezone = "Europe/Londn"')
     (problem,) = problems_of(write(tmp_path, text))
     assert problem.startswith("civicrm.timezone: unknown time zone")
     assert "Europe/London" in problem
@@ -292,7 +313,11 @@ def test_cross_checks_also_guard_direct_construction() -> None:
     with pytest.raises(ValueError, match="already the group of audience"):
         Config.model_validate(
             {
-                "civicrm": {"url": "https://crm.example.org", "api_key": CIVI_KEY},
+                "civicrm": {
+                    "url": "https://crm.example.org",
+                    "api_key": CIVI_KEY,
+                    "timezone": "UTC",
+                },
                 "mailchimp": {"accounts": {"main": account}},
                 "audience": [audience, {**audience, "list_id": "L2"}],
             }
@@ -327,7 +352,7 @@ def test_secrets_never_appear(tmp_path: Path) -> None:
     # Secrets in wrong places and wrong shapes: no message may echo them.
     text = MINIMAL + 'api_kee = "${CIVICRM_API_KEY}"\n'
     wrong = 'site_key = ["${CIVICRM_SITE_KEY}"]\ntimezone = "${CIVICRM_API_KEY}"\n'
-    text = text.replace("[mailchimp", wrong + "[mailchimp", 1)
+    text = text.replace('timezone = "UTC"\n', wrong, 1)
     bad_env = {**ENV, "MAILCHIMP_API_KEY": "Zz9-" + CIVI_KEY}
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, text), bad_env)

@@ -37,6 +37,7 @@ class Generated:
             "[civicrm]",
             f'url = "{CIVI}/civicrm/ajax/api4"',
             f'api_key = "{CIVICRM_KEY}"',
+            'timezone = "UTC"',
             f'site_key = "{CIVICRM_SITE_KEY}"',
             "[mailchimp.accounts.main]",
             f'api_key = "{MAILCHIMP_KEY}"',

@@ -683,7 +683,11 @@ class CiviSim:
         select = params.get("select") or []
         if not isinstance(select, list):
             raise CiviApiError("Invalid select: expected a list")
-        items, row_count = query.expand_select(select)
+        # APIv4 SQL functions in select: only NOW() ("NOW() AS alias"), the server's current
+        # time in the site's zone like every date it returns (civicrm-core SqlFunctionNOW).
+        now_keys = [key for key in map(_now_alias, select) if key]
+        fields = [e for e in select if not _now_alias(e)]
+        items, row_count = query.expand_select(fields) if fields or not now_keys else ([], False)
         where_sql, order_sql = self._where_and_order(ctx, query, entity, params)
         limit, offset = _int_param(params, "limit"), _int_param(params, "offset")
         total = None
@@ -702,6 +706,8 @@ class CiviSim:
              for i, item in enumerate(items)}
             for raw in cursor
         ]  # fmt: skip
+        for row in rows:
+            row.update(dict.fromkeys(now_keys, self.now()))
         return rows, total
 
     def _where_and_order(self, ctx: _Ctx, query: Query, entity: str, params: dict[str, Any]
@@ -1297,3 +1303,12 @@ def _filter_rows(rows: list[dict[str, Any]], where: Any) -> list[dict[str, Any]]
         wanted = clause[2] if clause[1] == "IN" else [clause[2]]
         rows = [r for r in rows if r.get(clause[0]) in wanted]
     return rows
+
+
+_NOW_SELECT = re.compile(r"NOW\(\)(?:\s+AS\s+(\w+))?", re.IGNORECASE)
+
+
+def _now_alias(expr: Any) -> str | None:
+    """The result key of a ``NOW()`` select expression (its alias), or None for other items."""
+    found = _NOW_SELECT.fullmatch(expr.strip()) if isinstance(expr, str) else None
+    return (found.group(1) or "NOW") if found else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from email.utils import formatdate
 
 import httpx
 
@@ -29,6 +30,8 @@ def to_sim_request(request: httpx.Request) -> SimRequest:
 def to_httpx_response(response: SimResponse, request: httpx.Request) -> httpx.Response:
     headers = dict(response.headers)
     headers["Content-Length"] = str(len(response.body))
+    # Every HTTP server sends its clock (RFC 9110 §6.6.1), as the loopback server does.
+    headers.setdefault("Date", formatdate(usegmt=True))
     return httpx.Response(response.status, headers=headers, content=response.body, request=request)
 
 

@@ -87,6 +87,7 @@ class SimWorld:
             f'url = "{self.civicrm_url}"',
             f'api_key = "{CIVICRM_KEY}"',
             f'site_key = "{CIVICRM_SITE_KEY}"',
+            f'timezone = "{self.civicrm.timezone}"',
             "",
             "[mailchimp.accounts.main]",
             f'api_key = "{MAILCHIMP_KEY}"',
