@@ -28,6 +28,7 @@ def push_batches(ctx: RunContext) -> None:
         updates = queued_updates(ctx, BATCH_SIZE)
         if not updates:
             return
+        ctx.check_lease()
         now = iso(utc_now())
         with ctx.staging.atomic():
             cursor = ctx.staging.execute(

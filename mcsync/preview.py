@@ -166,17 +166,10 @@ def discard_plan(staging: Staging, list_id: str) -> None:
     state = staging.state(list_id)
     started = state.get("run_started") or ""
     with staging.atomic():
-        staging.execute(
-            "UPDATE rows SET sync_status = 'todo', mc_expected = NULL WHERE list_id = ? AND "
-            "(sync_status IN ('live', 'fail') OR id IN (SELECT row_id FROM updates "
-            "WHERE list_id = ? AND state = 'queued') OR contact_id IN "
-            "(SELECT contact_id FROM civi_writes WHERE list_id = ?))",
-            (list_id, list_id, list_id),
-        )
+        staging.drop_plan(list_id)  # the same rows `abort` sends back (first: it reads updates)
         staging.execute(
             "DELETE FROM updates WHERE list_id = ? AND state = 'queued' AND created_at >= ?",
             (list_id, started),
         )
-        staging.execute("DELETE FROM civi_writes WHERE list_id = ?", (list_id,))
         if state and state["stage"] not in ("idle",):
             staging.set_state(list_id, stage="create_contacts", cursor=0)

@@ -26,6 +26,7 @@ def push_civicrm(ctx: RunContext) -> None:
         writes = _drop_overtaken(ctx, writes)
         if not writes:
             continue
+        ctx.check_lease()
         try:
             _save_group_statuses(ctx, writes)
         except ApiError as exc:
@@ -75,6 +76,7 @@ def _save_one_by_one(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3
     contact an ACL hides) fails alone, with its reason on its row, and the rest go through."""
     saved = []
     for write in writes:
+        ctx.check_lease()
         try:
             _save_group_statuses(ctx, [write])
         except ApiError as exc:
@@ -111,6 +113,7 @@ def _push_new_emails(ctx: RunContext) -> None:
                 (write["contact_id"], (write["email"] or "").lower()),
             )
             if not known:
+                ctx.check_lease()
                 ctx.civicrm.call(
                     "Email",
                     "create",
@@ -185,6 +188,7 @@ def _push_holds(ctx: RunContext) -> None:
                 )
             )
         if email_ids:
+            ctx.check_lease()
             ctx.civicrm.call(  # every record has its id: safe to repeat
                 "Email",
                 "save",

@@ -39,6 +39,7 @@ def _push_direct(ctx: RunContext) -> None:
         updates = _one_per_address(queued_updates(ctx, BULK_LIMIT * 2))[:BULK_LIMIT]
         if not updates:
             return
+        ctx.check_lease()
         data_only = [u for u in updates if "status" not in json.loads(u["body"])]
         if data_only:
             _put_data_only(ctx, data_only)

@@ -357,6 +357,42 @@ class Staging:
         ).fetchall()
         return [dict(r) for r in reversed(rows)]
 
+    # -- plans --------------------------------------------------------------------------
+    def drop_plan(self, list_id: str) -> int:
+        """Drop the audience's planned CiviCRM writes and send back to `todo` every row whose
+        writes are planned or in flight (and every failed one), so the next run decides them
+        again: `abort` and an undone dry run may drop a plan, never the facts behind it (a
+        Mailchimp unsubscribe whose CiviCRM removal was queued is still an unsubscribe).
+
+        The one rule both use. Call it in the transaction that also settles the Mailchimp
+        updates, before their states change (rows are found through them). Address changes
+        learned at Mailchimp (`email` writes) are facts no later fetch sees again: they stay
+        queued. A row keeps `mc_expected` while a write of its may have reached Mailchimp, so
+        that change keeps the time of the choice it carried. Returns the rows sent back."""
+        planned = ",".join(f"'{kind}'" for kind in PLANNED_CIVI_WRITES)
+        with self.atomic():
+            count = self.execute(
+                f"""
+                UPDATE rows SET sync_status = 'todo', mc_expected = CASE WHEN EXISTS (
+                    SELECT 1 FROM updates u WHERE u.row_id = rows.id
+                    AND u.state IN ('submitting', 'submitted')) THEN mc_expected ELSE NULL END
+                WHERE list_id = ? AND (sync_status IN ('live', 'fail')
+                    OR id IN (SELECT row_id FROM updates WHERE list_id = ?
+                              AND state IN ('queued', 'submitting', 'submitted'))
+                    OR contact_id IN (SELECT contact_id FROM civi_writes WHERE list_id = ?
+                                      AND kind IN ({planned})))
+                """,
+                (list_id, list_id, list_id),
+            ).rowcount
+            self.execute(
+                f"DELETE FROM civi_writes WHERE list_id = ? AND kind IN ({planned})", (list_id,)
+            )
+        return count
+
+
+# CiviCRM writes that are decisions (a plan); `email` writes carry facts fetched from Mailchimp.
+PLANNED_CIVI_WRITES = ("group", "hold")
+
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
