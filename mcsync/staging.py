@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -388,6 +388,36 @@ class Staging:
                 f"DELETE FROM civi_writes WHERE list_id = ? AND kind IN ({planned})", (list_id,)
             )
         return count
+
+    def rows_by_id(self, row_ids: list[int]) -> list[sqlite3.Row]:
+        marks = ",".join("?" * len(row_ids))
+        return self.query(f"SELECT * FROM rows WHERE id IN ({marks})", row_ids)
+
+    def member_rows_of_contacts(self, list_id: str, contact_ids: Sequence[int]) -> list[sqlite3.Row]:
+        """The audience's member rows (at Mailchimp) of these contacts."""
+        ids = sorted(set(contact_ids))
+        marks = ",".join("?" * len(ids))
+        return self.query(
+            f"SELECT id, contact_id, mc_hash, mc_last_changed FROM rows WHERE list_id = ? "
+            f"AND mc_hash IS NOT NULL AND contact_id IN ({marks})",
+            (list_id, *ids),
+        )
+
+    def abort_updates(self, update_ids: list[int], detail: str) -> None:
+        """Drop queued updates a newer change overtook and send their rows back to `todo`.
+        A row keeps `mc_expected`: after a crash a queued write may have been sent already,
+        and its echo at Mailchimp must keep the time of the choice it carried."""
+        with self.atomic():
+            self.conn.executemany(
+                "UPDATE updates SET state = 'aborted', completed_at = ?, error_detail = ? "
+                "WHERE id = ? AND state = 'queued'",
+                [(iso(utc_now()), detail, i) for i in update_ids],
+            )
+            self.conn.executemany(
+                "UPDATE rows SET sync_status = 'todo' "
+                "WHERE id = (SELECT row_id FROM updates WHERE id = ?)",
+                [(i,) for i in update_ids],
+            )
 
 
 # CiviCRM writes that are decisions (a plan); `email` writes carry facts fetched from Mailchimp.
