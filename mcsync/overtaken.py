@@ -78,7 +78,9 @@ def mailchimp_news(ctx: RunContext) -> dict[str, str]:
                 for member in members:
                     news[member["id"]] = iso(parse_iso(member.get("last_changed"))) or ""
         finally:
-            pages.close()
+            close = getattr(pages, "close", None)
+            if close:
+                close()
         ctx.mailchimp_news = news
     return ctx.mailchimp_news
 

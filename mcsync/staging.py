@@ -393,7 +393,9 @@ class Staging:
         marks = ",".join("?" * len(row_ids))
         return self.query(f"SELECT * FROM rows WHERE id IN ({marks})", row_ids)
 
-    def member_rows_of_contacts(self, list_id: str, contact_ids: Sequence[int]) -> list[sqlite3.Row]:
+    def member_rows_of_contacts(
+        self, list_id: str, contact_ids: Sequence[int]
+    ) -> list[sqlite3.Row]:
         """The audience's member rows (at Mailchimp) of these contacts."""
         ids = sorted(set(contact_ids))
         marks = ",".join("?" * len(ids))

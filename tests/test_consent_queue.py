@@ -54,7 +54,9 @@ def _people_in_sync(world: World, count: int) -> list[int]:
     """``count`` people subscribed on both sides since days ago, and one synced run."""
     clock = _civicrm_with_old_contacts(world)
     clock.offset = timedelta(days=3)
-    contacts = [world.person(f"p{n}@example.org", mc="subscribed", civi="Added") for n in range(count)]
+    contacts = [
+        world.person(f"p{n}@example.org", mc="subscribed", civi="Added") for n in range(count)
+    ]
     clock.offset = timedelta(0)
     world.civi.add_contact("Staff", "Member")  # someone edited today, outside the audience
     assert world.sync()[0].outcome.completed  # type: ignore[union-attr]
