@@ -9,10 +9,14 @@ meanwhile. Before each chunk of writes, both push stages ask both sides:
 - CiviCRM: is there SubscriptionHistory after the run's bookmark, not written by mcsync, for
   these contacts and the audience's groups? One request per chunk, always.
 - Mailchimp: has the member changed since the run read it? When an earlier process read the
-  run's members (the plan waited), the members changed since the run started are read again
+  run's data (the plan waited), the members changed since the run started are read again
   once per process (paged `since_last_changed`, a few requests whatever the audience's size),
   and a member whose `last_changed` is newer than the staged one overtakes the writes of its
-  row. A process that read the members itself pushes what it just planned, as any run does.
+  row. A process that read the data itself pushes what it just planned, as any run does.
+- CiviCRM contacts, for a plan that waited: an opt-out, do-not-email, death or trash leaves no
+  history, only a newer `modified_date`; a contact modified after the run's mark overtakes the
+  Mailchimp updates of its rows (one request per chunk). CiviCRM writes follow Mailchimp's
+  choices, which such flags never hold back, so they are not checked for it.
 
 An overtaken write is dropped and its row decided again by the next run, whose fetch reads the
 newer change (both sides' changes are after the marks the next run starts from).
@@ -58,10 +62,32 @@ def civicrm_changes(ctx: RunContext, contact_ids: Sequence[int]) -> set[tuple[in
     }
 
 
+def contacts_modified(ctx: RunContext, contact_ids: Sequence[int]) -> set[int]:
+    """Of these contacts, those modified in CiviCRM after the run's mark (taken when it
+    started, before it read any contact), when the plan waited for another process."""
+    mark = ctx.staging.state(ctx.list_id)["modified_target"]
+    if ctx.read_data_here or not contact_ids or not mark:
+        return set()
+    found = ctx.civicrm.call(
+        "Contact",
+        "get",
+        {
+            "select": ["id"],
+            "where": [
+                ["id", "IN", sorted(set(contact_ids))],
+                ["modified_date", ">", mark],
+                ["is_deleted", "IN", [True, False]],
+            ],
+            "limit": 0,
+        },
+    )
+    return {int(r["id"]) for r in found}
+
+
 def mailchimp_news(ctx: RunContext) -> dict[str, str]:
     """Members changed at Mailchimp since the run read them: subscriber hash → last_changed.
-    Empty when this process read the members itself; read once per process otherwise."""
-    if ctx.read_mailchimp_here:
+    Empty when this process read the run's data itself; read once per process otherwise."""
+    if ctx.read_data_here:
         return {}
     if ctx.mailchimp_news is None:
         started = parse_iso(ctx.staging.state(ctx.list_id)["run_started"]) or utc_now()
@@ -112,6 +138,7 @@ def drop_overtaken_updates(ctx: RunContext, updates: list[sqlite3.Row]) -> list[
     rows = {r["id"]: r for r in ctx.staging.rows_by_id(sorted({u["row_id"] for u in updates}))}
     contact_ids = [r["contact_id"] for r in rows.values() if r["contact_id"] is not None]
     changed_in_civicrm = {contact for contact, _ in civicrm_changes(ctx, contact_ids)}
+    changed_in_civicrm |= contacts_modified(ctx, contact_ids)
     news = mailchimp_news(ctx)
     overtaken = []
     for update in updates:
@@ -127,7 +154,7 @@ def drop_overtaken_updates(ctx: RunContext, updates: list[sqlite3.Row]) -> list[
         return updates
     ctx.staging.abort_updates(
         [u["id"] for u in overtaken],
-        "Overtaken: the person's subscription changed after this update was planned; "
+        "Overtaken: the contact or member changed after this update was planned; "
         "decided again next run.",
     )
     ctx.log(

@@ -82,9 +82,9 @@ class RunContext:
     progress: ProgressFn = _no_progress
     run_id: str = ""
     lease: Lease | None = None
-    # True once this process has read the run's Mailchimp members from the first page: its
+    # True once this process has read the run's data from its first Mailchimp page on: its
     # plan rests on data no older than the process, so its writes need no re-read (overtaken).
-    read_mailchimp_here: bool = False
+    read_data_here: bool = False
     # Members changed at Mailchimp since the run's data was read (hash -> last_changed), read
     # once by a process that writes a plan an earlier process made (see overtaken).
     mailchimp_news: dict[str, str] | None = None

@@ -191,7 +191,7 @@ def _run_stages(
                 return RunOutcome(ctx.list_id, ctx.group_id, False, stage, time.monotonic() - t0)
             ctx.check_lease()
             if stage == "fetch_mailchimp" and not staging.state(ctx.list_id)["mc_offset"]:
-                ctx.read_mailchimp_here = True
+                ctx.read_data_here = True
             index = STAGE_NAMES.index(stage)
             _, function, when = STAGES[index]
             if when in ("any", "write", mode):

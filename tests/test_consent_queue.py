@@ -5,6 +5,7 @@ newer change overtook it; a run that lost its lease stops writing at its next ch
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -182,6 +183,31 @@ def test_brake_override_skips_a_subscribe_the_person_overtook_at_mailchimp(
     assert run("fetch-and-reconcile").exit_code == 0
     assert world.mc_status("late@example.org") == "unsubscribed"
     assert world.civi_status(newcomer) == "Removed"
+
+
+def test_brake_override_skips_a_subscribe_for_a_contact_who_opted_out_meanwhile(
+    world: World,
+    synced,  # type: ignore[no-untyped-def]
+) -> None:
+    """Opting out leaves no subscription history, only a newer `modified_date`: the planned
+    subscribe of a contact who opted out while the plan waited is not sent either."""
+    contacts, run = synced
+    newcomer = world.person("late@example.org", civi="Added", civi_at=world.ago(hours=1))
+    assert newcomer is not None
+    for contact in contacts[:10]:
+        world.civi.set_group_status(contact, world.group_id, "Removed")
+    assert run("fetch-and-reconcile").exit_code == 1
+    world.civi.update_contact(newcomer, is_opt_out=True)
+
+    allowed = run("fetch-and-reconcile", "--allow-mass-changes")
+    assert allowed.exit_code == 0, allowed.output
+    assert world.mc_status("late@example.org") is None
+    assert run("fetch-and-reconcile").exit_code == 0
+    assert world.mc_status("late@example.org") is None
+    failures = json.loads(run("failures", "--json").output)
+    assert [f["reason"] for f in failures if f["email"] == "late@example.org"] == [
+        "privacy_flags"
+    ]
 
 
 def test_writes_left_by_a_budget_pause_are_checked_when_the_run_resumes(
