@@ -205,9 +205,7 @@ def test_brake_override_skips_a_subscribe_for_a_contact_who_opted_out_meanwhile(
     assert run("fetch-and-reconcile").exit_code == 0
     assert world.mc_status("late@example.org") is None
     failures = json.loads(run("failures", "--json").output)
-    assert [f["reason"] for f in failures if f["email"] == "late@example.org"] == [
-        "privacy_flags"
-    ]
+    assert [f["reason"] for f in failures if f["email"] == "late@example.org"] == ["privacy_flags"]
 
 
 def test_writes_left_by_a_budget_pause_are_checked_when_the_run_resumes(
