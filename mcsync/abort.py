@@ -59,13 +59,14 @@ def abort_audience(config: Config, audience: AudienceConfig) -> str:
             list_id,
             f"Aborted: {len(batches)} batches cancelled, {failed} submitted updates marked "
             f"failed, {discarded} unsubmitted updates discarded; the next run starts afresh "
-            f"and decides those {redecided} contacts again",
+            f"and decides again for the {redecided} people concerned",
             "warning",
         )
         return (
             f"Aborted audience {list_id} (group {audience.group_id}): {len(batches)} batches "
             f"cancelled, {failed} submitted updates marked failed, {discarded} unsubmitted "
-            f"updates discarded. The next run starts from the beginning."
+            f"updates discarded. The next run starts from the beginning and decides again "
+            f"for the {redecided} people concerned."
         )
     finally:
         staging.release_lease(list_id, owner)

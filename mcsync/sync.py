@@ -288,7 +288,7 @@ def advance(ctx: RunContext, index: int) -> None:
 
 
 def reset_run(staging: Staging, list_id: str) -> None:
-    """Back to the start (abort): the next run starts afresh with a full fetch."""
+    """Back to the start (abort): the next run starts afresh, with new windows."""
     with staging.atomic():
         staging.set_state(list_id, stage="idle", cursor=0, mc_offset=0, run_id=None)
 
