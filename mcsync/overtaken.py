@@ -63,7 +63,7 @@ def civicrm_changes(ctx: RunContext, contact_ids: Sequence[int]) -> set[tuple[in
 
 
 def contacts_modified(ctx: RunContext, contact_ids: Sequence[int]) -> set[int]:
-    """Of these contacts, those modified in CiviCRM after the run's mark (taken when it
+    """Of these contacts, those modified in CiviCRM since the run's mark (taken when it
     started, before it read any contact), when the plan waited for another process."""
     mark = ctx.staging.state(ctx.list_id)["modified_target"]
     if ctx.read_data_here or not contact_ids or not mark:
@@ -75,7 +75,8 @@ def contacts_modified(ctx: RunContext, contact_ids: Sequence[int]) -> set[int]:
             "select": ["id"],
             "where": [
                 ["id", "IN", sorted(set(contact_ids))],
-                ["modified_date", ">", mark],
+                # Dates have whole seconds: an edit in the mark's own second may be newer.
+                ["modified_date", ">=", mark],
                 ["is_deleted", "IN", [True, False]],
             ],
             "limit": 0,
