@@ -75,8 +75,7 @@ def contacts_modified(ctx: RunContext, contact_ids: Sequence[int]) -> set[int]:
             "select": ["id"],
             "where": [
                 ["id", "IN", sorted(set(contact_ids))],
-                # Dates have whole seconds: an edit in the mark's own second may be newer.
-                ["modified_date", ">=", mark],
+                ["modified_date", ">", mark],
                 ["is_deleted", "IN", [True, False]],
             ],
             "limit": 0,
@@ -112,11 +111,12 @@ def mailchimp_news(ctx: RunContext) -> dict[str, str]:
     return ctx.mailchimp_news
 
 
-def changed_at_mailchimp(news: dict[str, str], member_hash: str | None, staged: str | None) -> bool:
-    """The member changed after the `last_changed` the plan saw (or appeared since)."""
-    if member_hash is None or member_hash not in news:
+def changed_at_mailchimp(news: dict[str, str], subscriber: str | None, staged: str | None) -> bool:
+    """The member (by subscriber hash) changed after the `last_changed` the plan saw, or
+    appeared at Mailchimp since."""
+    if subscriber is None or subscriber not in news:
         return False
-    return staged is None or news[member_hash] > staged
+    return staged is None or news[subscriber] > staged
 
 
 def contacts_changed_at_mailchimp(ctx: RunContext, contact_ids: Sequence[int]) -> set[int]:

@@ -14,13 +14,14 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner, Result
-from conftest import CIVI_KEY, World
+from conftest import CIVI_KEY, MC_KEY, World
 
 from mcsync import abort, batches, engine, push_civicrm, push_mailchimp
 from mcsync.budget import Budget
 from mcsync.cli import main
 from mcsync.errors import BudgetExhausted
 from mcsync.sim.civicrm import CiviSim
+from mcsync.sim.mailchimp import MailchimpSim
 from mcsync.sim.transport import MultiSimTransport
 from mcsync.staging import Staging
 
@@ -28,7 +29,8 @@ Run = Callable[..., Result]
 
 
 class ShiftedClock:
-    """CiviCRM's clock, set back while a test seeds contacts that were last edited long ago."""
+    """The services' clock, set back while a test seeds what happened long ago, and forward
+    for a change made a few seconds after a run (both services keep whole seconds)."""
 
     def __init__(self) -> None:
         self.offset = timedelta(0)
@@ -37,11 +39,13 @@ class ShiftedClock:
         return datetime.now(UTC) - self.offset
 
 
-def _civicrm_with_old_contacts(world: World) -> ShiftedClock:
-    """Give the world a CiviCRM whose clock the test can set back (before anything is seeded):
+def _services_with_a_clock(world: World) -> ShiftedClock:
+    """Give the world simulators whose clock the test sets (before anything is seeded):
     contacts seeded while it is set back were last modified then, as on a real site, so an
     incremental run does not read them again for their modified_date."""
     clock = ShiftedClock()
+    world.mc = MailchimpSim(clock=clock, batch_delay=0.0)
+    world.list_id = world.mc.add_list(MC_KEY, "Newsletter")
     world.civi = CiviSim(CIVI_KEY, clock=clock)
     world.group_id = world.civi.add_group("Newsletter")
     world.transport = MultiSimTransport(
@@ -51,9 +55,10 @@ def _civicrm_with_old_contacts(world: World) -> ShiftedClock:
     return clock
 
 
-def _people_in_sync(world: World, count: int) -> list[int]:
-    """``count`` people subscribed on both sides since days ago, and one synced run."""
-    clock = _civicrm_with_old_contacts(world)
+def _people_in_sync(world: World, count: int) -> tuple[list[int], ShiftedClock]:
+    """``count`` people subscribed on both sides since days ago, one synced run, and
+    CiviCRM's clock."""
+    clock = _services_with_a_clock(world)
     clock.offset = timedelta(days=3)
     contacts = [
         world.person(f"p{n}@example.org", mc="subscribed", civi="Added") for n in range(count)
@@ -61,13 +66,13 @@ def _people_in_sync(world: World, count: int) -> list[int]:
     clock.offset = timedelta(0)
     world.civi.add_contact("Staff", "Member")  # someone edited today, outside the audience
     assert world.sync()[0].outcome.completed  # type: ignore[union-attr]
-    return [c for c in contacts if c is not None]
+    return [c for c in contacts if c is not None], clock
 
 
 @pytest.fixture
-def synced(world: World, monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], Run]:
-    """Twenty people in sync, and a CLI runner using the world's simulators."""
-    contacts = _people_in_sync(world, 20)
+def synced(world: World, monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], Run, ShiftedClock]:
+    """Twenty people in sync, a CLI runner using the world's simulators, CiviCRM's clock."""
+    contacts, clock = _people_in_sync(world, 20)
     real_sync = engine.sync_audiences
     monkeypatch.setattr(
         engine,
@@ -81,7 +86,7 @@ def synced(world: World, monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], Ru
     def run(*args: str) -> Result:
         return CliRunner().invoke(main, [*args, "--config", str(world.config_path)])
 
-    return contacts, run
+    return contacts, run, clock
 
 
 def _emails_of(world: World, contact: int) -> set[str]:
@@ -96,7 +101,7 @@ def test_abort_keeps_unsubscribes_made_at_mailchimp(world: World, synced) -> Non
     """Three people unsubscribe at Mailchimp; the brake stops the run before their CiviCRM
     removals are written; the operator aborts. The unsubscribes are facts: the next runs
     decide them again (here the brake trips again, until allowed), never forget them."""
-    contacts, run = synced
+    contacts, run, _ = synced
     for n in range(3):
         world.mc.set_member_status(world.list_id, f"p{n}@example.org", "unsubscribed")
     braked = run("fetch-and-reconcile")
@@ -113,7 +118,7 @@ def test_abort_keeps_unsubscribes_made_at_mailchimp(world: World, synced) -> Non
 
 
 def test_abort_keeps_an_address_change_learned_from_mailchimp(world: World, synced) -> None:  # type: ignore[no-untyped-def]
-    contacts, run = synced
+    contacts, run, _ = synced
     world.mc.edit_member(world.list_id, "p0@example.org", new_email="p0.new@example.org")
     for contact in contacts[5:]:  # a group emptied by mistake: the brake trips
         world.civi.set_group_status(contact, world.group_id, "Removed")
@@ -128,7 +133,7 @@ def test_abort_keeps_an_address_change_learned_from_mailchimp(world: World, sync
 
 
 def test_a_dry_run_keeps_an_address_change_learned_from_mailchimp(world: World, synced) -> None:  # type: ignore[no-untyped-def]
-    contacts, run = synced
+    contacts, run, _ = synced
     world.mc.edit_member(world.list_id, "p0@example.org", new_email="p0.new@example.org")
     assert run("fetch-and-reconcile", "--dry-run").exit_code == 0
     assert _emails_of(world, contacts[0]) == {"p0@example.org"}, "a dry run wrote"
@@ -143,7 +148,7 @@ def test_brake_override_keeps_contacts_staff_re_added_meanwhile(world: World, sy
     """The brake parks a plan to unsubscribe everyone; staff re-add five contacts before the
     operator overrides. Those five were re-added later than the plan: they stay subscribed
     (never unsubscribed, then sent a confirmation email as 'pending')."""
-    contacts, run = synced
+    contacts, run, _ = synced
     for contact in contacts:
         world.civi.set_group_status(contact, world.group_id, "Removed")
     assert run("fetch-and-reconcile").exit_code == 1
@@ -167,7 +172,7 @@ def test_brake_override_skips_a_subscribe_the_person_overtook_at_mailchimp(
     meanwhile the person turns up at Mailchimp unsubscribed (they signed up and left). The
     later choice stands: no subscribe (and no confirmation email) goes out, and CiviCRM follows
     Mailchimp at the next run."""
-    contacts, run = synced
+    contacts, run, _ = synced
     newcomer = world.person("late@example.org", civi="Added", civi_at=world.ago(hours=1))
     assert newcomer is not None
     for contact in contacts[:10]:
@@ -185,18 +190,45 @@ def test_brake_override_skips_a_subscribe_the_person_overtook_at_mailchimp(
     assert world.civi_status(newcomer) == "Removed"
 
 
+def test_brake_override_keeps_a_member_who_came_back_at_mailchimp_in_the_group(
+    world: World,
+    synced,  # type: ignore[no-untyped-def]
+) -> None:
+    """The other direction: the plan removes from CiviCRM three people who unsubscribed at
+    Mailchimp; one of them subscribes again while the plan waits. Their group is left alone
+    (not removed, then added back by the next run)."""
+    contacts, run, clock = synced
+    for n in range(3):
+        world.mc.set_member_status(world.list_id, f"p{n}@example.org", "unsubscribed")
+    assert run("fetch-and-reconcile").exit_code == 1
+    clock.offset = -timedelta(seconds=5)  # a few seconds later
+    world.mc.set_member_status(world.list_id, "p0@example.org", "subscribed")
+    history = len(world.civi.query("SELECT id FROM subscription_history"))
+
+    allowed = run("fetch-and-reconcile", "--allow-mass-changes")
+    assert allowed.exit_code == 0, allowed.output
+    assert [world.civi_status(c) for c in contacts[:3]] == ["Added", "Removed", "Removed"]
+    assert run("fetch-and-reconcile").exit_code == 0
+    assert world.civi_status(contacts[0]) == "Added"
+    changed = world.civi.query(
+        "SELECT contact_id FROM subscription_history WHERE id > ?", (history,)
+    )
+    assert contacts[0] not in {r["contact_id"] for r in changed}, "removed, then added back"
+
+
 def test_brake_override_skips_a_subscribe_for_a_contact_who_opted_out_meanwhile(
     world: World,
     synced,  # type: ignore[no-untyped-def]
 ) -> None:
     """Opting out leaves no subscription history, only a newer `modified_date`: the planned
     subscribe of a contact who opted out while the plan waited is not sent either."""
-    contacts, run = synced
+    contacts, run, clock = synced
     newcomer = world.person("late@example.org", civi="Added", civi_at=world.ago(hours=1))
     assert newcomer is not None
     for contact in contacts[:10]:
         world.civi.set_group_status(contact, world.group_id, "Removed")
     assert run("fetch-and-reconcile").exit_code == 1
+    clock.offset = -timedelta(seconds=5)  # a few seconds later
     world.civi.update_contact(newcomer, is_opt_out=True)
 
     allowed = run("fetch-and-reconcile", "--allow-mass-changes")
@@ -214,7 +246,7 @@ def test_writes_left_by_a_budget_pause_are_checked_when_the_run_resumes(
     """A run paused with Mailchimp writes queued resumes later; a contact re-added in CiviCRM
     in between is not unsubscribed by the old plan."""
     world = make_world()
-    contacts = _people_in_sync(world, 4)
+    contacts, _ = _people_in_sync(world, 4)
     world.write_config("max_removal_share = 1.0")
     for contact in contacts[:3]:
         world.civi.set_group_status(contact, world.group_id, "Removed")
@@ -298,7 +330,7 @@ def test_a_run_that_lost_its_lease_stops_before_its_next_write(
     is_write: Callable[..., bool],
 ) -> None:
     world = make_world(batch_threshold=2 if side == "batches" else 200)
-    contacts = _people_in_sync(world, 6)
+    contacts, _ = _people_in_sync(world, 6)
     world.write_config("max_removal_share = 1.0")
     monkeypatch.setattr(push_civicrm, "CIVI_WRITE_CHUNK", 2)
     monkeypatch.setattr(push_mailchimp, "BULK_LIMIT", 2)
