@@ -135,7 +135,11 @@ def test_abort_keeps_an_address_change_learned_from_mailchimp(world: World, sync
 def test_a_dry_run_keeps_an_address_change_learned_from_mailchimp(world: World, synced) -> None:  # type: ignore[no-untyped-def]
     contacts, run, _ = synced
     world.mc.edit_member(world.list_id, "p0@example.org", new_email="p0.new@example.org")
-    assert run("fetch-and-reconcile", "--dry-run").exit_code == 0
+    dry = run("fetch-and-reconcile", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    [plan] = json.loads(dry.stdout)["audiences"]
+    assert plan["totals"] == {"civicrm_emails": 1}
+    assert [c["change"] for c in plan["changes"]] == ["add email p0.new@example.org"]
     assert _emails_of(world, contacts[0]) == {"p0@example.org"}, "a dry run wrote"
     assert run("fetch-and-reconcile").exit_code == 0
     assert _emails_of(world, contacts[0]) == {"p0@example.org", "p0.new@example.org"}
