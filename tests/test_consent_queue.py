@@ -56,8 +56,8 @@ def _services_with_a_clock(world: World) -> ShiftedClock:
 
 
 def _people_in_sync(world: World, count: int) -> tuple[list[int], ShiftedClock]:
-    """``count`` people subscribed on both sides since days ago, one synced run, and
-    CiviCRM's clock."""
+    """``count`` people subscribed on both sides since days ago, one synced run, and the
+    services' clock."""
     clock = _services_with_a_clock(world)
     clock.offset = timedelta(days=3)
     contacts = [
@@ -71,7 +71,7 @@ def _people_in_sync(world: World, count: int) -> tuple[list[int], ShiftedClock]:
 
 @pytest.fixture
 def synced(world: World, monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], Run, ShiftedClock]:
-    """Twenty people in sync, a CLI runner using the world's simulators, CiviCRM's clock."""
+    """Twenty people in sync, a CLI runner using the world's simulators, their clock."""
     contacts, clock = _people_in_sync(world, 20)
     real_sync = engine.sync_audiences
     monkeypatch.setattr(
@@ -109,7 +109,7 @@ def test_abort_keeps_unsubscribes_made_at_mailchimp(world: World, synced) -> Non
     aborted = run("abort", "--group-id", str(world.group_id))
     assert aborted.exit_code == 0, aborted.output
 
-    again = run("fetch-and-reconcile")  # an incremental run: nothing new was fetched
+    again = run("fetch-and-reconcile")  # incremental: these members did not change again
     assert again.exit_code == 1 and "remove 3 of 20 contacts" in again.output, again.output
     allowed = run("fetch-and-reconcile", "--allow-mass-changes")
     assert allowed.exit_code == 0, allowed.output
