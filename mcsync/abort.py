@@ -14,7 +14,9 @@ ABORTED = "Sync was aborted"
 
 def abort_audience(config: Config, audience: AudienceConfig) -> str:
     """Cancel pending batches at Mailchimp, mark their updates failed ("aborted"), discard
-    unsubmitted updates and planned CiviCRM writes, and reset the run to its start."""
+    unsubmitted updates and planned CiviCRM writes, and reset the run to its start. Only the
+    plan goes: every row whose writes are dropped is decided again by the next run (DESIGN §4,
+    the consent invariant), so the facts behind the plan still reach the other side."""
     staging = Staging(config.state_db)
     owner = lease_owner()
     list_id = audience.list_id
@@ -36,6 +38,7 @@ def abort_audience(config: Config, audience: AudienceConfig) -> str:
                     client.delete_batch(batch["mc_batch_id"])
         now = iso(utc_now())
         with staging.atomic():
+            redecided = staging.drop_plan(list_id)  # first: it finds rows by their updates
             staging.execute(
                 "UPDATE batches SET status = 'aborted', completed_at = ? WHERE list_id = ? "
                 "AND status NOT IN ('processed', 'aborted')",
@@ -51,23 +54,19 @@ def abort_audience(config: Config, audience: AudienceConfig) -> str:
                 "WHERE list_id = ? AND state = 'queued'",
                 (now, ABORTED, list_id),
             ).rowcount
-            staging.execute("DELETE FROM civi_writes WHERE list_id = ?", (list_id,))
-            staging.execute(
-                "UPDATE rows SET sync_status = 'todo', mc_expected = NULL WHERE list_id = ? "
-                "AND sync_status = 'live'",
-                (list_id,),
-            )
         reset_run(staging, list_id)
         staging.log(
             list_id,
             f"Aborted: {len(batches)} batches cancelled, {failed} submitted updates marked "
-            f"failed, {discarded} unsubmitted updates discarded; the next run starts afresh",
+            f"failed, {discarded} unsubmitted updates discarded; the next run starts afresh "
+            f"and decides again for the {redecided} people concerned",
             "warning",
         )
         return (
             f"Aborted audience {list_id} (group {audience.group_id}): {len(batches)} batches "
             f"cancelled, {failed} submitted updates marked failed, {discarded} unsubmitted "
-            f"updates discarded. The next run starts from the beginning."
+            f"updates discarded. The next run starts from the beginning and decides again "
+            f"for the {redecided} people concerned."
         )
     finally:
         staging.release_lease(list_id, owner)

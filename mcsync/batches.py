@@ -11,6 +11,7 @@ from typing import Any
 
 from mcsync.errors import ApiError, BudgetExhausted
 from mcsync.mailchimp import member_put_operation
+from mcsync.overtaken import drop_overtaken_updates
 from mcsync.run import RunContext
 from mcsync.staging import iso, parse_iso, utc_now
 from mcsync.updates import apply_result, fail_update, queued_updates
@@ -28,6 +29,10 @@ def push_batches(ctx: RunContext) -> None:
         updates = queued_updates(ctx, BATCH_SIZE)
         if not updates:
             return
+        updates = drop_overtaken_updates(ctx, updates)
+        if not updates:
+            continue
+        ctx.check_lease()
         now = iso(utc_now())
         with ctx.staging.atomic():
             cursor = ctx.staging.execute(

@@ -246,6 +246,7 @@ TOTAL_LABELS = [
     ("mailchimp_subscribes", "subscribed at Mailchimp"),
     ("mailchimp_unsubscribes", "unsubscribed at Mailchimp"),
     ("mailchimp_updates", "other Mailchimp updates"),
+    ("civicrm_emails", "email addresses added in CiviCRM"),
 ]
 
 

@@ -166,6 +166,7 @@ def push_tags(ctx: RunContext) -> None:
             (r, tag_changes(json.loads(r["pushed_tags"]), json.loads(r["tags"]))) for r in rows
         ]
         workers = max(1, min(len(writes), ctx.mailchimp.max_connections))
+        ctx.check_lease()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-tags") as pool:
             results = list(pool.map(lambda w: _post_tags(ctx, w[0]["mc_email"], w[1]), writes))
         with ctx.staging.atomic():

@@ -159,6 +159,7 @@ def create_contacts(ctx: RunContext) -> None:
             }
             for r in rows
         ]
+        ctx.check_lease()
         created = ctx.civicrm.save("Contact", records)
         by_position = [c["id"] for c in created]
         contact_ids = by_position if len(by_position) == len(rows) else []

@@ -24,11 +24,13 @@ def audience_plan(staging: Staging, list_id: str, group_id: int) -> dict[str, An
         "FROM civi_writes w WHERE w.list_id = ? ORDER BY w.id",
         (list_id,),
     ):
-        change = (
-            f"{'Add to' if write['status'] == 'Added' else 'Remove from'} group {write['group_id']}"
-            if write["kind"] == "group"
-            else "put email on hold"
-        )
+        if write["kind"] == "group":
+            verb = "Add to" if write["status"] == "Added" else "Remove from"
+            change = f"{verb} group {write['group_id']}"
+        elif write["kind"] == "email":  # an address changed at Mailchimp, followed
+            change = f"add email {write['email']}"
+        else:
+            change = "put email on hold"
         changes.append(
             {
                 "direction": "CiviCRM",
@@ -91,6 +93,8 @@ def _total_key(change: dict[str, Any]) -> str:
             return "civicrm_adds"
         if text.startswith("Remove"):
             return "civicrm_removals"
+        if text.startswith("add email"):
+            return "civicrm_emails"
         return "civicrm_holds"
     if text.startswith("subscribed") or text.startswith("pending"):
         return "mailchimp_subscribes"
@@ -166,17 +170,10 @@ def discard_plan(staging: Staging, list_id: str) -> None:
     state = staging.state(list_id)
     started = state.get("run_started") or ""
     with staging.atomic():
-        staging.execute(
-            "UPDATE rows SET sync_status = 'todo', mc_expected = NULL WHERE list_id = ? AND "
-            "(sync_status IN ('live', 'fail') OR id IN (SELECT row_id FROM updates "
-            "WHERE list_id = ? AND state = 'queued') OR contact_id IN "
-            "(SELECT contact_id FROM civi_writes WHERE list_id = ?))",
-            (list_id, list_id, list_id),
-        )
+        staging.drop_plan(list_id)  # the same rows `abort` sends back (first: it reads updates)
         staging.execute(
             "DELETE FROM updates WHERE list_id = ? AND state = 'queued' AND created_at >= ?",
             (list_id, started),
         )
-        staging.execute("DELETE FROM civi_writes WHERE list_id = ?", (list_id,))
         if state and state["stage"] not in ("idle",):
             staging.set_state(list_id, stage="create_contacts", cursor=0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from mcsync import overtaken
 from mcsync.addresses import fold_email
 from mcsync.errors import ApiError
 from mcsync.fetch_civicrm import fetch_emails_of_contacts
@@ -28,6 +29,7 @@ def push_civicrm(ctx: RunContext) -> None:
         writes = _drop_overtaken(ctx, writes)
         if not writes:
             continue
+        ctx.check_lease()
         try:
             _save_group_statuses(ctx, writes)
         except ApiError as exc:
@@ -80,6 +82,7 @@ def _save_one_by_one(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3
     contact an ACL hides) fails alone, with its reason on its row, and the rest go through."""
     saved = []
     for write in writes:
+        ctx.check_lease()
         try:
             _save_group_statuses(ctx, [write])
         except ApiError as exc:
@@ -121,6 +124,7 @@ def _push_new_emails(ctx: RunContext) -> None:
                 (write["contact_id"], fold_email(write["email"] or "")),
             )
             if not known:
+                ctx.check_lease()
                 ctx.civicrm.call(
                     "Email",
                     "create",
@@ -138,43 +142,30 @@ def _push_new_emails(ctx: RunContext) -> None:
 
 
 def _drop_overtaken(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3.Row]:
-    """A person may change a group in CiviCRM while a run works: such a write is dropped and
-    its row decided again next run, so a fresh choice is never overwritten by a stale plan."""
-    state = ctx.staging.state(ctx.list_id)
-    seen_up_to = max(state["history_bookmark"] or 0, state["history_target"] or 0)
+    """A person may change a group in CiviCRM, or their subscription at Mailchimp, after the
+    plan was made (during the run, or while it waited at the brake or for the next cron run):
+    such a write is dropped and its row decided again next run, so a fresh choice is never
+    overwritten by a stale plan (see overtaken)."""
     contact_ids = sorted({w["contact_id"] for w in writes})
-    fresh = ctx.civicrm.call(
-        "SubscriptionHistory",
-        "get",
-        {
-            "select": ["contact_id", "group_id", "tracking"],
-            "where": [
-                ["id", ">", seen_up_to],
-                ["contact_id", "IN", contact_ids],
-                ["group_id", "IN", ctx.all_groups],
-            ],
-            "limit": 0,
-        },
-    )
-    changed = {
-        (r["contact_id"], r["group_id"])
-        for r in fresh
-        if (r.get("tracking") or "") != TRACKING_MARKER
-    }
-    if not changed:
+    changed = overtaken.civicrm_changes(ctx, contact_ids)
+    moved = overtaken.contacts_changed_at_mailchimp(ctx, contact_ids)
+    dropped = [
+        w for w in writes if (w["contact_id"], w["group_id"]) in changed or w["contact_id"] in moved
+    ]
+    if not dropped:
         return writes
-    overtaken = [w for w in writes if (w["contact_id"], w["group_id"]) in changed]
     with ctx.staging.atomic():
-        _forget_writes(ctx, overtaken)
+        _forget_writes(ctx, dropped)
         ctx.staging.conn.executemany(
             "UPDATE rows SET sync_status = 'todo' WHERE list_id = ? AND contact_id = ?",
-            [(ctx.list_id, w["contact_id"]) for w in overtaken],
+            [(ctx.list_id, w["contact_id"]) for w in dropped],
         )
     ctx.log(
-        f"{len(overtaken)} CiviCRM changes made during this run are kept; "
+        f"{len(dropped)} planned CiviCRM changes were overtaken by newer changes and not made; "
         "those contacts are decided again next run"
     )
-    return [w for w in writes if (w["contact_id"], w["group_id"]) not in changed]
+    ids = {w["id"] for w in dropped}
+    return [w for w in writes if w["id"] not in ids]
 
 
 def _push_holds(ctx: RunContext) -> None:
@@ -195,6 +186,7 @@ def _push_holds(ctx: RunContext) -> None:
                 )
             )
         if email_ids:
+            ctx.check_lease()
             ctx.civicrm.call(  # every record has its id: safe to repeat
                 "Email",
                 "save",

@@ -13,6 +13,7 @@ from mcsync.addresses import fold_email
 from mcsync.batches import push_batches
 from mcsync.errors import ApiError
 from mcsync.mailchimp import BULK_LIMIT
+from mcsync.overtaken import drop_overtaken_updates
 from mcsync.run import RunContext
 from mcsync.updates import apply_result, fail_update, queued_updates
 
@@ -40,6 +41,10 @@ def _push_direct(ctx: RunContext) -> None:
         updates = _one_per_address(queued_updates(ctx, BULK_LIMIT * 2))[:BULK_LIMIT]
         if not updates:
             return
+        updates = drop_overtaken_updates(ctx, updates)
+        if not updates:
+            continue
+        ctx.check_lease()
         data_only = [u for u in updates if "status" not in json.loads(u["body"])]
         if data_only:
             _put_data_only(ctx, data_only)

@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -577,6 +577,70 @@ class Staging:
         ).fetchall()
         return {status: count for status, count in rows}
 
+    # -- plans --------------------------------------------------------------------------
+    def drop_plan(self, list_id: str) -> int:
+        """Drop the audience's planned CiviCRM writes and send back to `todo` every row whose
+        writes are planned or in flight (and every failed one), so the next run decides them
+        again: `abort` and an undone dry run may drop a plan, never the facts behind it (a
+        Mailchimp unsubscribe whose CiviCRM removal was queued is still an unsubscribe).
+
+        The one rule both use. Call it in the transaction that also settles the Mailchimp
+        updates, before their states change (rows are found through them). Address changes
+        learned at Mailchimp (`email` writes) are facts no later fetch sees again: they stay
+        queued. A row keeps `mc_expected` while a write of its may have reached Mailchimp, so
+        that change keeps the time of the choice it carried. Returns the rows sent back."""
+        planned = ",".join(f"'{kind}'" for kind in PLANNED_CIVI_WRITES)
+        with self.atomic():
+            count = self.execute(
+                f"""
+                UPDATE rows SET sync_status = 'todo', mc_expected = CASE WHEN EXISTS (
+                    SELECT 1 FROM updates u WHERE u.row_id = rows.id
+                    AND u.state IN ('submitting', 'submitted')) THEN mc_expected ELSE NULL END
+                WHERE list_id = ? AND (sync_status IN ('live', 'fail')
+                    OR id IN (SELECT row_id FROM updates WHERE list_id = ?
+                              AND state IN ('queued', 'submitting', 'submitted'))
+                    OR contact_id IN (SELECT contact_id FROM civi_writes WHERE list_id = ?
+                                      AND kind IN ({planned})))
+                """,
+                (list_id, list_id, list_id),
+            ).rowcount
+            self.execute(
+                f"DELETE FROM civi_writes WHERE list_id = ? AND kind IN ({planned})", (list_id,)
+            )
+        return count
+
+    def rows_by_id(self, row_ids: list[int]) -> list[sqlite3.Row]:
+        marks = ",".join("?" * len(row_ids))
+        return self.query(f"SELECT * FROM rows WHERE id IN ({marks})", row_ids)
+
+    def member_rows_of_contacts(
+        self, list_id: str, contact_ids: Sequence[int]
+    ) -> list[sqlite3.Row]:
+        """The audience's member rows (at Mailchimp) of these contacts."""
+        ids = sorted(set(contact_ids))
+        marks = ",".join("?" * len(ids))
+        return self.query(
+            f"SELECT id, contact_id, mc_hash, mc_last_changed FROM rows WHERE list_id = ? "
+            f"AND mc_hash IS NOT NULL AND contact_id IN ({marks})",
+            (list_id, *ids),
+        )
+
+    def abort_updates(self, update_ids: list[int], detail: str) -> None:
+        """Drop queued updates a newer change overtook and send their rows back to `todo`.
+        A row keeps `mc_expected`: after a crash a queued write may have been sent already,
+        and its echo at Mailchimp must keep the time of the choice it carried."""
+        with self.atomic():
+            self.conn.executemany(
+                "UPDATE updates SET state = 'aborted', completed_at = ?, error_detail = ? "
+                "WHERE id = ? AND state = 'queued'",
+                [(iso(utc_now()), detail, i) for i in update_ids],
+            )
+            self.conn.executemany(
+                "UPDATE rows SET sync_status = 'todo' "
+                "WHERE id = (SELECT row_id FROM updates WHERE id = ?)",
+                [(i,) for i in update_ids],
+            )
+
 
 def register_functions(conn: sqlite3.Connection) -> None:
     """SQL functions every connection to a staging DB needs: ``fold_email`` compares
@@ -586,6 +650,10 @@ def register_functions(conn: sqlite3.Connection) -> None:
 
 def _sql_fold_email(value: Any) -> str | None:
     return None if value is None else fold_email(str(value))
+
+
+# CiviCRM writes that are decisions (a plan); `email` writes carry facts fetched from Mailchimp.
+PLANNED_CIVI_WRITES = ("group", "hold")
 
 
 def dumps(value: Any) -> str:

@@ -30,7 +30,7 @@ from mcsync import (
 )
 from mcsync.errors import AudienceBusy, BudgetExhausted, ConfigError
 from mcsync.reasons import RETRIED_REASONS
-from mcsync.run import RunContext
+from mcsync.run import Lease, RunContext
 from mcsync.staging import Staging, iso, parse_iso, utc_now
 
 StageFn = Callable[[RunContext], None]
@@ -81,10 +81,12 @@ def lease_owner() -> str:
 
 
 class LeaseHeartbeat:
-    """Renews the audience's lease every few seconds from its own DB connection."""
+    """Renews the audience's lease from its own DB connection, a sixth of the lease after
+    the last renewal on the monotonic clock (the run's own checks before writes count too).
+    A renewal that finds the lease taken marks it lost, and the run stops at its next check."""
 
-    def __init__(self, path: str, list_id: str, owner: str, seconds: float):
-        self.args = (list_id, owner, seconds)
+    def __init__(self, path: str, lease: Lease):
+        self.lease = lease
         self.path = path
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name="lease-heartbeat")
@@ -99,16 +101,18 @@ class LeaseHeartbeat:
 
     def _run(self) -> None:
         staging: Staging | None = None
-        interval = max(1.0, self.args[2] / 6)
         try:
-            while not self.stop_event.wait(interval):
+            while not self.stop_event.wait(self.lease.due_in()):
+                if self.lease.due_in() > 0:  # renewed meanwhile by the run itself
+                    continue
                 try:
                     staging = staging or Staging(self.path)
-                    staging.renew_lease(*self.args)
+                    if not self.lease.renew(staging):
+                        return
                 except sqlite3.OperationalError:
                     # The run's own connection holds a long write (a set-based statement
-                    # over a large audience): beat again next time; the lease has slack.
-                    continue
+                    # over a large audience): beat again soon; the lease has slack.
+                    self.stop_event.wait(1.0)
         finally:
             if staging is not None:
                 staging.close()
@@ -133,12 +137,11 @@ def run_audience(
             f"audience {ctx.list_id} (group {ctx.group_id}) is busy with another run"
         )
     started = time.monotonic()
+    ctx.lease = Lease(ctx.list_id, owner, ctx.sync.lease_seconds)
     try:
-        with LeaseHeartbeat(str(staging.path), ctx.list_id, owner, ctx.sync.lease_seconds):
+        with LeaseHeartbeat(str(staging.path), ctx.lease):
             check_groups(ctx)
-            return _run_stages(
-                ctx, owner, since=since, full=full, stop_before=stop_before, t0=started
-            )
+            return _run_stages(ctx, since=since, full=full, stop_before=stop_before, t0=started)
     finally:
         staging.release_lease(ctx.list_id, owner)
 
@@ -168,7 +171,6 @@ def check_groups(ctx: RunContext) -> None:
 
 def _run_stages(
     ctx: RunContext,
-    owner: str,
     *,
     since: str | None,
     full: bool,
@@ -195,11 +197,9 @@ def _run_stages(
                 break
             if stop_before and stage == stop_before:
                 return RunOutcome(ctx.list_id, ctx.group_id, False, stage, time.monotonic() - t0)
-            if not staging.renew_lease(ctx.list_id, owner, ctx.sync.lease_seconds):
-                raise AudienceBusy(
-                    f"audience {ctx.list_id} (group {ctx.group_id}): this run lost its lease "
-                    "(it was stalled past lease_seconds and another run took over); stopping"
-                )
+            ctx.check_lease()
+            if stage == "fetch_mailchimp" and not staging.state(ctx.list_id)["mc_offset"]:
+                ctx.read_data_here = True
             index = STAGE_NAMES.index(stage)
             _, function, when = STAGES[index]
             if when in ("any", "write", mode):
@@ -303,7 +303,7 @@ def advance(ctx: RunContext, index: int) -> None:
 
 
 def reset_run(staging: Staging, list_id: str) -> None:
-    """Back to the start (abort): the next run starts afresh with a full fetch."""
+    """Back to the start (abort): the next run starts afresh, with new windows."""
     with staging.atomic():
         staging.set_state(list_id, stage="idle", cursor=0, mc_offset=0, run_id=None)
 
