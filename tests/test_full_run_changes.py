@@ -184,3 +184,21 @@ def test_email_changed_before_a_full_run_changes_nothing_else(world: World) -> N
     assert world.mc_status("bulk@example.org") is None
     assert world.civi_status(contact) == "Added"
     assert world.civi.query("SELECT COUNT(*) AS n FROM contact")[0]["n"] == 2  # + bystander
+
+
+def test_hold_lifted_before_a_full_run_lets_the_added_contact_subscribe(world: World) -> None:
+    """Not missing a change either: a contact Added in CiviCRM whose only address was held is
+    subscribed once an admin lifts the hold, as an incremental run would do."""
+    contact = world.person("repaired@example.org", civi="Added")
+    assert contact is not None
+    world.civi.update_email(_email_id(world, "repaired@example.org"), on_hold=1)
+
+    def lift_hold() -> None:
+        assert world.mc_status("repaired@example.org") is None  # held: not subscribed
+        world.civi.update_email(_email_id(world, "repaired@example.org"), on_hold=0)
+
+    _change_between_incremental_and_full(world, lift_hold)
+    assert world.mc_status("repaired@example.org") == "subscribed"
+    _then_incremental(world)
+    assert world.mc_status("repaired@example.org") == "subscribed"
+    assert world.civi_status(contact) == "Added"
