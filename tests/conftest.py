@@ -84,8 +84,8 @@ class World:
 
     def advance_clock(self, **kwargs: float) -> None:
         """Let time pass at both services (hours between cron runs) without sleeping. mcsync's
-        own clock is not moved: it compares no server time with it beyond widening its
-        Mailchimp window, which a service clock ahead of it only widens further."""
+        own clock is not moved: its CiviCRM windows come from CiviCRM's own dates, and its
+        Mailchimp window from its own clock only gets wider when Mailchimp's runs ahead."""
         self.clock_offset += timedelta(**kwargs)
 
     def ago(self, **kwargs: float) -> datetime:
