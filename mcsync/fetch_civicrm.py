@@ -1,6 +1,6 @@
-"""CiviCRM fetch stages: group membership (full runs), subscription history and modified
-contacts (incremental runs), and missing contacts, into the staging DB; plus the contact and
-email storing the contact stages share.
+"""CiviCRM fetch stages: group membership (full runs), subscription history (incremental
+runs), modified contacts (every run) and missing contacts, into the staging DB; plus the
+contact and email storing the contact stages share.
 
 Each stage commits its data with its progress marker one chunk at a time, checks the budget
 between chunks, and returns when the stage is complete (the caller moves to the next stage).
@@ -247,8 +247,9 @@ def _history_status(status: str) -> str | None:
 
 
 def fetch_civicrm_modified(ctx: RunContext) -> None:
-    """Incremental run: contacts modified since the window (opt-outs, trash, deceased, email
-    edits and holds leave no subscription history)."""
+    """Every run: contacts modified since the window (opt-outs, trash, deceased, email edits
+    and holds leave no subscription history). Full runs need it too: they move the window's
+    mark to their start, and their group read does not refresh emails (issue 10)."""
     state = ctx.staging.state(ctx.list_id)
     since_local = state["modified_since"]
     if not since_local:

@@ -40,14 +40,16 @@ StageFn = Callable[[RunContext], None]
 RETRY_SLACK = timedelta(minutes=1)
 
 # Stage name → what it does. Full runs read all group membership; incremental runs read
-# subscription history and modified contacts since the stored marks.
+# subscription history since the stored bookmark. Both read the contacts modified since the
+# stored mark: a full run moves that mark to its own start too, and its group read refreshes
+# flags but not emails, so an email edit or hold made before it would otherwise never be read.
 STAGES: list[tuple[str, StageFn, str]] = [
     ("fetch_mailchimp", fetch_mailchimp.fetch_mailchimp, "any"),
     ("fetch_mailchimp_changed", fetch_mailchimp.fetch_changed_during_fetch, "full"),
     ("confirm_vanished", fetch_mailchimp.confirm_vanished_members, "full"),
     ("fetch_civicrm_groups", fetch_civicrm.fetch_civicrm_groups, "full"),
     ("fetch_civicrm_history", fetch_civicrm.fetch_civicrm_history, "incremental"),
-    ("fetch_civicrm_modified", fetch_civicrm.fetch_civicrm_modified, "incremental"),
+    ("fetch_civicrm_modified", fetch_civicrm.fetch_civicrm_modified, "any"),
     ("fetch_missing_contacts", fetch_civicrm.fetch_missing_contacts, "any"),
     ("fix_contact_ids", match.fix_contact_ids, "any"),
     ("match_emails", match.match_emails, "any"),

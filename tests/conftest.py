@@ -42,8 +42,9 @@ class World:
 
     def __init__(self, tmp_path: Path, *, interests: int = 0, batch_threshold: int = 200):
         self.now = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-        self.mc = MailchimpSim(batch_delay=0.0)
-        self.civi = CiviSim(CIVI_KEY)
+        self.clock_offset = timedelta(0)  # moved by advance_clock: both services' time
+        self.mc = MailchimpSim(batch_delay=0.0, clock=self.clock)
+        self.civi = CiviSim(CIVI_KEY, clock=self.clock)
         self.list_id = self.mc.add_list(MC_KEY, "Newsletter")
         self.group_id = self.civi.add_group("Newsletter")
         self.interest_ids: dict[str, int] = {}
@@ -77,8 +78,18 @@ class World:
     def config(self) -> Config:
         return load_config(self.config_path)
 
+    def clock(self) -> datetime:
+        """Both simulators' time: the real time, moved on by `advance_clock`."""
+        return datetime.now(UTC) + self.clock_offset
+
+    def advance_clock(self, **kwargs: float) -> None:
+        """Let time pass at both services (hours between cron runs) without sleeping. mcsync's
+        own clock is not moved: its CiviCRM windows come from CiviCRM's own dates, and its
+        Mailchimp window from its own clock only gets wider when Mailchimp's runs ahead."""
+        self.clock_offset += timedelta(**kwargs)
+
     def ago(self, **kwargs: float) -> datetime:
-        return datetime.now(UTC) - timedelta(**kwargs)
+        return self.clock() - timedelta(**kwargs)
 
     def person(
         self,
