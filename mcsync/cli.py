@@ -220,7 +220,7 @@ def report_preview(session: Session, results: list[Any]) -> int:
             out.error(f"{label}: busy with another mcsync run; not planned")
         elif result.error is not None:
             out.error(f"{label}: {redact(str(result.error), session.secrets)}")
-            code = 1
+            code = max(code, exit_code_for(result.error))
         elif result.outcome is None:
             out.error(f"{label}: not planned, the time budget was used up")
         elif result.outcome.stage not in WRITE_STAGES:
@@ -232,6 +232,12 @@ def report_preview(session: Session, results: list[Any]) -> int:
     return code
 
 
+def exit_code_for(error: BaseException) -> int:
+    """An audience's failure as an exit code: 2 when the config names something unusable (a
+    group deleted, disabled or made smart since configuration), else 1."""
+    return 2 if isinstance(error, ConfigError) else 1
+
+
 def report_results(session: Session, results: list[Any]) -> int:
     out, code = session.out, 0
     for result in results:
@@ -240,7 +246,7 @@ def report_results(session: Session, results: list[Any]) -> int:
             out.error(f"{label}: busy with another mcsync run; left alone")
         elif result.error is not None:
             out.error(f"{label}: {redact(str(result.error), session.secrets)}")
-            code = 1
+            code = max(code, exit_code_for(result.error))
         elif result.outcome is None:
             out.say(f"{label}: not started, the time budget was used up")
         elif result.outcome.completed:
@@ -419,8 +425,10 @@ def config_check(session: Session) -> None:
     problems = check_config(config, session.out, debug_http=session.http_trace())
     if problems:
         for problem in problems:
-            session.out.error(redact(problem, session.secrets))
-        sys.exit(1)
+            session.out.error(redact(problem.text, session.secrets))
+        # A configured id that is not there (or a group that cannot be synced) is a
+        # configuration error; a failed connection alone is a run failure.
+        sys.exit(2 if any(problem.in_config for problem in problems) else 1)
     session.out.always("Config OK: every connection, audience, interest and group checked.")
 
 

@@ -360,13 +360,17 @@ def test_a_group_changed_after_configuration_stops_its_audience(
     else:
         scenario.civicrm.query("UPDATE civi_group SET is_active = 0 WHERE id = ?", (group,))
         said = "disabled"
+    # A configured group that is not a usable static mailing group is a configuration
+    # error: exit 2, as the README's exit codes say (issue 11, point 11).
     check = scenario.run("config check")
-    assert check.code == 1, check
+    assert check.code == 2, check
     assert "audience[0].group_id" in check.err and said in check.err, check
     before = _writes(scenario)
     run = scenario.run()
-    assert run.code == 1, run
+    assert run.code == 2, run
     assert said in run.err and "nothing was written" in run.err, run
+    preview = scenario.run("fetch-and-reconcile", "--dry-run")
+    assert preview.code == 2 and said in preview.err, preview
     assert _writes(scenario) == before
     assert scenario.status()[0]["last_sync"] is None
 
