@@ -67,6 +67,24 @@ def _check_not_blank(value: SecretStr) -> SecretStr:
     return value
 
 
+def _check_key_characters(value: SecretStr) -> SecretStr:
+    """A key is printable ASCII. Anything else (a newline inside an env file, a non-breaking
+    space from copy-paste) cannot travel in an HTTP header, and the HTTP library's refusal
+    quotes the whole header value; say where it is, never what the key is."""
+    for position, char in enumerate(value.get_secret_value(), start=1):
+        if not char.isascii():
+            raise ValueError(
+                f"contains a non-ASCII character at position {position} (often a non-breaking "
+                "space or curly quote from copy-paste); a key is printable ASCII"
+            )
+        if not char.isprintable():
+            raise ValueError(
+                f"contains a control character at position {position} (a stray newline, tab "
+                "or other invisible character); a key is printable ASCII"
+            )
+    return value
+
+
 def _check_merge_tag(tag: str) -> str:
     if tag == "EMAIL":
         raise ValueError("EMAIL is the member's address, which mcsync syncs itself; remove it")
@@ -100,7 +118,9 @@ def _check_group_id(value: int) -> int:
     return value
 
 
-ApiKey = Annotated[SecretStr, AfterValidator(_check_not_blank)]
+ApiKey = Annotated[
+    SecretStr, AfterValidator(_check_not_blank), AfterValidator(_check_key_characters)
+]
 RemoteId = Annotated[str, AfterValidator(_check_remote_id)]
 GroupId = Annotated[int, AfterValidator(_check_group_id)]
 MergeTag = Annotated[str, AfterValidator(_check_merge_tag)]
