@@ -422,6 +422,8 @@ def config_check(session: Session) -> None:
             f"warning: {session.path} is readable by other users; it holds or points to API "
             f"keys (chmod 600 {session.path})"
         )
+    for warning in config.insecure_urls():
+        session.out.error(f"warning: {warning}")
     problems = check_config(config, session.out, debug_http=session.http_trace())
     if problems:
         for problem in problems:

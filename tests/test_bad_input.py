@@ -82,7 +82,7 @@ def test_malformed_toml_exits_2_with_the_line(tmp_path: Path) -> None:
 def test_every_config_problem_is_listed_with_its_key_path(tmp_path: Path) -> None:
     config = tmp_path / "mcsync.toml"
     broken = (
-        GOOD_CONFIG.replace('url = "http://civicrm', 'ur = "http://civicrm')
+        GOOD_CONFIG.replace('url = "https://civicrm', 'ur = "https://civicrm')
         .replace("group_id = 12", 'group_id = "twelve"\ncolour = "blue"')
         .replace('account = "main"', 'account = "other"')
         + "[sync]\nlease_seconds = 3\nbatch_threshold = 0\n"
@@ -466,7 +466,7 @@ class LondonWorld(World):
         self.civi = CiviSim(CIVI_KEY, timezone="Europe/London")
         self.group_id = self.civi.add_group("Newsletter")
         self.transport = MultiSimTransport(
-            {"http://mailchimp.sim": self.mc, "http://civicrm.sim": self.civi}
+            {"mailchimp.sim": self.mc, "civicrm.sim": self.civi}
         )
         self.write_config()
 
