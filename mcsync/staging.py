@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -310,14 +311,19 @@ class Staging:
 
     # -- leases -------------------------------------------------------------------------
     def acquire_lease(self, list_id: str, owner: str, seconds: float) -> bool:
-        """Atomically take the audience's lease if it is free, expired, or already ours."""
+        """Atomically take the audience's lease if it is free, expired, already ours, or held
+        by a process of this host that no longer exists (a killed run: no need to wait)."""
         now = time.time()
         with self.atomic():
+            holder = self.conn.execute(
+                "SELECT lease_owner FROM audience_state WHERE list_id = ?", (list_id,)
+            ).fetchone()
+            gone = holder[0] if holder and lease_holder_gone(holder[0]) else None
             cursor = self.conn.execute(
                 "UPDATE audience_state SET lease_owner = ?, lease_expires = ? "
                 "WHERE list_id = ? AND (lease_owner IS NULL OR lease_expires < ? "
-                "OR lease_owner = ?)",
-                (owner, now + seconds, list_id, now, owner),
+                "OR lease_owner = ? OR lease_owner = ?)",
+                (owner, now + seconds, list_id, now, owner, gone),
             )
             return cursor.rowcount == 1
 
@@ -356,6 +362,23 @@ class Staging:
             (list_id, limit),
         ).fetchall()
         return [dict(r) for r in reversed(rows)]
+
+
+def lease_holder_gone(lease_owner: str | None) -> bool:
+    """True when the lease owner (``host:pid:nonce``, see ``sync.lease_owner``) is a process of
+    this host that no longer exists. Another host's process cannot be checked, and a pid of
+    another user's process (or a reused pid) counts as alive: those leases wait for expiry."""
+    host, _, rest = (lease_owner or "").partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def dumps(value: Any) -> str:

@@ -465,9 +465,7 @@ class LondonWorld(World):
         super().__init__(tmp_path)
         self.civi = CiviSim(CIVI_KEY, timezone="Europe/London")
         self.group_id = self.civi.add_group("Newsletter")
-        self.transport = MultiSimTransport(
-            {"mailchimp.sim": self.mc, "civicrm.sim": self.civi}
-        )
+        self.transport = MultiSimTransport({"mailchimp.sim": self.mc, "civicrm.sim": self.civi})
         self.write_config()
 
     def write_config(self, extra: str = "") -> None:
