@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +90,7 @@ class Session:
         self.out = Output(verbose=verbose, quiet=quiet)
         self.path = config_path or default_config_path()
         self.secrets: list[str] = []
+        self.state_db: Path | None = None
         self.debug_http = debug_http or verbose >= 2
 
     def http_trace(self) -> Callable[[str], None] | None:
@@ -98,6 +100,7 @@ class Session:
     def config(self) -> Config:
         config = load_config(self.path)
         self.secrets = config.secrets()
+        self.state_db = config.state_db
         return config
 
     def fail(self, error: BaseException, code: int) -> None:
@@ -119,7 +122,13 @@ def guarded(function: Callable[..., Any]) -> Callable[..., Any]:
     ) -> Any:
         session = Session(config_path, verbose, quiet, debug_http)
         try:
-            return function(session, *args, **kwargs)
+            try:
+                return function(session, *args, **kwargs)
+            except sqlite3.Error as exc:
+                # The state DB failed (disk full, locked, damaged...): one line, no traceback.
+                from mcsync.staging import storage_failure
+
+                raise storage_failure(exc, session.state_db) from None
         except ConfigError as exc:
             session.out.error("Configuration problems:" if len(exc.problems) > 1 else "Error:")
             for problem in exc.problems:
@@ -348,7 +357,7 @@ def status_command(session: Session, group_id: int | None, as_json: bool) -> Non
     from mcsync.status import audience_status
 
     config = session.config()
-    staging = Staging(config.state_db)
+    staging = Staging(config.state_db, read_only=True)
     try:
         items = [audience_status(staging, a) for a in selected_audiences(config, group_id)]
     finally:
@@ -378,7 +387,7 @@ def failures_command(
     from mcsync.status import failures
 
     config = session.config()
-    staging = Staging(config.state_db)
+    staging = Staging(config.state_db, read_only=True)
     try:
         rows = [
             f for a in selected_audiences(config, group_id) for f in failures(staging, a, reason)
