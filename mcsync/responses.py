@@ -32,8 +32,8 @@ _CIVI_MASKED = "Sorry an error occurred"
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:
-    """Mask every secret (and its URL-encoded form), credential headers, key params and
-    URL passwords in ``text``."""
+    """Mask every secret (as is, URL-encoded, repr- or JSON-escaped), credential headers, key
+    params and URL passwords in ``text``."""
     variants = {v for s in secrets if s for v in _written_forms(s)}
     for secret in sorted(variants, key=len, reverse=True):
         text = text.replace(secret, MASK)

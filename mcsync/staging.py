@@ -476,13 +476,23 @@ def storage_failure(exc: sqlite3.Error | OSError, path: Path | None) -> McsyncEr
     return StorageError(f"{where}: {text}")
 
 
+def this_host() -> str:
+    """This host as a lease names it: the host name and, where there is one, the PID namespace
+    (containers that share a host name cannot see each other's processes)."""
+    name = socket.gethostname()
+    try:
+        return f"{name}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return name
+
+
 def lease_holder_gone(lease_owner: str | None) -> bool:
     """True when the lease owner (``host:pid:nonce``, see ``sync.lease_owner``) is a process of
     this host that no longer exists. Another host's process cannot be checked, and a pid of
     another user's process (or a reused pid) counts as alive: those leases wait for expiry."""
     host, _, rest = (lease_owner or "").partition(":")
     pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != this_host() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -43,6 +46,7 @@ from e2e import (
 )
 
 from mcsync.sim.faults import FaultPlan
+from mcsync.staging import Staging, this_host
 from mcsync.sync import STAGE_NAMES
 
 SEED = 7
@@ -342,3 +346,30 @@ def test_a_killed_runs_lease_from_another_host_blocks_then_expires(scenario: Sce
     assert status["stage"] == "idle" and not status["possible_crash"] and not status["running"]
     with scenario.db() as db:
         assert db.execute("SELECT lease_owner FROM audience_state").fetchone()[0] is None
+
+
+@pytest.mark.parametrize(
+    "holder", ["dead, this host", "alive, this host", "dead, another host", "dead, other pid ns"]
+)
+def test_a_lease_is_taken_over_at_once_only_from_a_dead_process_of_this_host(
+    tmp_path: Path, holder: str
+) -> None:
+    """Containers may share a host name but not their processes: the host part of a lease
+    names the PID namespace too."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that existed and no longer does
+    here = this_host()
+    owner = {
+        "dead, this host": f"{here}:{gone.pid}:dead",
+        "alive, this host": f"{here}:{os.getpid()}:live",
+        "dead, another host": f"elsewhere:{gone.pid}:dead",
+        "dead, other pid ns": f"{socket.gethostname()}/1:{gone.pid}:dead",
+    }[holder]
+    staging = Staging(tmp_path / "state.sqlite3")
+    try:
+        staging.ensure_audience("a1b2c3", 1, "main")
+        assert staging.acquire_lease("a1b2c3", owner, 600)
+        taken = staging.acquire_lease("a1b2c3", f"{here}:{os.getpid()}:next", 600)
+        assert taken == (holder == "dead, this host")
+    finally:
+        staging.close()
