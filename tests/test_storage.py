@@ -11,8 +11,10 @@ tiny tmpfs. Where namespaces are not available those tests are skipped.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -173,3 +175,40 @@ def test_a_state_db_path_that_is_not_a_db_exits_2(scenario: Scenario, points_at:
         assert_one_clear_line(run, 2, "state_db")
     if points_at == "the config file":
         assert scenario.config_path.read_bytes() == before, "the file must be left alone"
+
+
+def _as_plain_user(argv: list[str]) -> list[str]:
+    """Root reads and writes anything; drop every capability so file modes count."""
+    if os.geteuid() != 0:
+        return argv
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: file modes cannot be enforced")
+    return [setpriv, "--bounding-set=-all", "--inh-caps=-all", *argv]
+
+
+def test_a_read_only_db_file_is_read_and_never_chmodded(scenario: Scenario) -> None:
+    """The operator made the DB read-only (0400): status and failures read it; a sync says
+    the configured file cannot be written (it used to chmod it back to 0600)."""
+    scenario.converge()
+    expected = scenario.status()
+    scenario.state_db.chmod(0o400)
+
+    def run(command: str, *args: str) -> Run:
+        done = subprocess.run(
+            _as_plain_user(scenario.argv(command, *args)),
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            cwd=scenario.workdir,
+            env=cli_env(None),
+            check=False,
+        )
+        return Run([command, *args], done.returncode, done.stdout, done.stderr, 0.0)
+
+    status = run("status", "--json")
+    assert status.code == 0 and json.loads(status.out) == expected, status
+    assert run("failures").code == 0
+    sync = run("fetch-and-reconcile")
+    assert_one_clear_line(sync, 2, "state_db", str(scenario.state_db))
+    assert stat.S_IMODE(scenario.state_db.stat().st_mode) == 0o400, "no chmod"
