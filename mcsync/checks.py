@@ -6,6 +6,7 @@ import zoneinfo
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from email.utils import parsedate_to_datetime
+from dataclasses import dataclass
 from typing import Any
 
 from mcsync.budget import Budget
@@ -53,17 +54,26 @@ def fetch_groups(conns: Any, ids: list[int]) -> dict[int, dict[str, Any]]:
     return {int(r["id"]): r for r in records}
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One finding of `config check`. ``in_config``: the config names something that is not
+    there or cannot be synced (exit 2); otherwise a connection failed (exit 1)."""
+
+    text: str
+    in_config: bool = True
+
+
 def check_config(
     config: Config, out: Output, *, debug_http: Callable[[str], None] | None = None
-) -> list[str]:
+) -> list[Problem]:
     """Every problem found, each naming the config key it comes from; empty when all is well."""
-    problems: list[str] = []
+    problems: list[Problem] = []
     with connections(config, Budget(120), debug_http=debug_http) as conns:
         try:
             conns.civicrm.call("Contact", "get", {"select": ["id"], "limit": 1})
             out.say("CiviCRM: connected")
         except ApiError as exc:
-            return [f"civicrm: {exc}"]
+            return [Problem(f"civicrm: {exc}", in_config=False)]
         mailchimp_clocks: dict[str, datetime | None] = {}
         for name in config.mailchimp.accounts:
             try:
@@ -72,8 +82,10 @@ def check_config(
                 out.say(f"Mailchimp account {name}: connected ({account.get('account_name', '')})")
                 mailchimp_clocks[name] = http_date(client.session.server_date)
             except ApiError as exc:
-                problems.append(f"mailchimp.accounts.{name}: {exc}")
-        problems.extend(check_clocks(config, conns, out, mailchimp_clocks))
+                problems.append(Problem(f"mailchimp.accounts.{name}: {exc}", in_config=False))
+        problems.extend(
+            Problem(text) for text in check_clocks(config, conns, out, mailchimp_clocks)
+        )
         group_ids = sorted(
             {a.group_id for a in config.audience}
             | {g for a in config.audience for g in a.interests.values()}
@@ -81,7 +93,7 @@ def check_config(
         groups = fetch_groups(conns, group_ids) if group_ids else {}
         for index, audience in enumerate(config.audience):
             key = f"audience[{index}]"
-            if f"mailchimp.accounts.{audience.account}" in " ".join(problems):
+            if f"mailchimp.accounts.{audience.account}" in " ".join(p.text for p in problems):
                 continue
             client = conns.mailchimp_for(audience.account)
             try:
@@ -89,15 +101,18 @@ def check_config(
                 out.say(f"{key}: audience {audience.list_id} ({listing.get('name')})")
             except NotFoundError:
                 problems.append(
-                    f"{key}.list_id: audience {audience.list_id} not found in "
-                    f"Mailchimp account {audience.account}; run 'mcsync discover'"
+                    Problem(
+                        f"{key}.list_id: audience {audience.list_id} not found in "
+                        f"Mailchimp account {audience.account}; run 'mcsync discover'"
+                    )
                 )
                 continue
             problem = describe_group(groups.get(audience.group_id), audience.group_id)
             if problem:
-                problems.append(f"{key}.group_id: {problem}")
-            problems.extend(_check_interests(client, audience, groups, key))
-            problems.extend(_check_merge_fields(client, audience, key, conns.civicrm))
+                problems.append(Problem(f"{key}.group_id: {problem}"))
+            found = _check_interests(client, audience, groups, key)
+            found += _check_merge_fields(client, audience, key, conns.civicrm)
+            problems.extend(Problem(text) for text in found)
     return problems
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +90,7 @@ class Session:
         self.out = Output(verbose=verbose, quiet=quiet)
         self.path = config_path or default_config_path()
         self.secrets: list[str] = []
+        self.state_db: Path | None = None
         self.debug_http = debug_http or verbose >= 2
 
     def http_trace(self) -> Callable[[str], None] | None:
@@ -98,6 +100,7 @@ class Session:
     def config(self) -> Config:
         config = load_config(self.path)
         self.secrets = config.secrets()
+        self.state_db = config.state_db
         return config
 
     def fail(self, error: BaseException, code: int) -> None:
@@ -119,7 +122,13 @@ def guarded(function: Callable[..., Any]) -> Callable[..., Any]:
     ) -> Any:
         session = Session(config_path, verbose, quiet, debug_http)
         try:
-            return function(session, *args, **kwargs)
+            try:
+                return function(session, *args, **kwargs)
+            except sqlite3.Error as exc:
+                # The state DB failed (disk full, locked, damaged...): one line, no traceback.
+                from mcsync.staging import storage_failure
+
+                raise storage_failure(exc, session.state_db) from None
         except ConfigError as exc:
             session.out.error("Configuration problems:" if len(exc.problems) > 1 else "Error:")
             for problem in exc.problems:
@@ -220,7 +229,7 @@ def report_preview(session: Session, results: list[Any]) -> int:
             out.error(f"{label}: busy with another mcsync run; not planned")
         elif result.error is not None:
             out.error(f"{label}: {redact(str(result.error), session.secrets)}")
-            code = 1
+            code = max(code, exit_code_for(result.error))
         elif result.outcome is None:
             out.error(f"{label}: not planned, the time budget was used up")
         elif result.outcome.stage not in WRITE_STAGES:
@@ -232,6 +241,12 @@ def report_preview(session: Session, results: list[Any]) -> int:
     return code
 
 
+def exit_code_for(error: BaseException) -> int:
+    """An audience's failure as an exit code: 2 when the config names something unusable (a
+    group deleted, disabled or made smart since configuration), else 1."""
+    return 2 if isinstance(error, ConfigError) else 1
+
+
 def report_results(session: Session, results: list[Any]) -> int:
     out, code = session.out, 0
     for result in results:
@@ -240,7 +255,7 @@ def report_results(session: Session, results: list[Any]) -> int:
             out.error(f"{label}: busy with another mcsync run; left alone")
         elif result.error is not None:
             out.error(f"{label}: {redact(str(result.error), session.secrets)}")
-            code = 1
+            code = max(code, exit_code_for(result.error))
         elif result.outcome is None:
             out.say(f"{label}: not started, the time budget was used up")
         elif result.outcome.completed:
@@ -342,7 +357,7 @@ def status_command(session: Session, group_id: int | None, as_json: bool) -> Non
     from mcsync.status import audience_status
 
     config = session.config()
-    staging = Staging(config.state_db)
+    staging = Staging(config.state_db, read_only=True)
     try:
         items = [audience_status(staging, a) for a in selected_audiences(config, group_id)]
     finally:
@@ -372,7 +387,7 @@ def failures_command(
     from mcsync.status import failures
 
     config = session.config()
-    staging = Staging(config.state_db)
+    staging = Staging(config.state_db, read_only=True)
     try:
         rows = [
             f for a in selected_audiences(config, group_id) for f in failures(staging, a, reason)
@@ -416,11 +431,15 @@ def config_check(session: Session) -> None:
             f"warning: {session.path} is readable by other users; it holds or points to API "
             f"keys (chmod 600 {session.path})"
         )
+    for warning in config.insecure_urls():
+        session.out.error(f"warning: {warning}")
     problems = check_config(config, session.out, debug_http=session.http_trace())
     if problems:
         for problem in problems:
-            session.out.error(redact(problem, session.secrets))
-        sys.exit(1)
+            session.out.error(redact(problem.text, session.secrets))
+        # A configured id that is not there (or a group that cannot be synced) is a
+        # configuration error; a failed connection alone is a run failure.
+        sys.exit(2 if any(problem.in_config for problem in problems) else 1)
     session.out.always("Config OK: every connection, audience, interest and group checked.")
 
 

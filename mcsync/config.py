@@ -10,6 +10,7 @@ fixes the whole file in one go.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import re
 import zoneinfo
@@ -56,6 +57,32 @@ def _check_http_url(url: str) -> str:
     return url
 
 
+def insecure_host(url: str) -> str | None:
+    """The host a plain-http URL sends keys to unencrypted; None for https or loopback
+    (127.0.0.0/8, ::1, localhost), where nothing leaves the machine."""
+    parts = urlsplit(url.replace("{", "").replace("}", ""))
+    host = (parts.hostname or "").lower()
+    if parts.scheme != "http" or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name other than localhost: it may resolve anywhere
+    return host
+
+
+def _check_tls(url: str | None, info: ValidationInfo, table: str) -> str | None:
+    """Keys travel in headers: refuse plain http to a remote host unless the table allows it."""
+    host = None if url is None else insecure_host(url)
+    if host is not None and not info.data.get("allow_insecure_http"):
+        raise ValueError(
+            f"plain http:// would send the key unencrypted to {host}; use https://, or set "
+            f"allow_insecure_http = true in {table} if the network to it is trusted"
+        )
+    return url
+
+
 def _strip_secret(value: Any) -> Any:
     """Trailing newlines from ``$(cat keyfile)`` or copy-paste are never part of a key."""
     return value.strip() if isinstance(value, str) else value
@@ -64,6 +91,24 @@ def _strip_secret(value: Any) -> Any:
 def _check_not_blank(value: SecretStr) -> SecretStr:
     if not value.get_secret_value():
         raise ValueError("is empty; set it to the key (for example via ${VARIABLE})")
+    return value
+
+
+def _check_key_characters(value: SecretStr) -> SecretStr:
+    """A key is printable ASCII. Anything else (a newline inside an env file, a non-breaking
+    space from copy-paste) cannot travel in an HTTP header, and the HTTP library's refusal
+    quotes the whole header value; say where it is, never what the key is."""
+    for position, char in enumerate(value.get_secret_value(), start=1):
+        if not char.isascii():
+            raise ValueError(
+                f"contains a non-ASCII character at position {position} (often a non-breaking "
+                "space or curly quote from copy-paste); a key is printable ASCII"
+            )
+        if not char.isprintable():
+            raise ValueError(
+                f"contains a control character at position {position} (a stray newline, tab "
+                "or other invisible character); a key is printable ASCII"
+            )
     return value
 
 
@@ -100,7 +145,9 @@ def _check_group_id(value: int) -> int:
     return value
 
 
-ApiKey = Annotated[SecretStr, AfterValidator(_check_not_blank)]
+ApiKey = Annotated[
+    SecretStr, AfterValidator(_check_not_blank), AfterValidator(_check_key_characters)
+]
 RemoteId = Annotated[str, AfterValidator(_check_remote_id)]
 GroupId = Annotated[int, AfterValidator(_check_group_id)]
 MergeTag = Annotated[str, AfterValidator(_check_merge_tag)]
@@ -154,6 +201,10 @@ class SyncConfig(_Model):
 class CiviCRMConfig(_Model):
     """[civicrm]: the APIv4 REST end-point and its credentials."""
 
+    # Before url, so that the url check can see it.
+    allow_insecure_http: bool = Field(
+        default=False, description="allow a plain http:// url to a host other than this one"
+    )
     url: str = Field(
         description="the APIv4 base, e.g. https://crm.example.org/civicrm/ajax/api4",
         examples=["https://crm.example.org/civicrm/ajax/api4"],
@@ -190,6 +241,11 @@ class CiviCRMConfig(_Model):
             )
         return url if placeholders else url.rstrip("/")
 
+    @field_validator("url")
+    @classmethod
+    def _require_tls(cls, url: str, info: ValidationInfo) -> str:
+        return _check_tls(url, info, "[civicrm]") or url
+
     @field_validator("timezone")
     @classmethod
     def _check_timezone(cls, name: str) -> str:
@@ -224,7 +280,10 @@ class CiviCRMConfig(_Model):
 class MailchimpAccount(_Model):
     """[mailchimp.accounts.<name>]: one Mailchimp API key (one data centre)."""
 
-    # base_url comes first so that the api_key check can see it.
+    # These come first so that the base_url and api_key checks can see them.
+    allow_insecure_http: bool = Field(
+        default=False, description="allow a plain http:// base_url to a host other than this one"
+    )
     base_url: str | None = None
     api_key: ApiKey = Field(
         description="the whole key including its -usNN suffix", examples=["${MAILCHIMP_API_KEY}"]
@@ -236,6 +295,11 @@ class MailchimpAccount(_Model):
     @classmethod
     def _check_base_url(cls, url: str | None) -> str | None:
         return None if url is None else _check_http_url(url).rstrip("/")
+
+    @field_validator("base_url")
+    @classmethod
+    def _require_tls(cls, url: str | None, info: ValidationInfo) -> str | None:
+        return _check_tls(url, info, "this [mailchimp.accounts.<name>] table")
 
     @field_validator("api_key")
     @classmethod
@@ -331,6 +395,22 @@ class Config(_Model):
             if getattr(audience, key) is not None
         }
         return self.sync.model_copy(update=overrides)
+
+    def insecure_urls(self) -> list[str]:
+        """Plain-http URLs to remote hosts that allow_insecure_http lets through, as
+        'key.path: warning' for `config check`."""
+        urls = {"civicrm.url": self.civicrm.url}
+        urls |= {
+            f"mailchimp.accounts.{toml_key(n)}.base_url": a.base_url
+            for n, a in self.mailchimp.accounts.items()
+            if a.base_url
+        }
+        return [
+            f"{key}: plain http:// sends the key unencrypted to {host} "
+            "(allow_insecure_http = true); use https:// unless that network is trusted"
+            for key, url in urls.items()
+            if url and (host := insecure_host(url))
+        ]
 
     def secrets(self) -> list[str]:
         """Every secret value, for redaction in logs and error messages."""

@@ -5,6 +5,7 @@
     ├── BudgetExhausted      the run's --max-time is used up (progress kept) -> exit 0
     ├── AudienceBusy         another run holds the audience's lease          -> exit 0
     ├── MassChangeBrake      a run would remove too much; nothing written     -> exit 1
+    ├── StorageError         the state DB or mcsync's slot directory is unusable -> exit 1
     └── ApiError             a remote API said no (after retries, if any)     -> exit 1
         ├── AuthError        401/403: wrong key, data centre or permissions
         ├── NotFoundError    404: the list, member, entity or endpoint is not there
@@ -39,6 +40,12 @@ class AudienceBusy(McsyncError):
 
 class MassChangeBrake(McsyncError):
     """A run would unsubscribe/remove more than allowed; nothing was written."""
+
+
+class StorageError(McsyncError):
+    """A local file or directory failed: the state DB (disk full, locked, corrupt) or the
+    connection-slot directory. A ``state_db`` path that cannot be used at all is a
+    ``ConfigError`` instead."""
 
 
 class ApiError(McsyncError):

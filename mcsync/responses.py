@@ -6,6 +6,7 @@ secrets out of every message built from it.
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -31,14 +32,35 @@ _CIVI_MASKED = "Sorry an error occurred"
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:
-    """Mask every secret (and its URL-encoded form), credential headers, key params and
-    URL passwords in ``text``."""
-    variants = {v for s in secrets if s for v in (s, quote(s, safe=""))}
+    """Mask every secret (as is, URL-encoded, repr- or JSON-escaped), credential headers, key
+    params and URL passwords in ``text``."""
+    variants = {v for s in secrets if s for v in _written_forms(s)}
     for secret in sorted(variants, key=len, reverse=True):
         text = text.replace(secret, MASK)
     text = _SECRET_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
     text = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}={MASK}", text)
     return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+
+
+# Characters that repr() or JSON may escape; the runs of a secret between them are masked
+# too, so a secret survives no quoting scheme (h11 quotes a refused header value as bytes).
+_ESCAPABLE = re.compile(r"[^\x21-\x7e]|['\"\\]")
+_MIN_RUN = 8
+
+
+def _written_forms(secret: str) -> set[str]:
+    """The secret as it may appear in a message: as is, URL-encoded, as a Python str or bytes
+    repr, as JSON, and each long run of it between escapable characters."""
+    forms = {
+        secret,
+        quote(secret, safe=""),
+        repr(secret)[1:-1],
+        repr(secret.encode("utf-8"))[2:-1],
+        json.dumps(secret)[1:-1],
+        secret.encode("unicode_escape").decode("ascii"),
+    }
+    forms.update(run for run in _ESCAPABLE.split(secret) if len(run) >= _MIN_RUN)
+    return forms
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any] | None:

@@ -3,7 +3,8 @@
 Mailchimp allows 10 simultaneous connections per account, counted across all clients: two
 cron runs (say, two configs sharing one account) must share them. Each slot is a lock file
 held with `flock` while a request is in flight; the files are keyed by a hash of the API key,
-never the key itself, in a directory private to this user.
+never the key itself, in a directory private to this user (created 0700; one that another
+user made, or a symbolic link, is refused).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mcsync.budget import Budget
-from mcsync.errors import BudgetExhausted
+from mcsync.errors import BudgetExhausted, StorageError
 
 POLL_SECONDS = 0.005
 
@@ -29,13 +31,39 @@ def default_directory() -> Path:
     return Path(base) / f"mcsync-slots-{os.getuid()}"
 
 
+def private_directory(directory: Path) -> Path:
+    """Create ``directory`` 0700, or accept an existing one only if it is a real directory of
+    this user. Under cron the name is predictable in the shared temp directory: another user
+    who made it first could hold every lock file and stall every run."""
+    fix = "remove it, or set XDG_RUNTIME_DIR to a directory only you can write"
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(directory)
+    except OSError as exc:
+        raise StorageError(
+            f"connection slot directory {directory}: cannot create it ({exc.strerror}); {fix}"
+        ) from None
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a directory"
+        raise StorageError(
+            f"connection slot directory {directory} is {kind}, which mcsync never makes; {fix}"
+        )
+    if info.st_uid != os.geteuid():
+        raise StorageError(
+            f"connection slot directory {directory} belongs to another user (uid "
+            f"{info.st_uid}), who could stall every mcsync run; {fix}"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(directory, 0o700)
+    return directory
+
+
 class ProcessSlots:
     """At most `size` holders at once across processes, for one account."""
 
     def __init__(self, secret: str, size: int, directory: Path | None = None):
         digest = hashlib.sha256(secret.encode("utf-8")).hexdigest()[:20]
-        self.directory = directory or default_directory()
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory = private_directory(directory or default_directory())
         self.paths = [self.directory / f"{digest}.{n}.lock" for n in range(size)]
         self._start = 0
         self._lock = threading.Lock()

@@ -8,9 +8,12 @@ zone, so that string order is time order.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +24,7 @@ from typing import Any
 import sqlite_utils
 
 from mcsync.addresses import fold_email
+from mcsync.errors import ConfigError, McsyncError, StorageError
 
 # Numbered migrations: never edit one that has shipped; append a new one.
 MIGRATIONS: list[str] = [
@@ -210,6 +214,7 @@ MIGRATIONS: list[str] = [
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience
+BUSY_TIMEOUT = 30.0  # seconds a statement waits for another process's lock on the DB
 
 
 def utc_now() -> datetime:
@@ -233,31 +238,56 @@ def parse_iso(text: str | None) -> datetime | None:
 
 
 class Staging:
-    """One open staging database. Not shared across threads (the lease heartbeat opens its own)."""
+    """One open staging database. Not shared across threads (the lease heartbeat opens its own).
 
-    def __init__(self, path: Path | str):
+    ``read_only`` (``status``, ``failures``) opens an existing DB with ``mode=ro``: it works on
+    a read-only file or file system and never changes the file or its mode."""
+
+    def __init__(self, path: Path | str, *, read_only: bool = False):
         self.path = Path(path)
-        self._create_private(self.path)
-        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        register_functions(conn)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA cache_size=-16384")
-        self.conn = conn
-        self.db = sqlite_utils.Database(conn)
         self._depth = 0
-        self.migrate()
+        if read_only and self.path.is_file():
+            conn = _connect_read_only(self.path)
+            if _schema_version(conn) >= len(MIGRATIONS):
+                self.conn = conn
+                self.db = sqlite_utils.Database(conn)
+                return
+            conn.close()  # written by an older mcsync: upgrading it needs a writer
+        self._create_private(self.path)
+        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            register_functions(conn)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA cache_size=-16384")
+            self.conn = conn
+            self.db = sqlite_utils.Database(conn)
+            self.migrate()
+        except BaseException:
+            conn.close()
+            raise
 
     @staticmethod
     def _create_private(path: Path) -> None:
-        """The DB holds people's emails: create it readable by its owner only."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
-        os.chmod(path, 0o600)
+        """The DB holds people's emails: create it readable by its owner only (and tighten an
+        existing file that others may read; never loosen one, e.g. made read-only)."""
+        if path.is_dir():
+            raise ConfigError(
+                f"state_db: {path} is a directory; name a file in it, e.g. "
+                f"{path / 'mcsync.sqlite3'}"
+            )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+                os.close(fd)
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                os.chmod(path, mode & 0o700)
+        except OSError as exc:
+            raise storage_failure(exc, path) from None
 
     def close(self) -> None:
         self.conn.close()
@@ -279,10 +309,16 @@ class Staging:
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite may have rolled back already (disk full)
+                self.conn.execute("ROLLBACK")
             raise
         else:
-            self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error:
+                if self.conn.in_transaction:  # a failed COMMIT (disk full) leaves it open
+                    self.conn.execute("ROLLBACK")
+                raise
         finally:
             self._depth = 0
 
@@ -337,14 +373,19 @@ class Staging:
 
     # -- leases -------------------------------------------------------------------------
     def acquire_lease(self, list_id: str, owner: str, seconds: float) -> bool:
-        """Atomically take the audience's lease if it is free, expired, or already ours."""
+        """Atomically take the audience's lease if it is free, expired, already ours, or held
+        by a process of this host that no longer exists (a killed run: no need to wait)."""
         now = time.time()
         with self.atomic():
+            holder = self.conn.execute(
+                "SELECT lease_owner FROM audience_state WHERE list_id = ?", (list_id,)
+            ).fetchone()
+            gone = holder[0] if holder and lease_holder_gone(holder[0]) else None
             cursor = self.conn.execute(
                 "UPDATE audience_state SET lease_owner = ?, lease_expires = ? "
                 "WHERE list_id = ? AND (lease_owner IS NULL OR lease_expires < ? "
-                "OR lease_owner = ?)",
-                (owner, now + seconds, list_id, now, owner),
+                "OR lease_owner = ? OR lease_owner = ?)",
+                (owner, now + seconds, list_id, now, owner, gone),
             )
             return cursor.rowcount == 1
 
@@ -654,6 +695,110 @@ def _sql_fold_email(value: Any) -> str | None:
 
 # CiviCRM writes that are decisions (a plan); `email` writes carry facts fetched from Mailchimp.
 PLANNED_CIVI_WRITES = ("group", "hold")
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """Open for reading only. A WAL database needs its -shm file; where that cannot be created
+    (a read-only directory or file system, so no writer can be at work either), read the file
+    as immutable."""
+    uri = path.absolute().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.OperationalError:
+        if _unwritable(path) is None:
+            raise
+        conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    register_functions(conn)
+    return conn
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'migrations'"
+    ).fetchone()
+    if not exists:
+        return 0
+    return int(conn.execute("SELECT COALESCE(MAX(number), 0) FROM migrations").fetchone()[0])
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why this process cannot write the DB file or its directory, if it cannot."""
+    directory = path.parent
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return "it is on a read-only file system"
+    except OSError:
+        return None
+    if not os.access(directory, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return "this user may not write it or its directory"
+    return None
+
+
+def storage_failure(exc: sqlite3.Error | OSError, path: Path | None) -> McsyncError:
+    """One line for a failing state DB: what failed, where, and what to do. A ``ConfigError``
+    (exit 2) when the configured ``state_db`` cannot be used at all; else ``StorageError``."""
+    where = f"state DB {path}" if path else "the state DB"
+    text = exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+    name = "" if isinstance(exc, OSError) else str(getattr(exc, "sqlite_errorname", ""))
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or name == "SQLITE_FULL":
+        return StorageError(
+            f"{where}: the disk is full ({text}); free space on it and run again (the work "
+            "done so far is kept)"
+        )
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return StorageError(
+            f"{where}: locked by another process for {BUSY_TIMEOUT:g} s; if no other mcsync "
+            "is running, find the program holding it (a backup, an sqlite3 shell) and run again"
+        )
+    if name.startswith("SQLITE_CORRUPT"):
+        return StorageError(
+            f"{where} is damaged ({text}); move it aside (keep it for diagnosis) and run "
+            "`mcsync initial-sync`, which rebuilds it from both services"
+        )
+    if name == "SQLITE_NOTADB":
+        return ConfigError(
+            f"state_db: {path} is not an SQLite database; point state_db at mcsync's own "
+            "state file (a new name creates a new one)"
+        )
+    why = _unwritable(path) if path else None
+    if isinstance(exc, OSError) or why or name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+        because = why or text
+        return ConfigError(
+            f"state_db: cannot write {path} ({because}); make it and its directory writable "
+            "by this user or point state_db elsewhere (status and failures can still read it)"
+        )
+    if name.startswith("SQLITE_IOERR"):
+        return StorageError(f"{where}: the disk reported an I/O error ({text}); check the disk")
+    return StorageError(f"{where}: {text}")
+
+
+def this_host() -> str:
+    """This host as a lease names it: the host name and, where there is one, the PID namespace
+    (containers that share a host name cannot see each other's processes)."""
+    name = socket.gethostname()
+    try:
+        return f"{name}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return name
+
+
+def lease_holder_gone(lease_owner: str | None) -> bool:
+    """True when the lease owner (``host:pid:nonce``, see ``sync.lease_owner``) is a process of
+    this host that no longer exists. Another host's process cannot be checked, and a pid of
+    another user's process (or a reused pid) counts as alive: those leases wait for expiry."""
+    host, _, rest = (lease_owner or "").partition(":")
+    pid = rest.partition(":")[0]
+    if host != this_host() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def dumps(value: Any) -> str:

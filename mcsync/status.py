@@ -6,15 +6,13 @@ never rename or remove them.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from datetime import datetime, timedelta
 from typing import Any
 
 from mcsync.config import AudienceConfig
 from mcsync.reasons import RETRIED_REASONS
-from mcsync.staging import Staging, parse_iso, utc_now
+from mcsync.staging import Staging, lease_holder_gone, parse_iso, utc_now
 
 SILENT_LOG_LIMIT = timedelta(minutes=30)
 
@@ -113,7 +111,7 @@ def audience_status(staging: Staging, audience: AudienceConfig) -> dict[str, Any
     lease_live = (
         bool(lease_owner)
         and (state.get("lease_expires") or 0) >= time.time()
-        and not _holder_is_gone(lease_owner)
+        and not lease_holder_gone(lease_owner)
     )
     log = staging.recent_log(list_id, 10)
     return {
@@ -212,22 +210,6 @@ def _counts(staging: Staging, list_id: str, group_id: int) -> dict[str, int]:
         or 0
     )
     return counts
-
-
-def _holder_is_gone(lease_owner: str | None) -> bool:
-    """A lease held by a process of this host that no longer exists (killed): its lease has
-    not expired yet, but no run is working; `status` says so at once instead of in minutes."""
-    host, _, rest = (lease_owner or "").partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _possible_crash(

@@ -8,7 +8,6 @@ audience's lease is held for the whole call and renewed by a heartbeat thread.
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -31,7 +30,7 @@ from mcsync import (
 from mcsync.errors import AudienceBusy, BudgetExhausted, ConfigError
 from mcsync.reasons import RETRIED_REASONS
 from mcsync.run import Lease, RunContext
-from mcsync.staging import Staging, iso, parse_iso, utc_now
+from mcsync.staging import Staging, iso, parse_iso, this_host, utc_now
 
 StageFn = Callable[[RunContext], None]
 
@@ -79,7 +78,7 @@ class RunOutcome:
 
 
 def lease_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{this_host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class LeaseHeartbeat:

@@ -83,7 +83,7 @@ def test_malformed_toml_exits_2_with_the_line(tmp_path: Path) -> None:
 def test_every_config_problem_is_listed_with_its_key_path(tmp_path: Path) -> None:
     config = tmp_path / "mcsync.toml"
     broken = (
-        GOOD_CONFIG.replace('url = "http://civicrm', 'ur = "http://civicrm')
+        GOOD_CONFIG.replace('url = "https://civicrm', 'ur = "https://civicrm')
         .replace("group_id = 12", 'group_id = "twelve"\ncolour = "blue"')
         .replace('account = "main"', 'account = "other"')
         + "[sync]\nlease_seconds = 3\nbatch_threshold = 0\n"
@@ -361,13 +361,17 @@ def test_a_group_changed_after_configuration_stops_its_audience(
     else:
         scenario.civicrm.query("UPDATE civi_group SET is_active = 0 WHERE id = ?", (group,))
         said = "disabled"
+    # A configured group that is not a usable static mailing group is a configuration
+    # error: exit 2, as the README's exit codes say (issue 11, point 11).
     check = scenario.run("config check")
-    assert check.code == 1, check
+    assert check.code == 2, check
     assert "audience[0].group_id" in check.err and said in check.err, check
     before = _writes(scenario)
     run = scenario.run()
-    assert run.code == 1, run
+    assert run.code == 2, run
     assert said in run.err and "nothing was written" in run.err, run
+    preview = scenario.run("fetch-and-reconcile", "--dry-run")
+    assert preview.code == 2 and said in preview.err, preview
     assert _writes(scenario) == before
     assert scenario.status()[0]["last_sync"] is None
 
@@ -462,9 +466,7 @@ class LondonWorld(World):
         super().__init__(tmp_path)
         self.civi = CiviSim(CIVI_KEY, timezone="Europe/London")
         self.group_id = self.civi.add_group("Newsletter")
-        self.transport = MultiSimTransport(
-            {"http://mailchimp.sim": self.mc, "http://civicrm.sim": self.civi}
-        )
+        self.transport = MultiSimTransport({"mailchimp.sim": self.mc, "civicrm.sim": self.civi})
         self.write_config()
 
     def write_config(self, extra: str = "") -> None:

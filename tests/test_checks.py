@@ -147,9 +147,45 @@ def test_config_check_catches_a_wrong_time_zone(
     off, so the wrong side wins; config check says so and which zone CiviCRM is in."""
     _site_in(world, "America/New_York", configured)
     result = check(world, tmp_path)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     out = " ".join(result.output.split())
     assert f'civicrm.timezone: timezone = "{configured}" does not match CiviCRM' in out
     offset = datetime.now(ZoneInfo("America/New_York")).strftime("%z")
     assert f"UTC{offset[:3]}:{offset[3:]}" in out, "the offset CiviCRM's clock shows"
     assert '"America/New_York"' in out, "a zone to set instead"
+
+
+def test_config_check_refuses_plain_http_to_a_remote_host_and_warns_when_allowed(
+    world: World, tmp_path: Path
+) -> None:
+    """Issue 11, point 5. 0.0.0.0 is not a loopback address (it means "any"), but Linux
+    connects it to this host, so the simulators answer while the URL counts as remote."""
+    mc_server, civi_server = serve_simulators(world.mc, world.civi)
+    try:
+        text = world.config_path.read_text()
+        config = tmp_path / "served.toml"
+        remote_civi = civi_server.url.replace("127.0.0.1", "0.0.0.0") + "/civicrm/ajax/api4"
+        text = text.replace(MC_URL, mc_server.url + "/3.0").replace(CIVI_URL, remote_civi)
+
+        def run(config_text: str) -> Result:
+            config.write_text(config_text)
+            config.chmod(0o600)
+            return CliRunner().invoke(main, ["config", "check", "--config", str(config)])
+
+        refused = run(text)
+        assert refused.exit_code == 2, refused.output
+        assert "civicrm.url" in refused.output and "unencrypted" in refused.output
+        assert "Config OK" not in refused.output
+
+        allowed = run(text.replace("[civicrm]\n", "[civicrm]\nallow_insecure_http = true\n"))
+        assert allowed.exit_code == 0, allowed.output
+        out = " ".join(allowed.output.split())
+        assert "warning: civicrm.url" in out and "0.0.0.0" in out and "unencrypted" in out
+        assert "Config OK" in out
+        assert MC_KEY not in allowed.output and CIVI_KEY not in allowed.output
+
+        loopback = run(text.replace(remote_civi, civi_server.url + "/civicrm/ajax/api4"))
+        assert loopback.exit_code == 0 and "unencrypted" not in loopback.output
+    finally:
+        mc_server.stop()
+        civi_server.stop()

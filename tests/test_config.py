@@ -415,3 +415,52 @@ def test_config_file_is_private(tmp_path: Path) -> None:
     assert not config_file_is_private(path)
     path.chmod(0o604)
     assert not config_file_is_private(path)
+
+
+# -- TLS for remote hosts (issue 11, point 5) ---------------------------------------------------
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8011/civicrm/ajax/api4",
+        "http://127.8.9.10/civicrm/ajax/api4",
+        "http://[::1]:8011/civicrm/ajax/api4",
+        "http://localhost/civicrm/ajax/api4",
+        "http://LOCALHOST:8011/civicrm/ajax/api4",
+        "https://crm.example.org/civicrm/ajax/api4",
+    ],
+)
+def test_plain_http_is_accepted_for_loopback_only(tmp_path: Path, url: str) -> None:
+    text = MINIMAL.replace("https://crm.example.org/civicrm/ajax/api4", url)
+    config = load_config(write(tmp_path, text), ENV)
+    assert config.insecure_urls() == []
+
+
+@pytest.mark.parametrize(
+    ("table", "url", "host"),
+    [
+        ("civicrm", "http://crm.example.org/civicrm/ajax/api4", "crm.example.org"),
+        ("civicrm", "http://10.0.0.5/civicrm/ajax/api4", "10.0.0.5"),
+        ("civicrm", "http://0.0.0.0:8011/civicrm/ajax/api4", "0.0.0.0"),
+        ("civicrm", "http://localhost.example.org/civicrm/ajax/api4", "localhost.example.org"),
+        ("civicrm", "http://wp.example.org/?q=civicrm/ajax/api4/{entity}/{action}", "wp.example"),
+        ("mailchimp.accounts.main", "http://proxy.example.org/3.0", "proxy.example.org"),
+    ],
+)
+def test_plain_http_to_a_remote_host_is_refused_unless_allowed(
+    tmp_path: Path, table: str, url: str, host: str
+) -> None:
+    if table == "civicrm":
+        text = MINIMAL.replace("https://crm.example.org/civicrm/ajax/api4", url)
+        key = "civicrm.url"
+    else:
+        text = MINIMAL + f'base_url = "{url}"\n'
+        key = "mailchimp.accounts.main.base_url"
+    (problem,) = problems_of(write(tmp_path, text))
+    assert problem.startswith(f"{key}: "), problem
+    assert host in problem and "unencrypted" in problem and "allow_insecure_http" in problem
+
+    # Allowed explicitly, in the table the URL is in: it loads, and says so.
+    allowed = text.replace(f"[{table}]\n", f"[{table}]\nallow_insecure_http = true\n", 1)
+    config = load_config(write(tmp_path, allowed), ENV)
+    (warning,) = config.insecure_urls()
+    assert warning.startswith(f"{key}: ") and host in warning

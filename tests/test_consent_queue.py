@@ -49,7 +49,7 @@ def _services_with_a_clock(world: World) -> ShiftedClock:
     world.civi = CiviSim(CIVI_KEY, clock=clock)
     world.group_id = world.civi.add_group("Newsletter")
     world.transport = MultiSimTransport(
-        {"http://mailchimp.sim": world.mc, "http://civicrm.sim": world.civi}
+        {"mailchimp.sim": world.mc, "civicrm.sim": world.civi}
     )
     world.write_config()
     return clock

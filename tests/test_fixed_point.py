@@ -20,8 +20,8 @@ from mcsync.preview import collect_plan, discard_plans
 from mcsync.sim.transport import MultiSimTransport
 from mcsync.sim.world import CIVICRM_KEY, CIVICRM_SITE_KEY, MAILCHIMP_KEY, SimWorld
 
-MC = "http://mailchimp.sim"
-CIVI = "http://civicrm.sim"
+MC = "https://mailchimp.sim"
+CIVI = "https://civicrm.sim"
 
 
 class Generated:
@@ -31,7 +31,7 @@ class Generated:
         self.world = SimWorld.create(
             members=members, seed=seed, audiences=audiences, batch_delay=0.0
         )
-        self.transport = MultiSimTransport({MC: self.world.mailchimp, CIVI: self.world.civicrm})
+        self.transport = MultiSimTransport({"mailchimp.sim": self.world.mailchimp, "civicrm.sim": self.world.civicrm})
         lines = [
             f'state_db = "{tmp_path / "state.sqlite3"}"',
             "[civicrm]",

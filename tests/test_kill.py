@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -43,6 +46,7 @@ from e2e import (
 )
 
 from mcsync.sim.faults import FaultPlan
+from mcsync.staging import Staging, this_host
 from mcsync.sync import STAGE_NAMES
 
 SEED = 7
@@ -279,9 +283,8 @@ def test_every_write_request_is_survived_when_killed_mid_answer(
     assert_same_result(clean_state, scenario)
 
 
-def test_a_killed_runs_lease_blocks_then_expires(scenario: Scenario) -> None:
-    scenario.sync = SYNC + "\nlease_seconds = 10"
-    scenario.serve()
+def _start_and_kill(scenario: Scenario) -> str:
+    """Start a run, SIGKILL it mid-way; return its lease owner (still live in the DB)."""
     process = scenario.start()
     while process.poll() is None and _stage(scenario) not in ("match_emails", "reconcile"):
         time.sleep(0.003)
@@ -291,13 +294,44 @@ def test_a_killed_runs_lease_blocks_then_expires(scenario: Scenario) -> None:
             "SELECT lease_owner, lease_expires FROM audience_state"
         ).fetchone()
     assert owner and expires > time.time(), "the killed run's lease should still be live"
+    assert owner.split(":")[1] == str(process.pid), owner
+    return str(owner)
+
+
+def test_a_killed_runs_lease_on_this_host_is_taken_over_at_once(scenario: Scenario) -> None:
+    """Issue 11, point 10: the lease names host and pid; when that process is gone from
+    this host, the next run need not wait lease_seconds."""
+    scenario.sync = SYNC + "\nlease_seconds = 600"
+    scenario.serve()
+    _start_and_kill(scenario)
+    assert not scenario.status()[0]["running"]
+    takeover = scenario.run("fetch-and-reconcile", "-v")
+    assert takeover.code == 0, takeover
+    assert "busy" not in takeover.err and "complete" in takeover.out, takeover
+    status = scenario.status()[0]
+    assert status["stage"] == "idle" and not status["running"]
+    with scenario.db() as db:
+        assert db.execute("SELECT lease_owner FROM audience_state").fetchone()[0] is None
+
+
+def test_a_killed_runs_lease_from_another_host_blocks_then_expires(scenario: Scenario) -> None:
+    """Across hosts (a shared state DB) nothing can tell a dead run from a slow one: the
+    lease's expiry stands."""
+    scenario.sync = SYNC + "\nlease_seconds = 10"
+    scenario.serve()
+    owner = _start_and_kill(scenario)
+    with scenario.db() as db:
+        db.execute(
+            "UPDATE audience_state SET lease_owner = ?", ("elsewhere" + owner[owner.index(":") :],)
+        )
+        db.commit()
 
     busy = scenario.run()
     assert busy.code == 0, busy
     assert "busy" in busy.err, busy
     assert busy.seconds < 10, "a busy run must exit at once"
     status = scenario.status()[0]
-    assert status["possible_crash"], status
+    assert status["running"] and not status["possible_crash"], status  # as far as we can tell
     assert status["stage"] != "idle" and not status["in_sync"]
 
     # Let the lease lapse (as 10 s of silence would) and the next run takes over.
@@ -312,3 +346,30 @@ def test_a_killed_runs_lease_blocks_then_expires(scenario: Scenario) -> None:
     assert status["stage"] == "idle" and not status["possible_crash"] and not status["running"]
     with scenario.db() as db:
         assert db.execute("SELECT lease_owner FROM audience_state").fetchone()[0] is None
+
+
+@pytest.mark.parametrize(
+    "holder", ["dead, this host", "alive, this host", "dead, another host", "dead, other pid ns"]
+)
+def test_a_lease_is_taken_over_at_once_only_from_a_dead_process_of_this_host(
+    tmp_path: Path, holder: str
+) -> None:
+    """Containers may share a host name but not their processes: the host part of a lease
+    names the PID namespace too."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that existed and no longer does
+    here = this_host()
+    owner = {
+        "dead, this host": f"{here}:{gone.pid}:dead",
+        "alive, this host": f"{here}:{os.getpid()}:live",
+        "dead, another host": f"elsewhere:{gone.pid}:dead",
+        "dead, other pid ns": f"{socket.gethostname()}/1:{gone.pid}:dead",
+    }[holder]
+    staging = Staging(tmp_path / "state.sqlite3")
+    try:
+        staging.ensure_audience("a1b2c3", 1, "main")
+        assert staging.acquire_lease("a1b2c3", owner, 600)
+        taken = staging.acquire_lease("a1b2c3", f"{here}:{os.getpid()}:next", 600)
+        assert taken == (holder == "dead, this host")
+    finally:
+        staging.close()

@@ -147,7 +147,7 @@ def test_the_sim_pages_over_live_data_and_runs_churn_between_pages(churn_world: 
     with MailchimpClient(
         account_name="main",
         api_key=world.config.mailchimp.accounts["main"].api_key.get_secret_value(),
-        base_url="http://mailchimp.sim/3.0",
+        base_url="https://mailchimp.sim/3.0",
         budget=Budget(None),
         transport=world.transport,
         max_connections=1,

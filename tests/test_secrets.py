@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from e2e import MAILCHIMP_KEY, SECRETS, Run, Scenario, assert_no_secrets
 
+from mcsync.responses import redact
 from mcsync.sim.faults import FaultPlan
 
 # What a key can turn into on the wire: the Basic credential mcsync sends Mailchimp.
@@ -125,3 +127,74 @@ def test_config_check_warns_when_the_config_is_readable_by_others(
     assert_clean(run.text, "config check output")
     for secret in SECRETS:
         assert secret not in run.text
+
+
+# -- keys with control or non-ASCII characters (issue 11, point 4) -----------------------------
+# h11 refuses such a header value with "Illegal header value b'...'", which carried the key
+# (escaped) into stderr, the run log and `status --json`. Such keys are now refused when the
+# config is loaded, naming the key, never showing it.
+ODD_KEY_PARTS = ("oddkeyAAAA1111", "oddkeyBBBB2222")
+
+
+@pytest.mark.parametrize(
+    ("key_path", "odd"),
+    [
+        ("civicrm.api_key", "\x01"),
+        ("civicrm.api_key", "\n"),
+        ("civicrm.site_key", "\x7f"),
+        ("civicrm.site_key", "\t"),
+        ("mailchimp.accounts.main.api_key", "\u00a0"),  # a non-breaking space from copy-paste
+        ("mailchimp.accounts.main.api_key", "\u00e9"),
+    ],
+)
+def test_a_key_with_a_control_or_non_ascii_character_is_refused_at_load(
+    tmp_path: Path, key_path: str, odd: str
+) -> None:
+    scenario = Scenario(tmp_path / "world", members=5, seed=9)
+    scenario.serve()
+    try:
+        odd_key = ODD_KEY_PARTS[0] + odd + ODD_KEY_PARTS[1]
+        if key_path.startswith("mailchimp"):
+            odd_key += "-us21"
+        secret = {
+            "civicrm.api_key": SECRETS[2],
+            "civicrm.site_key": SECRETS[3],
+            "mailchimp.accounts.main.api_key": MAILCHIMP_KEY,
+        }[key_path]
+        text = scenario.config_path.read_text()
+        assert f'"{secret}"' in text
+        # In the environment, as a cron job would pass it (TOML cannot hold a raw newline).
+        scenario.config_path.write_text(text.replace(f'"{secret}"', '"${ODD_KEY}"'))
+        for args in (("fetch-and-reconcile",), ("status", "--json"), ("config check",)):
+            run = scenario.run(*args, env={"ODD_KEY": odd_key})
+            assert run.code == 2, run
+            assert key_path in run.err and "Traceback" not in run.err, run
+            assert "character" in run.err, run
+            for part in ODD_KEY_PARTS:
+                assert part not in run.text, f"the key shows in mcsync {' '.join(args)}:\n{run}"
+        assert scenario.mailchimp.request_log == [] and scenario.civicrm.request_log == []
+        for path in scenario.workdir.glob("state.sqlite3*"):
+            for part in ODD_KEY_PARTS:
+                assert part.encode() not in path.read_bytes()
+    finally:
+        scenario.stop()
+
+
+@pytest.mark.parametrize("odd", ["\x01", "\n", "\x00", "\u00e9", "'", '"', "\\"])
+def test_redaction_masks_escaped_and_repr_forms_of_a_secret(odd: str) -> None:
+    """Belt and braces behind the load-time check: messages from libraries quote values as
+    Python reprs (bytes or str) or JSON, which escape the odd characters."""
+    secret = ODD_KEY_PARTS[0] + odd + ODD_KEY_PARTS[1]
+    forms = [
+        f"Illegal header value {('Bearer ' + secret).encode()!r}",
+        f"Illegal header value {secret.encode('utf-8')!r}",
+        f"bad value {secret!r} here",
+        f"{[secret]}",
+        json.dumps({"value": secret}),
+        json.dumps({"value": secret}, ensure_ascii=False),
+        secret.encode("unicode_escape").decode("ascii"),
+    ]
+    for text in forms:
+        out = redact(text, [secret])
+        for part in ODD_KEY_PARTS:
+            assert part not in out, f"{text!r} -> {out!r}"
