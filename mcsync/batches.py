@@ -9,8 +9,9 @@ import json
 import sqlite3
 from typing import Any
 
+from mcsync import write_results as wr
 from mcsync.errors import ApiError, BudgetExhausted
-from mcsync.mailchimp import member_put_operation
+from mcsync.mailchimp import ResultsTooLarge, member_put_operation
 from mcsync.run import RunContext
 from mcsync.staging import iso, parse_iso, utc_now
 from mcsync.updates import apply_result, fail_update, queued_updates
@@ -149,7 +150,13 @@ def collect_batches(ctx: RunContext) -> None:
 
 
 def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -> None:
-    results = ctx.mailchimp.batch_results(batch["response_body_url"])
+    try:
+        results = ctx.mailchimp.batch_results(batch["response_body_url"], batch_id=batch["id"])
+    except ResultsTooLarge as exc:
+        # Downloading again gives the same archive: settle the batch so later runs go on, and
+        # fail the run once, loudly. Its rows are decided again from Mailchimp's state.
+        _settle_unreadable(ctx, row, str(exc))
+        raise
     by_update: dict[int, dict[str, Any]] = {}
     for item in results:
         operation_id = str(item.get("operation_id") or "")
@@ -171,9 +178,12 @@ def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -
                     "mention this operation; it will be decided again next run",
                 )
                 continue
-            status_code = int(result.get("status_code") or 0)
-            response = result.get("response") or {}
-            if status_code == 200:
+            status_code, response, problem = _read_result(result)
+            if problem:
+                # One garbled result fails its operation (a reason for `failures`), not the run.
+                error = ApiError(problem, title=wr.BAD_RESULT_TITLE, detail=problem)
+                apply_result(ctx, update, status_code, None, error)
+            elif status_code == 200:
                 apply_result(ctx, update, 200, response, None)
             else:
                 error = ApiError(
@@ -191,3 +201,50 @@ def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -
         f"Processed batch {batch['id']}: {batch.get('finished_operations')} operations, "
         f"{batch.get('errored_operations')} errors"
     )
+
+
+def _read_result(result: dict[str, Any]) -> tuple[int, dict[str, Any], str | None]:
+    """``(status_code, response, problem)`` of one operation result; ``problem`` says what is
+    malformed (a status code that is no HTTP status, a response that is not a JSON object),
+    and the status code is then 0, so the operation counts as failed."""
+    code = result.get("status_code")
+    operation = result.get("operation_id")
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
+        return 0, {}, (
+            f"Mailchimp's batch result for operation {operation} has status_code"
+            f" {_shown(code)}, not an HTTP status; whether the change was made is unknown"
+        )
+    response = result.get("response")
+    if response is not None and not isinstance(response, dict):
+        return 0, {}, (
+            f"Mailchimp's batch result for operation {operation} (HTTP {code}) has a response"
+            f" that is not a JSON object ({_shown(response)}); what Mailchimp now holds for"
+            " this member is unknown"
+        )
+    return code, response or {}, None
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _settle_unreadable(ctx: RunContext, row: sqlite3.Row, why: str) -> None:
+    updates = ctx.staging.query(
+        "SELECT * FROM updates WHERE batch_id = ? AND state = 'submitted'", (row["id"],)
+    )
+    with ctx.staging.atomic():
+        for update in updates:
+            fail_update(
+                ctx,
+                update,
+                "Results unreadable",
+                "Mailchimp's batch results could not be read; it will be decided again next run",
+            )
+        ctx.staging.execute(
+            "UPDATE batches SET status = 'processed', completed_at = ? WHERE id = ?",
+            (iso(utc_now()), row["id"]),
+        )
+    ctx.log(f"{why}; its {len(updates)} updates will be decided again next run", "error")
