@@ -286,14 +286,19 @@ class MailchimpClient(SessionClient):
 
     def write_members(self, list_id: str, members: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Bulk subscribe/update: ``POST /lists/{id}`` with up to 500 members and
-        ``update_existing``; Mailchimp answers at once, with per-member ``errors[]``. Setting
-        statuses is idempotent, so the call is retried like a PUT."""
+        ``update_existing``; Mailchimp answers at once, with per-member ``errors[]``.
+
+        Setting subscribed or unsubscribed again is harmless, so such a call is retried like a
+        PUT. Setting ``pending`` emails the person a confirmation each time, so a call naming
+        a pending member is never repeated once it may have reached Mailchimp (like
+        ``POST /batches``): the caller finds out what happened instead."""
         if len(members) > BULK_LIMIT:
             raise ValueError(f"at most {BULK_LIMIT} members per bulk request")
         result: dict[str, Any] = self.session.request(
             "POST",
             f"/lists/{_seg(list_id)}",
             json={"members": list(members), "update_existing": True},
+            retry=not any(m.get("status") == "pending" for m in members),
         )
         return result
 
