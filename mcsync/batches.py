@@ -212,16 +212,24 @@ def _read_result(result: dict[str, Any]) -> tuple[int, dict[str, Any], str | Non
     if isinstance(code, str) and code.isdigit():
         code = int(code)
     if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
-        return 0, {}, (
-            f"Mailchimp's batch result for operation {operation} has status_code"
-            f" {_shown(code)}, not an HTTP status; whether the change was made is unknown"
+        return (
+            0,
+            {},
+            (
+                f"Mailchimp's batch result for operation {operation} has status_code"
+                f" {_shown(code)}, not an HTTP status; whether the change was made is unknown"
+            ),
         )
     response = result.get("response")
     if response is not None and not isinstance(response, dict):
-        return 0, {}, (
-            f"Mailchimp's batch result for operation {operation} (HTTP {code}) has a response"
-            f" that is not a JSON object ({_shown(response)}); what Mailchimp now holds for"
-            " this member is unknown"
+        return (
+            0,
+            {},
+            (
+                f"Mailchimp's batch result for operation {operation} (HTTP {code}) has a response"
+                f" that is not a JSON object ({_shown(response)}); what Mailchimp now holds for"
+                " this member is unknown"
+            ),
         )
     return code, response or {}, None
 

@@ -40,6 +40,7 @@ from mcsync.budget import Budget
 from mcsync.errors import BadResponse, BudgetExhausted, RetriesExhausted
 from mcsync.http import HttpSession
 from mcsync.mailchimp import parse_batch_results
+from mcsync.responses import redact
 from mcsync.sim.base import SimRequest, SimResponse, Simulator
 from mcsync.sim.faults import call_simulator
 from mcsync.sim.transport import MultiSimTransport
@@ -245,9 +246,11 @@ def test_a_batch_results_bomb_is_refused_naming_the_batch(make_world: Any) -> No
     world, tamper = batch_world(make_world)
     bomb = results_archive({"./bomb.json": b"[" + b" " * (40 * MIB) + b"]"})
     tamper.add(
-        lambda request, forward: SimResponse(200, {"Content-Type": "application/x-gzip"}, bomb)
-        if _results(request)
-        else None
+        lambda request, forward: (
+            SimResponse(200, {"Content-Type": "application/x-gzip"}, bomb)
+            if _results(request)
+            else None
+        )
     )
     started = time.monotonic()
     first = world.sync()
@@ -295,9 +298,7 @@ def test_an_oversized_json_answer_is_refused_naming_the_path_not_the_query() -> 
     session = session_for(base, Budget(None))
     huge = b'{"members": [], "pad": "' + b"x" * (70 * MIB) + b'"}'
     with respx.mock() as router:
-        router.get(f"{base}/lists/abc/members").mock(
-            return_value=httpx.Response(200, content=huge)
-        )
+        router.get(f"{base}/lists/abc/members").mock(return_value=httpx.Response(200, content=huge))
         with pytest.raises(BadResponse) as info:
             session.request("GET", "/lists/abc/members", params={"fields": "secretish-query"})
     message = str(info.value)
@@ -367,6 +368,17 @@ def test_debug_http_never_shows_the_signature_of_a_presigned_link(make_world: An
     assert not [line for line in lines if re.search(r"Signature=(?!\*)", line)], downloads
 
 
+def test_signatures_of_presigned_links_are_masked_in_any_text() -> None:
+    link = (
+        "https://b.s3.amazonaws.com/r.tar.gz?AWSAccessKeyId=AKIAXYZ&Expires=1&Signature=s1%2B"
+        " https://s.example/x?X-Amz-Credential=AKIA2%2F&X-Amz-Signature=deadbeef&x=1"
+    )
+    shown = redact(link, [])
+    for secret in ("AKIAXYZ", "s1%2B", "AKIA2", "deadbeef"):
+        assert secret not in shown, shown
+    assert "Expires=1" in shown and "x=1" in shown
+
+
 # -- a lost answer to a bulk write ------------------------------------------------------------
 class LoseAnswer(httpx.BaseTransport):
     """Lets the first bulk `POST /lists/{id}` naming a `pending` member reach the simulator
@@ -392,9 +404,7 @@ class LoseAnswer(httpx.BaseTransport):
 
 
 @pytest.mark.parametrize("how", ["503", "timeout"])
-def test_a_lost_answer_to_a_bulk_write_sends_no_second_confirmation(
-    world: World, how: str
-) -> None:
+def test_a_lost_answer_to_a_bulk_write_sends_no_second_confirmation(world: World, how: str) -> None:
     world.person(
         "back@example.org",
         mc="unsubscribed",
