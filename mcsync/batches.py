@@ -10,8 +10,8 @@ import sqlite3
 from typing import Any
 
 from mcsync import write_results as wr
-from mcsync.errors import ApiError, BudgetExhausted
-from mcsync.mailchimp import ResultsTooLarge, member_put_operation
+from mcsync.errors import ApiError, BudgetExhausted, ResponseTooLarge
+from mcsync.mailchimp import member_put_operation
 from mcsync.run import RunContext
 from mcsync.staging import iso, parse_iso, utc_now
 from mcsync.updates import apply_result, fail_update, queued_updates
@@ -152,7 +152,7 @@ def collect_batches(ctx: RunContext) -> None:
 def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -> None:
     try:
         results = ctx.mailchimp.batch_results(batch["response_body_url"], batch_id=batch["id"])
-    except ResultsTooLarge as exc:
+    except ResponseTooLarge as exc:
         # Downloading again gives the same archive: settle the batch so later runs go on, and
         # fail the run once, loudly. Its rows are decided again from Mailchimp's state.
         _settle_unreadable(ctx, row, str(exc))
@@ -205,33 +205,53 @@ def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -
 
 def _read_result(result: dict[str, Any]) -> tuple[int, dict[str, Any], str | None]:
     """``(status_code, response, problem)`` of one operation result; ``problem`` says what is
-    malformed (a status code that is no HTTP status, a response that is not a JSON object),
-    and the status code is then 0, so the operation counts as failed."""
+    malformed (a status code that is no HTTP status, a response that is not a JSON object or
+    has fields mcsync cannot read), and the status code is then 0: the operation failed."""
     code = result.get("status_code")
     operation = result.get("operation_id")
     if isinstance(code, str) and code.isdigit():
         code = int(code)
     if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
-        return (
-            0,
-            {},
-            (
-                f"Mailchimp's batch result for operation {operation} has status_code"
-                f" {_shown(code)}, not an HTTP status; whether the change was made is unknown"
-            ),
+        problem = (
+            f"Mailchimp's batch result for operation {operation} has status_code"
+            f" {_shown(code)}, not an HTTP status; whether the change was made is unknown"
         )
+        return 0, {}, problem
     response = result.get("response")
-    if response is not None and not isinstance(response, dict):
-        return (
-            0,
-            {},
-            (
-                f"Mailchimp's batch result for operation {operation} (HTTP {code}) has a response"
-                f" that is not a JSON object ({_shown(response)}); what Mailchimp now holds for"
-                " this member is unknown"
-            ),
+    odd = _odd_fields(response, code) if isinstance(response, dict) else []
+    if (response is not None and not isinstance(response, dict)) or odd:
+        what = (
+            f"a response with unreadable {', '.join(odd)}"
+            if odd
+            else f"a response that is not a JSON object ({_shown(response)})"
         )
+        problem = (
+            f"Mailchimp's batch result for operation {operation} (HTTP {code}) has {what};"
+            " what Mailchimp now holds for this member is unknown"
+        )
+        return 0, {}, problem
     return code, response or {}, None
+
+
+# Fields of a result's response that mcsync reads: a member after a write, a problem after an
+# error. Each must be a string (interests: an object), or absent.
+_MEMBER_TEXT = ("id", "email_address", "status", "last_changed")
+_PROBLEM_TEXT = ("title", "detail")
+
+
+def _odd_fields(response: dict[str, Any], code: int) -> list[str]:
+    member = 200 <= code < 300
+    names = _MEMBER_TEXT if member else _PROBLEM_TEXT
+    odd = [n for n in names if response.get(n) is not None and not isinstance(response[n], str)]
+    if member:
+        if response.get("interests") is not None and not isinstance(response["interests"], dict):
+            odd.append("interests")
+        if "last_changed" not in odd:
+            try:
+                parse_iso(response.get("last_changed"))
+            except ValueError:
+                odd.append("last_changed")
+    return odd
 
 
 def _shown(value: Any) -> str:

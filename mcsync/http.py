@@ -49,6 +49,7 @@ from .errors import (
     BadResponse,
     BudgetExhausted,
     NotFoundError,
+    ResponseTooLarge,
     RetriesExhausted,
 )
 from .responses import (
@@ -350,7 +351,7 @@ class HttpSession:
         for chunk in response.iter_bytes():
             size += len(chunk)
             if size > self._max_body_bytes:
-                raise BadResponse(
+                raise ResponseTooLarge(
                     self.redact(
                         f"{label} answered more than {self._max_body_bytes // 2**20} MiB (HTTP"
                         f" {response.status_code}); no answer of the API is that large, so it"

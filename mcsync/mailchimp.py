@@ -27,6 +27,7 @@ from .errors import (
     BadResponse,
     ConfigError,
     NotFoundError,
+    ResponseTooLarge,
     RetriesExhausted,
 )
 from .http import HttpSession, SessionClient
@@ -382,6 +383,11 @@ class MailchimpClient(SessionClient):
                 service=self.session.service,
                 status=exc.status,
             ) from None
+        except ResponseTooLarge as exc:
+            raise ResponseTooLarge(
+                f"the results file of batch {batch_id or '?'} is too large to download: {exc}",
+                service=self.session.service,
+            ) from None
         return parse_batch_results(
             raw, service=self.session.service, batch_id=batch_id, budget=self.session.budget
         )
@@ -392,10 +398,6 @@ class MailchimpClient(SessionClient):
 MAX_RESULT_FILE_BYTES = 16 * 1024 * 1024
 MAX_RESULTS_BYTES = 64 * 1024 * 1024
 _READ_CHUNK = 1024 * 1024
-
-
-class ResultsTooLarge(BadResponse):
-    """A batch's results unpack to more than the caps: unreadable, whatever we retry."""
 
 
 def parse_batch_results(
@@ -429,7 +431,7 @@ def parse_batch_results(
                         if entry.size > max_file_bytes
                         else f"more than {max_total_bytes // 2**20} MiB in all"
                     )
-                    raise ResultsTooLarge(
+                    raise ResponseTooLarge(
                         f"the results of {name} unpack to {what}, more than any batch of"
                         f" mcsync's can produce (at most {max_file_bytes // 2**20} MiB a file,"
                         f" {max_total_bytes // 2**20} MiB in all); not read",

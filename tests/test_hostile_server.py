@@ -323,14 +323,19 @@ def _garble(archive: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
 
 
 def test_malformed_operation_results_fail_their_rows_not_the_run(make_world: Any) -> None:
-    world, tamper = batch_world(make_world)
+    world, tamper = batch_world(make_world, people=6)
 
     def change(item: dict[str, Any]) -> None:
-        email = json.loads(item["response"]).get("email_address")
+        member = json.loads(item["response"])
+        email = member.get("email_address")
         if email == "p0@example.org":
             item["status_code"] = "abc"
         elif email == "p1@example.org":
             item["response"] = "[1,2]"
+        elif email == "p2@example.org":
+            item["response"] = json.dumps({**member, "interests": ["x"]})
+        elif email == "p3@example.org":
+            item["response"] = json.dumps({**member, "last_changed": "yesterday"})
 
     def rule(request: SimRequest, forward: Any) -> SimResponse | None:
         if not _results(request):
@@ -347,12 +352,13 @@ def test_malformed_operation_results_fail_their_rows_not_the_run(make_world: Any
         listed = {f["email"]: f for f in failures(staging, world.config.audience[0])}
     finally:
         staging.close()
-    assert set(listed) == {"p0@example.org", "p1@example.org"}, listed
-    assert listed["p0@example.org"]["reason"] == "bad_result"
-    assert "status_code" in listed["p0@example.org"]["detail"]
-    assert listed["p1@example.org"]["reason"] == "bad_result"
-    assert "response" in listed["p1@example.org"]["detail"]
-    assert world.mc_status("p2@example.org") == "subscribed"
+    expected = {"p0": "status_code", "p1": "not a JSON object", "p2": "interests"}
+    expected["p3"] = "last_changed"
+    assert set(listed) == {f"{p}@example.org" for p in expected}, listed
+    for person, words in expected.items():
+        failure = listed[f"{person}@example.org"]
+        assert failure["reason"] == "bad_result" and words in failure["detail"], failure
+    assert world.mc_status("p4@example.org") == "subscribed"
     second = world.sync()
     assert second[0].error is None and second[0].outcome and second[0].outcome.completed
 
