@@ -155,8 +155,11 @@ def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -
     except ResponseTooLarge as exc:
         # Downloading again gives the same archive: settle the batch so later runs go on, and
         # fail the run once, loudly. Its rows are decided again from Mailchimp's state.
-        _settle_unreadable(ctx, row, str(exc))
-        raise
+        settled = _settle_unreadable(ctx, row, str(exc))
+        raise ResponseTooLarge(
+            f"{exc}; the batch is closed and its {settled} updates are decided again next run",
+            status=exc.status,
+        ) from None
     by_update: dict[int, dict[str, Any]] = {}
     for item in results:
         operation_id = str(item.get("operation_id") or "")
@@ -259,7 +262,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _settle_unreadable(ctx: RunContext, row: sqlite3.Row, why: str) -> None:
+def _settle_unreadable(ctx: RunContext, row: sqlite3.Row, why: str) -> int:
     updates = ctx.staging.query(
         "SELECT * FROM updates WHERE batch_id = ? AND state = 'submitted'", (row["id"],)
     )
@@ -276,3 +279,4 @@ def _settle_unreadable(ctx: RunContext, row: sqlite3.Row, why: str) -> None:
             (iso(utc_now()), row["id"]),
         )
     ctx.log(f"{why}; its {len(updates)} updates will be decided again next run", "error")
+    return len(updates)
