@@ -251,22 +251,24 @@ class HttpSession:
         """One exchange, ended by the run's deadline: without a deadline it runs here; with
         one it runs in a daemon thread, and at the deadline the caller stops waiting and
         raises :class:`BudgetExhausted` (a server trickling bytes cannot hold the run)."""
-        args = (method, url, params, json, data, authenticate, label)
         if self.budget.is_unlimited:
-            return self._exchange(*args)
+            return self._exchange(method, url, params, json, data, authenticate, label)
         outcome: list[httpx.Response | BaseException] = []
-        done = threading.Event()
+        done, abandoned = threading.Event(), threading.Event()
 
         def work() -> None:
             try:
-                outcome.append(self._exchange(*args))
+                outcome.append(
+                    self._exchange(method, url, params, json, data, authenticate, label, abandoned)
+                )
             except BaseException as exc:  # handed to the waiting caller
                 outcome.append(exc)
             finally:
                 done.set()
 
         threading.Thread(target=work, name="mcsync-request", daemon=True).start()
-        if not done.wait(self.budget.remaining()) and not done.is_set():
+        if not done.wait(self.budget.remaining()):
+            abandoned.set()  # the worker stops reading at its next chunk
             raise BudgetExhausted(
                 self.redact(
                     f"{self.service}: {label} was not answered in full when the run's time budget"
@@ -287,6 +289,7 @@ class HttpSession:
         data: Mapping[str, Any] | None,
         authenticate: bool,
         label: str,
+        abandoned: threading.Event | None = None,
     ) -> httpx.Response:
         remaining = self.budget.remaining()
         if not self._slots.acquire(timeout=None if math.isinf(remaining) else remaining):
@@ -294,14 +297,14 @@ class HttpSession:
                 f"{self.service}: the run's time budget ran out waiting for a free connection"
             )
         try:
-            with self._count_lock:
-                self._count += 1
             started = time.monotonic()
             with (
                 self._process_slots.hold(self.budget, self.service)
                 if (self._process_slots and authenticate)
                 else contextlib.nullcontext()
             ):
+                with self._count_lock:
+                    self._count += 1
                 request = self._client.build_request(
                     method,
                     url,
@@ -320,7 +323,7 @@ class HttpSession:
                     stream=True,
                 )
                 try:
-                    body = self._read_body(streamed, label)
+                    body = self._read_body(streamed, label, abandoned)
                 finally:
                     streamed.close()
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
@@ -344,8 +347,12 @@ class HttpSession:
             )
         return response
 
-    def _read_body(self, response: httpx.Response, label: str) -> bytes:
-        """The whole (decoded) body, read chunk by chunk: stop at the deadline or the cap."""
+    def _read_body(
+        self, response: httpx.Response, label: str, abandoned: threading.Event | None
+    ) -> bytes:
+        """The whole (decoded) body, read chunk by chunk: stop at the cap, or once the caller
+        has stopped waiting for it (the deadline passed; a complete answer is never dropped
+        here for being late, the caller alone decides that)."""
         chunks: list[bytes] = []
         size = 0
         for chunk in response.iter_bytes():
@@ -361,7 +368,7 @@ class HttpSession:
                     status=response.status_code,
                 )
             chunks.append(chunk)
-            if self.budget.expired():
+            if abandoned is not None and abandoned.is_set():
                 raise BudgetExhausted(
                     self.redact(
                         f"{self.service}: {label} was still sending its answer when the run's"

@@ -10,7 +10,7 @@ from typing import Any
 
 from mcsync import write_results as wr
 from mcsync.batches import push_batches
-from mcsync.errors import ApiError
+from mcsync.errors import ApiError, BudgetExhausted
 from mcsync.mailchimp import BULK_LIMIT
 from mcsync.run import RunContext
 from mcsync.updates import apply_result, fail_update, queued_updates
@@ -48,12 +48,14 @@ def _push_direct(ctx: RunContext) -> None:
         if not updates:
             continue
         items = [bulk_item(u["email"], json.loads(u["body"])) for u in updates]
-        ctx.budget.check()
         ctx.staging.mark_sending([u["id"] for u in updates])
+        sent_before = ctx.mailchimp.request_count
         try:
             answer = ctx.mailchimp.write_members(ctx.list_id, items)
-        except ApiError as exc:
-            if exc.status is not None and 400 <= exc.status < 500:
+        except (ApiError, BudgetExhausted) as exc:
+            # Back to the queue only if nothing can have been applied: never sent, or refused.
+            turned_away = isinstance(exc, ApiError) and 400 <= (exc.status or 0) < 500
+            if turned_away or ctx.mailchimp.request_count == sent_before:
                 ctx.staging.unmark_sending([u["id"] for u in updates])
             raise
         written = {

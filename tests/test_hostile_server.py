@@ -454,3 +454,36 @@ def test_a_bulk_write_without_pending_members_is_still_retried(world: World) -> 
     results = world.sync()
     assert results[0].error is None, results[0].error
     assert world.mc_status("new@example.org") == "subscribed"
+
+
+# -- found on the way: a deadline right after contacts are created ------------------------------
+def test_a_deadline_right_after_creating_contacts_loses_none_of_them(world: World) -> None:
+    """The run stops at its deadline just after `Contact.save` answered, before the new
+    contacts' emails were read: the next run must still link and add them (it used to point
+    the rows at contacts it never read, and report them as 'no_contact' for good)."""
+    for n in range(3):
+        world.person(f"new{n}@example.org", mc="subscribed")
+    now = [0.0]
+
+    class JumpAfterSave(httpx.BaseTransport):
+        def __init__(self, inner: httpx.BaseTransport) -> None:
+            self.inner = inner
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = self.inner.handle_request(request)
+            if request.url.path.endswith("/Contact/save"):
+                now[0] += 1000.0  # the deadline passes while this answer arrives
+            return response
+
+    world.transport = JumpAfterSave(world.transport)  # type: ignore[assignment]
+    first = world.sync(budget=Budget(100, clock=lambda: now[0]))
+    assert first[0].outcome is not None and not first[0].outcome.completed
+    assert first[0].outcome.stage == "create_contacts", first[0].outcome
+    for _ in range(2):
+        world.sync()
+    added = world.civi.query(
+        "SELECT e.email FROM group_contact g JOIN email e ON e.contact_id = g.contact_id "
+        "WHERE g.group_id = ? AND g.status = 'Added'",
+        (world.group_id,),
+    )
+    assert sorted(r["email"] for r in added) == [f"new{n}@example.org" for n in range(3)]
