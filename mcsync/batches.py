@@ -9,7 +9,8 @@ import json
 import sqlite3
 from typing import Any
 
-from mcsync.errors import ApiError, BudgetExhausted
+from mcsync import write_results as wr
+from mcsync.errors import ApiError, BudgetExhausted, ResponseTooLarge
 from mcsync.mailchimp import member_put_operation
 from mcsync.overtaken import drop_overtaken_updates
 from mcsync.run import RunContext
@@ -154,7 +155,16 @@ def collect_batches(ctx: RunContext) -> None:
 
 
 def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -> None:
-    results = ctx.mailchimp.batch_results(batch["response_body_url"])
+    try:
+        results = ctx.mailchimp.batch_results(batch["response_body_url"], batch_id=batch["id"])
+    except ResponseTooLarge as exc:
+        # Downloading again gives the same archive: settle the batch so later runs go on, and
+        # fail the run once, loudly. Its rows are decided again from Mailchimp's state.
+        settled = _settle_unreadable(ctx, row, str(exc))
+        raise ResponseTooLarge(
+            f"{exc}; the batch is closed and its {settled} updates are decided again next run",
+            status=exc.status,
+        ) from None
     by_update: dict[int, dict[str, Any]] = {}
     for item in results:
         operation_id = str(item.get("operation_id") or "")
@@ -176,9 +186,12 @@ def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -
                     "mention this operation; it will be decided again next run",
                 )
                 continue
-            status_code = int(result.get("status_code") or 0)
-            response = result.get("response") or {}
-            if status_code == 200:
+            status_code, response, problem = _read_result(result)
+            if problem:
+                # One garbled result fails its operation (a reason for `failures`), not the run.
+                error = ApiError(problem, title=wr.BAD_RESULT_TITLE, detail=problem)
+                apply_result(ctx, update, status_code, None, error)
+            elif status_code == 200:
                 apply_result(ctx, update, 200, response, None)
             else:
                 error = ApiError(
@@ -196,3 +209,79 @@ def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -
         f"Processed batch {batch['id']}: {batch.get('finished_operations')} operations, "
         f"{batch.get('errored_operations')} errors"
     )
+
+
+def _read_result(result: dict[str, Any]) -> tuple[int, dict[str, Any], str | None]:
+    """``(status_code, response, problem)`` of one operation result; ``problem`` says what is
+    malformed (a status code that is no HTTP status, a response that is not a JSON object or
+    has fields mcsync cannot read), and the status code is then 0: the operation failed."""
+    code = result.get("status_code")
+    operation = result.get("operation_id")
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
+        problem = (
+            f"Mailchimp's batch result for operation {operation} has status_code"
+            f" {_shown(code)}, not an HTTP status; whether the change was made is unknown"
+        )
+        return 0, {}, problem
+    response = result.get("response")
+    odd = _odd_fields(response, code) if isinstance(response, dict) else []
+    if (response is not None and not isinstance(response, dict)) or odd:
+        what = (
+            f"a response with unreadable {', '.join(odd)}"
+            if odd
+            else f"a response that is not a JSON object ({_shown(response)})"
+        )
+        problem = (
+            f"Mailchimp's batch result for operation {operation} (HTTP {code}) has {what};"
+            " what Mailchimp now holds for this member is unknown"
+        )
+        return 0, {}, problem
+    return code, response or {}, None
+
+
+# Fields of a result's response that mcsync reads: a member after a write, a problem after an
+# error. Each must be a string (interests: an object), or absent.
+_MEMBER_TEXT = ("id", "email_address", "status", "last_changed")
+_PROBLEM_TEXT = ("title", "detail")
+
+
+def _odd_fields(response: dict[str, Any], code: int) -> list[str]:
+    member = 200 <= code < 300
+    names = _MEMBER_TEXT if member else _PROBLEM_TEXT
+    odd = [n for n in names if response.get(n) is not None and not isinstance(response[n], str)]
+    if member:
+        if response.get("interests") is not None and not isinstance(response["interests"], dict):
+            odd.append("interests")
+        if "last_changed" not in odd:
+            try:
+                parse_iso(response.get("last_changed"))
+            except ValueError:
+                odd.append("last_changed")
+    return odd
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _settle_unreadable(ctx: RunContext, row: sqlite3.Row, why: str) -> int:
+    updates = ctx.staging.query(
+        "SELECT * FROM updates WHERE batch_id = ? AND state = 'submitted'", (row["id"],)
+    )
+    with ctx.staging.atomic():
+        for update in updates:
+            fail_update(
+                ctx,
+                update,
+                "Results unreadable",
+                "Mailchimp's batch results could not be read; it will be decided again next run",
+            )
+        ctx.staging.execute(
+            "UPDATE batches SET status = 'processed', completed_at = ? WHERE id = ?",
+            (iso(utc_now()), row["id"]),
+        )
+    ctx.log(f"{why}; its {len(updates)} updates will be decided again next run", "error")
+    return len(updates)

@@ -48,6 +48,11 @@ class Budget:
             return math.inf
         return max(0.0, self._deadline - self._clock())
 
+    def cap(self, seconds: float) -> float:
+        """``seconds``, or the time left if that is less: a timeout that cannot outlast the
+        deadline (a small floor keeps it usable by the HTTP layer once time is up)."""
+        return max(0.001, min(seconds, self.remaining()))
+
     def expired(self) -> bool:
         return self.remaining() <= 0.0
 

@@ -10,6 +10,7 @@
         ├── AuthError        401/403: wrong key, data centre or permissions
         ├── NotFoundError    404: the list, member, entity or endpoint is not there
         ├── BadResponse      not the JSON we expected (HTML page, truncated body, odd shape)
+        │   └── ResponseTooLarge  an answer (or batch results unpacked) above mcsync's caps
         └── RetriesExhausted 429/5xx/network errors that outlasted retries or the budget
 
 Messages name the thing that failed and what would fix it, and never contain secrets.
@@ -77,6 +78,11 @@ class NotFoundError(ApiError):
 
 class BadResponse(ApiError):
     """The response was not the JSON shape expected: an HTML error page, truncated JSON..."""
+
+
+class ResponseTooLarge(BadResponse):
+    """An answer larger than any the API sends (or batch results that unpack to more): not
+    read, and asking again gives the same."""
 
 
 class RetriesExhausted(ApiError):

@@ -13,8 +13,15 @@ Retry policy (STYLE.md point 3):
   :class:`RetriesExhausted` saying the request may have been processed.
 - More than ``max_retries`` retries raise :class:`RetriesExhausted` (exit 1). A wait that would
   pass the run's deadline raises :class:`BudgetExhausted` instead, so the engine saves progress
-  and exits 0; a request is never started once the deadline has passed. A request already in
-  flight may end up to ``timeout`` seconds after the deadline.
+  and exits 0; a request is never started once the deadline has passed.
+- Every request ends by the run's deadline, whatever the server does: ``timeout`` is per read,
+  so a server sending a byte every few seconds would never time out. With a deadline, the
+  exchange runs in a daemon thread that the caller waits for only until the deadline (then
+  :class:`BudgetExhausted`; the thread is left to die with its own capped timeouts), reads are
+  capped at the time remaining, and the body is streamed with the deadline checked between
+  chunks.
+- A body larger than ``max_body_bytes`` (64 MiB: far above any page) is refused with
+  :class:`BadResponse` naming the URL path, before it is all in memory.
 - A single wait longer than ``max_wait`` (a server asking for minutes) raises RetriesExhausted.
 
 Concurrency: each session has one thread-safe ``httpx.Client`` (``max_connections``) and all
@@ -42,9 +49,18 @@ from .errors import (
     BadResponse,
     BudgetExhausted,
     NotFoundError,
+    ResponseTooLarge,
     RetriesExhausted,
 )
-from .responses import Outcome, body_snippet, classify, parse_retry_after, problem_details, redact
+from .responses import (
+    MASK,
+    Outcome,
+    body_snippet,
+    classify,
+    parse_retry_after,
+    problem_details,
+    redact,
+)
 from .slots import ProcessSlots
 
 USER_AGENT = "mcsync/0.1"
@@ -57,6 +73,8 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _MAYBE_SENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 _ABSOLUTE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+#: Most bytes of one response body read into memory; no API page comes near it.
+MAX_BODY_BYTES = 64 * 1024 * 1024
 
 _slots_lock = threading.Lock()
 _account_slots: dict[str, threading.BoundedSemaphore] = {}
@@ -98,8 +116,11 @@ class HttpSession:
         backoff_cap: float = 30.0,
         max_wait: float = 120.0,
         process_slots: ProcessSlots | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.service = service
+        self._timeout = timeout
+        self._max_body_bytes = max_body_bytes
         self._process_slots = process_slots
         self.base_url = base_url.rstrip("/")
         self.budget = budget
@@ -173,7 +194,7 @@ class HttpSession:
             retry_after: float | None = None
             status: int | None = None
             try:
-                response = self._send(method, url, params, json, data, authenticate)
+                response = self._send(method, url, params, json, data, authenticate, label)
             except _NOT_SENT as exc:
                 failure = self._describe(exc)
             except _MAYBE_SENT as exc:
@@ -229,6 +250,50 @@ class HttpSession:
         json: Any,
         data: Mapping[str, Any] | None,
         authenticate: bool,
+        label: str,
+    ) -> httpx.Response:
+        """One exchange, ended by the run's deadline: without a deadline it runs here; with
+        one it runs in a daemon thread, and at the deadline the caller stops waiting and
+        raises :class:`BudgetExhausted` (a server trickling bytes cannot hold the run)."""
+        if self.budget.is_unlimited:
+            return self._exchange(method, url, params, json, data, authenticate, label)
+        outcome: list[httpx.Response | BaseException] = []
+        done, abandoned = threading.Event(), threading.Event()
+
+        def work() -> None:
+            try:
+                outcome.append(
+                    self._exchange(method, url, params, json, data, authenticate, label, abandoned)
+                )
+            except BaseException as exc:  # handed to the waiting caller
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=work, name="mcsync-request", daemon=True).start()
+        if not done.wait(self.budget.remaining()):
+            abandoned.set()  # the worker stops reading at its next chunk
+            raise BudgetExhausted(
+                self.redact(
+                    f"{self.service}: {label} was not answered in full when the run's time budget"
+                    " ran out; stopped waiting for it"
+                )
+            )
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        data: Mapping[str, Any] | None,
+        authenticate: bool,
+        label: str,
+        abandoned: threading.Event | None = None,
     ) -> httpx.Response:
         remaining = self.budget.remaining()
         if not self._slots.acquire(timeout=None if math.isinf(remaining) else remaining):
@@ -236,39 +301,93 @@ class HttpSession:
                 f"{self.service}: the run's time budget ran out waiting for a free connection"
             )
         try:
-            with self._count_lock:
-                self._count += 1
             started = time.monotonic()
             with (
                 self._process_slots.hold(self.budget, self.service)
                 if (self._process_slots and authenticate)
                 else contextlib.nullcontext()
             ):
-                response = self._client.request(
+                with self._count_lock:
+                    self._count += 1
+                request = self._client.build_request(
                     method,
                     url,
                     params=params,
                     json=json,
                     data=data,
                     headers=self._headers if authenticate else None,
+                    # Each read waits at most the time left (the per-read timeout alone would
+                    # let a trickling server run past the deadline).
+                    timeout=self.budget.cap(self._timeout),
+                )
+                streamed = self._client.send(
+                    request,
                     auth=self._auth if authenticate else None,
                     follow_redirects=not authenticate,
+                    stream=True,
                 )
+                try:
+                    body = self._read_body(streamed, label, abandoned)
+                finally:
+                    streamed.close()
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             if self._debug:
-                self._debug(self.redact(f"{self.service} !! {method} {url}: {self._describe(exc)}"))
+                self._debug(
+                    self.redact(
+                        f"{self.service} !! {method} {self._shown(url)}: {self._describe(exc)}"
+                    )
+                )
             raise
         finally:
             self._slots.release()
+        response = _buffered(streamed, body)
         if self._debug:
             elapsed = (time.monotonic() - started) * 1000
             self._debug(
                 self.redact(
-                    f"{self.service} <- {response.status_code} {method} {response.url}"
-                    f" ({elapsed:.0f} ms, {len(response.content)} B)"
+                    f"{self.service} <- {response.status_code} {method}"
+                    f" {self._shown(str(response.url))} ({elapsed:.0f} ms, {len(body)} B)"
                 )
             )
         return response
+
+    def _read_body(
+        self, response: httpx.Response, label: str, abandoned: threading.Event | None
+    ) -> bytes:
+        """The whole (decoded) body, read chunk by chunk: stop at the cap, or once the caller
+        has stopped waiting for it (the deadline passed; a complete answer is never dropped
+        here for being late, the caller alone decides that)."""
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self._max_body_bytes:
+                raise ResponseTooLarge(
+                    self.redact(
+                        f"{label} answered more than {self._max_body_bytes // 2**20} MiB (HTTP"
+                        f" {response.status_code}); no answer of the API is that large, so it"
+                        " was not read"
+                    ),
+                    service=self.service,
+                    status=response.status_code,
+                )
+            chunks.append(chunk)
+            if abandoned is not None and abandoned.is_set():
+                raise BudgetExhausted(
+                    self.redact(
+                        f"{self.service}: {label} was still sending its answer when the run's"
+                        " time budget ran out"
+                    )
+                )
+        return b"".join(chunks)
+
+    def _shown(self, url: str) -> str:
+        """A URL as debug lines show it: links outside the API (pre-signed object-storage
+        downloads) carry a signature in their query, so their query is masked."""
+        if url.startswith(self.base_url + "/") or url == self.base_url:
+            return url
+        base, sep, _ = url.partition("?")
+        return f"{base}?{MASK}" if sep else base
 
     def _wait(
         self, attempt: int, retry_after: float | None, label: str, failure: str, status: int | None
@@ -306,7 +425,11 @@ class HttpSession:
         if self._debug is None:
             return
         headers = ", ".join(f"{k}: {v}" for k, v in request.headers.items())
-        self._debug(self.redact(f"{self.service} -> {request.method} {request.url} [{headers}]"))
+        self._debug(
+            self.redact(
+                f"{self.service} -> {request.method} {self._shown(str(request.url))} [{headers}]"
+            )
+        )
 
     # -- results and errors -------------------------------------------------------------------
 
@@ -378,6 +501,27 @@ class HttpSession:
     def _describe(self, exc: BaseException) -> str:
         text = str(exc) or "no details"
         return self.redact(f"{type(exc).__name__} ({text})")
+
+
+def _buffered(streamed: httpx.Response, body: bytes) -> httpx.Response:
+    """A complete response holding ``body``, already decoded (hence no Content-Encoding), for
+    the classifier and the parsers, which read ``.content`` and ``.json()``."""
+    headers = [
+        (name, value)
+        for name, value in streamed.headers.multi_items()
+        if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    extensions = {k: v for k, v in streamed.extensions.items() if k in _KEPT_EXTENSIONS}
+    return httpx.Response(
+        streamed.status_code,
+        headers=headers,
+        content=body,
+        request=streamed.request,
+        extensions=extensions,
+    )
+
+
+_KEPT_EXTENSIONS = ("http_version", "reason_phrase")
 
 
 class SessionClient:

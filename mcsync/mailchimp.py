@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 
 import httpx
@@ -28,6 +28,7 @@ from .errors import (
     BadResponse,
     ConfigError,
     NotFoundError,
+    ResponseTooLarge,
     RetriesExhausted,
 )
 from .http import HttpSession, SessionClient
@@ -335,14 +336,19 @@ class MailchimpClient(SessionClient):
 
     def write_members(self, list_id: str, members: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Bulk subscribe/update: ``POST /lists/{id}`` with up to 500 members and
-        ``update_existing``; Mailchimp answers at once, with per-member ``errors[]``. Setting
-        statuses is idempotent, so the call is retried like a PUT."""
+        ``update_existing``; Mailchimp answers at once, with per-member ``errors[]``.
+
+        Setting subscribed or unsubscribed again is harmless, so such a call is retried like a
+        PUT. Setting ``pending`` emails the person a confirmation each time, so a call naming
+        a pending member is never repeated once it may have reached Mailchimp (like
+        ``POST /batches``): the caller finds out what happened instead."""
         if len(members) > BULK_LIMIT:
             raise ValueError(f"at most {BULK_LIMIT} members per bulk request")
         result: dict[str, Any] = self.session.request(
             "POST",
             f"/lists/{_seg(list_id)}",
             json={"members": list(members), "update_existing": True},
+            retry=not any(m.get("status") == "pending" for m in members),
         )
         return result
 
@@ -411,7 +417,7 @@ class MailchimpClient(SessionClient):
         except NotFoundError:
             return
 
-    def batch_results(self, response_body_url: str) -> list[dict[str, Any]]:
+    def batch_results(self, response_body_url: str, *, batch_id: str = "") -> list[dict[str, Any]]:
         """Download a finished batch's gzipped tar (without the API key: it is object storage)
         and return ``[{operation_id, status_code, response}]``, ``response`` parsed or None."""
         try:
@@ -426,19 +432,62 @@ class MailchimpClient(SessionClient):
                 service=self.session.service,
                 status=exc.status,
             ) from None
-        return parse_batch_results(raw, service=self.session.service)
+        except ResponseTooLarge as exc:
+            raise ResponseTooLarge(
+                f"the results file of batch {batch_id or '?'} is too large to download: {exc}",
+                service=self.session.service,
+            ) from None
+        return parse_batch_results(
+            raw, service=self.session.service, batch_id=batch_id, budget=self.session.budget
+        )
 
 
-def parse_batch_results(raw: bytes, *, service: str = "Mailchimp") -> list[dict[str, Any]]:
-    """The operation results inside a batch's ``.tar.gz`` (one or more JSON arrays)."""
+#: Caps on a batch's results once unpacked: one of mcsync's batches (1000 operations, a member
+#: of a few KB each) unpacks to a few MB, so anything near these is not a real result file.
+MAX_RESULT_FILE_BYTES = 16 * 1024 * 1024
+MAX_RESULTS_BYTES = 64 * 1024 * 1024
+_READ_CHUNK = 1024 * 1024
+
+
+def parse_batch_results(
+    raw: bytes,
+    *,
+    service: str = "Mailchimp",
+    batch_id: str = "",
+    budget: Budget | None = None,
+    max_file_bytes: int = MAX_RESULT_FILE_BYTES,
+    max_total_bytes: int = MAX_RESULTS_BYTES,
+) -> list[dict[str, Any]]:
+    """The operation results inside a batch's ``.tar.gz`` (one or more JSON arrays).
+
+    The archive is read as a stream (tarfile's ``r|gz``), each file in chunks, so a small
+    download that unpacks to gigabytes is refused at the caps (per file and in all), and the
+    run's budget is checked as it goes."""
     results: list[dict[str, Any]] = []
+    name = f"batch {batch_id}" if batch_id else "a batch"
+    total = 0
     try:
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as archive:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r|gz") as archive:
             for entry in archive:
+                if budget is not None:
+                    budget.check()
                 if not entry.isfile() or not entry.name.endswith(".json"):
                     continue
+                total += entry.size
+                if entry.size > max_file_bytes or total > max_total_bytes:
+                    what = (
+                        f"one file ({entry.name!r}) of {entry.size / 2**20:.0f} MiB"
+                        if entry.size > max_file_bytes
+                        else f"more than {max_total_bytes // 2**20} MiB in all"
+                    )
+                    raise ResponseTooLarge(
+                        f"the results of {name} unpack to {what}, more than any batch of"
+                        f" mcsync's can produce (at most {max_file_bytes // 2**20} MiB a file,"
+                        f" {max_total_bytes // 2**20} MiB in all); not read",
+                        service=service,
+                    )
                 handle = archive.extractfile(entry)
-                items = json.loads(handle.read()) if handle else None
+                items = json.loads(_read_capped(handle, entry.size, budget)) if handle else None
                 if not isinstance(items, list):
                     raise BadResponse(
                         f"batch results file {entry.name!r} is not a JSON array", service=service
@@ -451,6 +500,21 @@ def parse_batch_results(raw: bytes, *, service: str = "Mailchimp") -> list[dict[
             service=service,
         ) from None
     return results
+
+
+def _read_capped(handle: IO[bytes], size: int, budget: Budget | None) -> bytes:
+    """One archive member's bytes (its header said ``size``), checking the budget per chunk."""
+    chunks: list[bytes] = []
+    left = size
+    while left > 0:
+        chunk = handle.read(min(_READ_CHUNK, left))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+        if budget is not None:
+            budget.check()
+    return b"".join(chunks)
 
 
 def _operation_result(item: Any, service: str) -> dict[str, Any]:

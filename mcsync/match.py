@@ -163,6 +163,9 @@ def create_contacts(ctx: RunContext) -> None:
         created = ctx.civicrm.save("Contact", records)
         by_position = [c["id"] for c in created]
         contact_ids = by_position if len(by_position) == len(rows) else []
+        # Their emails first: a run stopped in between leaves the rows `creating`, so the next
+        # one matches them by email, rather than pointing rows at contacts it never read.
+        fetch_emails_of_contacts(ctx, contact_ids)
         with ctx.staging.atomic():
             for row, contact_id in zip(rows, contact_ids, strict=False):
                 ctx.staging.execute(
@@ -170,7 +173,6 @@ def create_contacts(ctx: RunContext) -> None:
                     "WHERE id = ?",
                     (contact_id, row["id"]),
                 )
-        fetch_emails_of_contacts(ctx, contact_ids)
         if not contact_ids:
             _rematch(ctx, rows)
         ctx.progress("create contacts", len(rows), None)

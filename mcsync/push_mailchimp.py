@@ -11,7 +11,7 @@ from typing import Any
 from mcsync import write_results as wr
 from mcsync.addresses import fold_email
 from mcsync.batches import push_batches
-from mcsync.errors import ApiError
+from mcsync.errors import ApiError, BudgetExhausted
 from mcsync.mailchimp import BULK_LIMIT
 from mcsync.overtaken import drop_overtaken_updates
 from mcsync.run import RunContext
@@ -20,6 +20,7 @@ from mcsync.updates import apply_result, fail_update, queued_updates
 
 def push_mailchimp(ctx: RunContext) -> None:
     """Send queued member updates: direct PUTs below the batch threshold, else batches."""
+    settle_lost_writes(ctx)
     queued = ctx.staging.scalar(
         "SELECT COUNT(*) FROM updates WHERE list_id = ? AND state = 'queued'", (ctx.list_id,)
     )
@@ -53,7 +54,16 @@ def _push_direct(ctx: RunContext) -> None:
         if not updates:
             continue
         items = [bulk_item(u["email"], json.loads(u["body"])) for u in updates]
-        answer = ctx.mailchimp.write_members(ctx.list_id, items)
+        ctx.staging.mark_sending([u["id"] for u in updates])
+        sent_before = ctx.mailchimp.request_count
+        try:
+            answer = ctx.mailchimp.write_members(ctx.list_id, items)
+        except (ApiError, BudgetExhausted) as exc:
+            # Back to the queue only if nothing can have been applied: never sent, or refused.
+            turned_away = isinstance(exc, ApiError) and 400 <= (exc.status or 0) < 500
+            if turned_away or ctx.mailchimp.request_count == sent_before:
+                ctx.staging.unmark_sending([u["id"] for u in updates])
+            raise
         written = {
             fold_email(m.get("email_address") or ""): m
             for m in (answer.get("new_members") or []) + (answer.get("updated_members") or [])
@@ -75,6 +85,31 @@ def _push_direct(ctx: RunContext) -> None:
                         "this member; it will be decided again next run",
                     )
         ctx.progress("write Mailchimp", len(updates), None)
+
+
+def settle_lost_writes(ctx: RunContext) -> None:
+    """Direct bulk writes whose answer was lost (a 5xx, a timeout, the deadline, a kill) are
+    not sent again: one that was applied and named `pending` would email the person a second
+    confirmation. Their rows are decided again by the next run, from Mailchimp's state then:
+    a member the write reached has changed and is fetched (already pending or subscribed, it
+    needs nothing); one it did not reach gets the write again."""
+    lost = ctx.staging.lost_direct_writes(ctx.list_id)
+    if not lost:
+        return
+    with ctx.staging.atomic():
+        for update in lost:
+            fail_update(
+                ctx,
+                update,
+                "Answer lost",
+                "Mailchimp's answer to this write was lost, so it was not sent again (Mailchimp "
+                "may have made it); it will be decided again next run",
+            )
+    ctx.log(
+        f"{len(lost)} member writes got no answer from Mailchimp; not sent again, they are "
+        "decided again next run from Mailchimp's state",
+        "warning",
+    )
 
 
 def _put_data_only(ctx: RunContext, updates: list[sqlite3.Row]) -> None:

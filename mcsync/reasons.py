@@ -21,6 +21,7 @@ class Reason(enum.StrEnum):
     NO_CONTACT = "no_contact"
     MEMBER_EXISTS = "member_exists"
     MAILCHIMP_ERROR = "mailchimp_error"
+    BAD_RESULT = "bad_result"
     CIVICRM_ERROR = "civicrm_error"
 
 
@@ -39,6 +40,7 @@ REASON_TEXT: Mapping[Reason, str] = {
     Reason.NO_CONTACT: "subscribed at Mailchimp but no CiviCRM contact matched or was created",
     Reason.MEMBER_EXISTS: "Mailchimp says the member exists; two contacts may share the email",
     Reason.MAILCHIMP_ERROR: "Mailchimp refused the update; see title and detail",
+    Reason.BAD_RESULT: "Mailchimp's batch result for the update was malformed; see the detail",
     Reason.CIVICRM_ERROR: "CiviCRM refused the group change; see the error",
 }
 

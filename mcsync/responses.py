@@ -24,7 +24,11 @@ MASK = "***"
 _SECRET_HEADER = re.compile(
     r"(?i)\b(authorization|x-civi-auth|x-civi-key)(['\"]?\s*[:=]\s*['\"]?)([^'\"\r\n,}]+)"
 )
-_SECRET_PARAM = re.compile(r"(?i)\b(apikey|api_key|_authx|_authxsitekey)=([^&\s'\"]+)")
+# Keys, and the signatures and credentials of pre-signed object-storage links (S3, GCS).
+_SECRET_PARAM = re.compile(
+    r"(?i)\b(apikey|api_key|_authx|_authxsitekey|signature|awsaccesskeyid|x-amz-credential"
+    r"|x-amz-security-token|x-goog-credential)=([^&\s'\"]+)"
+)
 _URL_USERINFO = re.compile(r"(?i)\b(https?://)[^/\s:@]+:[^/\s@]+@")
 
 _CIVI_DEADLOCK = re.compile(r"(?i)deadlock|lock wait timeout")

@@ -333,6 +333,35 @@ class Staging:
         return None if row is None else row[0]
 
     # -- migrations ---------------------------------------------------------------------
+    # -- direct member writes in flight ----------------------------------------------------
+
+    def mark_sending(self, update_ids: list[int]) -> None:
+        """Updates about to go in a direct bulk write: 'submitting' with no batch, so a write
+        whose answer is lost (or a run killed meanwhile) is never sent again from the queue."""
+        with self.atomic():
+            self.conn.executemany(
+                "UPDATE updates SET state = 'submitting' WHERE id = ? AND state = 'queued' "
+                "AND batch_id IS NULL",
+                [(i,) for i in update_ids],
+            )
+
+    def unmark_sending(self, update_ids: list[int]) -> None:
+        """Back to the queue: the bulk write was refused before Mailchimp applied anything."""
+        with self.atomic():
+            self.conn.executemany(
+                "UPDATE updates SET state = 'queued' WHERE id = ? AND state = 'submitting' "
+                "AND batch_id IS NULL",
+                [(i,) for i in update_ids],
+            )
+
+    def lost_direct_writes(self, list_id: str) -> list[sqlite3.Row]:
+        """Updates of a direct bulk write that got no answer: 'submitting' with no batch."""
+        return self.query(
+            "SELECT * FROM updates WHERE list_id = ? AND state = 'submitting' "
+            "AND batch_id IS NULL ORDER BY id",
+            (list_id,),
+        )
+
     def migrate(self) -> None:
         self.conn.execute("CREATE TABLE IF NOT EXISTS migrations (number INTEGER PRIMARY KEY)")
         with self.atomic():

@@ -76,6 +76,12 @@ REASONS: dict[str, tuple[str, str]] = {
         "at the next try shown; otherwise fix the data it names in CiviCRM, and the run after "
         "the change tries again.",
     ),
+    "bad_result": (
+        "Mailchimp's batch result for this contact's update was malformed (its status code or "
+        "response could not be read), so mcsync cannot tell whether the change was made",
+        "Usually nothing: a change that was made shows at the next fetch, and the next full "
+        "run (--since ever) decides the contact again in any case.",
+    ),
     "civicrm_error": (
         "CiviCRM refused to change this contact's group membership; its error is shown",
         "Check the contact in CiviCRM (deleted, merged, or hidden from the API user by an "

@@ -12,6 +12,8 @@ from mcsync.reasons import Reason
 
 COMPLIANCE_TITLE = "Member In Compliance State"
 FORGOTTEN_TITLE = "Forgotten Email Not Subscribed"
+# Our title for an operation result from a batch that is malformed (not Mailchimp's).
+BAD_RESULT_TITLE = "Malformed batch result"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ def apply_batch_result(
 
 
 def _classify_error(status_code: int, title: str, detail: str) -> tuple[Reason, bool]:
+    if title == BAD_RESULT_TITLE:
+        return Reason.BAD_RESULT, False
     if status_code == 400 and title == COMPLIANCE_TITLE:
         return Reason.COMPLIANCE, True
     if status_code == 400 and title == FORGOTTEN_TITLE:

@@ -16,7 +16,11 @@ BIRTHDAY); a write that changes nothing, and any tag change, leaves ``last_chang
 
 Not modelled: campaigns, segments, notes, activity, marketing permissions, ecommerce, the
 hosted signup form (use :meth:`MailchimpSim.confirm_member` / :meth:`set_member_status` for what
-a person does there), webhook deliveries, and the one-batch-at-a-time rule.
+a person does there), webhook deliveries, and the one-batch-at-a-time rule. Emails are not sent,
+but the double opt-in emails Mailchimp would send are recorded: every API write that sets a
+member's status to ``pending`` sends one, also to a member already pending (that is how the
+confirmation is re-sent), in :attr:`MailchimpSim.confirmation_emails`. Batch results are served
+at a pre-signed link, as object storage does: its query carries a signature that is checked.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import itertools
 import json
 import marshal
@@ -414,6 +419,9 @@ class MailchimpSim:
         self.lock = threading.RLock()
         self.request_log: list[tuple[str, str]] = []
         self.results_base_url: str | None = None  # else http://<Host header>
+        # (list id, email) of every double opt-in email Mailchimp would have sent, in order.
+        self.confirmation_emails: list[tuple[str, str]] = []
+        self._signing_key = uuid.uuid4().hex.encode()
         self._clock = clock or (lambda: datetime.now(UTC))
         self._accounts: dict[str, Account] = {}
         self._lists: dict[str, MailList] = {}
@@ -779,9 +787,19 @@ class MailchimpSim:
         return account
 
     def _results(self, request: SimRequest) -> SimResponse:
-        """The batch results archive; no auth, like the real pre-signed storage link."""
+        """The batch results archive; no auth, like the real pre-signed storage link, whose
+        signature must match (S3 answers 403 AccessDenied otherwise)."""
         name = request.path.rsplit("/", 1)[-1]
-        archive = self._batches.archive(name.removesuffix(".tar.gz"))
+        batch_id = name.removesuffix(".tar.gz")
+        signature = request.arg("Signature") or ""
+        if not hmac.compare_digest(signature, self._sign(batch_id)):
+            return SimResponse(
+                403,
+                {"Content-Type": "application/xml"},
+                b"<Error><Code>AccessDenied</Code><Message>Request has expired or the signature"
+                b" does not match</Message></Error>",
+            )
+        archive = self._batches.archive(batch_id)
         if request.method != "GET" or archive is None:
             return SimResponse(
                 404, {"Content-Type": "application/xml"}, b"<Error><Code>NoSuchKey</Code></Error>"
@@ -1518,6 +1536,9 @@ class MailchimpSim:
         if old is None or any(new[c] != old[c] for c in _CHANGE_FIELDS):
             new["last_changed"] = stamp
         self._save(lst, old, new)
+        if wanted == "pending":
+            # Setting pending emails the confirmation link, again if the member was pending.
+            self.confirmation_emails.append((lst.id, str(new["email"])))
         return new
 
     def _change_address(self, lst: MailList, row: Row, new_email: str) -> None:
@@ -1992,9 +2013,12 @@ class MailchimpSim:
 
     def _render_batch(self, call: _Call, batch: Batch) -> dict[str, Any]:
         base = self.results_base_url or f"http://{call.host}"
-        doc = batch.to_json(
-            call.now, f"{base.rstrip('/')}/_sim/batch-results/{batch.id}.tar.gz", iso
+        signed = (
+            f"{base.rstrip('/')}/_sim/batch-results/{batch.id}.tar.gz?AWSAccessKeyId="
+            f"AKIASIMULATOR&Expires={epoch(batch.finished_at) + 86400}"
+            f"&Signature={self._sign(batch.id)}"
         )
+        doc = batch.to_json(call.now, signed, iso)
         doc["_links"] = self._links(
             call.account.dc,
             f"/batches/{batch.id}",
@@ -2003,6 +2027,10 @@ class MailchimpSim:
             ("delete", "DELETE"),
         )
         return doc
+
+    def _sign(self, batch_id: str) -> str:
+        """The pre-signed link's signature: a secret of this simulator over the batch id."""
+        return hmac.new(self._signing_key, batch_id.encode(), hashlib.sha256).hexdigest()
 
     # ---------------------------------------------------------------- state helpers
 
