@@ -237,7 +237,7 @@ def batch_world(make_world: Any, people: int = 4) -> tuple[World, Tamper]:
         world.person(f"p{n}@example.org", civi="Added", civi_at=world.ago(days=1))
     tamper = Tamper(world.mc)
     world.transport = MultiSimTransport(
-        {"http://mailchimp.sim": tamper, "http://civicrm.sim": world.civi}
+        {"mailchimp.sim": tamper, "civicrm.sim": world.civi}
     )
     return world, tamper
 
