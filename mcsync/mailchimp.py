@@ -300,9 +300,11 @@ class MailchimpClient(SessionClient):
                 concurrency=1,
             )
             try:
-                _, total, members = next(page)
+                _, total, members = next(page)  # the first page only: no pages ahead
             finally:
-                page.close()
+                close = getattr(page, "close", None)
+                if close:
+                    close()
             shrunk = 0 if expected is None else expected - total
             expected = total
             yield shrunk == 0, members
