@@ -1,7 +1,9 @@
 """The Mailchimp fetch stages: page the audience's members changed since the run's window into
 staging, one committed chunk at a time, and fix that window once per run. On a full run, also
 read what changed while the pages were read, and confirm every member (or CiviCRM-only
-address) the fetch did not return before it is treated as gone (or as new).
+address) the fetch did not return before it is treated as gone (or as new). On an incremental
+run whose window took more than one page, read what changed meanwhile too, and look over the
+window again for members the paging skipped (`read_skipped_in_window`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mcsync.mailchimp import member_hash
+from mcsync.mailchimp import MAX_PAGE_SIZE, member_hash
 from mcsync.match import assign_matches
 from mcsync.run import WINDOW_OVERLAP, RunContext
 from mcsync.staging import dumps, iso, parse_iso, utc_now
@@ -62,14 +64,23 @@ def changed_since(run_started: str | None) -> datetime | None:
     return None if started is None else started - CHANGED_DURING_FETCH_MARGIN
 
 
+def window_took_pages(ctx: RunContext, state: dict[str, Any]) -> bool:
+    """Did this run's fetch read more than one page? One page is one answer, which cannot
+    skip anyone, so an incremental window that fits in a page needs no second look (and
+    costs no extra request). A full first page may have had more behind it: counted as
+    more (a window of exactly one page pays for a second look)."""
+    return bool(state["run_full"]) or state["mc_offset"] >= ctx.sync.page_size_mailchimp
+
+
 def fetch_changed_during_fetch(ctx: RunContext) -> None:
-    """After a full fetch, read the members that changed while it paged (they moved to the
-    already-read end, so the fetch may have missed them or read them before the change),
-    then note the staged members archived meanwhile. The stage cursor is the offset into
-    the changed members; each page commits with it."""
+    """After a full fetch (or an incremental one that took more than one page), read the
+    members that changed while it paged (they moved to the already-read end, so the fetch
+    may have missed them or read them before the change), then note the staged members
+    archived meanwhile. The stage cursor is the offset into the changed members; each page
+    commits with it."""
     state = ctx.staging.state(ctx.list_id)
     since = changed_since(state["run_started"])
-    if since is None:
+    if since is None or not window_took_pages(ctx, state):
         return
     ctx.budget.check()
     pages = ctx.mailchimp.member_pages(
@@ -135,21 +146,89 @@ def confirm_vanished_members(ctx: RunContext) -> None:
             if confirmed:
                 ctx.log(f"Confirmed {confirmed} member(s) missing from the full fetch")
             return
-        found = ctx.mailchimp.current_members(
-            ctx.list_id, [(r["mc_hash"], r["mc_unique_id"]) for r in rows]
+        read_directly(
+            ctx,
+            [(r["mc_hash"], r["mc_unique_id"]) for r in rows],
+            state["run_started"],
+            cursor=rows[-1]["id"],
         )
-        present = {m["id"]: m for m in found if m is not None and m.get("status") != "archived"}
-        gone = [
-            r["mc_hash"]
-            for r, m in zip(rows, found, strict=True)
-            if m is None or m.get("status") == "archived"
-        ]
-        with ctx.staging.atomic():
-            merge_members(ctx, list(present.values()))
-            ctx.staging.mark_members_gone(ctx.list_id, gone, state["run_started"])
-            ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
         confirmed += len(rows)
         ctx.progress("confirm members missing from the fetch", confirmed, None)
+
+
+def read_directly(
+    ctx: RunContext, keys: list[tuple[str, str | None]], run_started: str, **progress: Any
+) -> None:
+    """Read members the paging did not return directly, and stage what Mailchimp has now: a
+    member there is merged as read; one archived or answering 404 (with no member holding its
+    unique_email_id under a new address) is gone from the run's start. Committed with the
+    calling stage's ``progress``."""
+    found = ctx.mailchimp.current_members(ctx.list_id, keys)
+    present = {m["id"]: m for m in found if m is not None and m.get("status") != "archived"}
+    gone = [
+        key[0]
+        for key, m in zip(keys, found, strict=True)
+        if m is None or m.get("status") == "archived"
+    ]
+    with ctx.staging.atomic():
+        merge_members(ctx, list(present.values()))
+        ctx.staging.mark_members_gone(ctx.list_id, gone, run_started)
+        if progress:
+            ctx.staging.set_state(ctx.list_id, **progress)
+
+
+def read_skipped_in_window(ctx: RunContext) -> None:
+    """After an incremental fetch that took more than one page, find the members of the
+    window the offset walk skipped (one per member archived or deleted ahead of it while it
+    paged, or between budgeted runs) and read them. A skipped member's change would
+    otherwise be lost: it is older than the next run's window.
+
+    The window's settled part, changed before this run started (less the margin), can only
+    shrink while we look, so it is listed by ids alone, 1000 a page, one request at a time
+    (``settled_member_pages`` steps back when it shrank). Members newer than that were read
+    by ``fetch_changed_during_fetch``, or are in the next run's window. A listed member this
+    run has not read, and not staged at that ``last_changed`` already, is read directly.
+    The stage cursor is the time (epoch seconds) down to which the window was looked over,
+    committed with each page's reads: a resumed run looks over the rest, from its own first
+    page, so no removal while it was stopped can shift anyone past it."""
+    state = ctx.staging.state(ctx.list_id)
+    since = parse_iso(state["mc_since"])
+    before = changed_since(state["run_started"])
+    if since is None or before is None or not window_took_pages(ctx, state):
+        return
+    if state["cursor"]:
+        before = min(before, datetime.fromtimestamp(state["cursor"] + 1, UTC))
+    if before <= since:
+        return
+    chunk = max(1, ctx.mailchimp.max_connections)
+    read = 0
+    ctx.budget.check()
+    for covered, members in ctx.mailchimp.settled_member_pages(
+        ctx.list_id,
+        since_last_changed=since,
+        before_last_changed=before,
+        fields=("id", "last_changed"),
+        page_size=MAX_PAGE_SIZE,
+    ):
+        keys = ctx.staging.unread_members(
+            ctx.list_id,
+            ctx.run_id,
+            [(m["id"], iso(parse_iso(m.get("last_changed")))) for m in members],
+        )
+        for start in range(0, len(keys), chunk):
+            ctx.budget.check()
+            read_directly(ctx, keys[start : start + chunk], state["run_started"])
+        read += len(keys)
+        oldest = parse_iso(members[-1].get("last_changed")) if members else None
+        if covered and oldest is not None:
+            with ctx.staging.atomic():
+                ctx.staging.set_state(ctx.list_id, cursor=int(oldest.timestamp()))
+        ctx.budget.check()
+    if read:
+        ctx.log(
+            f"Read {read} member(s) of the window that the paging skipped (members archived "
+            "or deleted while it paged)"
+        )
 
 
 def confirm_civicrm_only(ctx: RunContext) -> None:

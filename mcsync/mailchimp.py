@@ -271,6 +271,54 @@ class MailchimpClient(SessionClient):
                 for _, future in pending:
                     future.cancel()
 
+    def settled_member_pages(
+        self,
+        list_id: str,
+        *,
+        since_last_changed: datetime,
+        before_last_changed: datetime,
+        fields: Sequence[str] = MEMBER_FIELDS,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> Iterator[tuple[bool, list[dict[str, Any]]]]:
+        """Yield ``(covered, members)`` for every member whose last_changed lies in a range
+        that ended before now, newest first, skipping none.
+
+        Such a range only shrinks while it is read (a member who changes leaves it for the
+        present; one archived or deleted leaves it), so one request at a time is enough: when
+        an answer's ``total_items`` is smaller than the previous one's, up to that many
+        unread members moved up past the offset, and the next request steps back by as much
+        (repeating a few members, never skipping one). ``covered``: every member of the range
+        newer than this page's last one has now been yielded (false for a page answered after
+        the range shrank). A range that grew (clock skew) is read again from its start."""
+        offset, expected = 0, None
+        while True:
+            page = self.member_pages(
+                list_id,
+                since_last_changed=since_last_changed,
+                before_last_changed=before_last_changed,
+                page_size=page_size,
+                start_offset=offset,
+                fields=fields,
+                concurrency=1,
+            )
+            try:
+                _, total, members = next(page)  # the first page only: no pages ahead
+            finally:
+                close = getattr(page, "close", None)
+                if close:
+                    close()
+            shrunk = 0 if expected is None else expected - total
+            expected = total
+            yield shrunk == 0, members
+            if shrunk > 0:
+                offset = max(0, offset - shrunk)
+            elif shrunk < 0:
+                offset = 0
+            else:
+                offset += len(members)
+                if not members or offset >= total:
+                    return
+
     def get_member(self, list_id: str, email: str) -> dict[str, Any] | None:
         """One member by email, or None when the address is not in the audience."""
         try:

@@ -505,6 +505,33 @@ class Staging:
             [(at, list_id, h) for h in hashes],
         )
 
+    def unread_members(
+        self, list_id: str, run_id: str, listed: list[tuple[str, str | None]]
+    ) -> list[tuple[str, str | None]]:
+        """Of the members listed as ``(subscriber_hash, last_changed)``, those this run has
+        not read and that are not staged at that last_changed already (a member staged at
+        its current version has nothing new to read): ``(subscriber_hash, unique_email_id)``
+        keys to read directly."""
+        if not listed:
+            return []
+        marks = ",".join("?" * len(listed))
+        known = {
+            r["mc_hash"]: r
+            for r in self.query(
+                f"SELECT mc_hash, mc_last_changed, mc_seen_run, mc_unique_id FROM rows "
+                f"WHERE list_id = ? AND mc_hash IN ({marks})",
+                (list_id, *(h for h, _ in listed)),
+            )
+        }
+        unread: list[tuple[str, str | None]] = []
+        for member_hash, last_changed in listed:
+            row = known.get(member_hash)
+            if row is None:
+                unread.append((member_hash, None))
+            elif row["mc_seen_run"] != run_id and row["mc_last_changed"] != last_changed:
+                unread.append((member_hash, row["mc_unique_id"]))
+        return unread
+
     def civicrm_only_added(
         self, list_id: str, group_id: int, after_id: int, limit: int, *, privacy_flags: bool
     ) -> list[sqlite3.Row]:

@@ -44,8 +44,9 @@ RETRY_SLACK = timedelta(minutes=1)
 # flags but not emails, so an email edit or hold made before it would otherwise never be read.
 STAGES: list[tuple[str, StageFn, str]] = [
     ("fetch_mailchimp", fetch_mailchimp.fetch_mailchimp, "any"),
-    ("fetch_mailchimp_changed", fetch_mailchimp.fetch_changed_during_fetch, "full"),
+    ("fetch_mailchimp_changed", fetch_mailchimp.fetch_changed_during_fetch, "any"),
     ("confirm_vanished", fetch_mailchimp.confirm_vanished_members, "full"),
+    ("fetch_mailchimp_skipped", fetch_mailchimp.read_skipped_in_window, "incremental"),
     ("fetch_civicrm_groups", fetch_civicrm.fetch_civicrm_groups, "full"),
     ("fetch_civicrm_history", fetch_civicrm.fetch_civicrm_history, "incremental"),
     ("fetch_civicrm_modified", fetch_civicrm.fetch_civicrm_modified, "any"),

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import closing
-from datetime import timedelta
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -158,6 +158,41 @@ def test_the_sim_pages_over_live_data_and_runs_churn_between_pages(churn_world: 
     assert offsets[-1] == 390  # the last page holds the 7 members left after 397
     missed = {_email(n) for n in range(MEMBERS)} - seen - {_email(n) for n in (0, 1, 2)}
     assert missed == {_email(n) for n in (20, 21, 22)}
+
+
+def test_a_settled_range_is_paged_without_skipping_anyone(churn_world: World) -> None:
+    """Members changed before a past moment only leave that range while it is read: each
+    page that finds the range shrunk steps back by as much, so nobody is skipped, and only
+    pages read with the range unchanged count as covering it."""
+    world = churn_world
+    world.mc.after_member_pages(1, _archive(world, [0, 1, 2]))
+    world.mc.after_member_pages(3, _forget(world, [30, 31]))
+    seen: list[str] = []
+    covered: list[bool] = []
+    from mcsync.mailchimp import MailchimpClient
+
+    with MailchimpClient(
+        account_name="main",
+        api_key=world.config.mailchimp.accounts["main"].api_key.get_secret_value(),
+        base_url="http://mailchimp.sim/3.0",
+        budget=Budget(None),
+        transport=world.transport,
+        max_connections=4,
+    ) as client:
+        for whole, members in client.settled_member_pages(
+            world.list_id,
+            since_last_changed=world.ago(days=30),
+            before_last_changed=world.ago(days=1),
+            fields=("id", "email_address"),
+            page_size=PAGE_SIZE,
+        ):
+            covered.append(whole)
+            seen.extend(m["email_address"] for m in members)
+    present = {_email(n) for n in range(MEMBERS)} - {_email(n) for n in (0, 1, 2, 30, 31)}
+    assert present <= set(seen)
+    assert set(seen) - present == {_email(n) for n in (0, 1, 2)}  # read before they left
+    assert covered.count(False) == 2, covered
+    assert len(seen) - len(set(seen)) <= 2 * PAGE_SIZE + 5  # a page again per step back
 
 
 def test_members_archived_during_a_full_fetch_skip_nobody(churn_world: World) -> None:
@@ -414,3 +449,159 @@ def test_a_member_absent_only_because_it_was_skipped_is_kept(churn_world: World)
         _email(n) for n in (0, 1, 2)
     }
     assert unseen == set()
+
+
+# -- incremental runs --------------------------------------------------------------------
+# An incremental run pages only the members changed since its window, the same way. A member
+# the offset walk skips there is not read again by a later full fetch soon: if its change is
+# older than the next run's window, the change is lost (until a full run). So a window that
+# took more than one page is looked at again; one that fits in a page cannot skip anyone.
+
+WINDOW = range(0, 30)  # the members who unsubscribed at Mailchimp inside the window
+
+
+@contextmanager
+def _mailchimp_clock_at(world: World, moment: datetime) -> Iterator[None]:
+    """Changes made at Mailchimp inside the block carry ``moment`` as their time."""
+    real = world.mc._clock
+    world.mc._clock = lambda: moment
+    try:
+        yield
+    finally:
+        world.mc._clock = real
+
+
+def _previous_run_was(world: World, ago: timedelta) -> None:
+    """The previous run started ``ago`` (cron was down): the next window reaches back that far."""
+    with closing(sqlite3.connect(world.tmp_path / "state.sqlite3")) as db:
+        db.execute(
+            "UPDATE audience_state SET last_run_started = ?",
+            ((datetime.now(UTC) - ago).isoformat(),),
+        )
+        db.commit()
+
+
+@pytest.fixture
+def incremental_world(make_world: Callable[..., World]) -> World:
+    """The churn world after its first sync, one page in flight at a time; the previous run
+    was a day ago, and members 0-29 unsubscribed at Mailchimp 5 hours ago: the next
+    incremental window holds those 30 (3 pages), all older than that run's own overlap."""
+    world = _churn_world(make_world(), extra="max_connections = 1")
+    _completed(world.sync())
+    _previous_run_was(world, timedelta(days=1))
+    with _mailchimp_clock_at(world, world.ago(hours=5)):
+        for n in WINDOW:
+            world.mc.set_member_status(world.list_id, _email(n), "unsubscribed")
+    return world
+
+
+def _assert_window_reached_civicrm(world: World, also: frozenset[int] = frozenset()) -> None:
+    """Every unsubscribe in the window (and ``also``) reached CiviCRM; nobody else moved."""
+    assert _civi_removed(world) == set(WINDOW) | also
+    assert _not_subscribed(world) == set(WINDOW) | also
+
+
+def test_a_member_archived_during_incremental_paging_skips_nobody(incremental_world: World) -> None:
+    """Member 29 (read on page 1) is archived after page 1: the others move up a place and
+    the offset walk skips one. It is still read in the same run, so every unsubscribe in the
+    window reaches CiviCRM, and stays there after the next run."""
+    world = incremental_world
+    world.mc.after_member_pages(1, _archive(world, [29]))
+    _completed(world.sync(allow_mass_changes=True))
+    _assert_window_reached_civicrm(world)
+    _completed(world.sync(allow_mass_changes=True))
+    _assert_window_reached_civicrm(world)
+
+
+def test_a_member_deleted_during_incremental_paging_skips_nobody(incremental_world: World) -> None:
+    """The same with members deleted permanently (a GDPR erasure) after page 2."""
+    world = incremental_world
+    world.mc.after_member_pages(2, _forget(world, [29, 25]))
+    _completed(world.sync(allow_mass_changes=True))
+    assert _civi_removed(world) == set(WINDOW)
+    assert _not_subscribed(world, range(30, MEMBERS)) == set()
+    _completed(world.sync(allow_mass_changes=True))
+    assert _civi_removed(world) == set(WINDOW)
+
+
+def test_members_who_change_during_incremental_paging_are_read_in_the_same_run(
+    incremental_world: World,
+) -> None:
+    """Members who change while the window is paged move to the already-read end: one from
+    outside the window (350), one not yet read (3); with one archived meanwhile. All are read
+    before reconciling: their unsubscribes reach CiviCRM in the same run, nobody is skipped."""
+    world = incremental_world
+
+    def churn() -> None:
+        for n in (350, 3):
+            world.mc.set_member_status(world.list_id, _email(n), "unsubscribed")
+        _archive(world, [28])()
+
+    world.mc.after_member_pages(1, churn)
+    _completed(world.sync(allow_mass_changes=True))
+    _assert_window_reached_civicrm(world, frozenset({350}))
+
+
+def test_churn_during_an_incremental_fetch_spread_over_budgeted_runs(
+    incremental_world: World,
+) -> None:
+    """An incremental run cut by its budget and resumed: members archived between the runs
+    and while a page is read, members deleted while the window is looked at again. Every
+    unsubscribe in the window reaches CiviCRM; nobody else is Removed or unsubscribed."""
+    world = incremental_world
+    stages: list[str] = []
+    skipped_cursors: list[int] = []
+
+    def between(n: int) -> None:
+        state = _state(world)
+        stages.append(state["stage"])
+        if state["stage"] == "fetch_mailchimp_skipped":
+            skipped_cursors.append(state["cursor"])
+        if n == 1:
+            _archive(world, [29, 28])()
+        if n == 2:
+            world.mc.after_member_pages(1, _forget(world, [27]))
+
+    outcomes = list(_budgeted_runs(world, 12, between=between, allow_mass_changes=True))
+    assert len(outcomes) > 2
+    assert stages[:3] == ["fetch_mailchimp", "fetch_mailchimp_changed", "fetch_mailchimp_skipped"]
+    # one run stopped after the window was looked over down to a time, the next went on
+    assert any(cursor > 0 for cursor in skipped_cursors), skipped_cursors
+    assert _civi_removed(world) == set(WINDOW)
+    assert _not_subscribed(world) == set(WINDOW)
+    _completed(world.sync(allow_mass_changes=True))
+    assert _civi_removed(world) == set(WINDOW)
+
+
+def test_an_incremental_window_of_one_page_costs_no_extra_request(churn_world: World) -> None:
+    """A window that fits in one page is read by one request, which cannot skip anyone: an
+    incremental run with nothing changed, or a few changes, reads one member page and
+    nothing else at Mailchimp beyond its writes."""
+    world = churn_world
+    _completed(world.sync())
+    before = len(world.mc.request_log)
+    _completed(world.sync())
+    assert world.mc.request_log[before:] == [("GET", f"/3.0/lists/{world.list_id}/members")]
+
+    for n in (5, 6, 7):
+        world.mc.set_member_status(world.list_id, _email(n), "unsubscribed")
+    before = len(world.mc.request_log)
+    _completed(world.sync())
+    reads = [r for r in world.mc.request_log[before:] if r[0] == "GET"]
+    assert reads == [("GET", f"/3.0/lists/{world.list_id}/members")]
+    assert _civi_removed(world) == {5, 6, 7}
+
+
+def test_an_incremental_window_of_several_pages_without_churn_costs_three_requests(
+    incremental_world: World,
+) -> None:
+    """A window of 3 pages with nothing vanishing: one look for changes made meanwhile, one
+    for members archived meanwhile, one light page of ids over the window; no member GETs."""
+    world = incremental_world
+    before = len(world.mc.request_log)
+    pages_before = _member_pages(world)
+    _completed(world.sync(allow_mass_changes=True))
+    requests = world.mc.request_log[before:]
+    assert _member_pages(world) - pages_before == 3 + 3, requests
+    assert [r for r in requests if r[0] == "GET" and "/members/" in r[1]] == []
+    _assert_window_reached_civicrm(world)
