@@ -174,7 +174,7 @@ def test_a_settled_range_is_paged_without_skipping_anyone(churn_world: World) ->
     with MailchimpClient(
         account_name="main",
         api_key=world.config.mailchimp.accounts["main"].api_key.get_secret_value(),
-        base_url="http://mailchimp.sim/3.0",
+        base_url="https://mailchimp.sim/3.0",
         budget=Budget(None),
         transport=world.transport,
         max_connections=4,
