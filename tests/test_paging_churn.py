@@ -142,7 +142,7 @@ def test_the_sim_pages_over_live_data_and_runs_churn_between_pages(churn_world: 
     world.mc.after_member_pages(2, _archive(world, [0, 1, 2]))
     seen: set[str] = set()
     offsets: list[int] = []
-    from mcsync.mailchimp import MailchimpClient
+    from mcsync.api.mailchimp import MailchimpClient
 
     with MailchimpClient(
         account_name="main",

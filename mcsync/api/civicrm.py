@@ -9,8 +9,9 @@ from typing import Any
 
 import httpx
 
-from .budget import Budget
-from .errors import ApiError, BadResponse
+from mcsync.budget import Budget
+from mcsync.errors import ApiError, BadResponse
+
 from .http import HttpSession, SessionClient
 
 # Actions that can be repeated without changing the result, so their calls may be retried.

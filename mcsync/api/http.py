@@ -42,8 +42,8 @@ from typing import Any, Self
 
 import httpx
 
-from .budget import Budget
-from .errors import (
+from mcsync.budget import Budget
+from mcsync.errors import (
     ApiError,
     AuthError,
     BadResponse,
@@ -52,6 +52,7 @@ from .errors import (
     ResponseTooLarge,
     RetriesExhausted,
 )
+
 from .responses import (
     MASK,
     Outcome,

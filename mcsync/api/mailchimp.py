@@ -20,9 +20,8 @@ from urllib.parse import quote
 
 import httpx
 
-from .addresses import fold_email
-from .budget import Budget
-from .errors import (
+from mcsync.budget import Budget
+from mcsync.errors import (
     ApiError,
     AuthError,
     BadResponse,
@@ -31,6 +30,8 @@ from .errors import (
     ResponseTooLarge,
     RetriesExhausted,
 )
+from mcsync.rules.addresses import fold_email
+
 from .http import HttpSession, SessionClient
 from .slots import ProcessSlots
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from mcsync.config import (
+from mcsync.config.models import (
     CROSS_CHECK_ERROR,
     AudienceConfig,
     CiviCRMConfig,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from mcsync.budget import Budget
-from mcsync.config import AudienceConfig, Config
-from mcsync.engine import connections
+from mcsync.config.models import AudienceConfig, Config
 from mcsync.errors import AudienceBusy
-from mcsync.staging import Staging, iso, utc_now
-from mcsync.sync import lease_owner, reset_run
+from mcsync.runner.audience import lease_owner, reset_run
+from mcsync.runner.engine import connections
+from mcsync.store.database import Staging, iso, utc_now
 
 ABORTED = "Sync was aborted"
 

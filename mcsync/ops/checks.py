@@ -4,47 +4,17 @@ from __future__ import annotations
 
 import zoneinfo
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from email.utils import parsedate_to_datetime
-from dataclasses import dataclass
 from typing import Any
 
 from mcsync.budget import Budget
-from mcsync.config import Config
-from mcsync.console import Output
-from mcsync.engine import connections
+from mcsync.config.models import Config
 from mcsync.errors import ApiError, NotFoundError
-
-GROUP_SELECT = [
-    "id",
-    "name",
-    "title",
-    "group_type:name",
-    "saved_search_id",
-    "is_active",
-    "is_hidden",
-    "children",
-]
-
-
-def describe_group(group: dict[str, Any] | None, group_id: int) -> str | None:
-    """Why a group cannot be synced, or None when it can (civicrm-api.md §2.3, §2.7)."""
-    if group is None:
-        return f"CiviCRM group {group_id} does not exist"
-    if group.get("saved_search_id"):
-        return (
-            f"CiviCRM group {group_id} ({group.get('title')}) is a smart group; mcsync "
-            "syncs static groups only (their membership has history and can be written)"
-        )
-    types = group.get("group_type:name") or []
-    if "Mailing List" not in types:
-        return (
-            f"CiviCRM group {group_id} ({group.get('title')}) is not a Mailing List group; "
-            "tick 'Mailing List' in the group's settings"
-        )
-    if group.get("is_active") is False:
-        return f"CiviCRM group {group_id} ({group.get('title')}) is disabled"
-    return None
+from mcsync.ops.output import Output
+from mcsync.rules.groups import GROUP_SELECT, describe_group
+from mcsync.runner.engine import connections
 
 
 def fetch_groups(conns: Any, ids: list[int]) -> dict[int, dict[str, Any]]:

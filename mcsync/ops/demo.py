@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mcsync.console import Output
+from mcsync.ops.output import Output
 
 
 def _mcsync(config: Path, *args: str) -> int:

@@ -9,9 +9,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from mcsync.config import Config
+from mcsync.config.models import Config
 from mcsync.errors import MassChangeBrake, McsyncError
-from mcsync.staging import Staging
+from mcsync.runner.engine import selected_audiences
+from mcsync.stages.registry import WRITE_STAGES
+from mcsync.store.database import Staging
 
 
 def audience_plan(staging: Staging, list_id: str, group_id: int) -> dict[str, Any]:
@@ -106,7 +108,6 @@ def _total_key(change: dict[str, Any]) -> str:
 def planned(result: Any) -> bool:
     """A dry run left a complete plan in staging: it stopped before the first write stage,
     or the brake tripped. (One stopped earlier by its budget keeps its progress instead.)"""
-    from mcsync.sync import WRITE_STAGES
 
     if isinstance(result.error, MassChangeBrake):
         return True
@@ -133,8 +134,6 @@ def collect_plan(config: Config, results: Sequence[Any]) -> dict[str, Any]:
 def ensure_no_writes_pending(config: Config, group_id: int | None) -> None:
     """A dry run continues the audience's run up to the brake, so it must not start from a
     stage that writes: that run has to finish (or be aborted) first."""
-    from mcsync.engine import selected_audiences
-    from mcsync.sync import WRITE_STAGES
 
     staging = Staging(config.state_db)
     try:

@@ -9,7 +9,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mcsync.member_state import SUBSCRIBED_STATUSES
+from mcsync.rules.member_state import SUBSCRIBED_STATUSES
 
 
 @dataclass(frozen=True)

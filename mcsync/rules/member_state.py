@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
-from mcsync.reasons import Reason
+from mcsync.rules.reasons import Reason
 
 MemberStatus: TypeAlias = Literal[
     "subscribed", "unsubscribed", "cleaned", "pending", "transactional", "archived"

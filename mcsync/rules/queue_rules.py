@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mcsync.reconcile import Decision, QueueMailchimpUpdate
+from mcsync.rules.reconcile import Decision, QueueMailchimpUpdate
 
 ABORT_SUPERSEDED = "Superseded by a newer update before it was submitted."
 ABORT_NOT_SUBSCRIBED = "Aborted: the member is no longer to be subscribed."

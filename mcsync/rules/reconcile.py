@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
-from mcsync.addresses import fold_email
-from mcsync.member_state import (
+from mcsync.rules.addresses import fold_email
+from mcsync.rules.member_state import (
     AudiencePolicy,
     CivicrmSide,
     EmailRecord,
@@ -41,7 +41,7 @@ from mcsync.member_state import (
     MemberRow,
     Side,
 )
-from mcsync.reasons import Reason, newer_subscribe_detail
+from mcsync.rules.reasons import Reason, newer_subscribe_detail
 
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mcsync.reasons import Reason
+from mcsync.rules.reasons import Reason
 
 COMPLIANCE_TITLE = "Member In Compliance State"
 FORGOTTEN_TITLE = "Forgotten Email Not Subscribed"

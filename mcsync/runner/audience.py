@@ -12,60 +12,20 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from mcsync import (
-    batches,
-    brake,
-    feeds,
-    fetch_civicrm,
-    fetch_mailchimp,
-    match,
-    plan,
-    push_civicrm,
-    push_mailchimp,
-)
 from mcsync.errors import AudienceBusy, BudgetExhausted, ConfigError
-from mcsync.reasons import RETRIED_REASONS
-from mcsync.run import Lease, RunContext
-from mcsync.staging import Staging, iso, parse_iso, this_host, utc_now
-
-StageFn = Callable[[RunContext], None]
+from mcsync.rules.groups import GROUP_SELECT, describe_group
+from mcsync.rules.reasons import RETRIED_REASONS
+from mcsync.stages import fetch_civicrm, fetch_mailchimp
+from mcsync.stages.context import Lease, RunContext
+from mcsync.stages.registry import STAGE_NAMES, STAGES
+from mcsync.store.database import Staging, iso, parse_iso, this_host, utc_now
 
 # A failed row is due at the run that starts at or after its next-try time; cron starts runs a
 # little early or late, so a run that starts within this much of it counts.
 RETRY_SLACK = timedelta(minutes=1)
-
-# Stage name → what it does. Full runs read all group membership; incremental runs read
-# subscription history since the stored bookmark. Both read the contacts modified since the
-# stored mark: a full run moves that mark to its own start too, and its group read refreshes
-# flags but not emails, so an email edit or hold made before it would otherwise never be read.
-STAGES: list[tuple[str, StageFn, str]] = [
-    ("fetch_mailchimp", fetch_mailchimp.fetch_mailchimp, "any"),
-    ("fetch_mailchimp_changed", fetch_mailchimp.fetch_changed_during_fetch, "full"),
-    ("confirm_vanished", fetch_mailchimp.confirm_vanished_members, "full"),
-    ("fetch_civicrm_groups", fetch_civicrm.fetch_civicrm_groups, "full"),
-    ("fetch_civicrm_history", fetch_civicrm.fetch_civicrm_history, "incremental"),
-    ("fetch_civicrm_modified", fetch_civicrm.fetch_civicrm_modified, "any"),
-    ("fetch_missing_contacts", fetch_civicrm.fetch_missing_contacts, "any"),
-    ("fix_contact_ids", match.fix_contact_ids, "any"),
-    ("match_emails", match.match_emails, "any"),
-    ("create_contacts", match.create_contacts, "any"),
-    ("add_civicrm_only", match.add_civicrm_only, "any"),
-    ("confirm_civicrm_only", fetch_mailchimp.confirm_civicrm_only, "full"),
-    ("load_history", match.load_history_dates, "any"),
-    ("fetch_contact_data", feeds.fetch_contact_data, "any"),
-    ("reconcile", plan.reconcile_rows, "any"),
-    ("brake", brake.check_mass_changes, "any"),
-    ("push_civicrm", push_civicrm.push_civicrm, "write"),
-    ("push_mailchimp", push_mailchimp.push_mailchimp, "write"),
-    ("collect_batches", batches.collect_batches, "write"),
-    ("push_tags", feeds.push_tags, "write"),
-]
-STAGE_NAMES = [name for name, _, _ in STAGES]
-WRITE_STAGES = {name for name, _, when in STAGES if when == "write"}
 
 
 @dataclass
@@ -151,7 +111,6 @@ def check_groups(ctx: RunContext) -> None:
     """Refuse to work an audience whose groups were deleted, disabled or turned into smart
     groups since the config was written: their membership would read as "everyone left"
     (veda#104, veda#138). Checked before every run, so nothing is written for it."""
-    from mcsync.checks import GROUP_SELECT, describe_group
 
     records = ctx.civicrm.call(
         "Group",

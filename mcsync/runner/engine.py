@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from mcsync.api.civicrm import CiviCRMClient
+from mcsync.api.mailchimp import MailchimpClient
 from mcsync.budget import Budget
-from mcsync.civicrm import CiviCRMClient
-from mcsync.config import AudienceConfig, Config
+from mcsync.config.models import AudienceConfig, Config
 from mcsync.errors import AudienceBusy, McsyncError
-from mcsync.mailchimp import MailchimpClient
-from mcsync.run import ProgressFn, RunContext, _no_progress
-from mcsync.staging import Staging
-from mcsync.sync import RunOutcome, run_audience
+from mcsync.runner.audience import RunOutcome, run_audience
+from mcsync.stages.context import ProgressFn, RunContext, _no_progress
+from mcsync.store.database import Staging
 
 
 @dataclass

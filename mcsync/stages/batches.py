@@ -9,13 +9,13 @@ import json
 import sqlite3
 from typing import Any
 
-from mcsync import write_results as wr
+from mcsync.api.mailchimp import member_put_operation
 from mcsync.errors import ApiError, BudgetExhausted, ResponseTooLarge
-from mcsync.mailchimp import member_put_operation
-from mcsync.overtaken import drop_overtaken_updates
-from mcsync.run import RunContext
-from mcsync.staging import iso, parse_iso, utc_now
-from mcsync.updates import apply_result, fail_update, queued_updates
+from mcsync.rules import write_results as wr
+from mcsync.stages.context import RunContext
+from mcsync.stages.overtaken import drop_overtaken_updates
+from mcsync.stages.updates import apply_result, fail_update, queued_updates
+from mcsync.store.database import iso, parse_iso, utc_now
 
 BATCH_SIZE = 1000
 OPERATION_PREFIX = "mcsync_"

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mcsync.errors import MassChangeBrake
-from mcsync.run import RunContext
-from mcsync.staging import Staging
+from mcsync.stages.context import RunContext
+from mcsync.store.database import Staging
 
 
 def check_mass_changes(ctx: RunContext) -> None:

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 
+from mcsync.api.civicrm import CiviCRMClient
+from mcsync.api.mailchimp import MailchimpClient
 from mcsync.budget import Budget
-from mcsync.civicrm import CiviCRMClient
-from mcsync.config import AudienceConfig, SyncConfig
+from mcsync.config.models import AudienceConfig, SyncConfig
 from mcsync.errors import AudienceBusy
-from mcsync.mailchimp import MailchimpClient
-from mcsync.staging import Staging
+from mcsync.store.database import Staging
 
 # mcsync's own GroupContact writes carry this in SubscriptionHistory.tracking, so they are not
 # mistaken for a person's choice (reference/civicrm-api.md §2.4).

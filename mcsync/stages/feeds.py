@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mcsync.errors import ApiError
-from mcsync.fetch_civicrm import IN_CHUNK
 from mcsync.plugins import (
     FeedAudience,
     FeedData,
@@ -26,8 +25,9 @@ from mcsync.plugins import (
     merge_value,
     run_feed,
 )
-from mcsync.run import RunContext
-from mcsync.staging import dumps
+from mcsync.stages.context import RunContext
+from mcsync.stages.fetch_civicrm import IN_CHUNK
+from mcsync.store.database import dumps
 
 TAG_PREFIX = "CiviCRM: "
 TAG_CHUNK = 50

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from mcsync.addresses import fold_email
-from mcsync.run import TRACKING_MARKER, WINDOW_OVERLAP, RunContext
-from mcsync.staging import iso
+from mcsync.rules.addresses import fold_email
+from mcsync.stages.context import TRACKING_MARKER, WINDOW_OVERLAP, RunContext
+from mcsync.store.database import iso
 
 CONTACT_FLAGS = ("is_deleted", "is_deceased", "do_not_email", "is_opt_out")
 PRIVACY_FLAGS = ("is_deceased", "do_not_email", "is_opt_out")

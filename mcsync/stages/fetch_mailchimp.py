@@ -10,10 +10,10 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mcsync.mailchimp import member_hash
-from mcsync.match import assign_matches
-from mcsync.run import WINDOW_OVERLAP, RunContext
-from mcsync.staging import dumps, iso, parse_iso, utc_now
+from mcsync.api.mailchimp import member_hash
+from mcsync.stages.context import WINDOW_OVERLAP, RunContext
+from mcsync.stages.match import assign_matches
+from mcsync.store.database import dumps, iso, parse_iso, utc_now
 
 # Margin before a full run's start for reading the changes made while it paged: covers a
 # clock difference with Mailchimp and its whole-second times.

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from mcsync.fetch_civicrm import (
+from mcsync.stages.context import TRACKING_MARKER, RunContext
+from mcsync.stages.fetch_civicrm import (
     EMAIL_SELECT,
     IN_CHUNK,
     chunks,
@@ -21,8 +22,7 @@ from mcsync.fetch_civicrm import (
     store_contacts,
     store_emails,
 )
-from mcsync.run import TRACKING_MARKER, RunContext
-from mcsync.staging import iso
+from mcsync.store.database import iso
 
 SUBSCRIBED = ("subscribed", "pending")
 MATCH_CONCURRENCY = 4  # Email lookups in flight: the CiviCRM client's connection pool

@@ -27,9 +27,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from mcsync.mailchimp import member_hash
-from mcsync.run import TRACKING_MARKER, WINDOW_OVERLAP, RunContext
-from mcsync.staging import iso, parse_iso, utc_now
+from mcsync.api.mailchimp import member_hash
+from mcsync.stages.context import TRACKING_MARKER, WINDOW_OVERLAP, RunContext
+from mcsync.store.database import iso, parse_iso, utc_now
 
 # Only what the comparison needs: a small answer even for a long wait.
 _NEWS_FIELDS = ("id", "last_changed")

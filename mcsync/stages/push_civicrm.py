@@ -7,13 +7,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from mcsync import overtaken
-from mcsync.addresses import fold_email
 from mcsync.errors import ApiError
-from mcsync.fetch_civicrm import fetch_emails_of_contacts
-from mcsync.reasons import Reason
-from mcsync.run import TRACKING_MARKER, RunContext
-from mcsync.updates import schedule_retry
+from mcsync.rules.addresses import fold_email
+from mcsync.rules.reasons import Reason
+from mcsync.stages import overtaken
+from mcsync.stages.context import TRACKING_MARKER, RunContext
+from mcsync.stages.fetch_civicrm import fetch_emails_of_contacts
+from mcsync.stages.updates import schedule_retry
 
 CIVI_WRITE_CHUNK = 500
 

@@ -8,14 +8,14 @@ import json
 import sqlite3
 from typing import Any
 
-from mcsync import write_results as wr
-from mcsync.addresses import fold_email
-from mcsync.batches import push_batches
+from mcsync.api.mailchimp import BULK_LIMIT
 from mcsync.errors import ApiError, BudgetExhausted
-from mcsync.mailchimp import BULK_LIMIT
-from mcsync.overtaken import drop_overtaken_updates
-from mcsync.run import RunContext
-from mcsync.updates import apply_result, fail_update, queued_updates
+from mcsync.rules import write_results as wr
+from mcsync.rules.addresses import fold_email
+from mcsync.stages.batches import push_batches
+from mcsync.stages.context import RunContext
+from mcsync.stages.overtaken import drop_overtaken_updates
+from mcsync.stages.updates import apply_result, fail_update, queued_updates
 
 
 def push_mailchimp(ctx: RunContext) -> None:

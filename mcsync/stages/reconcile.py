@@ -15,13 +15,13 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from mcsync import member_state as ms
-from mcsync import queue_rules as qr
-from mcsync import reconcile as rc
-from mcsync.addresses import fold_email
-from mcsync.reasons import Reason
-from mcsync.run import RunContext
-from mcsync.staging import dumps, iso, parse_iso, utc_now
+from mcsync.rules import member_state as ms
+from mcsync.rules import queue_rules as qr
+from mcsync.rules import reconcile as rc
+from mcsync.rules.addresses import fold_email
+from mcsync.rules.reasons import Reason
+from mcsync.stages.context import RunContext
+from mcsync.store.database import dumps, iso, parse_iso, utc_now
 
 CHUNK = 1000
 SETTLE_STEP = 20_000  # rows per set-based statement

@@ -8,11 +8,11 @@ import json
 import sqlite3
 from typing import Any
 
-from mcsync import write_results as wr
 from mcsync.errors import ApiError
-from mcsync.reasons import Reason, is_retried, retry_delay
-from mcsync.run import RunContext
-from mcsync.staging import dumps, iso, parse_iso, utc_now
+from mcsync.rules import write_results as wr
+from mcsync.rules.reasons import Reason, is_retried, retry_delay
+from mcsync.stages.context import RunContext
+from mcsync.store.database import dumps, iso, parse_iso, utc_now
 
 
 def queued_updates(ctx: RunContext, limit: int) -> list[sqlite3.Row]:

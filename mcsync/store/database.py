@@ -23,8 +23,8 @@ from typing import Any
 
 import sqlite_utils
 
-from mcsync.addresses import fold_email
 from mcsync.errors import ConfigError, McsyncError, StorageError
+from mcsync.rules.addresses import fold_email
 
 # Numbered migrations: never edit one that has shipped; append a new one.
 MIGRATIONS: list[str] = [
@@ -204,7 +204,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE rows ADD COLUMN retry_attempts INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE rows ADD COLUMN retry_at TEXT
     """,
-    # 9: addresses compare by fold_email (mcsync.addresses), in SQL as in Python: SQLite's own
+    # 9: addresses compare by fold_email (mcsync.rules.addresses), in SQL as in Python: SQLite's own
     # lower() folds ASCII only, so 'ÄNNE@x' did not meet 'änne@x' (issue 10.8)
     """
     DROP INDEX rows_by_address;
