@@ -30,8 +30,9 @@ from mcsync.ops.demo import run_demo, serve_forever
 from mcsync.ops.preview import collect_plan, discard_plans, ensure_no_writes_pending
 from mcsync.ops.status import audience_status, failures
 from mcsync.rules.reasons import REASONS
+from mcsync.runner import engine  # engine.sync_audiences read per call: tests swap it
 from mcsync.runner.audience import parse_since
-from mcsync.runner.engine import selected_audiences, sync_audiences
+from mcsync.runner.engine import selected_audiences
 from mcsync.stages.registry import WRITE_STAGES
 from mcsync.store.database import Staging, storage_failure
 
@@ -180,7 +181,7 @@ def run_sync(
     budget = Budget(max_time or None)
     debug = session.http_trace()
     with out.progress() as progress:
-        results = sync_audiences(
+        results = engine.sync_audiences(
             config,
             budget=budget,
             group_id=group_id,
@@ -208,7 +209,7 @@ def run_sync(
         out.always("Nothing was written.")
         sys.exit(0)
     with out.progress() as progress:
-        results = sync_audiences(
+        results = engine.sync_audiences(
             config,
             budget=budget,
             group_id=group_id,
