@@ -29,7 +29,7 @@ from mcsync.ops.checks import check_config, discover_all
 from mcsync.ops.demo import run_demo, serve_forever
 from mcsync.ops.preview import collect_plan, discard_plans, ensure_no_writes_pending
 from mcsync.ops.status import audience_status, failures
-from mcsync.rules.reasons import REASONS
+from mcsync.rules.explanations import REASONS
 from mcsync.runner import engine  # engine.sync_audiences read per call: tests swap it
 from mcsync.runner.audience import parse_since
 from mcsync.runner.engine import selected_audiences

@@ -13,7 +13,8 @@ from conftest import World
 
 from mcsync.cli import main
 from mcsync.ops.preview import discard_plans
-from mcsync.rules.reasons import REASONS, Reason
+from mcsync.rules.explanations import REASONS
+from mcsync.rules.reasons import Reason
 
 
 def _hold(world: World, email: str) -> int:

@@ -12,7 +12,8 @@ from conftest import World
 
 from mcsync.cli import main
 from mcsync.ops.status import failures
-from mcsync.rules.reasons import REASONS, Reason, explain
+from mcsync.rules.explanations import REASONS, explain
+from mcsync.rules.reasons import Reason
 from mcsync.store.database import Staging
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "mcsync/ops/status_schema.json").read_text())

@@ -11,7 +11,8 @@ from datetime import timedelta
 from typing import Any
 
 from mcsync.config.models import AudienceConfig
-from mcsync.rules.reasons import RETRIED_REASONS, explain
+from mcsync.rules.explanations import explain
+from mcsync.rules.reasons import RETRIED_REASONS
 from mcsync.stages.registry import STAGE_NAMES
 from mcsync.store.database import Staging, lease_holder_gone, parse_iso, utc_now
 
