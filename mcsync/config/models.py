@@ -1,7 +1,7 @@
 """The TOML configuration (DESIGN.md §2): pydantic models, their validators, and the checks
 for contradictions between tables.
 
-``config_load.load_config`` reads a file into ``Config`` and turns every problem — missing
+``config.load.load_config`` reads a file into ``Config`` and turns every problem — missing
 file, TOML syntax, unset variables, unknown or missing keys, bad values, contradictions between
 audiences — into one ``ConfigError`` that lists each problem as ``key.path: message`` so a user
 fixes the whole file in one go.

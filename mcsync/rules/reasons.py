@@ -1,4 +1,5 @@
-"""Why a row cannot (fully) sync: the reason codes staging stores per row, and their text."""
+"""Why a row cannot (fully) sync: the reason codes staging stores per row (their texts are in
+``explanations``)."""
 
 from __future__ import annotations
 
