@@ -1,5 +1,5 @@
-"""Micro-benchmark: the match stage's set-based SQL (`mcsync.match.assign_matches`) matching
-50,000 staged Mailchimp emails to staged CiviCRM contacts, in the stage's own batch size."""
+"""Micro-benchmark: the match stage's set-based SQL (`mcsync.stages.match.assign_matches`)
+matching 50,000 staged Mailchimp emails to staged CiviCRM contacts, in the stage's own batch size."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from mcsync.addresses import fold_email
-from mcsync.fetch_civicrm import IN_CHUNK
-from mcsync.match import assign_matches
-from mcsync.staging import Staging
+from mcsync.rules.addresses import fold_email
+from mcsync.stages.fetch_civicrm import IN_CHUNK
+from mcsync.stages.match import assign_matches
+from mcsync.store.database import Staging
 
 LIST_ID = "benchlist"
 GROUP_ID = 1

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from match_bench import match_50k  # noqa: E402
 
-from mcsync.fetch_civicrm import EMAIL_SELECT  # noqa: E402
-from mcsync.mailchimp import MEMBER_FIELDS  # noqa: E402
+from mcsync.stages.fetch_civicrm import EMAIL_SELECT  # noqa: E402
+from mcsync.api.mailchimp import MEMBER_FIELDS  # noqa: E402
 from mcsync.sim.world import CIVICRM_KEY, CIVICRM_SITE_KEY, MAILCHIMP_KEY  # noqa: E402
 
 LATENCY = 0.15

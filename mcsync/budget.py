@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable
 
-from .errors import BudgetExhausted
+from mcsync.errors import BudgetExhausted
 
 
 class Budget:

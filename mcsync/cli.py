@@ -18,13 +18,23 @@ from typing import Any
 import click
 
 from mcsync import __version__
+from mcsync.api.responses import redact
 from mcsync.budget import Budget
-from mcsync.config import Config
-from mcsync.config_load import config_file_is_private, default_config_path, load_config
+from mcsync.config.load import config_file_is_private, default_config_path, load_config
+from mcsync.config.models import Config
 from mcsync.console import Output, show_failures, show_plan, show_status
 from mcsync.errors import ConfigError, McsyncError
-from mcsync.responses import redact
-from mcsync.status import REASONS
+from mcsync.ops.abort import abort_audience
+from mcsync.ops.checks import check_config, discover_all
+from mcsync.ops.demo import run_demo, serve_forever
+from mcsync.ops.preview import collect_plan, discard_plans, ensure_no_writes_pending
+from mcsync.ops.status import audience_status, failures
+from mcsync.rules.explanations import REASONS
+from mcsync.runner import engine  # engine.sync_audiences read per call: tests swap it
+from mcsync.runner.audience import parse_since
+from mcsync.runner.engine import selected_audiences
+from mcsync.stages.registry import WRITE_STAGES
+from mcsync.store.database import Staging, storage_failure
 
 
 def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -126,8 +136,6 @@ def guarded(function: Callable[..., Any]) -> Callable[..., Any]:
                 return function(session, *args, **kwargs)
             except sqlite3.Error as exc:
                 # The state DB failed (disk full, locked, damaged...): one line, no traceback.
-                from mcsync.staging import storage_failure
-
                 raise storage_failure(exc, session.state_db) from None
         except ConfigError as exc:
             session.out.error("Configuration problems:" if len(exc.problems) > 1 else "Error:")
@@ -160,9 +168,6 @@ def run_sync(
 ) -> None:
     """A sync, or a preview (dry run, or initial-sync's confirmation) that plans up to the
     brake, shows the plan, and undoes the planning so the next real run decides the same."""
-    from mcsync.engine import sync_audiences
-    from mcsync.preview import collect_plan, discard_plans, ensure_no_writes_pending
-    from mcsync.sync import parse_since
 
     if as_json and not dry_run:
         raise ConfigError("--json: prints the plan of a dry run; use it with --dry-run")
@@ -176,7 +181,7 @@ def run_sync(
     budget = Budget(max_time or None)
     debug = session.http_trace()
     with out.progress() as progress:
-        results = sync_audiences(
+        results = engine.sync_audiences(
             config,
             budget=budget,
             group_id=group_id,
@@ -204,7 +209,7 @@ def run_sync(
         out.always("Nothing was written.")
         sys.exit(0)
     with out.progress() as progress:
-        results = sync_audiences(
+        results = engine.sync_audiences(
             config,
             budget=budget,
             group_id=group_id,
@@ -220,7 +225,6 @@ def run_sync(
 def report_preview(session: Session, results: list[Any]) -> int:
     """What a preview could not plan, on stderr (stdout carries the plan); 1 if the real run
     would fail or stop at the brake."""
-    from mcsync.sync import WRITE_STAGES
 
     out, code = session.out, 0
     for result in results:
@@ -347,14 +351,11 @@ def initial_sync(
     "--json",
     "as_json",
     is_flag=True,
-    help="Machine-readable, stable schema (mcsync/status_schema.json).",
+    help="Machine-readable, stable schema (mcsync/ops/status_schema.json).",
 )
 @guarded
 def status_command(session: Session, group_id: int | None, as_json: bool) -> None:
     """How in-sync each audience is: balance figures, stage, last sync, recent log."""
-    from mcsync.engine import selected_audiences
-    from mcsync.staging import Staging
-    from mcsync.status import audience_status
 
     config = session.config()
     staging = Staging(config.state_db, read_only=True)
@@ -375,16 +376,16 @@ def status_command(session: Session, group_id: int | None, as_json: bool) -> Non
     "--reason", type=click.Choice(sorted(REASONS)), help="Only contacts failing for this reason."
 )
 @click.option(
-    "--json", "as_json", is_flag=True, help="Machine-readable (schema: mcsync/status_schema.json)."
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Machine-readable (schema: mcsync/ops/status_schema.json).",
 )
 @guarded
 def failures_command(
     session: Session, group_id: int | None, reason: str | None, as_json: bool
 ) -> None:
     """Every row that cannot sync, with a plain reason and what to do about it."""
-    from mcsync.engine import selected_audiences
-    from mcsync.staging import Staging
-    from mcsync.status import failures
 
     config = session.config()
     staging = Staging(config.state_db, read_only=True)
@@ -406,7 +407,6 @@ def failures_command(
 @guarded
 def abort_command(session: Session, group_id: int) -> None:
     """Cancel an audience's pending batches, discard unsubmitted updates, restart its run."""
-    from mcsync.abort import abort_audience
 
     config = session.config()
     summary = abort_audience(config, config.audience_for_group(group_id))
@@ -423,7 +423,6 @@ def config_group() -> None:
 @guarded
 def config_check(session: Session) -> None:
     """Validate the config file and test every connection, audience, interest and group."""
-    from mcsync.checks import check_config
 
     config = session.config()
     if not config_file_is_private(session.path):
@@ -448,7 +447,6 @@ def config_check(session: Session) -> None:
 @guarded
 def discover(session: Session) -> None:
     """List audiences, interests and CiviCRM mailing groups with their ids."""
-    from mcsync.checks import discover_all
 
     discover_all(session.config(), session.out, debug_http=session.http_trace())
 
@@ -467,7 +465,6 @@ def discover(session: Session) -> None:
 @guarded
 def demo(session: Session, members: int, keep: Path | None) -> None:
     """Run a real sync against the built-in simulators with generated data; needs no accounts."""
-    from mcsync.demo import run_demo
 
     sys.exit(run_demo(session.out, members=members, workdir=keep))
 
@@ -493,7 +490,6 @@ def demo(session: Session, members: int, keep: Path | None) -> None:
 @guarded
 def simulate(session: Session, port: int, members: int, write_config: Path | None) -> None:
     """Run the Mailchimp and CiviCRM simulators on 127.0.0.1 until interrupted."""
-    from mcsync.demo import serve_forever
 
     serve_forever(session.out, port=port, members=members, config_path=write_config)
 

@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from mcsync.status import age
+from mcsync.store.database import parse_iso, utc_now
 
 
 class Output:
@@ -278,3 +278,17 @@ def show_plan(out: Output, plan: dict[str, Any]) -> None:
         )
         if audience.get("brake"):
             out.always("The mass-change brake would stop the real run (see the message above).")
+
+
+def age(moment: str | None) -> str:
+    when = parse_iso(moment)
+    if when is None:
+        return "never"
+    seconds = (utc_now() - when).total_seconds()
+    if seconds < 90:
+        return f"{int(seconds)}s ago"
+    if seconds < 5400:
+        return f"{int(seconds // 60)} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.1f} days ago ({datetime.fromisoformat(moment or '').date()})"

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mcsync.civicrm import CiviCRMClient
+from mcsync.api.civicrm import CiviCRMClient
 from mcsync.errors import McsyncError
 
 ENTRY_POINT_GROUP = "mcsync.data_feeds"

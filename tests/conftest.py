@@ -12,9 +12,9 @@ import pytest
 from hypothesis import settings
 
 from mcsync.budget import Budget
-from mcsync.config import Config
-from mcsync.config_load import load_config
-from mcsync.engine import AudienceResult, sync_audiences
+from mcsync.config.load import load_config
+from mcsync.config.models import Config
+from mcsync.runner.engine import AudienceResult, sync_audiences
 from mcsync.sim.civicrm import CiviSim
 from mcsync.sim.mailchimp import MailchimpSim
 from mcsync.sim.transport import MultiSimTransport

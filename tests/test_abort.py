@@ -10,10 +10,11 @@ from datetime import timedelta
 import pytest
 from click.testing import CliRunner
 
-from mcsync import abort, engine
 from mcsync.budget import Budget
 from mcsync.cli import main
-from mcsync.staging import Staging
+from mcsync.ops import abort
+from mcsync.runner import engine
+from mcsync.store.database import Staging
 
 
 def test_abort_cancels_batches_and_resets_the_run(  # type: ignore[no-untyped-def]

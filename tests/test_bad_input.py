@@ -37,10 +37,10 @@ from e2e import (
     raw,
 )
 
+from mcsync.ops.status import failures
 from mcsync.sim.civicrm import CiviSim
 from mcsync.sim.transport import MultiSimTransport
-from mcsync.staging import Staging
-from mcsync.status import failures
+from mcsync.store.database import Staging
 
 SEED = 5
 MEMBERS = 150

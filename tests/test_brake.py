@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import World
 
-from mcsync import engine
 from mcsync.cli import main
+from mcsync.runner import engine
 
 
 class EmptyMemberPages(httpx.BaseTransport):

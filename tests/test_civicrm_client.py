@@ -11,8 +11,8 @@ import httpx
 import pytest
 import respx
 
+from mcsync.api.civicrm import CiviCRMClient, endpoint
 from mcsync.budget import Budget
-from mcsync.civicrm import CiviCRMClient, endpoint
 from mcsync.errors import ApiError, AuthError, BadResponse, RetriesExhausted
 
 URL = "https://crm.example.org/civicrm/ajax/api4"

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from mcsync.cli import main
-from mcsync.config import Config, SyncConfig
-from mcsync.config_load import config_file_is_private, default_config_path, load_config
+from mcsync.config.load import config_file_is_private, default_config_path, load_config
+from mcsync.config.models import Config, SyncConfig
 from mcsync.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"

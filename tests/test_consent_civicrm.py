@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from conftest import World
 
 from mcsync.cli import main
-from mcsync.preview import discard_plans
-from mcsync.reasons import Reason
-from mcsync.status import REASONS
+from mcsync.ops.preview import discard_plans
+from mcsync.rules.explanations import REASONS
+from mcsync.rules.reasons import Reason
 
 
 def _hold(world: World, email: str) -> int:
@@ -235,7 +235,7 @@ def test_flagged_contact_is_still_never_subscribed_from_civicrm(world: World) ->
 def test_flag_time_unknown_to_staging_is_read_before_deciding(world: World) -> None:
     """A contact staged before mcsync kept the flags' time (an upgrade): it is read from
     CiviCRM before the row is decided, rather than letting the flag win by default."""
-    from mcsync.staging import Staging
+    from mcsync.store.database import Staging
 
     contact = _flagged_long_ago(world, "old@example.org", is_opt_out=True)
     world.person("other@example.org", mc="subscribed", civi="Added")  # edited today
@@ -252,7 +252,7 @@ def test_flag_time_unknown_to_staging_is_read_before_deciding(world: World) -> N
 def test_upgrade_counts_cleaned_rows_already_decided_as_handled(tmp_path: Path) -> None:
     """Earlier versions held a cleaned address on every run: after the upgrade, an address an
     admin has taken off hold since is not held once more."""
-    from mcsync import staging as staging_module
+    from mcsync.store import database as staging_module
 
     path = tmp_path / "old.sqlite3"
     shipped = staging_module.MIGRATIONS

@@ -16,14 +16,16 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import CIVI_KEY, MC_KEY, World
 
-from mcsync import abort, batches, engine, push_civicrm, push_mailchimp
 from mcsync.budget import Budget
 from mcsync.cli import main
 from mcsync.errors import BudgetExhausted
+from mcsync.ops import abort
+from mcsync.runner import engine
 from mcsync.sim.civicrm import CiviSim
 from mcsync.sim.mailchimp import MailchimpSim
 from mcsync.sim.transport import MultiSimTransport
-from mcsync.staging import Staging
+from mcsync.stages import batches, push_civicrm, push_mailchimp
+from mcsync.store.database import Staging
 
 Run = Callable[..., Result]
 
@@ -48,9 +50,7 @@ def _services_with_a_clock(world: World) -> ShiftedClock:
     world.list_id = world.mc.add_list(MC_KEY, "Newsletter")
     world.civi = CiviSim(CIVI_KEY, clock=clock)
     world.group_id = world.civi.add_group("Newsletter")
-    world.transport = MultiSimTransport(
-        {"mailchimp.sim": world.mc, "civicrm.sim": world.civi}
-    )
+    world.transport = MultiSimTransport({"mailchimp.sim": world.mc, "civicrm.sim": world.civi})
     world.write_config()
     return clock
 

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 from conftest import World
 
-from mcsync import engine
 from mcsync.cli import main
+from mcsync.runner import engine
 
-SCHEMA = json.loads((Path(__file__).parent.parent / "mcsync" / "status_schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).parents[1] / "mcsync/ops/status_schema.json").read_text())
 PLAN_SCHEMA = {"$defs": SCHEMA["$defs"], "$ref": "#/$defs/plan"}
 
 

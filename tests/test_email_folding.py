@@ -20,10 +20,10 @@ from conftest import World
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcsync.addresses import fold_email
-from mcsync.mailchimp import member_hash
+from mcsync.api.mailchimp import member_hash
+from mcsync.rules.addresses import fold_email
 from mcsync.sim.mailchimp import subscriber_hash
-from mcsync.staging import MIGRATIONS, Staging
+from mcsync.store.database import MIGRATIONS, Staging
 
 MCSYNC = Path(__file__).resolve().parent.parent / "mcsync"
 

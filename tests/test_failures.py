@@ -11,11 +11,12 @@ from click.testing import CliRunner
 from conftest import World
 
 from mcsync.cli import main
-from mcsync.reasons import Reason
-from mcsync.staging import Staging
-from mcsync.status import REASONS, explain, failures
+from mcsync.ops.status import failures
+from mcsync.rules.explanations import REASONS, explain
+from mcsync.rules.reasons import Reason
+from mcsync.store.database import Staging
 
-SCHEMA = json.loads((Path(__file__).parent.parent / "mcsync" / "status_schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).parents[1] / "mcsync/ops/status_schema.json").read_text())
 FAILURES_SCHEMA = {**SCHEMA, "$ref": "#/$defs/failures"}
 FAILURES_SCHEMA.pop("items")
 FAILURES_SCHEMA.pop("type")

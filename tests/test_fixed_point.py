@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from mcsync.budget import Budget
 from mcsync.cli import main
-from mcsync.config_load import load_config
-from mcsync.engine import AudienceResult, sync_audiences
-from mcsync.preview import collect_plan, discard_plans
+from mcsync.config.load import load_config
+from mcsync.ops.preview import collect_plan, discard_plans
+from mcsync.runner.engine import AudienceResult, sync_audiences
 from mcsync.sim.transport import MultiSimTransport
 from mcsync.sim.world import CIVICRM_KEY, CIVICRM_SITE_KEY, MAILCHIMP_KEY, SimWorld
 
@@ -31,7 +31,9 @@ class Generated:
         self.world = SimWorld.create(
             members=members, seed=seed, audiences=audiences, batch_delay=0.0
         )
-        self.transport = MultiSimTransport({"mailchimp.sim": self.world.mailchimp, "civicrm.sim": self.world.civicrm})
+        self.transport = MultiSimTransport(
+            {"mailchimp.sim": self.world.mailchimp, "civicrm.sim": self.world.civicrm}
+        )
         lines = [
             f'state_db = "{tmp_path / "state.sqlite3"}"',
             "[civicrm]",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import World
 
-from mcsync.staging import Staging
+from mcsync.store.database import Staging
 
 
 def _completed(world: World, **kwargs: object) -> None:

@@ -37,16 +37,16 @@ import respx
 from conftest import World
 from e2e import Scenario, Tamper
 
+from mcsync.api.http import HttpSession
+from mcsync.api.mailchimp import parse_batch_results
+from mcsync.api.responses import redact
 from mcsync.budget import Budget
 from mcsync.errors import BadResponse, BudgetExhausted, RetriesExhausted
-from mcsync.http import HttpSession
-from mcsync.mailchimp import parse_batch_results
-from mcsync.responses import redact
+from mcsync.ops.status import failures
 from mcsync.sim.base import SimRequest, SimResponse, Simulator
 from mcsync.sim.faults import call_simulator
 from mcsync.sim.transport import MultiSimTransport
-from mcsync.staging import Staging
-from mcsync.status import failures
+from mcsync.store.database import Staging
 
 MIB = 1024 * 1024
 
@@ -236,9 +236,7 @@ def batch_world(make_world: Any, people: int = 4) -> tuple[World, Tamper]:
     for n in range(people):
         world.person(f"p{n}@example.org", civi="Added", civi_at=world.ago(days=1))
     tamper = Tamper(world.mc)
-    world.transport = MultiSimTransport(
-        {"mailchimp.sim": tamper, "civicrm.sim": world.civi}
-    )
+    world.transport = MultiSimTransport({"mailchimp.sim": tamper, "civicrm.sim": world.civi})
     return world, tamper
 
 

@@ -15,6 +15,8 @@ import httpx
 import pytest
 import respx
 
+from mcsync.api.http import ACCOUNT_MAX_IN_FLIGHT, HttpSession, account_slots
+from mcsync.api.responses import classify, parse_retry_after, redact
 from mcsync.budget import Budget
 from mcsync.errors import (
     ApiError,
@@ -24,8 +26,6 @@ from mcsync.errors import (
     NotFoundError,
     RetriesExhausted,
 )
-from mcsync.http import ACCOUNT_MAX_IN_FLIGHT, HttpSession, account_slots
-from mcsync.responses import classify, parse_retry_after, redact
 
 KEY = "0123deadbeefSECRETKEYcafe4567abcd-us21"
 BASE = "https://us21.api.mailchimp.com/3.0"

@@ -14,7 +14,7 @@ from conftest import CIVI_URL, MC_URL, World
 
 from mcsync.cli import main
 from mcsync.sim.server import serve_simulators
-from mcsync.staging import Staging
+from mcsync.store.database import Staging
 
 
 class Interests:

@@ -45,9 +45,9 @@ from e2e import (
     unsubscribed,
 )
 
+from mcsync.runner.audience import STAGE_NAMES
 from mcsync.sim.faults import FaultPlan
-from mcsync.staging import Staging, this_host
-from mcsync.sync import STAGE_NAMES
+from mcsync.store.database import Staging, this_host
 
 SEED = 7
 MEMBERS = 200

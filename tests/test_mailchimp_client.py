@@ -16,9 +16,14 @@ import httpx
 import pytest
 import respx
 
+from mcsync.api.mailchimp import (
+    MailchimpClient,
+    member_hash,
+    member_put_operation,
+    parse_batch_results,
+)
 from mcsync.budget import Budget
 from mcsync.errors import ApiError, AuthError, BadResponse, ConfigError, RetriesExhausted
-from mcsync.mailchimp import MailchimpClient, member_hash, member_put_operation, parse_batch_results
 
 KEY = "5ec4e7f00dbabe5ec4e7f00dbabe1234-us21"
 BASE = "https://us21.api.mailchimp.com/3.0"

@@ -22,8 +22,8 @@ from jsonschema import Draft4Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
+from mcsync.api.mailchimp import MailchimpClient, member_hash, member_put_operation
 from mcsync.budget import Budget
-from mcsync.mailchimp import MailchimpClient, member_hash, member_put_operation
 
 SPEC_PATH = (
     Path(__file__).resolve().parents[1].parent / "shared" / "mailchimp" / "marketing-api.json"

@@ -8,9 +8,9 @@ from typing import Any
 
 from conftest import World
 
-from mcsync import feeds
-from mcsync.member_state import CivicrmSide, MailchimpSide, MemberRow
-from mcsync.reconcile import decide_merge_fields
+from mcsync.rules.member_state import CivicrmSide, MailchimpSide, MemberRow
+from mcsync.rules.reconcile import decide_merge_fields
+from mcsync.stages import feeds
 
 MAPPING = {"FNAME": "first_name", "LNAME": "last_name", "CITY": "address_primary.city"}
 
@@ -220,7 +220,7 @@ def test_civicrm_tags_become_prefixed_mailchimp_tags(world: World) -> None:
 
 
 def _post_own_tag(world: World, email: str, name: str) -> None:
-    from mcsync.mailchimp import member_hash
+    from mcsync.api.mailchimp import member_hash
     from mcsync.sim.base import SimRequest
 
     body = json.dumps({"tags": [{"name": name, "status": "active"}]}).encode()

@@ -1,4 +1,4 @@
-"""Decision tables of mcsync.reconcile, one case per row of seed-behaviour §5.2/§5.3 and the
+"""Decision tables of mcsync.rules.reconcile, one case per row of seed-behaviour §5.2/§5.3 and the
 rules of §4.2–§4.5, §5.4–§5.6 and §7. Case ids name the table row they cover."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mcsync.match_rules import (
+from mcsync.rules.matching import (
     Candidate,
     Match,
     MatchRule,
@@ -16,7 +16,7 @@ from mcsync.match_rules import (
     match_contact,
     should_create_contact,
 )
-from mcsync.member_state import (
+from mcsync.rules.member_state import (
     AudiencePolicy,
     CivicrmSide,
     EmailRecord,
@@ -26,7 +26,7 @@ from mcsync.member_state import (
     Refusal,
     Sibling,
 )
-from mcsync.queue_rules import (
+from mcsync.rules.queue_rules import (
     ABORT_NOT_SUBSCRIBED,
     ABORT_SUPERSEDED,
     AbortUpdate,
@@ -35,8 +35,8 @@ from mcsync.queue_rules import (
     keep_pending,
     plan_queue,
 )
-from mcsync.reasons import Reason
-from mcsync.reconcile import (
+from mcsync.rules.reasons import Reason
+from mcsync.rules.reconcile import (
     Action,
     ChangeMemberEmail,
     PutEmailOnHold,
@@ -48,7 +48,7 @@ from mcsync.reconcile import (
     most_recent,
     reconcile_member,
 )
-from mcsync.write_results import apply_batch_result
+from mcsync.rules.write_results import apply_batch_result
 
 T = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 OLD, NEW = T, T + timedelta(hours=1)

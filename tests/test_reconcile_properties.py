@@ -1,4 +1,4 @@
-"""Properties of mcsync.reconcile over a small model of both sides.
+"""Properties of mcsync.rules.reconcile over a small model of both sides.
 
 The model holds one Mailchimp member (status, per-field change times, one interest, a
 compliance lock like Mailchimp's) and one CiviCRM contact (subscription group, one interest
@@ -17,7 +17,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcsync.member_state import (
+from mcsync.rules.member_state import (
     SUBSCRIBED_STATUSES,
     AudiencePolicy,
     CivicrmSide,
@@ -27,9 +27,9 @@ from mcsync.member_state import (
     MemberRow,
     Refusal,
 )
-from mcsync.queue_rules import QueuedUpdate, QueuePlan, plan_queue
-from mcsync.reconcile import Decision, PutEmailOnHold, SetGroupStatus, reconcile_member
-from mcsync.write_results import apply_batch_result
+from mcsync.rules.queue_rules import QueuedUpdate, QueuePlan, plan_queue
+from mcsync.rules.reconcile import Decision, PutEmailOnHold, SetGroupStatus, reconcile_member
+from mcsync.rules.write_results import apply_batch_result
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 CID, GID, IGID, IID = 7, 12, 34, "int-a"

@@ -15,12 +15,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import World
 
-from mcsync import sync
 from mcsync.cli import main
-from mcsync.reasons import RETRY_CAP, RETRY_FIRST, Reason, is_retried, retry_delay
-from mcsync.staging import Staging, utc_now
+from mcsync.rules.reasons import RETRY_CAP, RETRY_FIRST, Reason, is_retried, retry_delay
+from mcsync.runner import audience as sync
+from mcsync.store.database import Staging, utc_now
 
-SCHEMA = json.loads((Path(__file__).parent.parent / "mcsync" / "status_schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).parents[1] / "mcsync/ops/status_schema.json").read_text())
 FAILURES_SCHEMA = {**SCHEMA, "$ref": "#/$defs/failures"}
 FAILURES_SCHEMA.pop("items")
 FAILURES_SCHEMA.pop("type")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from e2e import MAILCHIMP_KEY, SECRETS, Run, Scenario, assert_no_secrets
 
-from mcsync.responses import redact
+from mcsync.api.responses import redact
 from mcsync.sim.faults import FaultPlan
 
 # What a key can turn into on the wire: the Basic credential mcsync sends Mailchimp.

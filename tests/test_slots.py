@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from e2e import MAILCHIMP_KEY, Scenario
 
+from mcsync.api.slots import ProcessSlots
 from mcsync.budget import Budget
 from mcsync.errors import StorageError
-from mcsync.slots import ProcessSlots
 
 
 def _hold_and_count(directory: str, results: multiprocessing.Queue[int]) -> None:

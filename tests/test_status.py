@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from conftest import World
 
 from mcsync.cli import main
-from mcsync.staging import Staging, iso, utc_now
-from mcsync.status import audience_status
+from mcsync.ops.status import audience_status
+from mcsync.store.database import Staging, iso, utc_now
 
-SCHEMA = json.loads((Path(__file__).parent.parent / "mcsync" / "status_schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).parents[1] / "mcsync/ops/status_schema.json").read_text())
 
 
 def stage_known_state(world: World) -> Staging:

@@ -25,9 +25,9 @@ from click.testing import CliRunner
 from conftest import World
 from e2e import RUN_TIMEOUT, SECRETS, Run, Scenario, cli_env
 
-from mcsync import staging as staging_module
 from mcsync.cli import main
-from mcsync.staging import Staging
+from mcsync.store import database as staging_module
+from mcsync.store.database import Staging
 
 UNSHARE = shutil.which("unshare")
 

@@ -213,7 +213,7 @@ def test_an_email_changed_at_mailchimp_is_followed_not_duplicated(world: World) 
 
 
 def test_a_civicrm_change_made_during_the_run_is_not_overwritten(world: World) -> None:
-    from mcsync import push_civicrm
+    from mcsync.stages import push_civicrm
 
     contact = world.person(
         "racer@example.org",
@@ -275,7 +275,7 @@ def test_one_record_civicrm_refuses_fails_alone(world: World) -> None:
     assert results[0].error is None, results[0].error
     assert world.civi_status(good) == "Added"
     assert world.civi_status(bad) is None
-    from mcsync.staging import Staging
+    from mcsync.store.database import Staging
 
     staging = Staging(world.tmp_path / "state.sqlite3")
     reasons = {r["mc_email"]: r["reason"] for r in staging.query("SELECT * FROM rows")}
@@ -312,7 +312,7 @@ def test_a_shared_address_held_by_another_contacts_member_is_not_fought_over(
     world.sync()
     assert world.mc_status("shared@example.org") == "unsubscribed"
     assert len(world.writes()) == before
-    from mcsync.staging import Staging
+    from mcsync.store.database import Staging
 
     reasons = {
         r["contact_id"]: r["reason"]
@@ -322,8 +322,8 @@ def test_a_shared_address_held_by_another_contacts_member_is_not_fought_over(
 
 
 def test_a_privacy_flagged_contact_counts_as_cannot_subscribe_not_to_add(world: World) -> None:
-    from mcsync.staging import Staging
-    from mcsync.status import audience_status
+    from mcsync.ops.status import audience_status
+    from mcsync.store.database import Staging
 
     world.person("quiet@example.org", mc="subscribed", civi="Added", is_opt_out=True)
     world.person("fine@example.org", mc="subscribed", civi="Added")

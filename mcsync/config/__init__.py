@@ -1,0 +1,1 @@
+"""The TOML configuration: pydantic models (models) and reading a file into them (load)."""

@@ -1,0 +1,1 @@
+"""What the commands do besides syncing: status, preview, abort, checks and discover, demo."""

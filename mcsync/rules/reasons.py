@@ -1,0 +1,87 @@
+"""Why a row cannot (fully) sync: the reason codes staging stores per row (their texts are in
+``explanations``)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+
+class Reason(enum.StrEnum):
+    """Why a row cannot (fully) sync; shown per contact by ``status`` and ``failures``."""
+
+    CLEANED = "cleaned"
+    COMPLIANCE = "compliance"
+    FORGOTTEN = "forgotten"
+    ON_HOLD = "on_hold"
+    SEVERAL_EMAILS = "several_emails"
+    NO_USABLE_EMAIL = "no_usable_email"
+    INVALID_EMAIL = "invalid_email"
+    PRIVACY_FLAGS = "privacy_flags"
+    NO_CONTACT = "no_contact"
+    MEMBER_EXISTS = "member_exists"
+    MAILCHIMP_ERROR = "mailchimp_error"
+    BAD_RESULT = "bad_result"
+    CIVICRM_ERROR = "civicrm_error"
+
+
+REASON_TEXT: Mapping[Reason, str] = {
+    Reason.CLEANED: "cleaned at Mailchimp (hard bounce or abuse); cannot be re-subscribed",
+    Reason.COMPLIANCE: "Mailchimp refused to re-subscribe (compliance state); the person must "
+    "re-subscribe through a Mailchimp form or confirm the pending email",
+    Reason.FORGOTTEN: "permanently deleted at Mailchimp; cannot be re-imported",
+    Reason.ON_HOLD: "the email is on hold in CiviCRM; refusing to subscribe it",
+    Reason.SEVERAL_EMAILS: "the contact has another subscribed email in this audience; "
+    "fine to ignore",
+    Reason.NO_USABLE_EMAIL: "the contact has no email that is not on hold",
+    Reason.INVALID_EMAIL: "the email is not a valid address",
+    Reason.PRIVACY_FLAGS: "the contact is deceased, do-not-email or opted out of bulk mail; "
+    "a Mailchimp sign-up made after the flag was set is left alone and listed",
+    Reason.NO_CONTACT: "subscribed at Mailchimp but no CiviCRM contact matched or was created",
+    Reason.MEMBER_EXISTS: "Mailchimp says the member exists; two contacts may share the email",
+    Reason.MAILCHIMP_ERROR: "Mailchimp refused the update; see title and detail",
+    Reason.BAD_RESULT: "Mailchimp's batch result for the update was malformed; see the detail",
+    Reason.CIVICRM_ERROR: "CiviCRM refused the group change; see the error",
+}
+
+
+def newer_subscribe_detail(subscribed_at: datetime, flags_at: datetime) -> str:
+    """The failure detail of a flagged contact who subscribed at Mailchimp after the flag was
+    set: mcsync neither unsubscribes them nor changes the group, and a person must decide."""
+    return (
+        f"subscribed at Mailchimp {_utc(subscribed_at)}, after the privacy flag was set in "
+        f"CiviCRM (by {_utc(flags_at)}); left subscribed: check the flag"
+    )
+
+
+def _utc(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+# Reasons that pass by themselves (a Mailchimp outage inside a batch, a CiviCRM lock timeout):
+# normal runs try such rows again, with a backoff. Every other reason lasts until the data
+# changes (which marks the row to decide again) or a full run decides every row again.
+RETRIED_REASONS = frozenset({Reason.MAILCHIMP_ERROR, Reason.CIVICRM_ERROR})
+RETRY_FIRST = timedelta(minutes=15)
+RETRY_CAP = timedelta(days=1)
+
+
+def is_retried(reason: Reason | str | None, status: int | None) -> bool:
+    """Whether a failure is tried again by normal runs. A Mailchimp error is when Mailchimp
+    answered 5xx or 429 (or nothing); a 4xx names data to fix, which a change in CiviCRM
+    brings back. CiviCRM refusals are (a lock timeout, an ACL fixed meanwhile)."""
+    if reason == Reason.CIVICRM_ERROR:
+        return True
+    if reason == Reason.MAILCHIMP_ERROR:
+        return status is None or status == 429 or status >= 500
+    return False
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """How long after the run that failed a row's ``attempts``-th time in a row it is tried
+    again: the first failure at the next run, then 15 minutes, doubling, at most a day."""
+    if attempts <= 1:
+        return timedelta(0)
+    doublings: int = min(attempts - 2, 16)
+    return min(RETRY_FIRST * (1 << doublings), RETRY_CAP)

@@ -1,0 +1,423 @@
+"""Pure decision logic: the state of one Mailchimp member row and its CiviCRM contact in,
+actions out. No I/O, no clock, no SQL; every time is passed in, timezone-aware (UTC).
+
+Rules (DESIGN §4, seed-behaviour §4–§7; the ``rule`` ids name the rows of its tables):
+
+- Subscribed or pending at Mailchimp = Added to the CiviCRM subscription group.
+- Per group, the side that changed most recently wins; a tie goes to CiviCRM; with no CiviCRM
+  history Mailchimp wins. A row not at Mailchimp never "wins" for Mailchimp, so a CiviCRM-only
+  contact is never removed because Mailchimp has not heard of them (the seed's v2 bug).
+- Removals at Mailchimp are ``unsubscribed``; ``cleaned`` members are never re-subscribed and
+  their email goes on hold in CiviCRM; emails on hold never subscribe; a re-subscribe refused for
+  compliance is retried once as ``pending``, then recorded and not tried again until CiviCRM
+  changes; a queued update never overrides a later unsubscribe.
+- Privacy flags (deceased, do_not_email, is_opt_out; on by default): such contacts are not
+  subscribed at Mailchimp (a subscribed member is unsubscribed there), and mcsync leaves their
+  CiviCRM group status alone, since the flag is not a group opt-out. A Mailchimp subscribe
+  newer than the flag is a later choice: it is not undone, only reported (issue 10).
+- Cleaned puts the email on hold once, on the transition: an admin who takes a repaired
+  address off hold afterwards is not overruled (issue 10).
+- One contact with several Mailchimp emails stays Added while any of them is subscribed, and an
+  unsubscribed address is not re-subscribed while another is (issue #9).
+- Interests sync (both ways, same latest-wins rule) and merge fields (CiviCRM → Mailchimp) only
+  while the member ends up subscribed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, TypeAlias
+
+from mcsync.rules.addresses import fold_email
+from mcsync.rules.member_state import (
+    AudiencePolicy,
+    CivicrmSide,
+    EmailRecord,
+    GroupState,
+    MailchimpSide,
+    MemberRow,
+    Side,
+)
+from mcsync.rules.reasons import Reason, newer_subscribe_detail
+
+_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+# ---- outputs --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetGroupStatus:
+    """Write GroupContact status (only emitted when it differs from the current one)."""
+
+    contact_id: int
+    group_id: int
+    status: Literal["Added", "Removed"]
+
+
+@dataclass(frozen=True)
+class PutEmailOnHold:
+    """Put the contact's Email records with this address on hold (cleaned at Mailchimp)."""
+
+    contact_id: int
+    email: str
+
+
+@dataclass(frozen=True)
+class QueueMailchimpUpdate:
+    """A member PUT to ``/lists/{list}/members/{md5(fold_email(email))}``; ``body`` always has
+    ``email_address`` and ``status_if_new`` and, when the status must change, ``status``."""
+
+    email: str
+    body: Mapping[str, Any]
+
+    @property
+    def status(self) -> str | None:
+        status = self.body.get("status")
+        return str(status) if status is not None else None
+
+
+Action: TypeAlias = SetGroupStatus | PutEmailOnHold | QueueMailchimpUpdate
+
+
+@dataclass(frozen=True)
+class InterestOutcome:
+    """What one mapped interest decided: a CiviCRM write (``set_group``) or a value to push."""
+
+    interest_id: str
+    group_id: int
+    rule: str
+    set_group: Literal["Added", "Removed"] | None = None
+    push: bool | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The result for one row. ``final_subscribed``: the member ends up subscribed/pending at
+    Mailchimp (gates interests, merge fields and queued updates). ``reason`` is set when the
+    row cannot fully sync, with ``detail`` for the failure list when there is more to say;
+    ``rule`` names the decision-table row applied. A member mcsync leaves alone (a flagged
+    contact's newer sign-up) is not ``final_subscribed``: nothing is pushed for it."""
+
+    rule: str
+    final_subscribed: bool
+    actions: tuple[Action, ...] = ()
+    reason: Reason | None = None
+    interests: tuple[InterestOutcome, ...] = ()
+    detail: str | None = None
+
+    @property
+    def mailchimp_update(self) -> QueueMailchimpUpdate | None:
+        return next((a for a in self.actions if isinstance(a, QueueMailchimpUpdate)), None)
+
+    @property
+    def civicrm_actions(self) -> tuple[SetGroupStatus | PutEmailOnHold, ...]:
+        return tuple(a for a in self.actions if not isinstance(a, QueueMailchimpUpdate))
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def most_recent(
+    civicrm: GroupState,
+    mailchimp_time: datetime | None,
+    *,
+    at_mailchimp: bool,
+    trust: Side | None = None,
+) -> Side:
+    """Which side's state wins for one group (seed §5.1, with symmetric overrides)."""
+    if trust == "civicrm" or not at_mailchimp:
+        return "civicrm"
+    if trust == "mailchimp" or civicrm.changed_at is None:
+        return "mailchimp"
+    if mailchimp_time is None or civicrm.changed_at >= mailchimp_time:
+        return "civicrm"
+    return "mailchimp"
+
+
+def looks_like_email(address: str) -> bool:
+    """A minimal syntax check, so obviously broken addresses are reported, not sent."""
+    return bool(_EMAIL_RE.fullmatch(address))
+
+
+def choose_best_email(emails: Sequence[EmailRecord]) -> str | None:
+    """Seed §4.4: not on hold, not empty, valid; bulk-mail first, then primary, then the
+    caller's order (pass records in id order)."""
+    usable = [e for e in emails if not e.held and looks_like_email(e.email.strip())]
+    usable.sort(key=lambda e: (not e.is_bulkmail, not e.is_primary))
+    return usable[0].email.strip() if usable else None
+
+
+def _no_email_reason(emails: Sequence[EmailRecord]) -> Reason:
+    if any(not e.held and e.email.strip() for e in emails):
+        return Reason.INVALID_EMAIL
+    return Reason.NO_USABLE_EMAIL
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and fold_email(a) == fold_email(b)
+
+
+def member_body(email: str, status: str) -> dict[str, Any]:
+    """The PUT body that sets a status on existing and new members alike."""
+    return {"email_address": email, "status": status, "status_if_new": status}
+
+
+def _refused(row: MemberRow, email: str) -> Reason | None:
+    """The stored refusal still applies unless CiviCRM changed since (a fresh opt-in)."""
+    refusal, changed = row.refusal, row.civicrm.subscription.changed_at
+    if refusal is None or not _same(refusal.email, email):
+        return None
+    if changed is not None and (
+        refusal.civicrm_changed_at is None or changed > refusal.civicrm_changed_at
+    ):
+        return None
+    return refusal.reason
+
+
+def _hold_actions(row: MemberRow) -> tuple[PutEmailOnHold, ...]:
+    """A cleaned member's address goes on hold in CiviCRM, at fetch time too (seed §12), on
+    the transition only: once mcsync has acted on it, the hold is an admin's to lift."""
+    m, c = row.mailchimp, row.civicrm
+    if m.status != "cleaned" or c.contact_id is None or row.cleaned_handled:
+        return ()
+    if any(_same(e.email, m.email) and not e.held for e in c.emails):
+        return (PutEmailOnHold(c.contact_id, str(m.email)),)
+    return ()
+
+
+# ---- subscription (seed §5.2) ---------------------------------------------------------------
+
+
+def decide_subscription(row: MemberRow, policy: AudiencePolicy) -> Decision:
+    """Decide the subscription group and the member's Mailchimp status for one row."""
+    m, c = row.mailchimp, row.civicrm
+    if c.contact_id is None or c.is_deleted:
+        # Matching and creation happen before reconciling; deleted contacts never match.
+        reason = Reason.NO_CONTACT if m.subscribed else None
+        return Decision("no-contact", m.subscribed, reason=reason)
+    hold = _hold_actions(row)
+    if policy.respect_privacy_flags and c.has_privacy_flag:
+        times = _subscribed_after_flag(m, c)
+        if times is not None:
+            return _newer_subscribe_of_flagged(row, policy, c.contact_id, hold, times)
+        if m.subscribed:
+            unsubscribe = QueueMailchimpUpdate(
+                str(m.email), member_body(str(m.email), "unsubscribed")
+            )
+            return Decision(
+                "privacy-unsubscribe", False, (*hold, unsubscribe), Reason.PRIVACY_FLAGS
+            )
+        reason = Reason.PRIVACY_FLAGS if c.subscription.added else None
+        return Decision("privacy-keep-group", False, hold, reason)
+    side = most_recent(
+        c.subscription, m.status_time, at_mailchimp=m.status is not None, trust=policy.trust
+    )
+    if side == "mailchimp":
+        return _mailchimp_wins(row, policy, c.contact_id, hold)
+    return _civicrm_wins(row, c.contact_id, hold)
+
+
+def _subscribed_after_flag(m: MailchimpSide, c: CivicrmSide) -> tuple[datetime, datetime] | None:
+    """(subscribe time, flag time) when the member is subscribed at Mailchimp strictly after
+    the privacy flag was set; None otherwise (a tie, or either time unknown, leaves the flag
+    in charge, as a tie goes to CiviCRM)."""
+    subscribed_at, flags_at = m.status_time, c.flags_changed_at
+    if m.subscribed and subscribed_at and flags_at and subscribed_at > flags_at:
+        return subscribed_at, flags_at
+    return None
+
+
+def _newer_subscribe_of_flagged(
+    row: MemberRow,
+    policy: AudiencePolicy,
+    contact_id: int,
+    hold: tuple[PutEmailOnHold, ...],
+    times: tuple[datetime, datetime],
+) -> Decision:
+    """A flagged contact subscribed at Mailchimp after the flag was set: the sign-up is the
+    later choice, so the flag does not undo it; a group removal in CiviCRM newer still does
+    (5.2-B5). Nothing else is written: the group is left alone (the flag is not a group
+    choice) and the row is reported for a person to check the flag."""
+    m, c = row.mailchimp, row.civicrm
+    side = most_recent(c.subscription, m.status_time, at_mailchimp=True, trust=policy.trust)
+    if side == "civicrm" and not c.subscription.added:
+        return _civicrm_wins(row, contact_id, hold)
+    detail = newer_subscribe_detail(*times)
+    return Decision("privacy-newer-subscribe", False, hold, Reason.PRIVACY_FLAGS, detail=detail)
+
+
+def _mailchimp_wins(
+    row: MemberRow, policy: AudiencePolicy, contact_id: int, hold: tuple[PutEmailOnHold, ...]
+) -> Decision:
+    """Case A: CiviCRM follows Mailchimp."""
+    m, group = row.mailchimp, row.civicrm.subscription
+    if m.subscribed:
+        if group.added:
+            return Decision("5.2-A1", True, hold)
+        return Decision(
+            "5.2-A3", True, (*hold, SetGroupStatus(contact_id, policy.group_id, "Added"))
+        )
+    if not group.added:
+        return Decision("5.2-A4", False, hold)
+    if row.sibling_subscribed:
+        return Decision("5.2-A2-several-emails", False, hold, Reason.SEVERAL_EMAILS)
+    return Decision(
+        "5.2-A2", False, (*hold, SetGroupStatus(contact_id, policy.group_id, "Removed"))
+    )
+
+
+def _civicrm_wins(row: MemberRow, contact_id: int, hold: tuple[PutEmailOnHold, ...]) -> Decision:
+    """Case B: Mailchimp follows CiviCRM."""
+    m, c = row.mailchimp, row.civicrm
+    group = c.subscription
+    if not group.added:
+        # Pending (awaiting CiviCRM's own double opt-in) is not Added (seed §5.1): until the
+        # person confirms, a newer Pending after a removal must not leave them subscribed.
+        if m.subscribed:
+            email = str(m.email)
+            return Decision(
+                "5.2-B5",
+                False,
+                (*hold, QueueMailchimpUpdate(email, member_body(email, "unsubscribed"))),
+            )
+        return Decision("5.2-B6", False, hold)
+    if m.subscribed:
+        return Decision("5.2-B1", True, hold)
+    row_id = "5.2-B2" if m.status is None else "5.2-B4" if m.status == "cleaned" else "5.2-B3"
+    if row.sibling_subscribed:
+        return Decision(f"{row_id}-several-emails", False, hold, Reason.SEVERAL_EMAILS)
+    if m.status == "cleaned":
+        return Decision(row_id, False, hold, Reason.CLEANED)
+    if m.status is None:
+        best = choose_best_email(c.emails)
+        if best is None:
+            return Decision(row_id, False, hold, _no_email_reason(c.emails))
+        if fold_email(best) in row.addresses_in_use:
+            # Two contacts share the address and the member is linked to the other one:
+            # that contact's row decides the member (subscribing here would fight it).
+            return Decision(f"{row_id}-address-in-use", False, hold, Reason.MEMBER_EXISTS)
+        email = best
+    else:
+        email = str(m.email)
+        held = row.mailchimp_email_on_hold or any(
+            _same(e.email, email) and e.held for e in c.emails
+        )
+        if held:
+            return Decision(f"{row_id}-on-hold", False, hold, Reason.ON_HOLD)
+    refused = _refused(row, email)
+    if refused is not None:
+        return Decision(f"{row_id}-refused", False, hold, refused)
+    update = QueueMailchimpUpdate(email, member_body(email, "subscribed"))
+    return Decision(row_id, True, (*hold, update))
+
+
+# ---- interests (seed §5.3) and merge fields (§10) ---------------------------------------------
+
+
+def decide_interests(row: MemberRow, policy: AudiencePolicy) -> tuple[InterestOutcome, ...]:
+    """Decide every mapped interest of a member that ends up subscribed (the caller gates)."""
+    m, c = row.mailchimp, row.civicrm
+    outcomes = []
+    for interest_id, group_id in sorted(policy.interest_groups.items()):
+        group = c.interest_groups.get(group_id, GroupState())
+        outcomes.append(_decide_interest(m, group, interest_id, group_id, policy))
+    return tuple(outcomes)
+
+
+def _decide_interest(
+    m: MailchimpSide, group: GroupState, interest_id: str, group_id: int, policy: AudiencePolicy
+) -> InterestOutcome:
+    if m.status is None:
+        # A new member: CiviCRM's groups are the only data there is.
+        return InterestOutcome(interest_id, group_id, "5.3-new-member", push=group.added)
+    if interest_id not in m.interests:
+        return InterestOutcome(interest_id, group_id, "5.3-I1-no-data")
+    value = m.interests[interest_id]
+    if value == group.added:
+        return InterestOutcome(interest_id, group_id, "5.3-I2-equal")
+    side = most_recent(
+        group,
+        m.interest_time(interest_id),
+        at_mailchimp=True,
+        trust=policy.interest_trust.get(interest_id),
+    )
+    if side == "mailchimp":
+        status: Literal["Added", "Removed"] = "Added" if value else "Removed"
+        return InterestOutcome(interest_id, group_id, "5.3-I3", set_group=status)
+    if group.status == "Pending":
+        return InterestOutcome(interest_id, group_id, "5.3-civicrm-pending")
+    return InterestOutcome(interest_id, group_id, "5.3-I4", push=group.added)
+
+
+def decide_merge_fields(row: MemberRow, blank: bool = False) -> dict[str, Any]:
+    """CiviCRM → Mailchimp only, and only values that differ from what Mailchimp has as far as
+    mcsync knows (``MailchimpSide.merge_fields``). An empty CiviCRM value never wipes
+    Mailchimp's (seed §10) unless ``blank``; then it clears a known non-empty value."""
+    m = row.mailchimp
+    changes: dict[str, Any] = {}
+    for tag, value in sorted(row.civicrm.merge_fields.items()):
+        known = m.merge_fields.get(tag)
+        if value in (None, ""):
+            if blank and m.status is not None and known not in (None, ""):
+                changes[tag] = ""
+        elif m.status is None or known != value:
+            changes[tag] = value
+    return changes
+
+
+def reconcile_member(row: MemberRow, policy: AudiencePolicy) -> Decision:
+    """Subscription, then (only while subscribed) interests and merge fields, as one update."""
+    decision = decide_subscription(row, policy)
+    contact_id = row.civicrm.contact_id
+    if not decision.final_subscribed or contact_id is None or row.civicrm.is_deleted:
+        return decision
+    outcomes = decide_interests(row, policy)
+    writes = tuple(
+        SetGroupStatus(contact_id, o.group_id, o.set_group) for o in outcomes if o.set_group
+    )
+    pushes = {o.interest_id: o.push for o in outcomes if o.push is not None}
+    merge_fields = decide_merge_fields(row, policy.blank_merge_fields)
+    update = decision.mailchimp_update
+    if update is None and (pushes or merge_fields):
+        m = row.mailchimp
+        email = str(m.email)
+        update = QueueMailchimpUpdate(email, {"email_address": email, "status_if_new": m.status})
+    actions: list[Action] = list(decision.civicrm_actions)
+    actions.extend(writes)
+    if update is not None:
+        body = dict(update.body)
+        if pushes:
+            body["interests"] = pushes
+        if merge_fields:
+            body["merge_fields"] = merge_fields
+        actions.append(QueueMailchimpUpdate(update.email, body))
+    return Decision(decision.rule, True, tuple(actions), decision.reason, outcomes, decision.detail)
+
+
+# ---- email changes in CiviCRM (seed §5.5) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChangeMemberEmail:
+    """PATCH the member at ``old_email``'s hash with ``email_address = new_email``."""
+
+    old_email: str
+    new_email: str
+
+
+def decide_email_change(row: MemberRow, policy: AudiencePolicy) -> ChangeMemberEmail | None:
+    """A subscribed member follows the contact's best email, unless that address already has
+    its own member row (it would collide) or the contact is not to be mailed at all."""
+    m, c = row.mailchimp, row.civicrm
+    if m.status != "subscribed" or not m.email or c.contact_id is None or c.is_deleted:
+        return None
+    if policy.respect_privacy_flags and c.has_privacy_flag:
+        return None
+    best = choose_best_email(c.emails)
+    if best is None or _same(best, m.email) or any(_same(s.email, best) for s in row.siblings):
+        return None
+    return ChangeMemberEmail(m.email, best)

@@ -1,0 +1,287 @@
+"""Mailchimp batches: submit large change sets as `POST /batches`, recover a submission whose
+answer was lost, and poll and download results (the collect_batches stage) — mcsync collects
+results itself, so no batch webhook is needed. A `POST /batches` is never sent twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from mcsync.api.mailchimp import member_put_operation
+from mcsync.errors import ApiError, BudgetExhausted, ResponseTooLarge
+from mcsync.rules import write_results as wr
+from mcsync.stages.context import RunContext
+from mcsync.stages.overtaken import drop_overtaken_updates
+from mcsync.stages.updates import apply_result, fail_update, queued_updates
+from mcsync.store.database import iso, parse_iso, utc_now
+
+BATCH_SIZE = 1000
+OPERATION_PREFIX = "mcsync_"
+POLL_SECONDS = 2.0
+
+
+def push_batches(ctx: RunContext) -> None:
+    """Submit batches of queued updates. The updates are tied to a local batch row before the
+    POST; a POST whose answer was lost is found again by `recover_submissions`, never re-sent."""
+    while True:
+        ctx.budget.check()
+        updates = queued_updates(ctx, BATCH_SIZE)
+        if not updates:
+            return
+        updates = drop_overtaken_updates(ctx, updates)
+        if not updates:
+            continue
+        ctx.check_lease()
+        now = iso(utc_now())
+        with ctx.staging.atomic():
+            cursor = ctx.staging.execute(
+                "INSERT INTO batches (list_id, status, operations, submitted_at) "
+                "VALUES (?, 'submitting', ?, ?)",
+                (ctx.list_id, len(updates), now),
+            )
+            batch_row = cursor.lastrowid
+            ctx.staging.conn.executemany(
+                "UPDATE updates SET state = 'submitting', batch_id = ? WHERE id = ?",
+                [(batch_row, u["id"]) for u in updates],
+            )
+        operations = [
+            member_put_operation(
+                ctx.list_id, u["email"], json.loads(u["body"]), f"{OPERATION_PREFIX}{u['id']}"
+            )
+            for u in updates
+        ]
+        try:
+            batch = ctx.mailchimp.start_batch(operations)
+        except ApiError as exc:
+            if exc.status is not None and 400 <= exc.status < 500:
+                _unsubmit(ctx, batch_row)
+            raise
+        with ctx.staging.atomic():
+            _record_submission(ctx, batch_row, batch)
+        ctx.log(f"Submitted batch {batch['id']} with {len(updates)} operations")
+        ctx.progress("submit batches", len(updates), None)
+
+
+def _record_submission(ctx: RunContext, batch_row: int | None, batch: dict[str, Any]) -> None:
+    ctx.staging.execute(
+        "UPDATE batches SET mc_batch_id = ?, status = ? WHERE id = ?",
+        (batch["id"], batch.get("status", "pending"), batch_row),
+    )
+    ctx.staging.execute(
+        "UPDATE updates SET state = 'submitted' WHERE batch_id = ? AND state = 'submitting'",
+        (batch_row,),
+    )
+
+
+def _unsubmit(ctx: RunContext, batch_row: int | None) -> None:
+    with ctx.staging.atomic():
+        ctx.staging.execute(
+            "UPDATE updates SET state = 'queued', batch_id = NULL WHERE batch_id = ?", (batch_row,)
+        )
+        ctx.staging.execute("DELETE FROM batches WHERE id = ?", (batch_row,))
+
+
+def recover_submissions(ctx: RunContext) -> None:
+    """A kill between `POST /batches` and recording its id leaves a 'submitting' batch row.
+    Look for a batch Mailchimp accepted at that time with that many operations: adopt it if
+    found, else the POST never arrived and the updates go back to the queue."""
+    stuck = ctx.staging.query(
+        "SELECT * FROM batches WHERE list_id = ? AND status = 'submitting'", (ctx.list_id,)
+    )
+    if not stuck:
+        return
+    known = {
+        r[0]
+        for r in ctx.staging.query("SELECT mc_batch_id FROM batches WHERE mc_batch_id IS NOT NULL")
+    }
+    candidates = [b for b in ctx.mailchimp.batches() if b.get("id") not in known]
+    for row in stuck:
+        started = parse_iso(row["submitted_at"])
+        match = next(
+            (
+                b
+                for b in candidates
+                if b.get("total_operations") == row["operations"]
+                and started is not None
+                and (parse_iso(b.get("submitted_at")) or started) >= started.replace(second=0)
+            ),
+            None,
+        )
+        if match is None:
+            _unsubmit(ctx, row["id"])
+            ctx.log("A batch submission was interrupted before Mailchimp got it; re-queued")
+            continue
+        candidates.remove(match)
+        with ctx.staging.atomic():
+            _record_submission(ctx, row["id"], match)
+        ctx.log(f"Adopted batch {match['id']} from an interrupted submission")
+
+
+def collect_batches(ctx: RunContext) -> None:
+    """Poll this audience's batches and process finished ones; wait within the budget."""
+    recover_submissions(ctx)
+    while True:
+        open_batches = ctx.staging.query(
+            "SELECT * FROM batches WHERE list_id = ? AND status NOT IN ('processed', 'aborted')",
+            (ctx.list_id,),
+        )
+        if not open_batches:
+            return
+        waiting = False
+        for row in open_batches:
+            ctx.budget.check()
+            batch = ctx.mailchimp.get_batch(row["mc_batch_id"])
+            with ctx.staging.atomic():
+                ctx.staging.execute(
+                    "UPDATE batches SET status = ?, finished_operations = ?, "
+                    "errored_operations = ? WHERE id = ?",
+                    (
+                        batch.get("status"),
+                        batch.get("finished_operations"),
+                        batch.get("errored_operations"),
+                        row["id"],
+                    ),
+                )
+            if batch.get("status") != "finished":
+                waiting = True
+                continue
+            _process_results(ctx, row, batch)
+        if waiting:
+            if ctx.budget.remaining() < POLL_SECONDS:
+                raise BudgetExhausted("waiting for Mailchimp to finish a batch")
+            ctx.budget.sleep(POLL_SECONDS)
+
+
+def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -> None:
+    try:
+        results = ctx.mailchimp.batch_results(batch["response_body_url"], batch_id=batch["id"])
+    except ResponseTooLarge as exc:
+        # Downloading again gives the same archive: settle the batch so later runs go on, and
+        # fail the run once, loudly. Its rows are decided again from Mailchimp's state.
+        settled = _settle_unreadable(ctx, row, str(exc))
+        raise ResponseTooLarge(
+            f"{exc}; the batch is closed and its {settled} updates are decided again next run",
+            status=exc.status,
+        ) from None
+    by_update: dict[int, dict[str, Any]] = {}
+    for item in results:
+        operation_id = str(item.get("operation_id") or "")
+        number = operation_id.removeprefix(OPERATION_PREFIX)
+        if operation_id.startswith(OPERATION_PREFIX) and number.isdigit():
+            by_update[int(number)] = item
+    updates = ctx.staging.query(
+        "SELECT * FROM updates WHERE batch_id = ? AND state = 'submitted'", (row["id"],)
+    )
+    with ctx.staging.atomic():
+        for update in updates:
+            result = by_update.get(update["id"])
+            if result is None:
+                fail_update(
+                    ctx,
+                    update,
+                    "No result",
+                    "Mailchimp's batch results did not "
+                    "mention this operation; it will be decided again next run",
+                )
+                continue
+            status_code, response, problem = _read_result(result)
+            if problem:
+                # One garbled result fails its operation (a reason for `failures`), not the run.
+                error = ApiError(problem, title=wr.BAD_RESULT_TITLE, detail=problem)
+                apply_result(ctx, update, status_code, None, error)
+            elif status_code == 200:
+                apply_result(ctx, update, 200, response, None)
+            else:
+                error = ApiError(
+                    str(response.get("title") or "Error"),
+                    status=status_code,
+                    title=response.get("title"),
+                    detail=response.get("detail"),
+                )
+                apply_result(ctx, update, status_code, None, error)
+        ctx.staging.execute(
+            "UPDATE batches SET status = 'processed', completed_at = ? WHERE id = ?",
+            (iso(utc_now()), row["id"]),
+        )
+    ctx.log(
+        f"Processed batch {batch['id']}: {batch.get('finished_operations')} operations, "
+        f"{batch.get('errored_operations')} errors"
+    )
+
+
+def _read_result(result: dict[str, Any]) -> tuple[int, dict[str, Any], str | None]:
+    """``(status_code, response, problem)`` of one operation result; ``problem`` says what is
+    malformed (a status code that is no HTTP status, a response that is not a JSON object or
+    has fields mcsync cannot read), and the status code is then 0: the operation failed."""
+    code = result.get("status_code")
+    operation = result.get("operation_id")
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
+        problem = (
+            f"Mailchimp's batch result for operation {operation} has status_code"
+            f" {_shown(code)}, not an HTTP status; whether the change was made is unknown"
+        )
+        return 0, {}, problem
+    response = result.get("response")
+    odd = _odd_fields(response, code) if isinstance(response, dict) else []
+    if (response is not None and not isinstance(response, dict)) or odd:
+        what = (
+            f"a response with unreadable {', '.join(odd)}"
+            if odd
+            else f"a response that is not a JSON object ({_shown(response)})"
+        )
+        problem = (
+            f"Mailchimp's batch result for operation {operation} (HTTP {code}) has {what};"
+            " what Mailchimp now holds for this member is unknown"
+        )
+        return 0, {}, problem
+    return code, response or {}, None
+
+
+# Fields of a result's response that mcsync reads: a member after a write, a problem after an
+# error. Each must be a string (interests: an object), or absent.
+_MEMBER_TEXT = ("id", "email_address", "status", "last_changed")
+_PROBLEM_TEXT = ("title", "detail")
+
+
+def _odd_fields(response: dict[str, Any], code: int) -> list[str]:
+    member = 200 <= code < 300
+    names = _MEMBER_TEXT if member else _PROBLEM_TEXT
+    odd = [n for n in names if response.get(n) is not None and not isinstance(response[n], str)]
+    if member:
+        if response.get("interests") is not None and not isinstance(response["interests"], dict):
+            odd.append("interests")
+        if "last_changed" not in odd:
+            try:
+                parse_iso(response.get("last_changed"))
+            except ValueError:
+                odd.append("last_changed")
+    return odd
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _settle_unreadable(ctx: RunContext, row: sqlite3.Row, why: str) -> int:
+    updates = ctx.staging.query(
+        "SELECT * FROM updates WHERE batch_id = ? AND state = 'submitted'", (row["id"],)
+    )
+    with ctx.staging.atomic():
+        for update in updates:
+            fail_update(
+                ctx,
+                update,
+                "Results unreadable",
+                "Mailchimp's batch results could not be read; it will be decided again next run",
+            )
+        ctx.staging.execute(
+            "UPDATE batches SET status = 'processed', completed_at = ? WHERE id = ?",
+            (iso(utc_now()), row["id"]),
+        )
+    ctx.log(f"{why}; its {len(updates)} updates will be decided again next run", "error")
+    return len(updates)

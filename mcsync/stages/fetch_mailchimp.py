@@ -1,0 +1,446 @@
+"""The Mailchimp fetch stages: page the audience's members changed since the run's window into
+staging, one committed chunk at a time, and fix that window once per run. On a full run, also
+read what changed while the pages were read, and confirm every member (or CiviCRM-only
+address) the fetch did not return before it is treated as gone (or as new). On an incremental
+run whose window took more than one page, read what changed meanwhile too, and look over the
+window again for members the paging skipped (`read_skipped_in_window`).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from mcsync.api.mailchimp import MAX_PAGE_SIZE, member_hash
+from mcsync.stages.context import WINDOW_OVERLAP, RunContext
+from mcsync.stages.match import assign_matches
+from mcsync.store.database import dumps, iso, parse_iso, utc_now
+
+# Margin before a full run's start for reading the changes made while it paged: covers a
+# clock difference with Mailchimp and its whole-second times.
+CHANGED_DURING_FETCH_MARGIN = timedelta(minutes=5)
+
+
+def fetch_mailchimp(ctx: RunContext) -> None:
+    """Page members changed since the run's window (all of them on a full run) into `rows`.
+
+    Pages are offsets over live data, sorted by last_changed, newest first, and fetched
+    concurrently. While they are read, a member who changes moves to the already-read end,
+    and a member archived or deleted moves every later member up a place, so an unread member
+    can be skipped. A full run therefore reads what changed meanwhile
+    (`fetch_changed_during_fetch`) and confirms every staged member it did not see before
+    treating it as gone (`confirm_vanished_members`).
+    """
+    state = ctx.staging.state(ctx.list_id)
+    since = parse_iso(state["mc_since"])
+    offset = state["mc_offset"]
+    ctx.budget.check()
+    pages = ctx.mailchimp.member_pages(
+        ctx.list_id,
+        since_last_changed=since,
+        page_size=ctx.sync.page_size_mailchimp,
+        start_offset=offset,
+    )
+    try:
+        for page_offset, total, members in pages:
+            with ctx.staging.atomic():
+                merge_members(ctx, members)
+                ctx.staging.set_state(ctx.list_id, mc_offset=page_offset + len(members))
+            ctx.progress("fetch Mailchimp", page_offset + len(members), total)
+            ctx.budget.check()
+    finally:
+        close = getattr(pages, "close", None)
+        if close:
+            close()
+
+
+def changed_since(run_started: str | None) -> datetime | None:
+    """Where the look for changes made during a full fetch starts: the run's start (the
+    first invocation's, when the fetch was spread over several), less a margin for the two
+    clocks and Mailchimp's whole-second times. A change older than that was read by the
+    fetch itself, or is caught by the next run's overlapping window."""
+    started = parse_iso(run_started)
+    return None if started is None else started - CHANGED_DURING_FETCH_MARGIN
+
+
+def window_took_pages(ctx: RunContext, state: dict[str, Any]) -> bool:
+    """Did this run's fetch read more than one page? One page is one answer, which cannot
+    skip anyone, so an incremental window that fits in a page needs no second look (and
+    costs no extra request). A full first page may have had more behind it: counted as
+    more (a window of exactly one page pays for a second look)."""
+    return bool(state["run_full"]) or state["mc_offset"] >= ctx.sync.page_size_mailchimp
+
+
+def fetch_changed_during_fetch(ctx: RunContext) -> None:
+    """After a full fetch (or an incremental one that took more than one page), read the
+    members that changed while it paged (they moved to the already-read end, so the fetch
+    may have missed them or read them before the change), then note the staged members
+    archived meanwhile. The stage cursor is the offset into the changed members; each page
+    commits with it."""
+    state = ctx.staging.state(ctx.list_id)
+    since = changed_since(state["run_started"])
+    if since is None or not window_took_pages(ctx, state):
+        return
+    ctx.budget.check()
+    pages = ctx.mailchimp.member_pages(
+        ctx.list_id,
+        since_last_changed=since,
+        page_size=ctx.sync.page_size_mailchimp,
+        start_offset=state["cursor"],
+    )
+    try:
+        for page_offset, total, members in pages:
+            with ctx.staging.atomic():
+                merge_members(ctx, members)
+                ctx.staging.set_state(ctx.list_id, cursor=page_offset + len(members))
+            ctx.progress("fetch Mailchimp changes", page_offset + len(members), total)
+            ctx.budget.check()
+    finally:
+        close = getattr(pages, "close", None)
+        if close:
+            close()
+    # Archived members are not in the audience's member list; asked for by status they are
+    # (seed-behaviour: archived = gone). Re-reading them after a resume changes nothing.
+    archived = ctx.mailchimp.member_pages(
+        ctx.list_id,
+        since_last_changed=since,
+        page_size=ctx.sync.page_size_mailchimp,
+        status="archived",
+        fields=("id",),
+    )
+    try:
+        for _, _, members in archived:
+            with ctx.staging.atomic():
+                ctx.staging.mark_members_gone(
+                    ctx.list_id, [m["id"] for m in members], state["run_started"]
+                )
+            ctx.budget.check()
+    finally:
+        close = getattr(archived, "close", None)
+        if close:
+            close()
+
+
+def confirm_vanished_members(ctx: RunContext) -> None:
+    """After a full fetch, a staged member the run did not read is gone only once confirmed
+    (DESIGN §4): read directly, it is archived or answers 404 (and no member holds its
+    unique_email_id under a new address). A member still there is merged as read; it was
+    only skipped by offset paging over changing data. Rows are confirmed in chunks, each
+    committed with the stage cursor, so a budget end or a kill resumes after the last chunk
+    and nothing unconfirmed is ever swept. Costs nothing when nothing went missing.
+
+    An answer with no members at all is never taken to mean that everyone left: nothing is
+    confirmed, and the mass-change brake stops the run (DESIGN §5)."""
+    state = ctx.staging.state(ctx.list_id)
+    if not ctx.staging.seen_any_member(ctx.list_id, ctx.run_id):
+        return
+    # One round of concurrent reads per transaction: even a short budget makes progress.
+    chunk = max(1, ctx.mailchimp.max_connections)
+    confirmed = 0
+    while True:
+        ctx.budget.check()
+        cursor = ctx.staging.state(ctx.list_id)["cursor"]
+        rows = ctx.staging.unseen_members(ctx.list_id, ctx.run_id, cursor, chunk)
+        if not rows:
+            if confirmed:
+                ctx.log(f"Confirmed {confirmed} member(s) missing from the full fetch")
+            return
+        read_directly(
+            ctx,
+            [(r["mc_hash"], r["mc_unique_id"]) for r in rows],
+            state["run_started"],
+            cursor=rows[-1]["id"],
+        )
+        confirmed += len(rows)
+        ctx.progress("confirm members missing from the fetch", confirmed, None)
+
+
+def read_directly(
+    ctx: RunContext, keys: list[tuple[str, str | None]], run_started: str, **progress: Any
+) -> None:
+    """Read members the paging did not return directly, and stage what Mailchimp has now: a
+    member there is merged as read; one archived or answering 404 (with no member holding its
+    unique_email_id under a new address) is gone from the run's start. Committed with the
+    calling stage's ``progress``."""
+    found = ctx.mailchimp.current_members(ctx.list_id, keys)
+    present = {m["id"]: m for m in found if m is not None and m.get("status") != "archived"}
+    gone = [
+        key[0]
+        for key, m in zip(keys, found, strict=True)
+        if m is None or m.get("status") == "archived"
+    ]
+    with ctx.staging.atomic():
+        merge_members(ctx, list(present.values()))
+        ctx.staging.mark_members_gone(ctx.list_id, gone, run_started)
+        if progress:
+            ctx.staging.set_state(ctx.list_id, **progress)
+
+
+def read_skipped_in_window(ctx: RunContext) -> None:
+    """After an incremental fetch that took more than one page, find the members of the
+    window the offset walk skipped (one per member archived or deleted ahead of it while it
+    paged, or between budgeted runs) and read them. A skipped member's change would
+    otherwise be lost: it is older than the next run's window.
+
+    The window's settled part, changed before this run started (less the margin), can only
+    shrink while we look, so it is listed by ids alone, 1000 a page, one request at a time
+    (``settled_member_pages`` steps back when it shrank). Members newer than that were read
+    by ``fetch_changed_during_fetch``, or are in the next run's window. A listed member this
+    run has not read, and not staged at that ``last_changed`` already, is read directly.
+    The stage cursor is the time (epoch seconds) down to which the window was looked over,
+    committed with each page's reads: a resumed run looks over the rest, from its own first
+    page, so no removal while it was stopped can shift anyone past it."""
+    state = ctx.staging.state(ctx.list_id)
+    since = parse_iso(state["mc_since"])
+    before = changed_since(state["run_started"])
+    if since is None or before is None or not window_took_pages(ctx, state):
+        return
+    if state["cursor"]:
+        before = min(before, datetime.fromtimestamp(state["cursor"] + 1, UTC))
+    if before <= since:
+        return
+    chunk = max(1, ctx.mailchimp.max_connections)
+    read = 0
+    ctx.budget.check()
+    for covered, members in ctx.mailchimp.settled_member_pages(
+        ctx.list_id,
+        since_last_changed=since,
+        before_last_changed=before,
+        fields=("id", "last_changed"),
+        page_size=MAX_PAGE_SIZE,
+    ):
+        keys = ctx.staging.unread_members(
+            ctx.list_id,
+            ctx.run_id,
+            [(m["id"], iso(parse_iso(m.get("last_changed")))) for m in members],
+        )
+        for start in range(0, len(keys), chunk):
+            ctx.budget.check()
+            read_directly(ctx, keys[start : start + chunk], state["run_started"])
+        read += len(keys)
+        oldest = parse_iso(members[-1].get("last_changed")) if members else None
+        if covered and oldest is not None:
+            with ctx.staging.atomic():
+                ctx.staging.set_state(ctx.list_id, cursor=int(oldest.timestamp()))
+        ctx.budget.check()
+    if read:
+        ctx.log(
+            f"Read {read} member(s) of the window that the paging skipped (members archived "
+            "or deleted while it paged)"
+        )
+
+
+def confirm_civicrm_only(ctx: RunContext) -> None:
+    """On a full run, a contact Added in CiviCRM with no member row is about to be subscribed
+    at Mailchimp as new, because the fetch did not return its address. Paging over changing
+    data can skip a member, and that subscribe would overwrite the status the person chose
+    there. So each such contact's addresses are read directly first; a member found is
+    staged as read and matched, and reconciled like any other (its status, its time). One
+    round of concurrent reads per committed chunk, resumable by the stage cursor."""
+    chunk = max(1, ctx.mailchimp.max_connections)
+    checked = 0
+    while True:
+        ctx.budget.check()
+        cursor = ctx.staging.state(ctx.list_id)["cursor"]
+        rows = ctx.staging.civicrm_only_added(
+            ctx.list_id,
+            ctx.group_id,
+            cursor,
+            chunk,
+            privacy_flags=ctx.respect_privacy_flags,
+        )
+        if not rows:
+            return
+        emails = ctx.staging.unstaged_emails(ctx.list_id, [r["contact_id"] for r in rows])
+        found = ctx.mailchimp.current_members(
+            ctx.list_id, [(member_hash(email), None) for email in emails]
+        )
+        present = {m["id"]: m for m in found if m is not None and m.get("status") != "archived"}
+        with ctx.staging.atomic():
+            if present:
+                merge_members(ctx, list(present.values()))
+                new_rows = ctx.staging.unmatched_member_rows(ctx.list_id, list(present))
+                if new_rows:
+                    assign_matches(ctx, new_rows)
+                ctx.staging.drop_contact_rows_with_members(ctx.list_id)
+                ctx.log(
+                    f"Found {len(present)} member(s) at Mailchimp that the full fetch did not "
+                    "return (paging over changing data); reconciled as read"
+                )
+            ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
+        checked += len(rows)
+        ctx.progress("check CiviCRM-only contacts at Mailchimp", checked, None)
+
+
+def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
+    """Upsert one page, keeping per-field change times (seed-behaviour §3.5, v2).
+
+    A field's time moves only when its value changes, so a name edit at Mailchimp cannot make
+    Mailchimp "win" the subscription or an interest. A change mcsync itself pushed (recorded in
+    `mc_expected`) keeps the time of the choice it carried, not the time of our write.
+    """
+    if not members:
+        return
+    hashes = [m["id"] for m in members]
+    placeholders = ",".join("?" * len(hashes))
+    existing = {
+        r["mc_hash"]: r
+        for r in ctx.staging.query(
+            f"SELECT * FROM rows WHERE list_id = ? AND mc_hash IN ({placeholders})",
+            (ctx.list_id, *hashes),
+        )
+    }
+    _follow_email_changes(ctx, [m for m in members if m["id"] not in existing], existing)
+    mapped = list(ctx.interest_groups)
+    inserts: list[tuple[Any, ...]] = []
+    updates: list[tuple[Any, ...]] = []
+    for member in members:
+        status = member.get("status")
+        changed = iso(parse_iso(member.get("last_changed")) or utc_now()) or ""
+        merge = member.get("merge_fields") or {}
+        fname, lname = merge.get("FNAME") or None, merge.get("LNAME") or None
+        member_interests = member.get("interests") or {}
+        interests = {i: bool(member_interests[i]) for i in mapped if i in member_interests}
+        old = existing.get(member["id"])
+        if old is None:
+            inserts.append(
+                (
+                    ctx.list_id,
+                    member["id"],
+                    member.get("email_address"),
+                    status,
+                    changed,
+                    changed,
+                    fname,
+                    lname,
+                    dumps(interests),
+                    dumps({i: changed for i in interests}),
+                    member.get("unique_email_id"),
+                    ctx.run_id,
+                )
+            )
+            continue
+        expected = json.loads(old["mc_expected"] or "{}")
+        relevant_change = False
+        status_at = old["mc_status_at"] or changed
+        if status != old["mc_status"]:
+            relevant_change = True
+            status_at = _change_time(expected, "status", status, changed)
+        old_interests = json.loads(old["mc_interests"])
+        interests_at = json.loads(old["mc_interests_at"])
+        expected_interests = expected.get("interests", {})
+        for interest_id, value in interests.items():
+            if old_interests.get(interest_id) != value:
+                relevant_change = True
+                if expected_interests.get(interest_id) == value and expected.get("at"):
+                    interests_at[interest_id] = expected["at"]
+                else:
+                    interests_at[interest_id] = changed
+            else:
+                interests_at.setdefault(interest_id, changed)
+        sync_status = "todo" if relevant_change else old["sync_status"]
+        updates.append(
+            (
+                status,
+                changed,
+                status_at,
+                fname,
+                lname,
+                dumps(interests),
+                dumps(interests_at),
+                sync_status,
+                ctx.run_id,
+                old["id"],
+            )
+        )
+    conn = ctx.staging.conn
+    if inserts:
+        conn.executemany(
+            "INSERT INTO rows (list_id, mc_hash, mc_email, mc_status, mc_last_changed, "
+            "mc_status_at, mc_fname, mc_lname, mc_interests, mc_interests_at, mc_unique_id, "
+            "mc_seen_run, sync_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'todo')",
+            inserts,
+        )
+    if updates:
+        conn.executemany(
+            "UPDATE rows SET mc_status = ?, mc_last_changed = ?, mc_status_at = ?, mc_fname = ?, "
+            "mc_lname = ?, mc_interests = ?, mc_interests_at = ?, sync_status = ?, "
+            "mc_seen_run = ? WHERE id = ?",
+            updates,
+        )
+    _baseline_merge_fields(ctx, members)
+
+
+def _baseline_merge_fields(ctx: RunContext, members: list[dict[str, Any]]) -> None:
+    """For mapped merge tags mcsync has not pushed yet, count Mailchimp's current value as
+    the last known one, so a first sync does not rewrite values that already agree. Values
+    mcsync pushed are kept (json_patch: the stored map wins)."""
+    tags = list(ctx.audience.merge_fields)
+    if not tags:
+        return
+    ctx.staging.conn.executemany(
+        "UPDATE rows SET pushed_merge = json_patch(?, pushed_merge) "
+        "WHERE list_id = ? AND mc_hash = ?",
+        [
+            (
+                dumps({t: (m.get("merge_fields") or {}).get(t, "") for t in tags}),
+                ctx.list_id,
+                m["id"],
+            )
+            for m in members
+        ],
+    )
+
+
+def _follow_email_changes(
+    ctx: RunContext, new_members: list[dict[str, Any]], existing: dict[str, Any]
+) -> None:
+    """A member whose address changed at Mailchimp has a new hash but the same
+    unique_email_id: move the staged row to the new hash (seed §5.5, without its webhook), and
+    give the contact the new address as its bulk-mail email."""
+    by_unique = {m["unique_email_id"]: m for m in new_members if m.get("unique_email_id")}
+    if not by_unique:
+        return
+    marks = ",".join("?" * len(by_unique))
+    for old in ctx.staging.query(
+        f"SELECT * FROM rows WHERE list_id = ? AND mc_unique_id IN ({marks})",
+        (ctx.list_id, *by_unique),
+    ):
+        member = by_unique[old["mc_unique_id"]]
+        if old["mc_hash"] == member["id"]:
+            continue
+        email = member.get("email_address")
+        ctx.staging.execute(
+            "UPDATE rows SET mc_hash = ?, mc_email = ? WHERE id = ?",
+            (member["id"], email, old["id"]),
+        )
+        if old["contact_id"] is not None and email:
+            ctx.staging.execute(
+                "INSERT OR IGNORE INTO civi_writes (list_id, kind, contact_id, email) "
+                "VALUES (?, 'email', ?, ?)",
+                (ctx.list_id, old["contact_id"], email),
+            )
+        ctx.log(f"Followed an email change at Mailchimp: {old['mc_email']} -> {email}")
+        refreshed = ctx.staging.query("SELECT * FROM rows WHERE id = ?", (old["id"],))
+        existing[member["id"]] = refreshed[0]
+
+
+def _change_time(expected: dict[str, Any], field: str, value: Any, changed: str) -> str:
+    if expected.get(field) == value and expected.get("at"):
+        return str(expected["at"])
+    return changed
+
+
+def since_for_new_run(last_run_started: str | None, since_option: str | None) -> datetime | None:
+    """The Mailchimp window of a new run: None means a full fetch (seed-behaviour §3.3, fixed
+    once per run and stored, unlike the seed)."""
+    if since_option == "ever":
+        return None
+    if since_option:
+        moment = datetime.fromisoformat(since_option)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment - WINDOW_OVERLAP
+    last = parse_iso(last_run_started)
+    return None if last is None else last - WINDOW_OVERLAP

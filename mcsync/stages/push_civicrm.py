@@ -1,0 +1,208 @@
+"""The push_civicrm stage: queued group-status changes, holds and new emails go to CiviCRM
+as bulk `save` calls; a change a person made in CiviCRM during the run is never overwritten.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from mcsync.errors import ApiError
+from mcsync.rules.addresses import fold_email
+from mcsync.rules.reasons import Reason
+from mcsync.stages import overtaken
+from mcsync.stages.context import TRACKING_MARKER, RunContext
+from mcsync.stages.fetch_civicrm import fetch_emails_of_contacts
+from mcsync.stages.updates import schedule_retry
+
+CIVI_WRITE_CHUNK = 500
+
+
+def push_civicrm(ctx: RunContext) -> None:
+    """Apply queued group-status changes and holds; each chunk's staging update is committed
+    with the removal of its queue rows."""
+    while True:
+        ctx.budget.check()
+        writes: list[sqlite3.Row] = _next_writes(ctx, "group")
+        if not writes:
+            break
+        writes = _drop_overtaken(ctx, writes)
+        if not writes:
+            continue
+        ctx.check_lease()
+        try:
+            _save_group_statuses(ctx, writes)
+        except ApiError as exc:
+            if type(exc) is not ApiError:  # auth, outage, odd answers: the run fails
+                raise
+            writes = _save_one_by_one(ctx, writes)
+        with ctx.staging.atomic():
+            ctx.staging.conn.executemany(
+                "INSERT INTO group_status (contact_id, group_id, status, changed_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (contact_id, group_id) DO UPDATE SET "
+                "status = excluded.status, changed_at = excluded.changed_at",
+                [(w["contact_id"], w["group_id"], w["status"], w["origin_at"]) for w in writes],
+            )
+            _forget_writes(ctx, writes)
+            ctx.staging.clear_retry_of_contacts(
+                ctx.list_id, sorted({w["contact_id"] for w in writes})
+            )
+        ctx.progress("write CiviCRM", len(writes), None)
+    _push_holds(ctx)
+    _push_new_emails(ctx)
+
+
+def _next_writes(ctx: RunContext, kind: str) -> list[sqlite3.Row]:
+    """The audience's next chunk of queued CiviCRM writes of one kind, oldest first."""
+    return ctx.staging.query(
+        "SELECT * FROM civi_writes WHERE list_id = ? AND kind = ? ORDER BY id LIMIT ?",
+        (ctx.list_id, kind, CIVI_WRITE_CHUNK),
+    )
+
+
+def _save_group_statuses(ctx: RunContext, writes: Sequence[sqlite3.Row]) -> None:
+    ctx.civicrm.call(
+        "GroupContact",
+        "save",
+        {
+            "records": [
+                {"contact_id": w["contact_id"], "group_id": w["group_id"], "status": w["status"]}
+                for w in writes
+            ],
+            "match": ["contact_id", "group_id"],
+            "method": "API",
+            "tracking": TRACKING_MARKER,
+        },
+        retry=True,  # matched on (contact, group): repeating it sets the same status
+    )
+
+
+def _save_one_by_one(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3.Row]:
+    """CiviCRM refused a chunk: save its records one at a time so one bad record (say a
+    contact an ACL hides) fails alone, with its reason on its row, and the rest go through."""
+    saved = []
+    for write in writes:
+        ctx.check_lease()
+        try:
+            _save_group_statuses(ctx, [write])
+        except ApiError as exc:
+            if type(exc) is not ApiError:
+                raise
+            with ctx.staging.atomic():
+                _forget_writes(ctx, [write])
+                ctx.staging.execute(
+                    "UPDATE rows SET sync_status = 'fail', reason = ?, "
+                    "reason_detail = ? WHERE list_id = ? AND contact_id = ?",
+                    (Reason.CIVICRM_ERROR.value, str(exc), ctx.list_id, write["contact_id"]),
+                )
+                for row in ctx.staging.query(
+                    "SELECT id FROM rows WHERE list_id = ? AND contact_id = ?",
+                    (ctx.list_id, write["contact_id"]),
+                ):
+                    schedule_retry(ctx, row["id"], Reason.CIVICRM_ERROR, exc.status)
+            ctx.log(
+                f"CiviCRM refused a group change for contact {write['contact_id']}: {exc}",
+                "warning",
+            )
+            continue
+        saved.append(write)
+    return saved
+
+
+def _push_new_emails(ctx: RunContext) -> None:
+    """An address changed at Mailchimp is added to the contact as its bulk-mail email."""
+    while True:
+        ctx.budget.check()
+        writes = _next_writes(ctx, "email")
+        if not writes:
+            return
+        # Refresh first: after a crash the address may already be there.
+        fetch_emails_of_contacts(ctx, sorted({w["contact_id"] for w in writes}))
+        for write in writes:
+            known = ctx.staging.scalar(
+                "SELECT COUNT(*) FROM emails WHERE contact_id = ? AND email_lc = ?",
+                (write["contact_id"], fold_email(write["email"] or "")),
+            )
+            if not known:
+                ctx.check_lease()
+                ctx.civicrm.call(
+                    "Email",
+                    "create",
+                    {
+                        "values": {
+                            "contact_id": write["contact_id"],
+                            "email": write["email"],
+                            "is_bulkmail": True,
+                        }
+                    },
+                )
+        fetch_emails_of_contacts(ctx, sorted({w["contact_id"] for w in writes}))
+        with ctx.staging.atomic():
+            _forget_writes(ctx, writes)
+
+
+def _drop_overtaken(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3.Row]:
+    """A person may change a group in CiviCRM, or their subscription at Mailchimp, after the
+    plan was made (during the run, or while it waited at the brake or for the next cron run):
+    such a write is dropped and its row decided again next run, so a fresh choice is never
+    overwritten by a stale plan (see overtaken)."""
+    contact_ids = sorted({w["contact_id"] for w in writes})
+    changed = overtaken.civicrm_changes(ctx, contact_ids)
+    moved = overtaken.contacts_changed_at_mailchimp(ctx, contact_ids)
+    dropped = [
+        w for w in writes if (w["contact_id"], w["group_id"]) in changed or w["contact_id"] in moved
+    ]
+    if not dropped:
+        return writes
+    with ctx.staging.atomic():
+        _forget_writes(ctx, dropped)
+        ctx.staging.conn.executemany(
+            "UPDATE rows SET sync_status = 'todo' WHERE list_id = ? AND contact_id = ?",
+            [(ctx.list_id, w["contact_id"]) for w in dropped],
+        )
+    ctx.log(
+        f"{len(dropped)} planned CiviCRM changes were overtaken by newer changes and not made; "
+        "those contacts are decided again next run"
+    )
+    ids = {w["id"] for w in dropped}
+    return [w for w in writes if w["id"] not in ids]
+
+
+def _push_holds(ctx: RunContext) -> None:
+    """Cleaned at Mailchimp → that contact's records of the address go on hold (bounce)."""
+    while True:
+        ctx.budget.check()
+        writes = _next_writes(ctx, "hold")
+        if not writes:
+            return
+        email_ids: list[int] = []
+        for write in writes:
+            email_ids.extend(
+                r[0]
+                for r in ctx.staging.query(
+                    "SELECT email_id FROM emails WHERE contact_id = ? AND email_lc = ? "
+                    "AND on_hold = 0",
+                    (write["contact_id"], fold_email(write["email"] or "")),
+                )
+            )
+        if email_ids:
+            ctx.check_lease()
+            ctx.civicrm.call(  # every record has its id: safe to repeat
+                "Email",
+                "save",
+                {"records": [{"id": i, "on_hold": 1} for i in email_ids]},
+                retry=True,
+            )
+        with ctx.staging.atomic():
+            ctx.staging.conn.executemany(
+                "UPDATE emails SET on_hold = 1 WHERE email_id = ?", [(i,) for i in email_ids]
+            )
+            for write in writes:  # the transition to cleaned is done: never held again
+                ctx.staging.mark_cleaned_held(ctx.list_id, write["contact_id"], write["email"])
+            _forget_writes(ctx, writes)
+
+
+def _forget_writes(ctx: RunContext, writes: Sequence[sqlite3.Row]) -> None:
+    ctx.staging.conn.executemany(
+        "DELETE FROM civi_writes WHERE id = ?", [(w["id"],) for w in writes]
+    )

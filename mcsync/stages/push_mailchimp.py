@@ -1,0 +1,164 @@
+"""The push_mailchimp stage: queued member updates go as bulk `POST /lists/{id}` when the
+change set is small (answered at once) and as `POST /batches` (see ``batches``) when large.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from mcsync.api.mailchimp import BULK_LIMIT
+from mcsync.errors import ApiError, BudgetExhausted
+from mcsync.rules import write_results as wr
+from mcsync.rules.addresses import fold_email
+from mcsync.stages.batches import push_batches
+from mcsync.stages.context import RunContext
+from mcsync.stages.overtaken import drop_overtaken_updates
+from mcsync.stages.updates import apply_result, fail_update, queued_updates
+
+
+def push_mailchimp(ctx: RunContext) -> None:
+    """Send queued member updates: direct PUTs below the batch threshold, else batches."""
+    settle_lost_writes(ctx)
+    queued = ctx.staging.scalar(
+        "SELECT COUNT(*) FROM updates WHERE list_id = ? AND state = 'queued'", (ctx.list_id,)
+    )
+    if not queued:
+        return
+    if queued < ctx.sync.batch_threshold:
+        _push_direct(ctx)
+    else:
+        push_batches(ctx)
+
+
+def _push_direct(ctx: RunContext) -> None:
+    """Small change sets: status changes as bulk `POST /lists/{id}` (≤ 500 members a request),
+    answered at once with per-member errors, so results are recorded in the same pass.
+    Data-only updates (interests, merge fields) go as PUTs without a status: a bulk write must
+    name a status, and naming `pending` again would send the person another confirmation."""
+    while True:
+        ctx.budget.check()
+        updates = _one_per_address(queued_updates(ctx, BULK_LIMIT * 2))[:BULK_LIMIT]
+        if not updates:
+            return
+        updates = drop_overtaken_updates(ctx, updates)
+        if not updates:
+            continue
+        ctx.check_lease()
+        data_only = [u for u in updates if "status" not in json.loads(u["body"])]
+        if data_only:
+            _put_data_only(ctx, data_only)
+        sent = {u["id"] for u in data_only}
+        updates = [u for u in updates if u["id"] not in sent]
+        if not updates:
+            continue
+        items = [bulk_item(u["email"], json.loads(u["body"])) for u in updates]
+        ctx.staging.mark_sending([u["id"] for u in updates])
+        sent_before = ctx.mailchimp.request_count
+        try:
+            answer = ctx.mailchimp.write_members(ctx.list_id, items)
+        except (ApiError, BudgetExhausted) as exc:
+            # Back to the queue only if nothing can have been applied: never sent, or refused.
+            turned_away = isinstance(exc, ApiError) and 400 <= (exc.status or 0) < 500
+            if turned_away or ctx.mailchimp.request_count == sent_before:
+                ctx.staging.unmark_sending([u["id"] for u in updates])
+            raise
+        written = {
+            fold_email(m.get("email_address") or ""): m
+            for m in (answer.get("new_members") or []) + (answer.get("updated_members") or [])
+        }
+        refused = {fold_email(e.get("email_address") or ""): e for e in answer.get("errors") or []}
+        with ctx.staging.atomic():
+            for update in updates:
+                address = fold_email(update["email"])
+                if address in written:
+                    apply_result(ctx, update, 200, written[address], None)
+                elif address in refused:
+                    apply_result(ctx, update, 400, None, bulk_error(refused[address]))
+                else:
+                    fail_update(
+                        ctx,
+                        update,
+                        "No result",
+                        "Mailchimp's answer did not mention "
+                        "this member; it will be decided again next run",
+                    )
+        ctx.progress("write Mailchimp", len(updates), None)
+
+
+def settle_lost_writes(ctx: RunContext) -> None:
+    """Direct bulk writes whose answer was lost (a 5xx, a timeout, the deadline, a kill) are
+    not sent again: one that was applied and named `pending` would email the person a second
+    confirmation. Their rows are decided again by the next run, from Mailchimp's state then:
+    a member the write reached has changed and is fetched (already pending or subscribed, it
+    needs nothing); one it did not reach gets the write again."""
+    lost = ctx.staging.lost_direct_writes(ctx.list_id)
+    if not lost:
+        return
+    with ctx.staging.atomic():
+        for update in lost:
+            fail_update(
+                ctx,
+                update,
+                "Answer lost",
+                "Mailchimp's answer to this write was lost, so it was not sent again (Mailchimp "
+                "may have made it); it will be decided again next run",
+            )
+    ctx.log(
+        f"{len(lost)} member writes got no answer from Mailchimp; not sent again, they are "
+        "decided again next run from Mailchimp's state",
+        "warning",
+    )
+
+
+def _put_data_only(ctx: RunContext, updates: list[sqlite3.Row]) -> None:
+    results = ctx.mailchimp.put_members(
+        ctx.list_id, [(u["email"], json.loads(u["body"])) for u in updates]
+    )
+    with ctx.staging.atomic():
+        for update, result in zip(updates, results, strict=True):
+            if isinstance(result, ApiError):
+                apply_result(ctx, update, result.status or 400, None, result)
+            else:
+                apply_result(ctx, update, 200, result, None)
+
+
+def _one_per_address(updates: list[sqlite3.Row]) -> list[sqlite3.Row]:
+    """Mailchimp refuses an address twice in one bulk request: later ones wait their turn."""
+    seen: set[str] = set()
+    kept = []
+    for update in updates:
+        address = fold_email(update["email"])
+        if address not in seen:
+            seen.add(address)
+            kept.append(update)
+    return kept
+
+
+def bulk_item(email: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A member PUT body as a bulk member: the status applies to new and existing members,
+    so a data-only update carries the member's current status (`status_if_new`)."""
+    item = {k: v for k, v in body.items() if k not in ("status_if_new", "email_address")}
+    item["email_address"] = email
+    item["status"] = body.get("status") or body.get("status_if_new") or "subscribed"
+    return item
+
+
+# Bulk errors carry only a message; these are the titles the same refusal has on a PUT.
+_BULK_TITLES = (
+    ("compliance state", wr.COMPLIANCE_TITLE),
+    ("permanently deleted", wr.FORGOTTEN_TITLE),
+    ("looks fake or invalid", "Invalid Resource"),
+)
+
+
+def bulk_error(error: dict[str, Any]) -> ApiError:
+    message = str(error.get("error") or "")
+    title = next((t for needle, t in _BULK_TITLES if needle in message.lower()), None)
+    return ApiError(
+        message,
+        status=400,
+        title=title or str(error.get("error_code") or "Error"),
+        detail=message,
+    )
