@@ -6,6 +6,8 @@ import math
 
 import pytest
 
+from conftest import World
+
 from mcsync.budget import Budget
 from mcsync.errors import BudgetExhausted
 
@@ -88,3 +90,16 @@ def test_zero_sleep_only_checks() -> None:
 def test_negative_budget_is_rejected() -> None:
     with pytest.raises(ValueError):
         Budget(-1)
+
+
+def test_a_budget_ending_before_the_first_stage_stops_the_run_cleanly(world: World) -> None:
+    """The budget can run out during the group check or while a new run fixes its windows
+    (both read CiviCRM before any stage): that is a budget stop like any other (exit 0,
+    progress kept), never an error. Every deadline from the first clock reading on is tried."""
+    world.person("a@example.org", mc="subscribed", civi="Added")
+    for ticks in range(1, 12):
+        clock = iter(range(10**6))
+        budget = Budget(ticks, clock=lambda: float(next(clock)))
+        results = world.sync(budget=budget)
+        assert results[0].error is None, (ticks, results[0].error)
+    assert world.sync()[0].outcome is not None
