@@ -5,10 +5,12 @@ Mailchimp's own events, and mcsync runs that are cut short (time budgets, kills,
 brake trips and overrides), some with changes made while a Mailchimp fetch is paging. An
 **oracle** records every person's choices (who, when, in or out) on the simulators' shared
 clock. After every mcsync invocation, each subscription state mcsync changed must equal a
-choice that was the person's latest at some moment since mcsync's run began reading, and
-that is later than the state it overwrote (the invariant); after a quiet, complete run both
+choice that was the person's latest at some moment since mcsync's run began reading (for a
+run held at the brake: since the invocation that lets it through), and that is later than
+the state it overwrote (the invariant); after quiet, complete incremental and full runs both
 sides must agree with each person's latest choice (convergence), except the documented
-exceptions (cleaned, forgotten, privacy flags, emails on hold).
+exceptions (cleaned, deleted at Mailchimp, privacy flags, emails on hold, a choice held only
+by a trashed contact). Not modelled yet: interests, and email changes on either side.
 
 Short mode (the normal suite): a few seeds of ``STEPS`` steps, 24 people, 4-member pages.
 Long mode: ``MCSYNC_MODEL_SEEDS=200 MCSYNC_MODEL_STEPS=120`` (any numbers) runs that many seeds
