@@ -399,11 +399,13 @@ class Model:
             if self.rng.random() < 0.7:
                 self.clock.advance(3)
                 self.mc.confirm_member(self.list_id, person.email)
-                self.note(f"{person.email} confirms")
+                self.choose(person, True, "person", "mc-confirm", "mc")
         elif kind == "confirm" and current == "pending":
+            # Clicking the confirmation link (of a form, or of mcsync's compliance retry)
+            # is the person's own opt-in, so a choice.
             self.clock.advance(3)
             self.mc.confirm_member(self.list_id, person.email)
-            self.note(f"{person.email} confirms (no new choice)")
+            self.choose(person, True, "person", "mc-confirm", "mc")
         else:
             # A profile edit: not a subscription choice, and it must not act as one.
             unseen = [c for c in person.choices if c.what.startswith("mc-") and c.at > self.seen]
