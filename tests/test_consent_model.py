@@ -50,6 +50,7 @@ from mcsync.sim.civicrm import CiviSim
 from mcsync.sim.mailchimp import MailchimpSim, subscriber_hash
 from mcsync.sim.transport import MultiSimTransport
 from mcsync.staging import Staging
+from mcsync.sync import STAGE_NAMES
 
 # Bug number (the integrator's list) -> scenario feature that exercises it. While a name is
 # here, the main test leaves that feature out and its own test xfails on a violation.
@@ -71,6 +72,15 @@ KNOWN_OPEN: dict[str, str] = {
     # followed by a profile edit before mcsync's next fetch is dated at the edit (and wins
     # over a CiviCRM change made between the two).
     "edit_after_status": "new: a status change is dated by a later profile edit",
+    # Found by this test (long mode, seeds 5 and 6 of 120 steps): a run stopped between
+    # reading group statuses (fetch_civicrm_groups/_history) and their dates (load_history),
+    # resumed after staff changed a contact's group, pairs the status read before the change
+    # with the date of the change: an old status that looks new.
+    "torn_group_read": "new: a resumed run pairs an old group status with a newer date",
+    # Found by this test (long mode, seed 6 of 120 steps): a status that goes and comes back
+    # at Mailchimp between two fetches (unsubscribed, pending, unsubscribed) keeps its old
+    # time in mcsync, so an older CiviCRM change wins over the person's newer unsubscribe.
+    "status_round_trip": "new: a status round trip between fetches keeps its old time",
     # A stricter check, not a scenario: a run resumed after a budget stop or a kill writes
     # what it read in an earlier invocation, even if a newer choice overtook it in between.
     "stale_resume": "question: a resumed run pushes a plan read by an earlier invocation",
@@ -84,6 +94,8 @@ FEATURES = (
     "trash_after_removal",
     "archive",
     "edit_after_status",
+    "torn_group_read",
+    "status_round_trip",
     "stale_resume",
 )
 
@@ -387,6 +399,9 @@ class Model:
                 self.choose(person, True, "person", "mc-resubscribe-after-archive", "mc")
             return True
         kind = self.rng.choice(["unsubscribe", "resubscribe", "profile", "confirm"])
+        unseen = [c for c in person.choices if c.what.startswith("mc-") and c.at > self.seen]
+        if kind != "profile" and unseen and "status_round_trip" not in self.features:
+            return False  # a second status change before mcsync reads the first
         if kind == "unsubscribe" and current in ("subscribed", "pending"):
             self.clock.advance(3)
             self.mc.set_member_status(self.list_id, person.email, "unsubscribed")
@@ -408,7 +423,6 @@ class Model:
             self.choose(person, True, "person", "mc-confirm", "mc")
         else:
             # A profile edit: not a subscription choice, and it must not act as one.
-            unseen = [c for c in person.choices if c.what.startswith("mc-") and c.at > self.seen]
             if unseen and "edit_after_status" not in self.features:
                 return False
             self.clock.advance(3)
@@ -418,7 +432,24 @@ class Model:
             self.note(f"{person.email} profile edit at Mailchimp")
         return True
 
+    def civicrm_frozen(self) -> bool:
+        """Whether a run stopped between reading group statuses and their history dates
+        (while "torn_group_read" is open, a staff change then is misread)."""
+        if "torn_group_read" in self.features or not self.state_db.exists():
+            return False
+        staging = Staging(self.state_db)
+        try:
+            rows = staging.query("SELECT stage FROM audience_state")
+        finally:
+            staging.close()
+        reads = STAGE_NAMES[
+            STAGE_NAMES.index("fetch_civicrm_groups") : STAGE_NAMES.index("load_history") + 1
+        ]
+        return bool(rows) and rows[0][0] in reads
+
     def act_staff(self) -> bool:
+        if self.civicrm_frozen():
+            return False
         person = self.pick()
         contact = self.live_contact(person.email)
         kinds = ["add", "add", "remove", "trash", "hold", "new-contact"]
@@ -879,7 +910,9 @@ REPRO: dict[str, int | None] = {
     "privacy_flags": 1,
     "trash_after_removal": 8,
     "archive": 1,
-    "edit_after_status": None,  # rare in random runs: test_a_profile_edit_... reproduces it
+    "edit_after_status": None,
+    "torn_group_read": None,
+    "status_round_trip": None,  # rare in random runs: test_a_profile_edit_... reproduces it
     "stale_resume": 8,
 }
 LONG = "MCSYNC_MODEL_SEEDS" in os.environ or ONE_SEED is not None
