@@ -337,8 +337,10 @@ def mark_contacts_todo(ctx: RunContext, contact_ids: Iterable[int]) -> None:
 
 
 def fetch_missing_contacts(ctx: RunContext) -> None:
-    """Contacts the audience refers to but staging has no flags or emails for, and flagged
-    contacts subscribed at Mailchimp whose flags' time staging does not know yet."""
+    """Contacts the audience refers to but staging has no flags or emails for: Added to the
+    group, or matched to a member (a run killed between creating a contact and reading its
+    emails leaves such a row; unloaded, it would read as 'no contact' on every run); and
+    flagged contacts subscribed at Mailchimp whose flags' time staging does not know yet."""
     _load_unknown_flag_times(ctx)
     while True:
         ctx.budget.check()
@@ -348,8 +350,11 @@ def fetch_missing_contacts(ctx: RunContext) -> None:
                 "SELECT DISTINCT g.contact_id FROM group_status g "
                 "LEFT JOIN contacts c ON c.contact_id = g.contact_id "
                 "WHERE g.group_id = ? AND g.status = 'Added' AND c.contact_id IS NULL "
+                "UNION SELECT DISTINCT r.contact_id FROM rows r "
+                "LEFT JOIN contacts c ON c.contact_id = r.contact_id "
+                "WHERE r.list_id = ? AND r.contact_id IS NOT NULL AND c.contact_id IS NULL "
                 "LIMIT ?",
-                (ctx.group_id, IN_CHUNK * 4),
+                (ctx.group_id, ctx.list_id, IN_CHUNK * 4),
             )
         ]
         if not missing:
