@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
-
 from conftest import World
 
 from mcsync.budget import Budget
@@ -98,8 +98,8 @@ def test_a_budget_ending_before_the_first_stage_stops_the_run_cleanly(world: Wor
     progress kept), never an error. Every deadline from the first clock reading on is tried."""
     world.person("a@example.org", mc="subscribed", civi="Added")
     for ticks in range(1, 12):
-        clock = iter(range(10**6))
-        budget = Budget(ticks, clock=lambda: float(next(clock)))
+        ticking = iter(range(10**6))
+        budget = Budget(ticks, clock=functools.partial(lambda it: float(next(it)), ticking))
         results = world.sync(budget=budget)
         assert results[0].error is None, (ticks, results[0].error)
     assert world.sync()[0].outcome is not None
