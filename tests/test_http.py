@@ -200,16 +200,32 @@ def test_gives_up_after_max_retries(mock: respx.MockRouter) -> None:
 
 
 def test_retry_after_beyond_the_budget_stops_without_sleeping(mock: respx.MockRouter) -> None:
+    route = mock.get("/ping").mock(
+        side_effect=[response(200, json={}), response(429, headers={"Retry-After": "30"})]
+    )
+    session, clock = make_session(budget_seconds=10)
+    session.request("GET", "/ping")
+    with pytest.raises(BudgetExhausted, match="time budget ends before the retry"):
+        session.request("GET", "/ping")
+    assert route.call_count == 2 and clock.slept == []
+
+
+def test_a_service_that_never_answered_fails_when_the_budget_ends(
+    mock: respx.MockRouter,
+) -> None:
+    """Unreachable or refusing for the whole run: exit 1 with the reason (cron must hear of
+    it), not the quiet budget stop of a run that made progress."""
     route = mock.get("/ping").mock(return_value=response(429, headers={"Retry-After": "30"}))
     session, clock = make_session(budget_seconds=10)
-    with pytest.raises(BudgetExhausted, match="time budget ends before the retry"):
+    with pytest.raises(RetriesExhausted, match="no request to .* succeeded"):
         session.request("GET", "/ping")
     assert route.call_count == 1 and clock.slept == []
 
 
 def test_backoff_never_sleeps_past_the_deadline(mock: respx.MockRouter) -> None:
-    mock.get("/ping").mock(return_value=response(503))
+    mock.get("/ping").mock(side_effect=[response(200, json={})] + [response(503)] * 60)
     session, clock = make_session(budget_seconds=3, max_retries=50, backoff_base=1.0)
+    session.request("GET", "/ping")
     with pytest.raises(BudgetExhausted):
         session.request("GET", "/ping")
     assert sum(clock.slept) <= 3

@@ -142,6 +142,9 @@ class HttpSession:
         # The Date header of the latest successful response: the server's own clock (UTC),
         # which `config check` shows beside the other side's.
         self.server_date: str | None = None
+        # Whether any request of this session got an answer: a budget that ends while a
+        # service that never answered is retried is a failure, not a budget stop.
+        self.answered = False
         hooks = {"request": [self._log_request]} if debug_http else {}
         self._client = httpx.Client(
             timeout=timeout,
@@ -209,6 +212,7 @@ class HttpSession:
             else:
                 outcome = classify(response)
                 if outcome == "ok":
+                    self.answered = True
                     self.server_date = response.headers.get("date")
                     return self._parse(response, label, expect_json)
                 if outcome != "retry":
@@ -403,6 +407,18 @@ class HttpSession:
             raise RetriesExhausted(
                 self.redact(
                     f"{label} failed with {failure} and the server asked to wait {wait:.0f} s"
+                ),
+                service=self.service,
+                status=status,
+            )
+        if wait > self.budget.remaining() and not self.answered:
+            # The service has not answered once in this run and still fails as the budget
+            # ends: that is a failure that outlasted the retries the budget allowed, which
+            # cron must hear about (exit 1), not a quiet budget stop.
+            raise RetriesExhausted(
+                self.redact(
+                    f"{label} failed with {failure} and no request to {self.service} succeeded "
+                    "before the run's time budget ended"
                 ),
                 service=self.service,
                 status=status,
