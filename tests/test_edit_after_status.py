@@ -1,0 +1,106 @@
+"""A status change at Mailchimp followed by a profile edit before mcsync's next fetch is dated
+by the edit: Mailchimp gives one ``last_changed`` per member. When CiviCRM changed between
+mcsync's previous view of the member and that ``last_changed``, the order of the two choices
+is unknown from the fetch alone; mcsync dates the status change exactly (``timestamp_opt`` for
+a subscribe, the member's activity feed for an unsubscribe), or leaves the row alone
+(DESIGN §4: a newer choice is never overwritten)."""
+
+from __future__ import annotations
+
+from conftest import World
+
+
+def _feed_reads(world: World) -> int:
+    return sum(
+        1 for method, path in world.mc.request_log if method == "GET" and "activity-feed" in path
+    )
+
+
+def _staff_sets(world: World, contact: int, *statuses: str) -> None:
+    for status in statuses:
+        world.civi.set_group_status(contact, world.group_id, status, when=world.clock())
+
+
+def test_unsubscribe_then_edit_does_not_undo_a_newer_staff_re_add(world: World) -> None:
+    contact = world.person("a@x.org", mc="subscribed", civi="Added")
+    assert contact is not None
+    world.sync()
+    world.advance_clock(minutes=10)
+    world.mc.set_member_status(world.list_id, "a@x.org", "unsubscribed")  # the person, 10:00
+    world.advance_clock(minutes=5)
+    _staff_sets(world, contact, "Removed", "Added")  # staff re-add them, 10:05
+    world.advance_clock(minutes=5)
+    world.mc.edit_member(world.list_id, "a@x.org", merge_fields={"FNAME": "Ann"})  # 10:10
+    world.advance_clock(minutes=1)
+    world.sync()
+    assert world.civi_status(contact) == "Added"  # the staff's newer choice stands
+    assert _feed_reads(world) == 1  # the one ambiguous row was dated exactly
+
+
+def test_unsubscribe_after_staff_re_add_then_edit_still_wins(world: World) -> None:
+    """The exact date also lets the person's newer unsubscribe win (not: CiviCRM always)."""
+    contact = world.person("a@x.org", mc="subscribed", civi="Added")
+    assert contact is not None
+    world.sync()
+    world.advance_clock(minutes=10)
+    _staff_sets(world, contact, "Removed", "Added")
+    world.advance_clock(minutes=5)
+    world.mc.set_member_status(world.list_id, "a@x.org", "unsubscribed")
+    world.advance_clock(minutes=5)
+    world.mc.edit_member(world.list_id, "a@x.org", merge_fields={"FNAME": "Ann"})
+    world.advance_clock(minutes=1)
+    world.sync()
+    assert world.civi_status(contact) == "Removed"
+    assert world.mc_status("a@x.org") == "unsubscribed"
+
+
+def test_subscribe_then_edit_does_not_undo_a_newer_staff_removal(world: World) -> None:
+    contact = world.person("b@x.org", mc="unsubscribed", civi="Removed")
+    assert contact is not None
+    world.sync()
+    world.advance_clock(minutes=10)
+    world.mc.set_member_status(world.list_id, "b@x.org", "subscribed")  # the person, 10:00
+    world.advance_clock(minutes=5)
+    _staff_sets(world, contact, "Added", "Removed")  # staff remove them, 10:05
+    world.advance_clock(minutes=5)
+    world.mc.edit_member(world.list_id, "b@x.org", merge_fields={"FNAME": "Bo"})  # 10:10
+    world.advance_clock(minutes=1)
+    world.sync()
+    assert world.civi_status(contact) == "Removed"
+    assert world.mc_status("b@x.org") == "unsubscribed"
+    assert _feed_reads(world) == 0  # timestamp_opt came with the fetch
+
+
+def test_an_undatable_status_change_leaves_the_row_alone(world: World) -> None:
+    """A change to pending has no opt-in time and no feed event to date it: neither side's
+    choice is overwritten; the row is reported."""
+    contact = world.person("c@x.org", mc="unsubscribed", civi="Removed")
+    assert contact is not None
+    world.sync()
+    world.advance_clock(minutes=10)
+    world.mc.set_member_status(world.list_id, "c@x.org", "pending")
+    world.advance_clock(minutes=5)
+    _staff_sets(world, contact, "Added", "Removed")
+    world.advance_clock(minutes=5)
+    world.mc.edit_member(world.list_id, "c@x.org", merge_fields={"FNAME": "Cy"})
+    world.advance_clock(minutes=1)
+    writes_before = len(world.writes())
+    world.sync()
+    assert world.civi_status(contact) == "Removed"
+    assert world.mc_status("c@x.org") == "pending"
+    assert len(world.writes()) == writes_before
+
+
+def test_no_extra_request_without_ambiguity(world: World) -> None:
+    """Nothing changed in CiviCRM between the two views: the edit's time is good enough."""
+    contact = world.person("d@x.org", mc="subscribed", civi="Added")
+    assert contact is not None
+    world.sync()
+    world.advance_clock(minutes=10)
+    world.mc.set_member_status(world.list_id, "d@x.org", "unsubscribed")
+    world.advance_clock(minutes=5)
+    world.mc.edit_member(world.list_id, "d@x.org", merge_fields={"FNAME": "Di"})
+    world.advance_clock(minutes=1)
+    world.sync()
+    assert world.civi_status(contact) == "Removed"
+    assert _feed_reads(world) == 0
