@@ -142,12 +142,10 @@ def order_unknown(mailchimp: MailchimpSide, civicrm: GroupState) -> bool:
     """The Mailchimp status change is known only to lie after ``status_changed_after`` and by
     its status time, and CiviCRM changed strictly in between: neither side can be said to be
     the later choice, so neither may overwrite the other (DESIGN §4)."""
-    after, until, changed = mailchimp.status_changed_after, mailchimp.status_time, civicrm.changed_at
+    after, until = mailchimp.status_changed_after, mailchimp.status_time
+    changed = civicrm.changed_at
     return (
-        after is not None
-        and until is not None
-        and changed is not None
-        and after < changed < until
+        after is not None and until is not None and changed is not None and after < changed < until
     )
 
 

@@ -63,11 +63,14 @@ SETTABLE = {
 MAX_COUNT = 1000
 # The activity feed's ``activity_filters`` values ([spec] getListsIdMembersIdActivityFeed).
 ACTIVITY_FILTERS = frozenset(
-    "bounce click conversation ecommerce_signup event web_engagement generic_signup "
-    "landing_page_signup marketing_permission note open order postcard_sent sent signup "
-    "squatter_signup unsub website_signup survey_response sms_bulk_sent inbox_thread "
-    "qbo_payment_link video_call_transcripts".split()
-)
+    {
+        "bounce", "click", "conversation", "ecommerce_signup", "event", "web_engagement",
+        "generic_signup", "landing_page_signup", "marketing_permission", "note", "open",
+        "order", "postcard_sent", "sent", "signup", "squatter_signup", "unsub",
+        "website_signup", "survey_response", "sms_bulk_sent", "inbox_thread",
+        "qbo_payment_link", "video_call_transcripts",
+    }
+)  # fmt: skip
 BULK_LIMIT = 500
 MERGE_TYPES = (
     "text",
