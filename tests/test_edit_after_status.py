@@ -7,7 +7,19 @@ a subscribe, the member's activity feed for an unsubscribe), or leaves the row a
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from conftest import World
+
+from mcsync.rules.member_state import (
+    AudiencePolicy,
+    CivicrmSide,
+    GroupState,
+    MailchimpSide,
+    MemberRow,
+)
+from mcsync.rules.reasons import Reason
+from mcsync.rules.reconcile import Decision, decide_subscription
 
 
 def _feed_reads(world: World) -> int:
@@ -104,3 +116,31 @@ def test_no_extra_request_without_ambiguity(world: World) -> None:
     world.sync()
     assert world.civi_status(contact) == "Removed"
     assert _feed_reads(world) == 0
+
+
+def test_the_rules_leave_an_unordered_pair_of_choices_alone() -> None:
+    """Pure rules: a status change known only to lie between two times, and a CiviCRM change
+    strictly inside them, is decided by neither side; at either end, the usual order holds."""
+    after = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+    edit = after + timedelta(minutes=10)
+    policy = AudiencePolicy(group_id=7)
+
+    def decide(civi_at: datetime, *, bound: datetime | None = after) -> Decision:
+        row = MemberRow(
+            mailchimp=MailchimpSide(
+                email="a@x.org",
+                status="unsubscribed",
+                last_changed=edit,
+                status_changed_at=edit,
+                status_changed_after=bound,
+            ),
+            civicrm=CivicrmSide(contact_id=1, subscription=GroupState("Added", civi_at)),
+        )
+        return decide_subscription(row, policy)
+
+    unknown = decide(after + timedelta(minutes=5))
+    assert unknown.reason == Reason.ORDER_UNKNOWN and unknown.actions == ()
+    assert not unknown.final_subscribed
+    assert decide(after + timedelta(minutes=5), bound=None).rule.startswith("5.2-A")
+    assert decide(after).rule.startswith("5.2-A")  # CiviCRM no later than the previous view
+    assert decide(edit).rule.startswith("5.2-B")  # a tie goes to CiviCRM, as always
