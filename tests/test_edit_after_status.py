@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from conftest import World
 
+from mcsync.budget import Budget
 from mcsync.rules.member_state import (
     AudiencePolicy,
     CivicrmSide,
@@ -144,3 +145,36 @@ def test_the_rules_leave_an_unordered_pair_of_choices_alone() -> None:
     assert decide(after + timedelta(minutes=5), bound=None).rule.startswith("5.2-A")
     assert decide(after).rule.startswith("5.2-A")  # CiviCRM no later than the previous view
     assert decide(edit).rule.startswith("5.2-B")  # a tie goes to CiviCRM, as always
+
+
+def test_dating_many_rows_resumes_after_budget_stops(world: World) -> None:
+    """More ambiguous rows than one round of connections, read under budgets that end all
+    along the run: every run resumes where the last one stopped, each staff choice stands,
+    and a member's feed is read again only when a stop lost a round's answers."""
+    people = [f"p{n}@x.org" for n in range(23)]
+    contacts = [world.person(email, mc="subscribed", civi="Added") for email in people]
+    world.sync()
+    world.advance_clock(minutes=10)
+    for email in people:
+        world.mc.set_member_status(world.list_id, email, "unsubscribed")
+    world.advance_clock(minutes=5)
+    for contact in contacts:
+        assert contact is not None
+        _staff_sets(world, contact, "Removed", "Added")
+    world.advance_clock(minutes=5)
+    for email in people:
+        world.mc.edit_member(world.list_id, email, merge_fields={"FNAME": "Edited"})
+    world.advance_clock(minutes=1)
+    stops = 0
+    for _ in range(200):
+        ticks = iter(range(10**6))
+        budget = Budget(60, clock=lambda ticks=ticks: float(next(ticks)))
+        outcome = world.sync(budget=budget)[0].outcome
+        if outcome is not None and outcome.completed:
+            break
+        stops += 1
+    else:
+        raise AssertionError("the run never completed")
+    assert stops > 0  # the budget did stop it part-way
+    assert all(world.civi_status(c) == "Added" for c in contacts if c is not None)
+    assert len(people) <= _feed_reads(world) <= len(people) + 10 * stops
