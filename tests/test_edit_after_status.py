@@ -7,6 +7,7 @@ a subscribe, the member's activity feed for an unsubscribe), or leaves the row a
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 
 from conftest import World
@@ -102,6 +103,9 @@ def test_an_undatable_status_change_leaves_the_row_alone(world: World) -> None:
     assert world.civi_status(contact) == "Removed"
     assert world.mc_status("c@x.org") == "pending"
     assert len(world.writes()) == writes_before
+    with sqlite3.connect(world.tmp_path / "state.sqlite3") as db:
+        reasons = db.execute("SELECT reason FROM rows WHERE mc_email = 'c@x.org'").fetchall()
+    assert reasons == [("order_unknown",)]  # listed by `failures --reason order_unknown`
 
 
 def test_no_extra_request_without_ambiguity(world: World) -> None:
