@@ -179,6 +179,9 @@ def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(
             200, json={"members": [MEMBER] * 3, "total_items": 2500 if offset < 2000 else 2003}
         )
+    if path.endswith("/activity-feed"):
+        event = {"activity_type": "unsub", "created_at_timestamp": "2024-01-02T03:04:05+00:00"}
+        return httpx.Response(200, json={"email_id": "x", "list_id": LIST_ID, "activity": [event]})
     if "/members/" in path:
         return httpx.Response(200, json=MEMBER)
     for key in ("categories", "interests", "merge_fields"):
@@ -231,6 +234,7 @@ def captured() -> Iterator[list[httpx.Request]]:
         )
         list(client.member_pages(LIST_ID, page_size=500, start_offset=2000))
         client.get_member(LIST_ID, "A@x.org")
+        client.unsubscribe_times(LIST_ID, [member_hash("a@x.org")])
         client.put_member(LIST_ID, "a@x.org", body)
         client.put_member(LIST_ID, "b@x.org", {"status_if_new": "pending"})
         client.put_members(
@@ -285,6 +289,7 @@ def test_every_request_conforms_to_the_spec(spec: Spec, captured: list[httpx.Req
         "/lists/{listId}/merge-fields",
         "/lists/{listId}/members",
         "/lists/{listId}/members/{subscriberHash}",
+        "/lists/{listId}/members/{subscriberHash}/activity-feed",
         "/batches",
         "/batches/{batchId}",
     }

@@ -1014,3 +1014,50 @@ def _overlay_merge_fields(spec: dict[str, Any]) -> None:
                 walk(value)
 
     walk(spec)
+
+
+# ------------------------------------------------------------------ activity feed
+
+
+def test_activity_feed_records_status_changes_with_their_times(
+    sim: MailchimpSim, audience: dict[str, str], api: Api, clock: Clock
+) -> None:
+    """Unsubscribes and sign-ups are events with their own times, newest first, filtered by
+    ``activity_filters``; a later profile edit moves ``last_changed`` but not them, and the
+    opt-in time stays the re-subscribe's."""
+    list_id = audience["list"]
+    sim.seed_member(list_id, "a@x.org", "subscribed", last_changed=START)
+    feed = f"/lists/{list_id}/members/{subscriber_hash('a@x.org')}/activity-feed"
+    assert api("GET", feed)[1]["activity"] == []  # seeded history has no events
+    clock.tick(60)
+    status, _, _ = api(
+        "PUT",
+        f"/lists/{list_id}/members/{subscriber_hash('a@x.org')}",
+        {"email_address": "a@x.org", "status": "unsubscribed", "status_if_new": "unsubscribed"},
+    )  # the API, 12:01
+    assert status == 200
+    clock.tick(60)
+    sim.set_member_status(list_id, "a@x.org", "subscribed")  # the person, 12:02
+    clock.tick(60)
+    sim.edit_member(list_id, "a@x.org", merge_fields={"FNAME": "Ann"})  # 12:03
+    status, body, _ = api("GET", feed)
+    assert status == 200
+    assert body["email_id"] == subscriber_hash("a@x.org") and body["list_id"] == list_id
+    assert [(e["activity_type"], e["created_at_timestamp"]) for e in body["activity"]] == [
+        ("generic_signup", "2024-03-01T12:02:00+00:00"),
+        ("unsub", "2024-03-01T12:01:00+00:00"),
+    ]
+    unsub = api("GET", feed, query="activity_filters=unsub")[1]["activity"]
+    assert len(unsub) == 1 and unsub[0]["is_admin_unsubscribed"] is True
+    assert [
+        e["activity_type"] for e in api("GET", feed, query="activity_filters=signup")[1]["activity"]
+    ] == ["generic_signup"]
+    assert api("GET", feed, query="count=1&offset=1")[1]["activity"][0]["activity_type"] == "unsub"
+    member = sim.member(list_id, "a@x.org")
+    assert member is not None
+    assert member["timestamp_opt"] == "2024-03-01T12:02:00+00:00"
+    assert member["last_changed"] == "2024-03-01T12:03:00+00:00"
+    status, body, headers = api("GET", feed, query="activity_filters=nonsense")
+    assert_problem(status, body, headers, 400, "Invalid Resource")
+    status, body, headers = api("GET", f"/lists/{list_id}/members/{'0' * 32}/activity-feed")
+    assert_problem(status, body, headers, 404, "Resource Not Found")

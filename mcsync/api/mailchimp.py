@@ -51,6 +51,7 @@ MEMBER_FIELDS: tuple[str, ...] = (
 )
 MAX_PAGE_SIZE = 1000  # Mailchimp's cap on `count` (§2)
 BULK_LIMIT = 500  # members per POST /lists/{id}
+UNSUB_EVENTS = 10  # newest unsub events read per member (one is enough; a few for safety)
 _DC = re.compile(r"^[a-z]+[0-9]+$")
 _USERNAME = "mcsync"  # Basic auth: any username, the key as password (§1)
 
@@ -92,6 +93,17 @@ def _iso(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("Mailchimp time filters need a timezone-aware datetime")
     return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _parse_event_time(value: Any) -> datetime | None:
+    """An activity event's ISO 8601 time, in UTC; None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.astimezone(UTC) if moment.tzinfo else None
 
 
 def _is_member_error(exc: ApiError) -> bool:
@@ -373,6 +385,42 @@ class MailchimpClient(SessionClient):
         workers = max(1, min(len(keys), concurrency or self.max_connections))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-gets") as pool:
             return list(pool.map(one, keys))
+
+    def unsubscribe_times(
+        self, list_id: str, hashes: Sequence[str], *, concurrency: int | None = None
+    ) -> list[datetime | None]:
+        """When each member last unsubscribed, from its activity feed
+        (``GET /lists/{id}/members/{hash}/activity-feed?activity_filters=unsub``, newest
+        first), concurrently within the account's connections; one result per hash, in order.
+        None: no unsub event, or the feed could not be read (the caller must not guess). An
+        authentication failure raises: it is no one member's problem."""
+        params = {
+            "activity_filters": "unsub",
+            "count": UNSUB_EVENTS,
+            "fields": "activity.activity_type,activity.created_at_timestamp",
+        }
+
+        def one(subscriber_hash: str) -> datetime | None:
+            path = f"/lists/{_seg(list_id)}/members/{_seg(subscriber_hash)}/activity-feed"
+            try:
+                feed = self.session.request("GET", path, params=params)
+            except AuthError:
+                raise
+            except ApiError:
+                return None
+            events = feed.get("activity") if isinstance(feed, dict) else None
+            times = [
+                _parse_event_time(e.get("created_at_timestamp"))
+                for e in events or []
+                if isinstance(e, dict) and e.get("activity_type") == "unsub"
+            ]
+            return max((t for t in times if t is not None), default=None)
+
+        if not hashes:
+            return []
+        workers = max(1, min(len(hashes), concurrency or self.max_connections))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-feeds") as pool:
+            return list(pool.map(one, hashes))
 
     def put_member(self, list_id: str, email: str, body: dict[str, Any]) -> dict[str, Any]:
         """Upsert a member (idempotent, so retried). ``body`` needs ``status_if_new`` (§3)."""

@@ -22,6 +22,13 @@ REASONS: dict[str, tuple[str, str]] = {
         "Remove the contact from the group in CiviCRM; only the person can re-subscribe, "
         "through a Mailchimp signup form.",
     ),
+    "order_unknown": (
+        "The person changed their status at Mailchimp and staff changed the group in CiviCRM "
+        "at about the same time, and a later profile edit at Mailchimp hides when the status "
+        "changed, so mcsync cannot tell which choice is newer; it changed neither",
+        "Ask the person or check both histories, then set the group in CiviCRM (a newer "
+        "CiviCRM change is synced as usual).",
+    ),
     "on_hold": (
         "The email is on hold in CiviCRM (it bounced), so mcsync does not subscribe it",
         "Check the address; if it works again, take it off hold in CiviCRM.",

@@ -61,7 +61,9 @@ class EmailRecord:
 class MailchimpSide:
     """The member as staged. ``status`` None = not at Mailchimp. ``status_changed_at`` and
     ``interests_changed_at`` are the per-field times staging keeps (seed §3.5 v2); when absent
-    ``last_changed`` stands in. ``interests`` holds only interests Mailchimp reported."""
+    ``last_changed`` stands in. ``interests`` holds only interests Mailchimp reported.
+    ``status_changed_after``: set when the status change time is not exact (dated by a later
+    profile edit); the change happened after it and by ``status_changed_at``."""
 
     email: str | None = None
     status: MemberStatus | None = None
@@ -70,12 +72,14 @@ class MailchimpSide:
     interests: Mapping[str, bool] = field(default_factory=dict)
     interests_changed_at: Mapping[str, datetime] = field(default_factory=dict)
     merge_fields: Mapping[str, Any] = field(default_factory=dict)
+    status_changed_after: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.status is not None and not self.email:
             raise ValueError("MailchimpSide.email is required when status is set")
         _require_utc_aware("MailchimpSide.last_changed", self.last_changed)
         _require_utc_aware("MailchimpSide.status_changed_at", self.status_changed_at)
+        _require_utc_aware("MailchimpSide.status_changed_after", self.status_changed_after)
         for key, at in self.interests_changed_at.items():
             _require_utc_aware(f"MailchimpSide.interests_changed_at[{key}]", at)
 

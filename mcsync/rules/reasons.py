@@ -24,6 +24,7 @@ class Reason(enum.StrEnum):
     MAILCHIMP_ERROR = "mailchimp_error"
     BAD_RESULT = "bad_result"
     CIVICRM_ERROR = "civicrm_error"
+    ORDER_UNKNOWN = "order_unknown"
 
 
 REASON_TEXT: Mapping[Reason, str] = {
@@ -43,6 +44,8 @@ REASON_TEXT: Mapping[Reason, str] = {
     Reason.MAILCHIMP_ERROR: "Mailchimp refused the update; see title and detail",
     Reason.BAD_RESULT: "Mailchimp's batch result for the update was malformed; see the detail",
     Reason.CIVICRM_ERROR: "CiviCRM refused the group change; see the error",
+    Reason.ORDER_UNKNOWN: "the Mailchimp status change and the CiviCRM group change could not "
+    "be put in order (a later profile edit dates the member); left alone: check which is right",
 }
 
 

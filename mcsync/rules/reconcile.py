@@ -138,6 +138,17 @@ def most_recent(
     return "mailchimp"
 
 
+def order_unknown(mailchimp: MailchimpSide, civicrm: GroupState) -> bool:
+    """The Mailchimp status change is known only to lie after ``status_changed_after`` and by
+    its status time, and CiviCRM changed strictly in between: neither side can be said to be
+    the later choice, so neither may overwrite the other (DESIGN §4)."""
+    after, until = mailchimp.status_changed_after, mailchimp.status_time
+    changed = civicrm.changed_at
+    return (
+        after is not None and until is not None and changed is not None and after < changed < until
+    )
+
+
 def looks_like_email(address: str) -> bool:
     """A minimal syntax check, so obviously broken addresses are reported, not sent."""
     return bool(_EMAIL_RE.fullmatch(address))
@@ -213,6 +224,8 @@ def decide_subscription(row: MemberRow, policy: AudiencePolicy) -> Decision:
             )
         reason = Reason.PRIVACY_FLAGS if c.subscription.added else None
         return Decision("privacy-keep-group", False, hold, reason)
+    if policy.trust is None and order_unknown(m, c.subscription):
+        return Decision("order-unknown", False, hold, Reason.ORDER_UNKNOWN)
     side = most_recent(
         c.subscription, m.status_time, at_mailchimp=m.status is not None, trust=policy.trust
     )

@@ -14,7 +14,11 @@ default order is the order members were added; ``interests`` is absent from memb
 without interests; new lists get Mailchimp's default merge fields (FNAME, LNAME, ADDRESS, PHONE,
 BIRTHDAY); a write that changes nothing, and any tag change, leaves ``last_changed`` alone.
 
-Not modelled: campaigns, segments, notes, activity, marketing permissions, ecommerce, the
+A member's activity feed (``GET /lists/{id}/members/{hash}/activity-feed``) holds the status
+changes made since the simulator started (``unsub`` and ``generic_signup`` events with their
+times), newest first; seeded history has none.
+
+Not modelled: campaigns, segments, notes, opens and clicks, marketing permissions, ecommerce, the
 hosted signup form (use :meth:`MailchimpSim.confirm_member` / :meth:`set_member_status` for what
 a person does there), webhook deliveries, and the one-batch-at-a-time rule. Emails are not sent,
 but the double opt-in emails Mailchimp would send are recorded: every API write that sets a
@@ -57,6 +61,16 @@ SETTABLE = {
     "PATCH": ("subscribed", "unsubscribed", "cleaned", "pending"),
 }
 MAX_COUNT = 1000
+# The activity feed's ``activity_filters`` values ([spec] getListsIdMembersIdActivityFeed).
+ACTIVITY_FILTERS = frozenset(
+    {
+        "bounce", "click", "conversation", "ecommerce_signup", "event", "web_engagement",
+        "generic_signup", "landing_page_signup", "marketing_permission", "note", "open",
+        "order", "postcard_sent", "sent", "signup", "squatter_signup", "unsub",
+        "website_signup", "survey_response", "sms_bulk_sent", "inbox_thread",
+        "qbo_payment_link", "video_call_transcripts",
+    }
+)  # fmt: skip
 BULK_LIMIT = 500
 MERGE_TYPES = (
     "text",
@@ -437,6 +451,8 @@ class MailchimpSim:
         self._totals: dict[_PageQuery, int] = {}
         self._cursors: dict[tuple[_PageQuery, int], tuple[Any, ...]] = {}
         self._page_hooks: list[list[Any]] = []  # [member pages still to answer, action]
+        # member seq -> its activity-feed events, oldest first (status changes only)
+        self._activity: dict[int, list[dict[str, Any]]] = {}
         self._add_routes()
 
     # ---------------------------------------------------------------- seeding and inspection
@@ -826,6 +842,7 @@ class MailchimpSim:
                 },
             ),
             ("/lists/{}/members/{}/tags", {"GET": self._get_tags, "POST": self._post_tags}),
+            ("/lists/{}/members/{}/activity-feed", {"GET": self._get_activity_feed}),
             ("/lists/{}/members/{}/actions/delete-permanent", {"POST": self._forget}),
             (
                 "/lists/{}/merge-fields",
@@ -1207,6 +1224,57 @@ class MailchimpSim:
         lst, row = self._own_member(call)
         return 200, self._render(lst, row)
 
+    def _get_activity_feed(self, call: _Call) -> tuple[int, Any]:
+        """The member's recent activity, newest first, filtered by ``activity_filters``
+        (``signup`` stands for every kind of sign-up), paged by ``count`` and ``offset``."""
+        lst, row = self._own_member(call)
+        count, offset = _paging(call)
+        filters = {f for value in call.query.get("activity_filters", []) for f in value.split(",")}
+        unknown = filters - ACTIVITY_FILTERS
+        if unknown:
+            raise _invalid(
+                [{"field": "activity_filters", "message": f"Invalid filter {sorted(unknown)[0]}"}]
+            )
+        events = [
+            e
+            for e in reversed(self._activity.get(row["seq"], []))
+            if not filters
+            or e["activity_type"] in filters
+            or ("signup" in filters and e["activity_type"].endswith("_signup"))
+        ]
+        return 200, {
+            "email_id": row["hash"],
+            "list_id": lst.id,
+            "activity": [dict(e) for e in events[offset : offset + count]],
+            "_links": self._links(
+                call.account.dc,
+                f"/lists/{lst.id}/members/{row['hash']}/activity-feed",
+                ("self", "GET"),
+                ("parent", "GET"),
+            ),
+        }
+
+    def _record_status_event(self, row: Row, stamp: int, *, admin: bool) -> None:
+        """A status change as the activity feed shows it: ``unsub`` for an unsubscribe, a
+        ``generic_signup`` for a subscribe; other statuses leave no event."""
+        event: dict[str, Any]
+        if row["status"] == "unsubscribed":
+            event = {
+                "activity_type": "unsub",
+                "created_at_timestamp": _iso_epoch(stamp),
+                "is_admin_unsubscribed": admin,
+                "unsubscribe_reason": row["unsubscribe_reason"],
+            }
+        elif row["status"] == "subscribed":
+            event = {
+                "activity_type": "generic_signup",
+                "created_at_timestamp": _iso_epoch(stamp),
+                "signup_category": "API" if admin else "Hosted form",
+            }
+        else:
+            return
+        self._activity.setdefault(row["seq"], []).append(event)
+
     def _get_tags(self, call: _Call) -> tuple[int, Any]:
         lst, row = self._own_member(call)
         count, offset = _paging(call)
@@ -1263,6 +1331,7 @@ class MailchimpSim:
 
     def _delete_permanently(self, lst: MailList, row: Row) -> None:
         self._db.execute("DELETE FROM members WHERE seq = ?", (row["seq"],))
+        self._activity.pop(row["seq"], None)
         self._count(lst, row, -1)
         lst.version += 1
         self._db.execute(
@@ -1536,6 +1605,8 @@ class MailchimpSim:
         if old is None or any(new[c] != old[c] for c in _CHANGE_FIELDS):
             new["last_changed"] = stamp
         self._save(lst, old, new)
+        if wanted is not None and (old is None or old["status"] != wanted):
+            self._record_status_event(new, stamp, admin=True)
         if wanted == "pending":
             # Setting pending emails the confirmation link, again if the member was pending.
             self.confirmation_emails.append((lst.id, str(new["email"])))
@@ -1655,6 +1726,8 @@ class MailchimpSim:
             if any(new[c] != old[c] for c in _CHANGE_FIELDS):
                 new["last_changed"] = stamp
                 self._save(lst, old, new)
+                if new["status"] != old["status"]:
+                    self._record_status_event(new, stamp, admin=False)
 
     # ---------------------------------------------------------------- merge fields, interests
 

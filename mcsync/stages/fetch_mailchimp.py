@@ -324,9 +324,10 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
         expected = json.loads(old["mc_expected"] or "{}")
         relevant_change = False
         status_at = old["mc_status_at"] or changed
+        status_after = old["mc_status_after"]
         if status != old["mc_status"]:
             relevant_change = True
-            status_at = _change_time(expected, "status", status, changed)
+            status_at, status_after = _status_change_time(expected, member, old, changed)
         old_interests = json.loads(old["mc_interests"])
         interests_at = json.loads(old["mc_interests_at"])
         expected_interests = expected.get("interests", {})
@@ -345,6 +346,7 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
                 status,
                 changed,
                 status_at,
+                status_after,
                 fname,
                 lname,
                 dumps(interests),
@@ -364,7 +366,8 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
         )
     if updates:
         conn.executemany(
-            "UPDATE rows SET mc_status = ?, mc_last_changed = ?, mc_status_at = ?, mc_fname = ?, "
+            "UPDATE rows SET mc_status = ?, mc_last_changed = ?, mc_status_at = ?, "
+            "mc_status_after = ?, mc_fname = ?, "
             "mc_lname = ?, mc_interests = ?, mc_interests_at = ?, sync_status = ?, "
             "mc_seen_run = ? WHERE id = ?",
             updates,
@@ -426,10 +429,67 @@ def _follow_email_changes(
         existing[member["id"]] = refreshed[0]
 
 
-def _change_time(expected: dict[str, Any], field: str, value: Any, changed: str) -> str:
-    if expected.get(field) == value and expected.get("at"):
-        return str(expected["at"])
-    return changed
+def _status_change_time(
+    expected: dict[str, Any], member: dict[str, Any], old: Any, changed: str
+) -> tuple[str, str | None]:
+    """(when the member's status changed, a time it changed after when that is not exact).
+
+    Mailchimp has one ``last_changed`` per member, so a status change followed by a profile
+    edit before this fetch is dated by the edit. The change happened after mcsync's previous
+    view of the member (its ``last_changed`` then) and by ``changed``. A change mcsync pushed
+    keeps its choice's time; a subscribe is dated by ``timestamp_opt`` (the opt-in time) when
+    that lies in the interval. Otherwise the previous view is returned as the lower bound:
+    `date_status_changes` dates the change exactly when CiviCRM changed inside the interval
+    (only then does the order matter), and reconcile leaves the row alone if it cannot."""
+    if expected.get("status") == member.get("status") and expected.get("at"):
+        return str(expected["at"]), None
+    before = old["mc_last_changed"]
+    if before is None or before >= changed:
+        return changed, None
+    if member.get("status") == "subscribed":
+        opted = iso(parse_iso(member.get("timestamp_opt") or None))
+        if opted is not None and before < opted <= changed:
+            return opted, None
+    return changed, before
+
+
+def date_status_changes(ctx: RunContext) -> None:
+    """Date exactly the Mailchimp status changes whose order against a CiviCRM change is
+    unknown (DESIGN §4): the status changed after mcsync's previous view of the member and by
+    its ``last_changed``, and the contact's group changed strictly in between. An unsubscribe
+    is dated by the newest ``unsub`` event of the member's activity feed, when it lies in the
+    interval; the time becomes the status change time. A change not dated (no such event, an
+    API error, another status) keeps its bound, and reconcile leaves the row alone. Rows with
+    no CiviCRM change in the interval cost nothing. One round of concurrent reads per
+    committed chunk, resumable by the stage cursor."""
+    chunk = max(1, ctx.mailchimp.max_connections)
+    dated_count = undated = 0
+    while True:
+        ctx.budget.check()
+        cursor = ctx.staging.state(ctx.list_id)["cursor"]
+        rows = ctx.staging.undated_status_changes(ctx.list_id, ctx.group_id, cursor, chunk)
+        if not rows:
+            break
+        unsubscribed = [r for r in rows if r["mc_status"] == "unsubscribed"]
+        times = ctx.mailchimp.unsubscribe_times(ctx.list_id, [r["mc_hash"] for r in unsubscribed])
+        dated = []
+        for row, moment in zip(unsubscribed, times, strict=True):
+            at = iso(moment)
+            if at is not None and row["mc_status_after"] < at <= row["mc_status_at"]:
+                dated.append((int(row["id"]), at))
+        with ctx.staging.atomic():
+            ctx.staging.date_status_changes(dated)
+            ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
+        dated_count += len(dated)
+        undated += len(rows) - len(dated)
+        ctx.progress("date Mailchimp status changes", dated_count + undated, None)
+    if dated_count:
+        ctx.log(f"Dated {dated_count} Mailchimp status change(s) exactly (activity feed)")
+    if undated:
+        ctx.log(
+            f"{undated} Mailchimp status change(s) could not be dated against a CiviCRM "
+            "change in the same interval: left alone"
+        )
 
 
 def since_for_new_run(last_run_started: str | None, since_option: str | None) -> datetime | None:

@@ -246,6 +246,9 @@ class LoadedChunk:
                 status=row["mc_status"],
                 last_changed=parse_iso(row["mc_last_changed"]),
                 status_changed_at=parse_iso(row["mc_status_at"]),
+                status_changed_after=(
+                    parse_iso(row["mc_status_after"]) if row["mc_status"] != "archived" else None
+                ),
                 interests=json.loads(row["mc_interests"]),
                 interests_changed_at={
                     k: v

@@ -39,6 +39,7 @@ STAGES: list[tuple[str, StageFn, str]] = [
     ("add_civicrm_only", match.add_civicrm_only, "any"),
     ("confirm_civicrm_only", fetch_mailchimp.confirm_civicrm_only, "full"),
     ("load_history", match.load_history_dates, "any"),
+    ("date_status_changes", fetch_mailchimp.date_status_changes, "any"),
     ("fetch_contact_data", feeds.fetch_contact_data, "any"),
     ("reconcile", reconcile.reconcile_rows, "any"),
     ("brake", brake.check_mass_changes, "any"),

@@ -144,12 +144,14 @@ def _store_member_response(
         dumps(interests),
         dumps(interests_at),
         dumps(pushed),
+        status,  # a status mcsync changed has its choice's exact time
         row["id"],
     )
     try:
         ctx.staging.execute(
             "UPDATE rows SET mc_hash = ?, mc_email = ?, mc_status = ?, mc_last_changed = ?, "
             "mc_status_at = ?, mc_interests = ?, mc_interests_at = ?, pushed_merge = ?, "
+            "mc_status_after = CASE WHEN mc_status IS ? THEN mc_status_after END, "
             "mc_expected = NULL WHERE id = ?",
             values,
         )

@@ -211,6 +211,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX rows_by_folded_address ON rows (list_id, fold_email(mc_email));
     UPDATE emails SET email_lc = fold_email(email)
     """,
+    # 10: a Mailchimp status change seen with a later profile edit's last_changed happened
+    # after this time (mcsync's previous view of the member) and by mc_status_at; NULL when
+    # its time is exact (issue edit_after_status)
+    """
+    ALTER TABLE rows ADD COLUMN mc_status_after TEXT
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience
@@ -493,6 +499,30 @@ class Staging:
             "AND mc_hash IS NOT NULL AND mc_seen_run IS NOT ? AND mc_status IS NOT 'archived' "
             "AND sync_status != 'live' ORDER BY id LIMIT ?",
             (list_id, after_id, run_id, limit),
+        )
+
+    def undated_status_changes(
+        self, list_id: str, group_id: int, after_id: int, limit: int
+    ) -> list[sqlite3.Row]:
+        """Rows to decide whose Mailchimp status change is known only to lie between
+        mcsync's previous view of the member (``mc_status_after``) and its ``last_changed``,
+        while the contact's subscription group changed strictly inside that interval: the
+        order of the two choices is unknown. In id order after ``after_id``."""
+        return self.query(
+            "SELECT r.id, r.mc_hash, r.mc_status, r.mc_status_after, r.mc_status_at "
+            "FROM rows r JOIN group_status g ON g.contact_id = r.contact_id AND g.group_id = ? "
+            "WHERE r.list_id = ? AND r.id > ? AND r.sync_status = 'todo' "
+            "AND r.mc_status_after IS NOT NULL AND r.mc_status IS NOT 'archived' "
+            "AND g.changed_at > r.mc_status_after AND g.changed_at < r.mc_status_at "
+            "ORDER BY r.id LIMIT ?",
+            (group_id, list_id, after_id, limit),
+        )
+
+    def date_status_changes(self, dated: list[tuple[int, str]]) -> None:
+        """Record exact Mailchimp status change times found for (row id, time)."""
+        self.conn.executemany(
+            "UPDATE rows SET mc_status_at = ?, mc_status_after = NULL WHERE id = ?",
+            [(at, row_id) for row_id, at in dated],
         )
 
     def mark_members_gone(self, list_id: str, hashes: list[str], at: str) -> None:
