@@ -65,10 +65,6 @@ KNOWN_OPEN: dict[str, str] = {
     # archived member for an older CiviCRM Added; a full run dates the departure at its own
     # start and removes a CiviCRM Added made after it).
     "archive": "new: the time a member was archived or deleted at Mailchimp is unknown",
-    # Found by this test: Mailchimp gives one last_changed per member, so a status change
-    # followed by a profile edit before mcsync's next fetch is dated at the edit (and wins
-    # over a CiviCRM change made between the two).
-    "edit_after_status": "new: a status change is dated by a later profile edit",
     # Found by this test (long mode, seeds 5 and 6 of 120 steps): a run stopped between
     # reading group statuses (fetch_civicrm_groups/_history) and their dates (load_history),
     # resumed after staff changed a contact's group, pairs the status read before the change
