@@ -222,16 +222,16 @@ def _read_result(result: dict[str, Any]) -> tuple[int, dict[str, Any], str | Non
     if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
         problem = (
             f"Mailchimp's batch result for operation {operation} has status_code"
-            f" {_shown(code)}, not an HTTP status; whether the change was made is unknown"
+            f" {shown(code)}, not an HTTP status; whether the change was made is unknown"
         )
         return 0, {}, problem
     response = result.get("response")
-    odd = _odd_fields(response, code) if isinstance(response, dict) else []
+    odd = odd_fields(response, code) if isinstance(response, dict) else []
     if (response is not None and not isinstance(response, dict)) or odd:
         what = (
             f"a response with unreadable {', '.join(odd)}"
             if odd
-            else f"a response that is not a JSON object ({_shown(response)})"
+            else f"a response that is not a JSON object ({shown(response)})"
         )
         problem = (
             f"Mailchimp's batch result for operation {operation} (HTTP {code}) has {what};"
@@ -247,7 +247,9 @@ _MEMBER_TEXT = ("id", "email_address", "status", "last_changed")
 _PROBLEM_TEXT = ("title", "detail")
 
 
-def _odd_fields(response: dict[str, Any], code: int) -> list[str]:
+def odd_fields(response: dict[str, Any], code: int) -> list[str]:
+    """The fields mcsync reads from a write's answer (a member on 2xx, a problem otherwise)
+    that it cannot read; a batch result and a bulk write's member are checked alike."""
     member = 200 <= code < 300
     names = _MEMBER_TEXT if member else _PROBLEM_TEXT
     odd = [n for n in names if response.get(n) is not None and not isinstance(response[n], str)]
@@ -262,7 +264,8 @@ def _odd_fields(response: dict[str, Any], code: int) -> list[str]:
     return odd
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A value as JSON, cut short, for a message about a malformed answer."""
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
