@@ -29,6 +29,7 @@ from mcsync.errors import (
     NotFoundError,
     ResponseTooLarge,
     RetriesExhausted,
+    UnreadableResults,
 )
 from mcsync.rules.addresses import fold_email
 
@@ -538,14 +539,15 @@ def parse_batch_results(
                 handle = archive.extractfile(entry)
                 items = json.loads(_read_capped(handle, entry.size, budget)) if handle else None
                 if not isinstance(items, list):
-                    raise BadResponse(
-                        f"batch results file {entry.name!r} is not a JSON array", service=service
+                    raise UnreadableResults(
+                        f"the results file {entry.name!r} of {name} is not a JSON array",
+                        service=service,
                     )
-                results.extend(_operation_result(item, service) for item in items)
+                results.extend(_operation_result(item, service, name) for item in items)
     except (tarfile.TarError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
-        raise BadResponse(
-            f"batch results are not a readable .tar.gz of JSON files ({type(exc).__name__});"
-            " fetch the batch again for a fresh response_body_url",
+        raise UnreadableResults(
+            f"the results of {name} are not a readable .tar.gz of JSON files"
+            f" ({type(exc).__name__})",
             service=service,
         ) from None
     return results
@@ -566,9 +568,11 @@ def _read_capped(handle: IO[bytes], size: int, budget: Budget | None) -> bytes:
     return b"".join(chunks)
 
 
-def _operation_result(item: Any, service: str) -> dict[str, Any]:
+def _operation_result(item: Any, service: str, name: str) -> dict[str, Any]:
     if not isinstance(item, dict):
-        raise BadResponse("a batch result entry is not a JSON object", service=service)
+        raise UnreadableResults(
+            f"an entry in the results of {name} is not a JSON object", service=service
+        )
     response = item.get("response")
     if isinstance(response, str):
         try:

@@ -10,7 +10,7 @@ import sqlite3
 from typing import Any
 
 from mcsync.api.mailchimp import member_put_operation
-from mcsync.errors import ApiError, BudgetExhausted, ResponseTooLarge
+from mcsync.errors import ApiError, BudgetExhausted, ResponseTooLarge, UnreadableResults
 from mcsync.rules import write_results as wr
 from mcsync.stages.context import RunContext
 from mcsync.stages.overtaken import drop_overtaken_updates
@@ -20,6 +20,9 @@ from mcsync.store.database import iso, parse_iso, utc_now
 BATCH_SIZE = 1000
 OPERATION_PREFIX = "mcsync_"
 POLL_SECONDS = 2.0
+# Runs that may find a batch's results unreadable (a download may be garbled once) before the
+# batch is closed and its updates fail with 'bad_result'.
+RESULTS_TRIES = 3
 
 
 def push_batches(ctx: RunContext) -> None:
@@ -165,6 +168,16 @@ def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -
             f"{exc}; the batch is closed and its {settled} updates are decided again next run",
             status=exc.status,
         ) from None
+    except UnreadableResults as exc:
+        failed = ctx.staging.count_results_failure(row["id"])
+        if failed < RESULTS_TRIES:
+            raise UnreadableResults(
+                f"{exc} (failure {failed} of {RESULTS_TRIES}); the next run downloads them "
+                f"again, and after {RESULTS_TRIES} failures closes the batch",
+                status=exc.status,
+            ) from None
+        _give_up_results(ctx, row, f"{exc} ({failed} runs in a row)")
+        return
     by_update: dict[int, dict[str, Any]] = {}
     for item in results:
         operation_id = str(item.get("operation_id") or "")
@@ -268,6 +281,28 @@ def shown(value: Any) -> str:
     """A value as JSON, cut short, for a message about a malformed answer."""
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _give_up_results(ctx: RunContext, row: sqlite3.Row, why: str) -> None:
+    """Results that never parse: close the batch so later runs go on. Whether each change was
+    made is unknown, so its updates fail with 'bad_result' and are decided again next run."""
+    updates = ctx.staging.query(
+        "SELECT * FROM updates WHERE batch_id = ? AND state = 'submitted'", (row["id"],)
+    )
+    problem = f"Mailchimp's batch results could not be read: {why}"
+    with ctx.staging.atomic():
+        for update in updates:
+            error = ApiError(problem, title=wr.BAD_RESULT_TITLE, detail=problem)
+            apply_result(ctx, update, 0, None, error)
+        ctx.staging.execute(
+            "UPDATE batches SET status = 'processed', completed_at = ? WHERE id = ?",
+            (iso(utc_now()), row["id"]),
+        )
+    ctx.log(
+        f"{why}; batch {row['mc_batch_id']} closed, its {len(updates)} updates failed "
+        "('bad_result') and are decided again next run",
+        "error",
+    )
 
 
 def _settle_unreadable(ctx: RunContext, row: sqlite3.Row, why: str) -> int:
