@@ -22,7 +22,14 @@ from mcsync.errors import ApiError, ConfigError, MassChangeBrake
 from mcsync.sim.base import SimRequest, SimResponse
 from mcsync.sim.transport import MultiSimTransport
 
-ODD_VALUES: dict[str, Any] = {"list": [["x"]], "object": {"x": 1}, "text": "x", "number": 7}
+MISSING = object()  # the key is left out
+ODD_VALUES: dict[str, Any] = {
+    "list": [["x"]],
+    "object": {"x": 1},
+    "text": "x",
+    "number": 7,
+    "missing": MISSING,
+}
 
 MAILCHIMP_KEYS = (
     "members",
@@ -72,7 +79,11 @@ CIVICRM_KEYS = (
 
 def _replace(value: Any, key: str, odd: Any) -> Any:
     if isinstance(value, dict):
-        return {k: odd if k == key else _replace(v, key, odd) for k, v in value.items()}
+        return {
+            k: odd if k == key else _replace(v, key, odd)
+            for k, v in value.items()
+            if not (k == key and odd is MISSING)
+        }
     if isinstance(value, list):
         return [_replace(v, key, odd) for v in value]
     return value
