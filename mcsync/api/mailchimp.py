@@ -583,8 +583,7 @@ def parse_batch_results(
                 results.extend(_operation_result(item, service, where) for item in items)
     except (tarfile.TarError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
         raise UnreadableResults(
-            f"batch results{where} are not a readable .tar.gz of JSON files"
-            f" ({type(exc).__name__})",
+            f"batch results{where} are not a readable .tar.gz of JSON files ({type(exc).__name__})",
             service=service,
         ) from None
     return results
@@ -607,7 +606,9 @@ def _read_capped(handle: IO[bytes], size: int, budget: Budget | None) -> bytes:
 
 def _operation_result(item: Any, service: str, where: str) -> dict[str, Any]:
     if not isinstance(item, dict):
-        raise UnreadableResults(f"a batch result entry{where} is not a JSON object", service=service)
+        raise UnreadableResults(
+            f"a batch result entry{where} is not a JSON object", service=service
+        )
     response = item.get("response")
     if isinstance(response, str):
         try:

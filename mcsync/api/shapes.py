@@ -93,7 +93,9 @@ def odd_batch(batch: Any) -> str | None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             return f"a batch whose {name} is {shown(value)}, not a number"
     if batch["status"] == "finished" and not isinstance(batch.get("response_body_url"), str):
-        return f"a finished batch whose response_body_url is {shown(batch.get('response_body_url'))}"
+        return (
+            f"a finished batch whose response_body_url is {shown(batch.get('response_body_url'))}"
+        )
     if batch.get("submitted_at") is not None and not _is_time(batch["submitted_at"]):
         return f"a batch whose submitted_at is {shown(batch['submitted_at'])}, not a time"
     return None

@@ -121,7 +121,9 @@ def read_bulk_answer(
         for entry in entries:
             email = entry.get("email_address") if isinstance(entry, dict) else None
             if not isinstance(email, str) or not isinstance(entry, dict):
-                problems.append(f"{where} has an entry of '{key}' naming no address: {shown(entry)}")
+                problems.append(
+                    f"{where} has an entry of '{key}' naming no address: {shown(entry)}"
+                )
                 continue
             address = fold_email(email)
             odd = odd_fields(entry, 200) if into is written else []
