@@ -176,7 +176,7 @@ def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -
                 f"again, and after {RESULTS_TRIES} failures closes the batch",
                 status=exc.status,
             ) from None
-        _give_up_results(ctx, row, f"{exc} ({failed} runs in a row)")
+        _give_up_results(ctx, row, f"{exc} (failure {failed} of {RESULTS_TRIES})")
         return
     by_update: dict[int, dict[str, Any]] = {}
     for item in results:

@@ -90,9 +90,9 @@ def _push_direct(ctx: RunContext) -> None:
                     )
         if garbled or unsure:
             ctx.log(
-                f"Mailchimp's answer to a bulk write (POST /lists/{ctx.list_id}) was malformed: "
-                f"{unsure or next(iter(garbled.values()))}; its members not answered clearly "
-                "fail with 'bad_result' and are decided again next run",
+                f"POST /lists/{ctx.list_id}: {unsure or next(iter(garbled.values()))}; the "
+                "members it does not answer clearly fail ('bad_result') and are decided again "
+                "next run",
                 "warning",
             )
         ctx.progress("write Mailchimp", len(updates), None)
