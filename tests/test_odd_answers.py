@@ -108,7 +108,7 @@ def odd_answers(key: str, odd: Any) -> Callable[[SimRequest, Any], SimResponse |
 
 def busy_world(make_world: Any, batch_threshold: int) -> World:
     """People who need every kind of work: in sync, new at either side, unsubscribed."""
-    world: World = make_world(batch_threshold=batch_threshold)
+    world: World = make_world(batch_threshold=batch_threshold, interests=1)
     world.person("same@example.org", mc="subscribed", civi="Added")
     world.person("mconly@example.org", mc="subscribed", mc_at=world.ago(days=1))
     world.person("civionly@example.org", civi="Added", civi_at=world.ago(days=1))
@@ -137,7 +137,8 @@ def _check(world: World, service: str, key: str, odd: Any, runs: int = 2) -> Non
             assert isinstance(error, (ApiError, MassChangeBrake, ConfigError)), repr(error)
             message = str(error)
             assert MC_KEY not in message and CIVI_KEY not in message, message
-            assert message.strip() and "\n" not in message, message
+            if isinstance(error, ApiError):
+                assert message.strip() and "\n" not in message, message
 
 
 @pytest.mark.parametrize("odd", list(ODD_VALUES))
