@@ -528,6 +528,7 @@ BULK_GARBLES: dict[str, Callable[[dict[str, Any]], None]] = {
     "interests a list": lambda a: _each_member(a, lambda m: m.update(interests=["x"])),
     "last_changed no time": lambda a: _each_member(a, lambda m: m.update(last_changed="soon")),
     "member id an object": lambda a: _each_member(a, lambda m: m.update(id={"x": 1})),
+    "member id no hash": lambda a: _each_member(a, lambda m: m.update(id="x")),
 }
 
 

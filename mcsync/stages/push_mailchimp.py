@@ -9,6 +9,7 @@ import sqlite3
 from typing import Any
 
 from mcsync.api.mailchimp import BULK_LIMIT
+from mcsync.api.shapes import odd_member
 from mcsync.errors import ApiError, BudgetExhausted
 from mcsync.rules import write_results as wr
 from mcsync.rules.addresses import fold_email
@@ -127,10 +128,12 @@ def read_bulk_answer(
                 continue
             address = fold_email(email)
             odd = odd_fields(entry, 200) if into is written else []
-            if odd:
+            other = odd_member(entry) if into is written else None
+            if odd or other:
+                what = f"unreadable {', '.join(odd)}" if odd else other
                 garbled[address] = (
-                    f"{where} has unreadable {', '.join(odd)} for this member; what Mailchimp "
-                    "now holds for it is unknown"
+                    f"{where} has {what} for this member; what Mailchimp now holds for it is "
+                    "unknown"
                 )
             into[address] = entry
     unsure = None
