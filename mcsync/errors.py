@@ -10,7 +10,8 @@
         ├── AuthError        401/403: wrong key, data centre or permissions
         ├── NotFoundError    404: the list, member, entity or endpoint is not there
         ├── BadResponse      not the JSON we expected (HTML page, truncated body, odd shape)
-        │   └── ResponseTooLarge  an answer (or batch results unpacked) above mcsync's caps
+        │   ├── ResponseTooLarge  an answer (or batch results unpacked) above mcsync's caps
+        │   └── UnreadableResults  a batch's results file that downloads but does not parse
         └── RetriesExhausted 429/5xx/network errors that outlasted retries or the budget
 
 Messages name the thing that failed and what would fix it, and never contain secrets.
@@ -83,6 +84,12 @@ class BadResponse(ApiError):
 class ResponseTooLarge(BadResponse):
     """An answer larger than any the API sends (or batch results that unpack to more): not
     read, and asking again gives the same."""
+
+
+class UnreadableResults(BadResponse):
+    """A batch's results archive that arrived but holds no readable JSON results (a broken
+    archive, invalid JSON, not an array of objects). Downloading again may help once; after a
+    few tries the batch is given up (see ``stages.batches``)."""
 
 
 class RetriesExhausted(ApiError):

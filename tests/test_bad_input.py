@@ -222,6 +222,11 @@ ANSWERS: list[tuple[str, tuple[str, Any], tuple[str, ...]]] = [
         ("CiviCRM", "values"),
     ),
     (
+        "CiviCRM answers records that are not objects",
+        _on("civicrm", _civi("Group.get"), lambda: raw(200, b'{"values": [7, "x"]}')),
+        ("CiviCRM", "Group.get", "not a JSON object"),
+    ),
+    (
         "CiviCRM answers an APIv4 error",
         _on("civicrm", _civi("Group.get"), lambda: raw(500, APIV4_ERROR)),
         ("CiviCRM", "does not exist"),
@@ -244,6 +249,24 @@ ANSWERS: list[tuple[str, tuple[str, Any], tuple[str, ...]]] = [
         "Mailchimp answers 200 with HTML",
         _on("mailchimp", _members_page, lambda: html(200, "<html>captive portal</html>")),
         ("Mailchimp main", "JSON"),
+    ),
+    (
+        "Mailchimp answers a member that is a list",
+        _on("mailchimp", _members_page, lambda: raw(200, b'{"total_items": 1, "members": [[]]}')),
+        ("Mailchimp main", "/members", "not a JSON object"),
+    ),
+    (
+        "Mailchimp answers a member whose status is an object",
+        _on(
+            "mailchimp",
+            _members_page,
+            lambda: raw(
+                200,
+                b'{"total_items": 1, "members": [{"id": "%s", "email_address": "a@b.org",'
+                b' "status": {"x": 1}}]}' % (b"0" * 32),
+            ),
+        ),
+        ("Mailchimp main", "/members", "status"),
     ),
     (
         "Mailchimp answers a page without members",

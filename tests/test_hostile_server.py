@@ -505,3 +505,144 @@ def test_a_deadline_right_after_creating_contacts_loses_none_of_them(world: Worl
         (world.group_id,),
     )
     assert sorted(r["email"] for r in added) == [f"new{n}@example.org" for n in range(3)]
+
+
+# -- garbled answers to a bulk member write (issue 11 leftovers, item 1) -------------------------
+def _bulk_write(request: SimRequest) -> bool:
+    return request.method == "POST" and re.search(r"/lists/[^/]+/?$", request.path) is not None
+
+
+def _each_member(answer: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> None:
+    for member in answer.get("new_members") or []:
+        change(member)
+
+
+#: What each case does to Mailchimp's answer (a JSON object) to `POST /lists/{id}`.
+BULK_GARBLES: dict[str, Callable[[dict[str, Any]], None]] = {
+    "new_members an object": lambda a: a.update(new_members={"a": 1}),
+    "entries not objects": lambda a: a.update(new_members=[1, "x", None, ["p0@example.org"]]),
+    "errors a string": lambda a: a.update(errors="boom", new_members=[]),
+    "error entries not objects": lambda a: a.update(errors=[["p0@example.org"]], new_members=[]),
+    "email not text": lambda a: _each_member(a, lambda m: m.update(email_address=5)),
+    "status not text": lambda a: _each_member(a, lambda m: m.update(status=["subscribed"])),
+    "interests a list": lambda a: _each_member(a, lambda m: m.update(interests=["x"])),
+    "last_changed no time": lambda a: _each_member(a, lambda m: m.update(last_changed="soon")),
+    "member id an object": lambda a: _each_member(a, lambda m: m.update(id={"x": 1})),
+    "member id no hash": lambda a: _each_member(a, lambda m: m.update(id="x")),
+}
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["applied", "not applied"])
+@pytest.mark.parametrize("case", list(BULK_GARBLES))
+def test_a_garbled_answer_to_a_bulk_write_fails_its_rows_not_the_run(
+    make_world: Any, case: str, applied: bool
+) -> None:
+    """The write may or may not have been made: its rows fail with `bad_result` (listed by
+    `mcsync failures`), the run completes, and a later run decides them again."""
+    world: World = make_world()
+    people = [f"p{n}@example.org" for n in range(3)]
+    for email in people:
+        world.person(email, civi="Added", civi_at=world.ago(days=1))
+    tamper = Tamper(world.mc)
+    world.transport = MultiSimTransport({"mailchimp.sim": tamper, "civicrm.sim": world.civi})
+
+    def rule(request: SimRequest, forward: Any) -> SimResponse | None:
+        if not _bulk_write(request):
+            return None
+        if applied:
+            answer = json.loads(forward(request).body)
+        else:
+            answer = {"new_members": [], "updated_members": [], "errors": []}
+            answer["new_members"] = [{"email_address": e, "status": "subscribed"} for e in people]
+        BULK_GARBLES[case](answer)
+        return SimResponse(200, {"Content-Type": "application/json"}, json.dumps(answer).encode())
+
+    tamper.add(rule, times=1)
+    first = world.sync()
+    assert tamper.fired[0] == 1
+    assert first[0].error is None, first[0].error
+    assert first[0].outcome is not None and first[0].outcome.completed
+    staging = Staging(world.config.state_db)
+    try:
+        listed = {f["email"]: f for f in failures(staging, world.config.audience[0])}
+    finally:
+        staging.close()
+    assert set(listed) == set(people), listed
+    assert {f["reason"] for f in listed.values()} == {"bad_result"}, listed
+    for _ in range(2):
+        again = world.sync()
+        assert again[0].error is None, again[0].error
+    assert [world.mc_status(e) for e in people] == ["subscribed"] * 3
+    staging = Staging(world.config.state_db)
+    try:
+        assert failures(staging, world.config.audience[0]) == []
+    finally:
+        staging.close()
+
+
+# -- batch results that never parse (issue 11 leftovers, item 2) --------------------------------
+def _results_files(archive: bytes, change: Callable[[bytes], bytes]) -> bytes:
+    out: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        for entry in tar:
+            handle = tar.extractfile(entry) if entry.isfile() else None
+            if handle is not None:
+                out[entry.name] = change(handle.read())
+    return results_archive(out)
+
+
+RESULTS_GARBLES: dict[str, Callable[[bytes], bytes]] = {
+    "invalid JSON": lambda data: data[: len(data) // 2],
+    "not an array": lambda data: b'{"results": ' + data + b"}",
+    "items not objects": lambda data: json.dumps([[i] for i in json.loads(data)]).encode(),
+}
+
+
+@pytest.mark.parametrize("case", list(RESULTS_GARBLES))
+def test_batch_results_that_never_parse_close_the_batch_after_three_runs(
+    make_world: Any, case: str
+) -> None:
+    """An intact archive whose JSON cannot be read: each run fails naming the batch, until the
+    third failure closes the batch and fails its updates with `bad_result`; runs go on."""
+    world, tamper = batch_world(make_world)
+
+    def rule(request: SimRequest, forward: Any) -> SimResponse | None:
+        if not _results(request):
+            return None
+        answer: SimResponse = forward(request)
+        body = _results_files(answer.body, RESULTS_GARBLES[case])
+        return SimResponse(answer.status, answer.headers, body)
+
+    tamper.add(rule)
+    batch_id = ""
+    for attempt in (1, 2):
+        result = world.sync()
+        error = result[0].error
+        assert error is not None, f"run {attempt}: unreadable results must fail the run"
+        (batch_id,) = [b.id for b in world.mc.submitted_batches()]
+        assert batch_id in str(error) and f"{attempt} of 3" in str(error), error
+    third = world.sync()
+    assert third[0].error is None, third[0].error
+    assert third[0].outcome is not None and third[0].outcome.completed
+    staging = Staging(world.config.state_db)
+    try:
+        listed = failures(staging, world.config.audience[0])
+        logged = [r[0] for r in staging.query("SELECT message FROM log")]
+        open_batches = staging.scalar(
+            "SELECT COUNT(*) FROM batches WHERE status NOT IN ('processed', 'aborted')"
+        )
+    finally:
+        staging.close()
+    assert open_batches == 0
+    assert len(listed) == 4 and {f["reason"] for f in listed} == {"bad_result"}, listed
+    assert any(batch_id in m and "closed" in m for m in logged), logged
+    tamper.clear()
+    for _ in range(2):
+        again = world.sync()
+        assert again[0].error is None, again[0].error
+    assert all(world.mc_status(f"p{n}@example.org") == "subscribed" for n in range(4))
+    staging = Staging(world.config.state_db)
+    try:
+        assert failures(staging, world.config.audience[0]) == []
+    finally:
+        staging.close()

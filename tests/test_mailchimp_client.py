@@ -162,7 +162,11 @@ def pages_handler(total_for: Any, delay_for: Any = None) -> tuple[Any, dict[str,
             total = total_for(offset)
             ids = range(offset, min(offset + count, total))
             return httpx.Response(
-                200, json={"members": [{"id": str(i)} for i in ids], "total_items": total}
+                200,
+                json={
+                    "members": [{"id": f"{i:032x}", "email_address": f"m{i}@x.org"} for i in ids],
+                    "total_items": total,
+                },
             )
         finally:
             with lock:
@@ -185,7 +189,7 @@ def test_member_pages_fetch_concurrently_yield_in_order_and_stop_at_total(
         )
     )
     assert [(offset, total) for offset, total, _ in pages] == [(o, 55) for o in range(0, 60, 10)]
-    assert [m["id"] for _, _, members in pages for m in members] == [str(i) for i in range(55)]
+    assert [m["id"] for _, _, members in pages for m in members] == [f"{i:032x}" for i in range(55)]
     assert route.call_count == 6 and sorted(state["offsets"]) == list(range(0, 60, 10))
     assert 2 <= state["peak"] <= 3
     params = query(route, 0)
@@ -234,7 +238,8 @@ def test_member_pages_error_surfaces_after_earlier_pages(mock: respx.MockRouter)
         offset = int(request.url.params["offset"])
         if offset == 20:
             return httpx.Response(400, json={"title": "Invalid Resource", "detail": "bad"})
-        return httpx.Response(200, json={"members": [{"id": str(offset)}], "total_items": 40})
+        member = {"id": f"{offset:032x}", "email_address": f"m{offset}@x.org"}
+        return httpx.Response(200, json={"members": [member], "total_items": 40})
 
     mock.get("/lists/L1/members").mock(side_effect=handler)
     seen: list[int] = []

@@ -190,6 +190,8 @@ def answer(request: httpx.Request) -> httpx.Response:
     if path.startswith("/batches"):
         if method == "DELETE":
             return httpx.Response(204)
+        if path == "/batches" and method == "GET":
+            return httpx.Response(200, json={"batches": [], "total_items": 0})
         return httpx.Response(200, json={"id": "b1", "status": "pending"})
     if path == f"/lists/{LIST_ID}":
         if method == "POST":

@@ -163,6 +163,7 @@ def test_backoff_is_bounded() -> None:
         (Reason.MAILCHIMP_ERROR, 503, True),
         (Reason.MAILCHIMP_ERROR, 429, True),
         (Reason.CIVICRM_ERROR, None, True),
+        (Reason.BAD_RESULT, 0, True),
         (Reason.MAILCHIMP_ERROR, 400, False),
         (Reason.CLEANED, None, False),
         (Reason.COMPLIANCE, 400, False),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from mcsync.budget import Budget
 from mcsync.errors import ApiError, BadResponse
 
 from .http import HttpSession, SessionClient
+from .shapes import odd_record
 
 # Actions that can be repeated without changing the result, so their calls may be retried.
 _IDEMPOTENT = frozenset({"update", "delete", "autocomplete"})
@@ -110,6 +112,11 @@ class CiviCRMClient(SessionClient):
                 " check that civicrm.url is the APIv4 REST end-point (…/civicrm/ajax/api4)",
                 service="CiviCRM",
             )
+        required = _selected(params or {}, action)
+        for record in values:
+            problem = odd_record(record, required)
+            if problem:
+                raise BadResponse(f"{entity}.{action} answered {problem}", service="CiviCRM")
         return values
 
     def get_pages(
@@ -176,3 +183,16 @@ class CiviCRMClient(SessionClient):
             repeatable = bool(match) or all("id" in record for record in part)
             saved.extend(self.call(entity, "save", params, retry=repeatable))
         return saved
+
+
+def _selected(params: dict[str, Any], action: str) -> list[str]:
+    """The fields every record of the answer must carry: those a `get` selected by plain
+    name (or alias)."""
+    if not action.startswith("get"):
+        return []
+    names = []
+    for field in params.get("select") or []:
+        if not isinstance(field, str) or "*" in field or ":" in field:
+            continue
+        names.append(re.split(r"(?i)\s+as\s+", field.strip())[-1])
+    return names

@@ -29,10 +29,12 @@ from mcsync.errors import (
     NotFoundError,
     ResponseTooLarge,
     RetriesExhausted,
+    UnreadableResults,
 )
 from mcsync.rules.addresses import fold_email
 
 from .http import HttpSession, SessionClient
+from .shapes import odd_batch, odd_member
 from .slots import ProcessSlots
 
 #: Member fields fetched by default: what matching, reconciling and merge-field feeds need.
@@ -104,6 +106,12 @@ def _parse_event_time(value: Any) -> datetime | None:
     except ValueError:
         return None
     return moment.astimezone(UTC) if moment.tzinfo else None
+
+
+def _required(fields: Sequence[str]) -> list[str]:
+    """The member fields asked for that a member cannot lack: its id and address are its
+    identity."""
+    return [f for f in ("id", "email_address") if f in fields]
 
 
 def _is_member_error(exc: ApiError) -> bool:
@@ -204,14 +212,25 @@ class MailchimpClient(SessionClient):
             if not batch or offset >= int(page.get("total_items", 0)):
                 return items
 
-    def _items(self, page: dict[str, Any], key: str, path: str) -> list[dict[str, Any]]:
+    def _items(
+        self, page: dict[str, Any], key: str, path: str, required: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
         items = page.get(key)
         if not isinstance(items, list) or not isinstance(page.get("total_items"), int):
             raise BadResponse(
                 f"GET {path} answered without a '{key}' list and 'total_items'",
                 service=self.session.service,
             )
+        if key == "members":
+            for member in items:
+                self._check_member(member, f"GET {path}", required)
         return items
+
+    def _check_member(self, member: Any, request: str, required: Sequence[str] = ()) -> None:
+        """A member mcsync cannot read ends the run as a BadResponse naming the request."""
+        problem = odd_member(member, required)
+        if problem:
+            raise BadResponse(f"{request} answered {problem}", service=self.session.service)
 
     # -- members ------------------------------------------------------------------------------
 
@@ -260,7 +279,7 @@ class MailchimpClient(SessionClient):
 
         def fetch(offset: int) -> tuple[int, list[dict[str, Any]]]:
             page = self.session.request("GET", path, params={**params, "offset": offset})
-            members = self._items(page, "members", path)
+            members = self._items(page, "members", path, _required(fields))
             return int(page["total_items"]), members
 
         total, members = fetch(start_offset)
@@ -342,6 +361,8 @@ class MailchimpClient(SessionClient):
             )
         except NotFoundError:
             return None
+        path = f"GET /lists/{_seg(list_id)}/members/{{hash}}"
+        self._check_member(result, path, ("email_address",))
         return result
 
     def current_members(
@@ -368,6 +389,7 @@ class MailchimpClient(SessionClient):
                 member: dict[str, Any] = self.session.request(
                     "GET", f"{path}/{_seg(subscriber_hash)}", params=query
                 )
+                self._check_member(member, f"GET {path}/{{hash}}", _required(fields))
                 return member
             except NotFoundError:
                 if not unique_email_id:
@@ -377,7 +399,7 @@ class MailchimpClient(SessionClient):
                 path,
                 params={"unique_email_id": unique_email_id, "count": 1, "fields": listed},
             )
-            members = self._items(page, "members", path)
+            members = self._items(page, "members", path, _required(fields))
             return members[0] if members else None
 
         if not keys:
@@ -429,6 +451,7 @@ class MailchimpClient(SessionClient):
             f"/lists/{_seg(list_id)}/members/{member_hash(email)}",
             json={"email_address": email, **body},
         )
+        self._check_member(result, f"PUT /lists/{_seg(list_id)}/members/{{hash}}")
         return result
 
     def write_members(self, list_id: str, members: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -462,7 +485,14 @@ class MailchimpClient(SessionClient):
         page: dict[str, Any] = self.session.request(
             "GET", "/batches", params={"count": 1000, "exclude_fields": "_links"}
         )
-        return list(page.get("batches") or [])
+        batches = page.get("batches")
+        if not isinstance(batches, list):
+            raise BadResponse(
+                "GET /batches answered without a 'batches' list", service=self.session.service
+            )
+        for batch in batches:
+            self._check_batch(batch, "GET /batches")
+        return batches
 
     def put_members(
         self,
@@ -499,12 +529,19 @@ class MailchimpClient(SessionClient):
         result: dict[str, Any] = self.session.request(
             "POST", "/batches", json={"operations": operations}, retry=False
         )
+        self._check_batch(result, "POST /batches")
         return result
+
+    def _check_batch(self, batch: Any, request: str) -> None:
+        problem = odd_batch(batch)
+        if problem:
+            raise BadResponse(f"{request} answered {problem}", service=self.session.service)
 
     def get_batch(self, batch_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.session.request(
             "GET", f"/batches/{_seg(batch_id)}", params={"exclude_fields": "_links"}
         )
+        self._check_batch(result, f"GET /batches/{_seg(batch_id)}")
         return result
 
     def delete_batch(self, batch_id: str) -> None:
@@ -562,6 +599,7 @@ def parse_batch_results(
     run's budget is checked as it goes."""
     results: list[dict[str, Any]] = []
     name = f"batch {batch_id}" if batch_id else "a batch"
+    where = f" (batch {batch_id})" if batch_id else ""
     total = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r|gz") as archive:
@@ -586,14 +624,14 @@ def parse_batch_results(
                 handle = archive.extractfile(entry)
                 items = json.loads(_read_capped(handle, entry.size, budget)) if handle else None
                 if not isinstance(items, list):
-                    raise BadResponse(
-                        f"batch results file {entry.name!r} is not a JSON array", service=service
+                    raise UnreadableResults(
+                        f"batch results file {entry.name!r}{where} is not a JSON array",
+                        service=service,
                     )
-                results.extend(_operation_result(item, service) for item in items)
+                results.extend(_operation_result(item, service, where) for item in items)
     except (tarfile.TarError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
-        raise BadResponse(
-            f"batch results are not a readable .tar.gz of JSON files ({type(exc).__name__});"
-            " fetch the batch again for a fresh response_body_url",
+        raise UnreadableResults(
+            f"batch results{where} are not a readable .tar.gz of JSON files ({type(exc).__name__})",
             service=service,
         ) from None
     return results
@@ -614,9 +652,11 @@ def _read_capped(handle: IO[bytes], size: int, budget: Budget | None) -> bytes:
     return b"".join(chunks)
 
 
-def _operation_result(item: Any, service: str) -> dict[str, Any]:
+def _operation_result(item: Any, service: str, where: str) -> dict[str, Any]:
     if not isinstance(item, dict):
-        raise BadResponse("a batch result entry is not a JSON object", service=service)
+        raise UnreadableResults(
+            f"a batch result entry{where} is not a JSON object", service=service
+        )
     response = item.get("response")
     if isinstance(response, str):
         try:

@@ -71,10 +71,11 @@ REASONS: dict[str, tuple[str, str]] = {
         "the change tries again.",
     ),
     "bad_result": (
-        "Mailchimp's batch result for this contact's update was malformed (its status code or "
-        "response could not be read), so mcsync cannot tell whether the change was made",
-        "Usually nothing: a change that was made shows at the next fetch, and the next full "
-        "run (--since ever) decides the contact again in any case.",
+        "Mailchimp's answer to this contact's update was malformed (a batch result or a bulk "
+        "write's answer that could not be read), so mcsync cannot tell whether the change was "
+        "made",
+        "Usually nothing: the next run decides the contact again from Mailchimp's state (a "
+        "change that was made shows at its fetch).",
     ),
     "civicrm_error": (
         "CiviCRM refused to change this contact's group membership; its error is shown",

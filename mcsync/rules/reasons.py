@@ -42,7 +42,7 @@ REASON_TEXT: Mapping[Reason, str] = {
     Reason.NO_CONTACT: "subscribed at Mailchimp but no CiviCRM contact matched or was created",
     Reason.MEMBER_EXISTS: "Mailchimp says the member exists; two contacts may share the email",
     Reason.MAILCHIMP_ERROR: "Mailchimp refused the update; see title and detail",
-    Reason.BAD_RESULT: "Mailchimp's batch result for the update was malformed; see the detail",
+    Reason.BAD_RESULT: "Mailchimp's answer to the update was malformed; see the detail",
     Reason.CIVICRM_ERROR: "CiviCRM refused the group change; see the error",
     Reason.ORDER_UNKNOWN: "the Mailchimp status change and the CiviCRM group change could not "
     "be put in order (a later profile edit dates the member); left alone: check which is right",
@@ -65,7 +65,7 @@ def _utc(moment: datetime) -> str:
 # Reasons that pass by themselves (a Mailchimp outage inside a batch, a CiviCRM lock timeout):
 # normal runs try such rows again, with a backoff. Every other reason lasts until the data
 # changes (which marks the row to decide again) or a full run decides every row again.
-RETRIED_REASONS = frozenset({Reason.MAILCHIMP_ERROR, Reason.CIVICRM_ERROR})
+RETRIED_REASONS = frozenset({Reason.MAILCHIMP_ERROR, Reason.CIVICRM_ERROR, Reason.BAD_RESULT})
 RETRY_FIRST = timedelta(minutes=15)
 RETRY_CAP = timedelta(days=1)
 
@@ -73,8 +73,9 @@ RETRY_CAP = timedelta(days=1)
 def is_retried(reason: Reason | str | None, status: int | None) -> bool:
     """Whether a failure is tried again by normal runs. A Mailchimp error is when Mailchimp
     answered 5xx or 429 (or nothing); a 4xx names data to fix, which a change in CiviCRM
-    brings back. CiviCRM refusals are (a lock timeout, an ACL fixed meanwhile)."""
-    if reason == Reason.CIVICRM_ERROR:
+    brings back. CiviCRM refusals are (a lock timeout, an ACL fixed meanwhile), and so is a
+    write whose answer was malformed (made or not, unknown: decided again from fresh data)."""
+    if reason in (Reason.CIVICRM_ERROR, Reason.BAD_RESULT):
         return True
     if reason == Reason.MAILCHIMP_ERROR:
         return status is None or status == 429 or status >= 500

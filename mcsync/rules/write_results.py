@@ -12,8 +12,9 @@ from mcsync.rules.reasons import Reason
 
 COMPLIANCE_TITLE = "Member In Compliance State"
 FORGOTTEN_TITLE = "Forgotten Email Not Subscribed"
-# Our title for an operation result from a batch that is malformed (not Mailchimp's).
-BAD_RESULT_TITLE = "Malformed batch result"
+# Our title for a write's answer that is malformed (not Mailchimp's): an operation result
+# from a batch, a member in a bulk write's answer, or a batch's results file that never parses.
+BAD_RESULT_TITLE = "Malformed result"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import sqlite3
 from typing import Any
 
 from mcsync.api.mailchimp import member_put_operation
-from mcsync.errors import ApiError, BudgetExhausted, ResponseTooLarge
+from mcsync.errors import ApiError, BudgetExhausted, ResponseTooLarge, UnreadableResults
 from mcsync.rules import write_results as wr
 from mcsync.stages.context import RunContext
 from mcsync.stages.overtaken import drop_overtaken_updates
@@ -20,6 +20,9 @@ from mcsync.store.database import iso, parse_iso, utc_now
 BATCH_SIZE = 1000
 OPERATION_PREFIX = "mcsync_"
 POLL_SECONDS = 2.0
+# Runs that may find a batch's results unreadable (a download may be garbled once) before the
+# batch is closed and its updates fail with 'bad_result'.
+RESULTS_TRIES = 3
 
 
 def push_batches(ctx: RunContext) -> None:
@@ -165,6 +168,16 @@ def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -
             f"{exc}; the batch is closed and its {settled} updates are decided again next run",
             status=exc.status,
         ) from None
+    except UnreadableResults as exc:
+        failed = ctx.staging.count_results_failure(row["id"])
+        if failed < RESULTS_TRIES:
+            raise UnreadableResults(
+                f"{exc} (failure {failed} of {RESULTS_TRIES}); the next run downloads them "
+                f"again, and after {RESULTS_TRIES} failures closes the batch",
+                status=exc.status,
+            ) from None
+        _give_up_results(ctx, row, f"{exc} (failure {failed} of {RESULTS_TRIES})")
+        return
     by_update: dict[int, dict[str, Any]] = {}
     for item in results:
         operation_id = str(item.get("operation_id") or "")
@@ -222,16 +235,16 @@ def _read_result(result: dict[str, Any]) -> tuple[int, dict[str, Any], str | Non
     if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
         problem = (
             f"Mailchimp's batch result for operation {operation} has status_code"
-            f" {_shown(code)}, not an HTTP status; whether the change was made is unknown"
+            f" {shown(code)}, not an HTTP status; whether the change was made is unknown"
         )
         return 0, {}, problem
     response = result.get("response")
-    odd = _odd_fields(response, code) if isinstance(response, dict) else []
+    odd = odd_fields(response, code) if isinstance(response, dict) else []
     if (response is not None and not isinstance(response, dict)) or odd:
         what = (
             f"a response with unreadable {', '.join(odd)}"
             if odd
-            else f"a response that is not a JSON object ({_shown(response)})"
+            else f"a response that is not a JSON object ({shown(response)})"
         )
         problem = (
             f"Mailchimp's batch result for operation {operation} (HTTP {code}) has {what};"
@@ -247,7 +260,9 @@ _MEMBER_TEXT = ("id", "email_address", "status", "last_changed")
 _PROBLEM_TEXT = ("title", "detail")
 
 
-def _odd_fields(response: dict[str, Any], code: int) -> list[str]:
+def odd_fields(response: dict[str, Any], code: int) -> list[str]:
+    """The fields mcsync reads from a write's answer (a member on 2xx, a problem otherwise)
+    that it cannot read; a batch result and a bulk write's member are checked alike."""
     member = 200 <= code < 300
     names = _MEMBER_TEXT if member else _PROBLEM_TEXT
     odd = [n for n in names if response.get(n) is not None and not isinstance(response[n], str)]
@@ -262,9 +277,32 @@ def _odd_fields(response: dict[str, Any], code: int) -> list[str]:
     return odd
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A value as JSON, cut short, for a message about a malformed answer."""
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _give_up_results(ctx: RunContext, row: sqlite3.Row, why: str) -> None:
+    """Results that never parse: close the batch so later runs go on. Whether each change was
+    made is unknown, so its updates fail with 'bad_result' and are decided again next run."""
+    updates = ctx.staging.query(
+        "SELECT * FROM updates WHERE batch_id = ? AND state = 'submitted'", (row["id"],)
+    )
+    problem = f"Mailchimp's batch results could not be read: {why}"
+    with ctx.staging.atomic():
+        for update in updates:
+            error = ApiError(problem, title=wr.BAD_RESULT_TITLE, detail=problem)
+            apply_result(ctx, update, 0, None, error)
+        ctx.staging.execute(
+            "UPDATE batches SET status = 'processed', completed_at = ? WHERE id = ?",
+            (iso(utc_now()), row["id"]),
+        )
+    ctx.log(
+        f"{why}; batch {row['mc_batch_id']} closed, its {len(updates)} updates failed "
+        "('bad_result') and are decided again next run",
+        "error",
+    )
 
 
 def _settle_unreadable(ctx: RunContext, row: sqlite3.Row, why: str) -> int:

@@ -9,10 +9,11 @@ import sqlite3
 from typing import Any
 
 from mcsync.api.mailchimp import BULK_LIMIT
+from mcsync.api.shapes import odd_member
 from mcsync.errors import ApiError, BudgetExhausted
 from mcsync.rules import write_results as wr
 from mcsync.rules.addresses import fold_email
-from mcsync.stages.batches import push_batches
+from mcsync.stages.batches import odd_fields, push_batches, shown
 from mcsync.stages.context import RunContext
 from mcsync.stages.overtaken import drop_overtaken_updates
 from mcsync.stages.updates import apply_result, fail_update, queued_updates
@@ -64,15 +65,19 @@ def _push_direct(ctx: RunContext) -> None:
             if turned_away or ctx.mailchimp.request_count == sent_before:
                 ctx.staging.unmark_sending([u["id"] for u in updates])
             raise
-        written = {
-            fold_email(m.get("email_address") or ""): m
-            for m in (answer.get("new_members") or []) + (answer.get("updated_members") or [])
-        }
-        refused = {fold_email(e.get("email_address") or ""): e for e in answer.get("errors") or []}
+        written, refused, garbled, unsure = read_bulk_answer(answer)
         with ctx.staging.atomic():
             for update in updates:
                 address = fold_email(update["email"])
-                if address in written:
+                problem = garbled.get(address) or (
+                    None if address in written or address in refused else unsure
+                )
+                if problem:
+                    # Made or not, unknown: the row fails with `bad_result` and is decided
+                    # again by the next run from Mailchimp's state (never written blind again).
+                    error = ApiError(problem, title=wr.BAD_RESULT_TITLE, detail=problem)
+                    apply_result(ctx, update, 0, None, error)
+                elif address in written:
                     apply_result(ctx, update, 200, written[address], None)
                 elif address in refused:
                     apply_result(ctx, update, 400, None, bulk_error(refused[address]))
@@ -84,7 +89,57 @@ def _push_direct(ctx: RunContext) -> None:
                         "Mailchimp's answer did not mention "
                         "this member; it will be decided again next run",
                     )
+        if garbled or unsure:
+            ctx.log(
+                f"POST /lists/{ctx.list_id}: {unsure or next(iter(garbled.values()))}; the "
+                "members it does not answer clearly fail ('bad_result') and are decided again "
+                "next run",
+                "warning",
+            )
         ctx.progress("write Mailchimp", len(updates), None)
+
+
+def read_bulk_answer(
+    answer: dict[str, Any],
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, str], str | None]:
+    """``(written, refused, garbled, unsure)`` from the answer to a bulk write, by folded
+    address: members written, members refused, members whose entry cannot be read (with what
+    is wrong), and what is wrong with the answer beyond one member (a list that is not a
+    list, an entry that names no address): then every member not named is unsure. A
+    malformed answer never raises: each member it leaves in doubt fails on its own."""
+    written: dict[str, dict[str, Any]] = {}
+    refused: dict[str, dict[str, Any]] = {}
+    garbled: dict[str, str] = {}
+    problems: list[str] = []
+    where = "Mailchimp's answer to the bulk write"
+    for key, into in (("new_members", written), ("updated_members", written), ("errors", refused)):
+        entries = answer.get(key)
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            problems.append(f"{where} has '{key}' {shown(entries)}, not a list")
+            continue
+        for entry in entries:
+            email = entry.get("email_address") if isinstance(entry, dict) else None
+            if not isinstance(email, str) or not isinstance(entry, dict):
+                problems.append(
+                    f"{where} has an entry of '{key}' naming no address: {shown(entry)}"
+                )
+                continue
+            address = fold_email(email)
+            odd = odd_fields(entry, 200) if into is written else []
+            other = odd_member(entry) if into is written else None
+            if odd or other:
+                what = f"unreadable {', '.join(odd)}" if odd else other
+                garbled[address] = (
+                    f"{where} has {what} for this member; what Mailchimp now holds for it is "
+                    "unknown"
+                )
+            into[address] = entry
+    unsure = None
+    if problems:
+        unsure = f"{problems[0]}; whether this member was changed is unknown"
+    return written, refused, garbled, unsure
 
 
 def settle_lost_writes(ctx: RunContext) -> None:

@@ -217,6 +217,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE rows ADD COLUMN mc_status_after TEXT
     """,
+    # 11: how many runs found a batch's results file unreadable (issue 11): after a few the
+    # batch is closed and its updates fail with 'bad_result', instead of failing every run
+    """
+    ALTER TABLE batches ADD COLUMN results_failures INTEGER NOT NULL DEFAULT 0
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience
@@ -359,6 +364,17 @@ class Staging:
                 "AND batch_id IS NULL",
                 [(i,) for i in update_ids],
             )
+
+    def count_results_failure(self, batch_row: int) -> int:
+        """One more run found this batch's results unreadable; how many have, now (committed
+        at once, so the count survives the run failing)."""
+        with self.atomic():
+            self.execute(
+                "UPDATE batches SET results_failures = results_failures + 1 WHERE id = ?",
+                (batch_row,),
+            )
+            count = self.scalar("SELECT results_failures FROM batches WHERE id = ?", (batch_row,))
+        return int(count or 0)
 
     def lost_direct_writes(self, list_id: str) -> list[sqlite3.Row]:
         """Updates of a direct bulk write that got no answer: 'submitting' with no batch."""
