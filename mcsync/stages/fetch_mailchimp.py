@@ -175,9 +175,7 @@ def confirm_vanished_members(ctx: RunContext) -> None:
         ctx.progress("confirm members missing from the fetch", confirmed, None)
 
 
-def read_directly(
-    ctx: RunContext, keys: list[tuple[str, str | None]], **progress: Any
-) -> None:
+def read_directly(ctx: RunContext, keys: list[tuple[str, str | None]], **progress: Any) -> None:
     """Read members the paging did not return directly, and stage what Mailchimp has now: a
     member there, archived too, is merged as read (an archive dated by the member's own
     ``last_changed``, never by the run's start: a CiviCRM change made after the archive is
