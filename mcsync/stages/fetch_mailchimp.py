@@ -80,26 +80,30 @@ def fetch_changed_during_fetch(ctx: RunContext) -> None:
     cursor is the offset into the changed members; each page commits with it."""
     state = ctx.staging.state(ctx.list_id)
     since = changed_since(state["run_started"])
-    if since is not None and window_took_pages(ctx, state):
-        ctx.budget.check()
-        pages = ctx.mailchimp.member_pages(
-            ctx.list_id,
-            since_last_changed=since,
-            page_size=ctx.sync.page_size_mailchimp,
-            start_offset=state["cursor"],
-        )
-        try:
-            for page_offset, total, members in pages:
-                with ctx.staging.atomic():
-                    merge_members(ctx, members)
-                    ctx.staging.set_state(ctx.list_id, cursor=page_offset + len(members))
-                ctx.progress("fetch Mailchimp changes", page_offset + len(members), total)
-                ctx.budget.check()
-        finally:
-            close = getattr(pages, "close", None)
-            if close:
-                close()
-    read_archived(ctx, since if state["run_full"] else parse_iso(state["mc_since"]))
+    # A full run's own fetch read every member not archived; an incremental one only its window.
+    archived_since = since if state["run_full"] else parse_iso(state["mc_since"])
+    if since is None or not window_took_pages(ctx, state):
+        read_archived(ctx, archived_since)
+        return
+    ctx.budget.check()
+    pages = ctx.mailchimp.member_pages(
+        ctx.list_id,
+        since_last_changed=since,
+        page_size=ctx.sync.page_size_mailchimp,
+        start_offset=state["cursor"],
+    )
+    try:
+        for page_offset, total, members in pages:
+            with ctx.staging.atomic():
+                merge_members(ctx, members)
+                ctx.staging.set_state(ctx.list_id, cursor=page_offset + len(members))
+            ctx.progress("fetch Mailchimp changes", page_offset + len(members), total)
+            ctx.budget.check()
+    finally:
+        close = getattr(pages, "close", None)
+        if close:
+            close()
+    read_archived(ctx, archived_since)
 
 
 # What staging keeps of a member (``merge_members``): the light page of archived members.
@@ -253,8 +257,8 @@ def confirm_civicrm_only(ctx: RunContext) -> None:
     overwrite the status the person chose there (re-adding an archived member for an older
     CiviCRM Added). So each such contact's addresses are read directly first; a member found,
     archived too, is staged as read and matched, and reconciled like any other (its status,
-    its time). One
-    round of concurrent reads per committed chunk, resumable by the stage cursor."""
+    its time). One round of concurrent reads per committed chunk, resumable by the stage
+    cursor."""
     chunk = max(1, ctx.mailchimp.max_connections)
     checked = 0
     while True:
