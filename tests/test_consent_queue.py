@@ -194,6 +194,34 @@ def test_brake_override_skips_a_subscribe_the_person_overtook_at_mailchimp(
     assert world.civi_status(newcomer) == "Removed"
 
 
+def test_brake_override_skips_a_subscribe_for_a_member_archived_meanwhile(
+    world: World,
+    synced,  # type: ignore[no-untyped-def]
+) -> None:
+    """Staff re-add a contact who had unsubscribed at Mailchimp, and the brake holds the plan
+    to subscribe them; meanwhile the member is archived at Mailchimp (archived members are
+    not in the member list). The archive is the later choice: the waiting write must not
+    re-add the member, and CiviCRM follows the archive at the next run."""
+    contacts, run, clock = synced
+    world.mc.set_member_status(world.list_id, "p19@example.org", "unsubscribed")
+    later = datetime.now(UTC) + timedelta(seconds=2)
+    world.civi.set_group_status(contacts[19], world.group_id, "Added", when=later)
+    for contact in contacts[:10]:
+        world.civi.set_group_status(contact, world.group_id, "Removed")
+    braked = run("fetch-and-reconcile")
+    assert braked.exit_code == 1 and "unsubscribe 10 of 19" in braked.output, braked.output
+    assert world.mc_status("p19@example.org") == "unsubscribed"
+    clock.offset = -timedelta(seconds=5)  # a few seconds later
+    world.mc.set_member_status(world.list_id, "p19@example.org", "archived")
+
+    allowed = run("fetch-and-reconcile", "--allow-mass-changes")
+    assert allowed.exit_code == 0, allowed.output
+    assert world.mc_status("p19@example.org") == "archived"
+    assert run("fetch-and-reconcile").exit_code == 0
+    assert world.mc_status("p19@example.org") == "archived"
+    assert world.civi_status(contacts[19]) == "Removed"
+
+
 def test_brake_override_keeps_a_member_who_came_back_at_mailchimp_in_the_group(
     world: World,
     synced,  # type: ignore[no-untyped-def]

@@ -75,12 +75,15 @@ def window_took_pages(ctx: RunContext, state: dict[str, Any]) -> bool:
 def fetch_changed_during_fetch(ctx: RunContext) -> None:
     """After a full fetch (or an incremental one that took more than one page), read the
     members that changed while it paged (they moved to the already-read end, so the fetch
-    may have missed them or read them before the change), then note the staged members
-    archived meanwhile. The stage cursor is the offset into the changed members; each page
-    commits with it."""
+    may have missed them or read them before the change), then read the members archived
+    meanwhile (`read_archived`; on an incremental run, over its whole window). The stage
+    cursor is the offset into the changed members; each page commits with it."""
     state = ctx.staging.state(ctx.list_id)
     since = changed_since(state["run_started"])
+    # A full run's own fetch read every member not archived; an incremental one only its window.
+    archived_since = since if state["run_full"] else parse_iso(state["mc_since"])
     if since is None or not window_took_pages(ctx, state):
+        read_archived(ctx, archived_since)
         return
     ctx.budget.check()
     pages = ctx.mailchimp.member_pages(
@@ -100,21 +103,43 @@ def fetch_changed_during_fetch(ctx: RunContext) -> None:
         close = getattr(pages, "close", None)
         if close:
             close()
-    # Archived members are not in the audience's member list; asked for by status they are
-    # (seed-behaviour: archived = gone). Re-reading them after a resume changes nothing.
+    read_archived(ctx, archived_since)
+
+
+# What staging keeps of a member (``merge_members``): the light page of archived members.
+_ARCHIVED_FIELDS = (
+    "id",
+    "email_address",
+    "unique_email_id",
+    "status",
+    "last_changed",
+    "merge_fields",
+    "interests",
+)
+
+
+def read_archived(ctx: RunContext, since: datetime | None) -> None:
+    """Read the members archived since ``since`` and stage them as read: archived, from their
+    own ``last_changed`` (archiving moves it). The audience's member list leaves archived
+    members out, so without this an incremental run would never learn that a member left,
+    and would decide the row on the stale staged status (a write could even re-add the
+    member for an older CiviCRM Added). A full run's own fetch reads the rest (its missing
+    members are read directly), so it looks only over the time it paged. One request on most
+    runs; re-reading after a resume changes nothing."""
+    if since is None:
+        return
+    ctx.budget.check()
     archived = ctx.mailchimp.member_pages(
         ctx.list_id,
         since_last_changed=since,
         page_size=ctx.sync.page_size_mailchimp,
         status="archived",
-        fields=("id",),
+        fields=_ARCHIVED_FIELDS,
     )
     try:
         for _, _, members in archived:
             with ctx.staging.atomic():
-                ctx.staging.mark_members_gone(
-                    ctx.list_id, [m["id"] for m in members], state["run_started"]
-                )
+                merge_members(ctx, [m for m in members if m.get("status") == "archived"])
             ctx.budget.check()
     finally:
         close = getattr(archived, "close", None)
@@ -132,7 +157,6 @@ def confirm_vanished_members(ctx: RunContext) -> None:
 
     An answer with no members at all is never taken to mean that everyone left: nothing is
     confirmed, and the mass-change brake stops the run (DESIGN §5)."""
-    state = ctx.staging.state(ctx.list_id)
     if not ctx.staging.seen_any_member(ctx.list_id, ctx.run_id):
         return
     # One round of concurrent reads per transaction: even a short budget makes progress.
@@ -149,30 +173,25 @@ def confirm_vanished_members(ctx: RunContext) -> None:
         read_directly(
             ctx,
             [(r["mc_hash"], r["mc_unique_id"]) for r in rows],
-            state["run_started"],
             cursor=rows[-1]["id"],
         )
         confirmed += len(rows)
         ctx.progress("confirm members missing from the fetch", confirmed, None)
 
 
-def read_directly(
-    ctx: RunContext, keys: list[tuple[str, str | None]], run_started: str, **progress: Any
-) -> None:
+def read_directly(ctx: RunContext, keys: list[tuple[str, str | None]], **progress: Any) -> None:
     """Read members the paging did not return directly, and stage what Mailchimp has now: a
-    member there is merged as read; one archived or answering 404 (with no member holding its
-    unique_email_id under a new address) is gone from the run's start. Committed with the
-    calling stage's ``progress``."""
+    member there, archived too, is merged as read (an archive dated by the member's own
+    ``last_changed``, never by the run's start: a CiviCRM change made after the archive is
+    the newer choice); one answering 404 (with no member holding its unique_email_id under
+    a new address) was deleted permanently at an unknown time (``mark_members_gone``).
+    Committed with the calling stage's ``progress``."""
     found = ctx.mailchimp.current_members(ctx.list_id, keys)
-    present = {m["id"]: m for m in found if m is not None and m.get("status") != "archived"}
-    gone = [
-        key[0]
-        for key, m in zip(keys, found, strict=True)
-        if m is None or m.get("status") == "archived"
-    ]
+    present = {m["id"]: m for m in found if m is not None}
+    gone = [key[0] for key, m in zip(keys, found, strict=True) if m is None]
     with ctx.staging.atomic():
         merge_members(ctx, list(present.values()))
-        ctx.staging.mark_members_gone(ctx.list_id, gone, run_started)
+        ctx.staging.mark_members_gone(ctx.list_id, gone)
         if progress:
             ctx.staging.set_state(ctx.list_id, **progress)
 
@@ -217,7 +236,7 @@ def read_skipped_in_window(ctx: RunContext) -> None:
         )
         for start in range(0, len(keys), chunk):
             ctx.budget.check()
-            read_directly(ctx, keys[start : start + chunk], state["run_started"])
+            read_directly(ctx, keys[start : start + chunk])
         read += len(keys)
         oldest = parse_iso(members[-1].get("last_changed")) if members else None
         if covered and oldest is not None:
@@ -234,10 +253,12 @@ def read_skipped_in_window(ctx: RunContext) -> None:
 def confirm_civicrm_only(ctx: RunContext) -> None:
     """On a full run, a contact Added in CiviCRM with no member row is about to be subscribed
     at Mailchimp as new, because the fetch did not return its address. Paging over changing
-    data can skip a member, and that subscribe would overwrite the status the person chose
-    there. So each such contact's addresses are read directly first; a member found is
-    staged as read and matched, and reconciled like any other (its status, its time). One
-    round of concurrent reads per committed chunk, resumable by the stage cursor."""
+    data can skip a member, and archived members are never listed, and that subscribe would
+    overwrite the status the person chose there (re-adding an archived member for an older
+    CiviCRM Added). So each such contact's addresses are read directly first; a member found,
+    archived too, is staged as read and matched, and reconciled like any other (its status,
+    its time). One round of concurrent reads per committed chunk, resumable by the stage
+    cursor."""
     chunk = max(1, ctx.mailchimp.max_connections)
     checked = 0
     while True:
@@ -256,7 +277,8 @@ def confirm_civicrm_only(ctx: RunContext) -> None:
         found = ctx.mailchimp.current_members(
             ctx.list_id, [(member_hash(email), None) for email in emails]
         )
-        present = {m["id"]: m for m in found if m is not None and m.get("status") != "archived"}
+        # An archived member is found too: not new, but a member who left, at its own time.
+        present = {m["id"]: m for m in found if m is not None}
         with ctx.staging.atomic():
             if present:
                 merge_members(ctx, list(present.values()))

@@ -86,27 +86,31 @@ def contacts_modified(ctx: RunContext, contact_ids: Sequence[int]) -> set[int]:
 
 def mailchimp_news(ctx: RunContext) -> dict[str, str]:
     """Members changed at Mailchimp since the run read them: subscriber hash → last_changed.
-    Empty when this process read the run's data itself; read once per process otherwise."""
+    Empty when this process read the run's data itself; read once per process otherwise.
+    Members archived meanwhile are asked for too (the member list leaves them out): a write
+    planned before an archive would re-add the member."""
     if ctx.read_data_here:
         return {}
     if ctx.mailchimp_news is None:
         started = parse_iso(ctx.staging.state(ctx.list_id)["run_started"]) or utc_now()
         news: dict[str, str] = {}
-        pages = ctx.mailchimp.member_pages(
-            ctx.list_id,
-            # The overlap covers clock skew between this machine and Mailchimp's.
-            since_last_changed=started - WINDOW_OVERLAP,
-            page_size=ctx.sync.page_size_mailchimp,
-            fields=_NEWS_FIELDS,
-        )
-        try:
-            for _, _, members in pages:
-                for member in members:
-                    news[member["id"]] = iso(parse_iso(member.get("last_changed"))) or ""
-        finally:
-            close = getattr(pages, "close", None)
-            if close:
-                close()
+        for status in (None, "archived"):
+            pages = ctx.mailchimp.member_pages(
+                ctx.list_id,
+                # The overlap covers clock skew between this machine and Mailchimp's.
+                since_last_changed=started - WINDOW_OVERLAP,
+                page_size=ctx.sync.page_size_mailchimp,
+                fields=_NEWS_FIELDS,
+                status=status,
+            )
+            try:
+                for _, _, members in pages:
+                    for member in members:
+                        news[member["id"]] = iso(parse_iso(member.get("last_changed"))) or ""
+            finally:
+                close = getattr(pages, "close", None)
+                if close:
+                    close()
         ctx.mailchimp_news = news
     return ctx.mailchimp_news
 

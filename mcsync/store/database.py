@@ -541,14 +541,18 @@ class Staging:
             [(at, row_id) for row_id, at in dated],
         )
 
-    def mark_members_gone(self, list_id: str, hashes: list[str], at: str) -> None:
-        """Members confirmed no longer in the audience (archived, or deleted permanently):
-        not subscribed from ``at`` (the run's start), to be reconciled."""
+    def mark_members_gone(self, list_id: str, hashes: list[str]) -> None:
+        """Members confirmed deleted permanently (a direct read answered 404): not subscribed,
+        to be reconciled. When they went is unknown, only that it was after the last change
+        mcsync read of them, so they are dated there (``mc_last_changed``): a CiviCRM change
+        made since is never overwritten by the deletion (DESIGN §4). Archived members are
+        read with their own ``last_changed`` instead (``merge_members``)."""
         self.conn.executemany(
-            "UPDATE rows SET mc_status = 'archived', mc_status_at = ?, sync_status = 'todo' "
+            "UPDATE rows SET mc_status = 'archived', mc_status_at = mc_last_changed, "
+            "sync_status = 'todo' "
             "WHERE list_id = ? AND mc_hash = ? AND mc_status IS NOT 'archived' "
             "AND sync_status != 'live'",
-            [(at, list_id, h) for h in hashes],
+            [(list_id, h) for h in hashes],
         )
 
     def unread_members(
