@@ -211,9 +211,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX rows_by_folded_address ON rows (list_id, fold_email(mc_email));
     UPDATE emails SET email_lc = fold_email(email)
     """,
-    # 10: a member with no contact whose address a now-trashed contact was removed from the
-    # subscription group with, later than the member's subscribe: when (UTC). No contact is
-    # created for it and the member is unsubscribed (the removal is the later choice)
+    # 10: for a member with no contact, when (UTC) a trashed contact owning its address was
+    # removed from the subscription group, if later than the member's subscribe: no contact
+    # is created for the member and it is unsubscribed (the removal is the later choice)
     """
     ALTER TABLE rows ADD COLUMN trashed_removal_at TEXT
     """,
