@@ -57,14 +57,6 @@ from mcsync.store.database import Staging
 # here, the main test leaves that feature out and its own test xfails on a violation.
 KNOWN_OPEN: dict[str, str] = {
     "brake_override": "bug 3: a brake override pushes a stale plan",
-    # Found by this test, not in the list: staff remove a contact from the group, then trash
-    # it before a run; the member (still subscribed) gets a new contact, Added.
-    "trash_after_removal": "new: a trashed contact's removal is lost; a new contact is Added",
-    # Found by this test: archived and permanently deleted members are hidden from
-    # GET /members, so mcsync never learns when a member left (an incremental run revives an
-    # archived member for an older CiviCRM Added; a full run dates the departure at its own
-    # start and removes a CiviCRM Added made after it).
-    "archive": "new: the time a member was archived or deleted at Mailchimp is unknown",
     # Found by this test (long mode, seeds 5 and 6 of 120 steps): a run stopped between
     # reading group statuses (fetch_civicrm_groups/_history) and their dates (load_history),
     # resumed after staff changed a contact's group, pairs the status read before the change

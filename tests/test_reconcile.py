@@ -3,6 +3,7 @@ rules of §4.2–§4.5, §5.4–§5.6 and §7. Case ids name the table row they 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -656,6 +657,55 @@ SUBSCRIPTION_CASES = [
         (),
         id="4.5-deleted-contact-never-acted-on",
     ),
+    # --- §4.1 a removal made before the contact was trashed (DESIGN §4) ---
+    pytest.param(
+        replace(row("subscribed", None, contact_id=None, mc_at=OLD), trashed_removal_at=NEW),
+        "4.1-trashed-removal",
+        False,
+        None,
+        (put("unsubscribed"),),
+        id="4.1-trashed-removal-newer-unsubscribes",
+    ),
+    pytest.param(
+        replace(row("pending", None, contact_id=None, mc_at=OLD), trashed_removal_at=NEW),
+        "4.1-trashed-removal",
+        False,
+        None,
+        (put("unsubscribed"),),
+        id="4.1-trashed-removal-newer-than-pending-unsubscribes",
+    ),
+    pytest.param(
+        replace(row("subscribed", None, contact_id=None, mc_at=NEW), trashed_removal_at=NEW),
+        "4.1-trashed-removal",
+        False,
+        None,
+        (put("unsubscribed"),),
+        id="4.1-trashed-removal-tie-goes-to-civicrm",
+    ),
+    pytest.param(
+        replace(row("subscribed", None, contact_id=None, mc_at=NEW), trashed_removal_at=OLD),
+        "no-contact",
+        True,
+        Reason.NO_CONTACT,
+        (),
+        id="4.1-trashed-removal-older-than-subscribe",
+    ),
+    pytest.param(
+        replace(row("unsubscribed", None, contact_id=None, mc_at=OLD), trashed_removal_at=NEW),
+        "no-contact",
+        False,
+        None,
+        (),
+        id="4.1-trashed-removal-already-unsubscribed",
+    ),
+    pytest.param(
+        replace(row("subscribed", "Added", mc_at=OLD), trashed_removal_at=NEW),
+        "5.2-B1",
+        True,
+        None,
+        (),
+        id="4.1-trashed-removal-ignored-for-a-matched-contact",
+    ),
 ]
 
 
@@ -1061,6 +1111,35 @@ def test_matching_order(candidates: list[Candidate], expected: Match | None) -> 
 )
 def test_contacts_created_only_for_subscribed_or_pending(status: str | None, create: bool) -> None:
     assert should_create_contact(status) is create
+
+
+@pytest.mark.parametrize(
+    ("status", "subscribed_at", "removed_at", "create"),
+    [
+        ("subscribed", OLD, NEW, False),
+        ("pending", OLD, NEW, False),
+        ("subscribed", NEW, NEW, False),  # a tie goes to CiviCRM
+        ("subscribed", None, OLD, False),  # an unknown Mailchimp time loses
+        ("subscribed", NEW, OLD, True),
+        ("subscribed", OLD, None, True),  # trash alone is no choice (seed §4.1)
+        ("unsubscribed", NEW, OLD, False),
+    ],
+    ids=[
+        "removal-newer",
+        "removal-newer-than-pending",
+        "tie",
+        "subscribe-time-unknown",
+        "subscribe-newer",
+        "no-removal",
+        "not-subscribed",
+    ],
+)
+def test_no_contact_created_over_a_newer_removal_by_a_trashed_contact(
+    status: str, subscribed_at: datetime | None, removed_at: datetime | None, create: bool
+) -> None:
+    """A contact created for the member would be Added: not when a trashed owner of the
+    address was removed from the group later than the subscribe (DESIGN §4)."""
+    assert should_create_contact(status, subscribed_at, removed_at) is create
 
 
 # ---- §5.5 email changes in CiviCRM --------------------------------------------------------------

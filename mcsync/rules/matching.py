@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from mcsync.rules.member_state import SUBSCRIBED_STATUSES
 
@@ -73,6 +74,25 @@ def match_contact(candidates: Sequence[Candidate]) -> int | None:
     return match.contact_id if match else None
 
 
-def should_create_contact(member_status: str | None) -> bool:
-    """Only subscribed or pending members become new contacts (seed §4.3)."""
-    return member_status in SUBSCRIBED_STATUSES
+def trashed_removal_wins(removed_at: datetime | None, status_time: datetime | None) -> bool:
+    """Whether a removal from the subscription group, recorded in CiviCRM for a contact that
+    owns the member's address and is now in the trash, is a later choice than the member's
+    Mailchimp status. Trash is no choice, but a removal made before it is one (DESIGN §4):
+    matching skips trashed contacts, so without this a new contact would undo it. A tie goes
+    to CiviCRM, and an unknown Mailchimp time loses, as in `reconcile.most_recent`."""
+    if removed_at is None:
+        return False
+    return status_time is None or removed_at >= status_time
+
+
+def should_create_contact(
+    member_status: str | None,
+    status_time: datetime | None = None,
+    trashed_removal_at: datetime | None = None,
+) -> bool:
+    """Only subscribed or pending members become new contacts (seed §4.3), and not one whose
+    subscribe is older than the removal of a trashed owner of the address
+    (``trashed_removal_at``): the new contact would be Added, losing that removal."""
+    if member_status not in SUBSCRIBED_STATUSES:
+        return False
+    return not trashed_removal_wins(trashed_removal_at, status_time)

@@ -152,7 +152,10 @@ class MemberRow:
     rows of this audience already hold (linked to another contact), which a contact not at
     Mailchimp must not claim. ``cleaned_handled``: mcsync already acted on this member
     becoming cleaned (put the address on hold, or found it held), so an admin who takes the
-    address off hold afterwards is not overruled (issue 10)."""
+    address off hold afterwards is not overruled (issue 10). ``trashed_removal_at``: on a row
+    with no contact, when a contact owning the member's address, now in the trash, was
+    removed from the subscription group (its latest change there, made in CiviCRM); None if
+    there is no such removal."""
 
     mailchimp: MailchimpSide = field(default_factory=MailchimpSide)
     civicrm: CivicrmSide = field(default_factory=CivicrmSide)
@@ -161,6 +164,10 @@ class MemberRow:
     refusal: Refusal | None = None
     addresses_in_use: frozenset[str] = frozenset()
     cleaned_handled: bool = False
+    trashed_removal_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _require_utc_aware("MemberRow.trashed_removal_at", self.trashed_removal_at)
 
     @property
     def sibling_subscribed(self) -> bool:

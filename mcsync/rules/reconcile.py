@@ -19,6 +19,9 @@ Rules (DESIGN §4, seed-behaviour §4–§7; the ``rule`` ids name the rows of i
   address off hold afterwards is not overruled (issue 10).
 - One contact with several Mailchimp emails stays Added while any of them is subscribed, and an
   unsubscribed address is not re-subscribed while another is (issue #9).
+- A removal from the group made in CiviCRM before the contact was trashed, later than the
+  member's subscribe, unsubscribes the member (no contact is created for it); trash alone is
+  no choice (seed §4.1).
 - Interests sync (both ways, same latest-wins rule) and merge fields (CiviCRM → Mailchimp) only
   while the member ends up subscribed.
 """
@@ -32,6 +35,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
 from mcsync.rules.addresses import fold_email
+from mcsync.rules.matching import trashed_removal_wins
 from mcsync.rules.member_state import (
     AudiencePolicy,
     CivicrmSide,
@@ -208,6 +212,17 @@ def decide_subscription(row: MemberRow, policy: AudiencePolicy) -> Decision:
     m, c = row.mailchimp, row.civicrm
     if c.contact_id is None or c.is_deleted:
         # Matching and creation happen before reconciling; deleted contacts never match.
+        if (
+            c.contact_id is None
+            and m.subscribed
+            and policy.trust != "mailchimp"
+            and trashed_removal_wins(row.trashed_removal_at, m.status_time)
+        ):
+            # Staff removed the address's contact from the group, later than this subscribe,
+            # then trashed the contact: that removal is the later choice (DESIGN §4).
+            email = str(m.email)
+            unsubscribe = QueueMailchimpUpdate(email, member_body(email, "unsubscribed"))
+            return Decision("4.1-trashed-removal", False, (unsubscribe,))
         reason = Reason.NO_CONTACT if m.subscribed else None
         return Decision("no-contact", m.subscribed, reason=reason)
     hold = _hold_actions(row)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
+from mcsync.rules.addresses import fold_email
+from mcsync.rules.matching import should_create_contact
 from mcsync.stages.context import TRACKING_MARKER, RunContext
 from mcsync.stages.fetch_civicrm import (
     EMAIL_SELECT,
@@ -22,7 +25,7 @@ from mcsync.stages.fetch_civicrm import (
     store_contacts,
     store_emails,
 )
-from mcsync.store.database import iso
+from mcsync.store.database import iso, parse_iso
 
 SUBSCRIBED = ("subscribed", "pending")
 MATCH_CONCURRENCY = 4  # Email lookups in flight: the CiviCRM client's connection pool
@@ -129,6 +132,7 @@ def create_contacts(ctx: RunContext) -> None:
     Rows are flagged `creating` (committed) before the request; after a crash those rows are
     looked up by email again first, so a retry never makes a second contact.
     """
+    find_trashed_removals(ctx)
     if not ctx.sync.create_contacts or ctx.dry_run:
         return
     while True:
@@ -136,7 +140,7 @@ def create_contacts(ctx: RunContext) -> None:
         rows = ctx.staging.query(
             "SELECT id, mc_email, mc_fname, mc_lname, creating FROM rows WHERE list_id = ? "
             "AND contact_id IS NULL AND mc_email IS NOT NULL AND mc_status IN (?, ?) "
-            "AND sync_status != 'fail' ORDER BY id LIMIT ?",
+            "AND sync_status != 'fail' AND trashed_removal_at IS NULL ORDER BY id LIMIT ?",
             (ctx.list_id, *SUBSCRIBED, 200),
         )
         if not rows:
@@ -176,6 +180,82 @@ def create_contacts(ctx: RunContext) -> None:
         if not contact_ids:
             _rematch(ctx, rows)
         ctx.progress("create contacts", len(rows), None)
+
+
+def find_trashed_removals(ctx: RunContext) -> None:
+    """For each unmatched subscribed member: was a contact owning its address, now in the
+    trash, removed from the subscription group later than the member's subscribe? Then no
+    contact is created (it would be Added, losing that removal) and reconcile unsubscribes
+    the member (DESIGN §4). Trash alone is no choice: without such a removal the member gets
+    a new contact as before (seed-behaviour §4.1).
+
+    The trashed contact's latest change to the group made in CiviCRM (not mcsync's own) is
+    read from its history: staging may not have it (a full run reads no dates, and a contact
+    trashed before mcsync first ran was never staged). Only unmatched subscribed members
+    are looked at, so the cost follows the number of contacts about to be created. Decided
+    afresh at each run: a later subscribe at Mailchimp outranks the removal again."""
+    after = 0
+    while True:
+        ctx.budget.check()
+        rows = ctx.staging.unmatched_subscribed_rows(ctx.list_id, after, EMAIL_LOOKUP_CHUNK)
+        if not rows:
+            return
+        removals = _trashed_removals_of(ctx, sorted({r["mc_email"] for r in rows}))
+        decided: list[tuple[str | None, int]] = []
+        for r in rows:
+            removed_at = removals.get(fold_email(r["mc_email"]))
+            status_time = parse_iso(r["mc_status_at"] or r["mc_last_changed"])
+            create = should_create_contact(r["mc_status"], status_time, removed_at)
+            decided.append((None if create else iso(removed_at), r["id"]))
+        with ctx.staging.atomic():
+            ctx.staging.set_trashed_removals(decided)
+        after = rows[-1]["id"]
+
+
+def _trashed_removals_of(ctx: RunContext, emails: Sequence[str]) -> dict[str, datetime]:
+    """Folded address → when a trashed owner of it was last changed in the subscription
+    group by CiviCRM (not by mcsync), if that change is a removal (`Removed`, or `Deleted`:
+    a GroupContact deleted). Of several trashed owners, the latest change counts."""
+    owners = ctx.civicrm.call(
+        "Email",
+        "get",
+        {
+            "select": ["contact_id", "email"],
+            "where": [["email", "IN", list(emails)], ["contact_id.is_deleted", "=", True]],
+            "limit": 0,
+        },
+    )
+    addresses: dict[int, set[str]] = {}
+    for owner in owners:
+        if owner.get("email"):
+            addresses.setdefault(owner["contact_id"], set()).add(fold_email(owner["email"]))
+    latest: dict[int, tuple[datetime, str]] = {}
+    for chunk in chunks(sorted(addresses), IN_CHUNK):
+        history = ctx.civicrm.call(
+            "SubscriptionHistory",
+            "get",
+            {
+                "select": ["contact_id", "status", "date", "tracking"],
+                "where": [["contact_id", "IN", list(chunk)], ["group_id", "=", ctx.group_id]],
+                "orderBy": {"id": "ASC"},
+                "limit": 0,
+            },
+        )
+        for record in history:
+            moment = ctx.civi_to_utc(record["date"])
+            if (record.get("tracking") or "") == TRACKING_MARKER or moment is None:
+                continue
+            latest[record["contact_id"]] = (moment, record["status"])
+    changes: dict[str, tuple[datetime, str]] = {}
+    for contact_id, (moment, status) in latest.items():
+        for address in addresses[contact_id]:
+            if address not in changes or moment > changes[address][0]:
+                changes[address] = (moment, status)
+    return {
+        address: moment
+        for address, (moment, status) in changes.items()
+        if status in ("Removed", "Deleted")
+    }
 
 
 def _rematch(ctx: RunContext, rows: Sequence[Any]) -> None:

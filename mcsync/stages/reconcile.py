@@ -309,6 +309,7 @@ class LoadedChunk:
             if row["mc_hash"] is None and contact_id is not None
             else frozenset(),
             cleaned_handled=_cleaned_handled(row),
+            trashed_removal_at=parse_iso(row["trashed_removal_at"]) if contact_id is None else None,
         )
 
 
@@ -521,7 +522,7 @@ def record_decision(
     live = len(unsubmitted) > len(queue.abort)
     if queue.enqueue is not None:
         body = dict(queue.enqueue.body)
-        origin = _origin_of(body, c, interest_by_group)
+        origin = _origin_of(body, c, interest_by_group, member_row.trashed_removal_at)
         staging.execute(
             "INSERT INTO updates (list_id, row_id, email, body, origin_at, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
@@ -542,13 +543,19 @@ def record_decision(
 
 
 def _origin_of(
-    body: dict[str, Any], civicrm: ms.CivicrmSide, interest_by_group: dict[int, str]
+    body: dict[str, Any],
+    civicrm: ms.CivicrmSide,
+    interest_by_group: dict[int, str],
+    trashed_removal_at: datetime | None = None,
 ) -> datetime:
     """The time of the CiviCRM choice an update carries: what Mailchimp's side should count
-    as its change time once the write lands (never the time of our write)."""
+    as its change time once the write lands (never the time of our write). A row with no
+    contact carries a trashed contact's removal (`trashed_removal_at`)."""
     times: list[datetime] = []
     if body.get("status") and civicrm.subscription.changed_at:
         times.append(civicrm.subscription.changed_at)
+    if body.get("status") and civicrm.contact_id is None and trashed_removal_at:
+        times.append(trashed_removal_at)
     for group_id, interest_id in interest_by_group.items():
         if interest_id in (body.get("interests") or {}):
             state = civicrm.interest_groups.get(group_id)

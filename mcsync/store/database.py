@@ -222,6 +222,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE batches ADD COLUMN results_failures INTEGER NOT NULL DEFAULT 0
     """,
+    # 12: for a member with no contact, when (UTC) a trashed contact owning its address was
+    # removed from the subscription group, if later than the member's subscribe: no contact
+    # is created for the member and it is unsubscribed (the removal is the later choice)
+    """
+    ALTER TABLE rows ADD COLUMN trashed_removal_at TEXT
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience
@@ -684,6 +690,25 @@ class Staging:
             "AND mc_status = 'cleaned'",
             (list_id, contact_id, fold_email(email)),
         )
+
+    # -- removals by trashed contacts ----------------------------------------------------
+    def unmatched_subscribed_rows(
+        self, list_id: str, after_id: int, limit: int
+    ) -> list[sqlite3.Row]:
+        """Rows of subscribed or pending members with no contact, not being created (those
+        are matched again first) and not failed: the ones a new contact may be created for."""
+        return self.query(
+            "SELECT id, mc_email, mc_status, mc_status_at, mc_last_changed FROM rows "
+            "WHERE list_id = ? AND contact_id IS NULL AND mc_email IS NOT NULL "
+            "AND mc_status IN ('subscribed', 'pending') AND sync_status != 'fail' "
+            "AND creating = 0 AND id > ? ORDER BY id LIMIT ?",
+            (list_id, after_id, limit),
+        )
+
+    def set_trashed_removals(self, removals: list[tuple[str | None, int]]) -> None:
+        """(time or None, row id): the removal by a trashed owner of the row's address that
+        is later than its member's subscribe, or None when there is none."""
+        self.conn.executemany("UPDATE rows SET trashed_removal_at = ? WHERE id = ?", removals)
 
     def recent_log(self, list_id: str, limit: int = 10) -> list[dict[str, Any]]:
         rows = self.conn.execute(

@@ -1,0 +1,166 @@
+"""The consent invariant when a contact is trashed (DESIGN §4; found by the model-based consent
+test as "trash_after_removal"), end to end against the simulators.
+
+Trash is not a subscription choice: a subscribed member whose contact is trashed is matched
+again and, with no undeleted owner of the address left, gets a new contact, Added
+(seed-behaviour §4.1, kept; see test_full_run_changes.py). But a removal from the group made
+in CiviCRM *before* the trash is a choice: when it is later than the member's subscribe at
+Mailchimp, the next run (incremental or full) unsubscribes the member and does not create a
+new contact that would undo it. A subscribe at Mailchimp later than that removal still wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from conftest import World
+
+from mcsync.store.database import Staging
+
+EMAIL = "gone@example.org"
+
+
+def _completed(world: World, **kwargs: object) -> None:
+    [result] = world.sync(**kwargs)
+    assert result.error is None, result.error
+    assert result.outcome is not None and result.outcome.completed
+
+
+def _live_owners(world: World) -> list[int]:
+    return [
+        int(r["id"])
+        for r in world.civi.query(
+            "SELECT c.id FROM contact c JOIN email e ON e.contact_id = c.id "
+            "WHERE e.email = ? AND c.is_deleted = 0",
+            (EMAIL,),
+        )
+    ]
+
+
+def _run(world: World, *, full: bool, change: Callable[[], None]) -> None:
+    """A first sync, then `change` in CiviCRM (minutes apart, as staff work), then the next
+    run: incremental, or a full run after an incremental one."""
+    _completed(world)
+    world.advance_clock(minutes=30)
+    if full:
+        _completed(world)
+    world.advance_clock(minutes=10)
+    change()
+    world.advance_clock(minutes=10)
+    _completed(world, full=full)
+
+
+def _remove_then_trash(world: World, contact: int) -> Callable[[], None]:
+    def change() -> None:
+        world.civi.set_group_status(contact, world.group_id, "Removed")
+        world.advance_clock(minutes=3)
+        world.civi.delete_contact(contact)
+
+    return change
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
+def test_removal_then_trash_unsubscribes_the_member(world: World, full: bool) -> None:
+    """Staff remove the contact from the group, then trash it, before mcsync's next run: the
+    removal is later than the Mailchimp subscribe, so it is propagated; no new contact."""
+    contact = world.person(EMAIL, mc="subscribed", civi="Added")
+    assert contact is not None
+    _run(world, full=full, change=_remove_then_trash(world, contact))
+    assert world.mc_status(EMAIL) == "unsubscribed"
+    assert _live_owners(world) == []  # no new contact: it would have been Added
+    assert world.civi_status(contact) == "Removed"  # the trashed contact is left alone
+
+    # And it stays so: the next runs change nothing on either side.
+    world.advance_clock(minutes=30)
+    writes = len(world.writes())
+    _completed(world)
+    world.advance_clock(minutes=30)
+    _completed(world, full=True)
+    assert world.mc_status(EMAIL) == "unsubscribed"
+    assert _live_owners(world) == []
+    assert len(world.writes()) == writes
+
+
+def test_removal_then_trash_before_the_first_sync_unsubscribes(world: World) -> None:
+    """The same choices made before mcsync ever ran: the trashed contact was never matched,
+    but its removal is still the latest choice for the address."""
+    contact = world.person(
+        EMAIL, mc="subscribed", civi="Added", mc_at=world.ago(days=3), civi_at=world.ago(days=10)
+    )
+    assert contact is not None
+    world.civi.set_group_status(contact, world.group_id, "Removed", when=world.ago(days=1))
+    world.civi.delete_contact(contact)
+    _completed(world)
+    assert world.mc_status(EMAIL) == "unsubscribed"
+    assert _live_owners(world) == []
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
+def test_group_contact_deleted_then_trash_unsubscribes_the_member(world: World, full: bool) -> None:
+    """A GroupContact deleted (history `Deleted`) is a removal at its date (issue 10), trashed
+    contact or not."""
+    contact = world.person(EMAIL, mc="subscribed", civi="Added")
+    assert contact is not None
+
+    def change() -> None:
+        world.civi.delete_group_contact(contact, world.group_id)
+        world.advance_clock(minutes=3)
+        world.civi.delete_contact(contact)
+
+    _run(world, full=full, change=change)
+    assert world.mc_status(EMAIL) == "unsubscribed"
+    assert _live_owners(world) == []
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
+def test_subscribe_later_than_the_trashed_removal_gets_a_new_contact(
+    world: World, full: bool
+) -> None:
+    """The person subscribes again at Mailchimp after the removal and the trash: that is the
+    later choice, so the existing rule applies (a new contact, Added)."""
+    contact = world.person(EMAIL, mc="subscribed", civi="Added")
+    assert contact is not None
+    _run(world, full=full, change=_remove_then_trash(world, contact))
+    assert world.mc_status(EMAIL) == "unsubscribed"
+    world.advance_clock(minutes=10)
+    world.mc.set_member_status(world.list_id, EMAIL, "subscribed")
+    world.advance_clock(minutes=10)
+    _completed(world, full=full)
+    assert world.mc_status(EMAIL) == "subscribed"
+    [owner] = _live_owners(world)
+    assert owner != contact
+    assert world.civi_status(owner) == "Added"
+
+
+def test_trashed_removal_older_than_the_subscribe_gets_a_new_contact(world: World) -> None:
+    """A removal older than the member's subscribe, then the trash: the subscribe is the later
+    choice; the member gets a new contact, Added (seed-behaviour §4.1)."""
+    contact = world.person(
+        EMAIL, mc="subscribed", civi="Removed", mc_at=world.ago(days=1), civi_at=world.ago(days=9)
+    )
+    assert contact is not None
+    world.civi.delete_contact(contact)
+    _completed(world)
+    assert world.mc_status(EMAIL) == "subscribed"
+    [owner] = _live_owners(world)
+    assert world.civi_status(owner) == "Added"
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
+def test_trash_alone_keeps_the_subscription(world: World, full: bool) -> None:
+    """Trash without a removal is no choice: the member stays subscribed and gets a new
+    contact, Added (seed-behaviour §4.1), on both kinds of run."""
+    contact = world.person(EMAIL, mc="subscribed", civi="Added")
+    assert contact is not None
+    _run(world, full=full, change=lambda: world.civi.delete_contact(contact))
+    assert world.mc_status(EMAIL) == "subscribed"
+    [owner] = _live_owners(world)
+    assert owner != contact
+    assert world.civi_status(owner) == "Added"
+    staging = Staging(world.config.state_db)
+    try:
+        [row] = staging.query("SELECT contact_id FROM rows WHERE mc_email = ?", (EMAIL,))
+    finally:
+        staging.close()
+    assert row["contact_id"] == owner
