@@ -103,9 +103,7 @@ def run_audience(
         with LeaseHeartbeat(str(staging.path), ctx.lease):
             try:
                 check_groups(ctx)
-                return _run_stages(
-                    ctx, since=since, full=full, stop_before=stop_before, t0=started
-                )
+                return _run_stages(ctx, since=since, full=full, stop_before=stop_before, t0=started)
             except BudgetExhausted:
                 # Anywhere: the group check, fixing a new run's windows, or a stage.
                 stage = staging.state(ctx.list_id)["stage"]
