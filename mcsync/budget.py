@@ -5,6 +5,12 @@ spent the sync engine catches :class:`~mcsync.errors.BudgetExhausted`, keeps the
 saved and exits 0 so the next run continues. Waiting right up to the deadline only to give up
 would waste the time the caller needs for that, so :meth:`Budget.sleep` refuses a wait that would
 pass the deadline instead of sleeping part of it.
+
+Only the thread that issues a request reads the budget's clock, once per request
+(:meth:`Budget.deadline`); the threads that carry requests out get that reading as a
+:class:`Deadline`, plain numbers. Tests drive the budget with a clock that moves a tick per
+reading, so readings from several threads would make how far a run gets depend on thread
+scheduling.
 """
 
 from __future__ import annotations
@@ -12,8 +18,34 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from mcsync.errors import BudgetExhausted
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """One reading of a budget's clock, for another thread to wait and time out by without
+    reading that clock again.
+
+    ``left`` is what the reading said (``math.inf``: unlimited); ``until`` is the same
+    deadline on :func:`time.monotonic`, which the waits and the HTTP timeouts run on (a
+    request handed to a pool may start a little after the reading)."""
+
+    left: float
+    until: float
+
+    def remaining(self) -> float:
+        """Seconds until the deadline now (never negative; ``math.inf`` when unlimited)."""
+        return max(0.0, self.until - time.monotonic())
+
+    def expired(self) -> bool:
+        return self.left <= 0.0 or self.remaining() <= 0.0
+
+    def cap(self, seconds: float) -> float:
+        """``seconds``, or the time left if that is less: a timeout that cannot outlast the
+        deadline (a small floor keeps it usable by the HTTP layer once time is up)."""
+        return max(0.001, min(seconds, self.remaining()))
 
 
 class Budget:
@@ -48,10 +80,11 @@ class Budget:
             return math.inf
         return max(0.0, self._deadline - self._clock())
 
-    def cap(self, seconds: float) -> float:
-        """``seconds``, or the time left if that is less: a timeout that cannot outlast the
-        deadline (a small floor keeps it usable by the HTTP layer once time is up)."""
-        return max(0.001, min(seconds, self.remaining()))
+    def deadline(self) -> Deadline:
+        """The deadline as one reading of the clock finds it, for the thread that carries out
+        a request (see the module docstring)."""
+        left = self.remaining()
+        return Deadline(left, time.monotonic() + left)
 
     def expired(self) -> bool:
         return self.remaining() <= 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ import respx
 
 from mcsync.api.http import ACCOUNT_MAX_IN_FLIGHT, HttpSession, account_slots
 from mcsync.api.responses import classify, parse_retry_after, redact
-from mcsync.budget import Budget
+from mcsync.budget import Budget, Deadline
 from mcsync.errors import (
     ApiError,
     AuthError,
@@ -238,6 +239,19 @@ def test_no_request_once_the_budget_is_spent(mock: respx.MockRouter) -> None:
     with pytest.raises(BudgetExhausted, match="not sent"):
         session.request("GET", "/ping")
     assert route.call_count == 0
+
+
+def test_a_request_handed_a_passed_deadline_is_not_sent(mock: respx.MockRouter) -> None:
+    """A request a pool's thread sends goes by the deadline its submitter read (the budget's
+    clock is not read again there): one that passed while it waited in the queue is not sent,
+    and neither is one whose reading found no time left."""
+    route = mock.get("/ping").mock(return_value=response(200, json={}))
+    session, clock = make_session(budget_seconds=5)
+    for deadline in (Deadline(5.0, time.monotonic() - 0.1), Deadline(0.0, time.monotonic() + 5)):
+        with pytest.raises(BudgetExhausted, match="not sent"):
+            session.request("GET", "/ping", deadline=deadline)
+    assert route.call_count == 0
+    assert session.request("GET", "/ping", deadline=Deadline(5.0, time.monotonic() + 5)) == {}
 
 
 def test_very_long_retry_after_gives_up(mock: respx.MockRouter) -> None:

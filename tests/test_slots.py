@@ -21,7 +21,7 @@ from mcsync.errors import StorageError
 def _hold_and_count(directory: str, results: multiprocessing.Queue[int]) -> None:
     slots = ProcessSlots("0123-us21", 3, Path(directory))
     for _ in range(5):
-        with slots.hold(Budget(None), "Mailchimp test"):
+        with slots.hold(Budget(None).deadline(), "Mailchimp test"):
             pid = multiprocessing.current_process().pid
             marker = Path(directory) / f"held.{pid}.{time.time_ns()}"
             marker.touch()
@@ -49,7 +49,7 @@ def test_slots_cap_holders_across_processes(tmp_path: Path) -> None:
 def test_slot_files_never_contain_the_key(tmp_path: Path) -> None:
     key = "secret-key-3141-us21"
     slots = ProcessSlots(key, 2, tmp_path)
-    with slots.hold(Budget(None), "Mailchimp test"):
+    with slots.hold(Budget(None).deadline(), "Mailchimp test"):
         pass
     assert all(key not in p.name for p in tmp_path.iterdir())
 

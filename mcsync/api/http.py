@@ -19,7 +19,8 @@ Retry policy (STYLE.md point 3):
   exchange runs in a daemon thread that the caller waits for only until the deadline (then
   :class:`BudgetExhausted`; the thread is left to die with its own capped timeouts), reads are
   capped at the time remaining, and the body is streamed with the deadline checked between
-  chunks.
+  chunks. The budget's clock is read once per attempt, by the thread that issues the request
+  (or hands it to a pool: ``deadline=``); the worker and the wait use that reading.
 - A body larger than ``max_body_bytes`` (64 MiB: far above any page) is refused with
   :class:`BadResponse` naming the URL path, before it is all in memory.
 - A single wait longer than ``max_wait`` (a server asking for minutes) raises RetriesExhausted.
@@ -42,7 +43,7 @@ from typing import Any, Self
 
 import httpx
 
-from mcsync.budget import Budget
+from mcsync.budget import Budget, Deadline
 from mcsync.errors import (
     ApiError,
     AuthError,
@@ -178,18 +179,22 @@ class HttpSession:
         retry: bool = True,
         expect_json: bool = True,
         authenticate: bool = True,
+        deadline: Deadline | None = None,
     ) -> Any:
         """Send a request, retrying per the module's policy; return the parsed JSON object
         (``{}`` for 204) or, with ``expect_json=False``, the raw body bytes.
 
         ``authenticate=False`` sends neither the auth nor the session's headers (downloads from
-        object storage must not receive the API key).
+        object storage must not receive the API key). ``deadline``: the budget as the thread
+        that handed this request to a pool read it (:meth:`Budget.deadline`), so that pool
+        threads never read the budget's clock; without it each attempt reads it here.
         """
         url = self._url(path_or_url)
         label = f"{method} {url.split('?', 1)[0]}"  # no query: it may hold signatures
         attempt = 0
         while True:
-            if self.budget.expired():
+            reading = deadline if deadline is not None else self.budget.deadline()
+            if reading.expired():
                 raise BudgetExhausted(
                     self.redact(
                         f"{self.service}: {label} not sent: the run's time budget is used up"
@@ -198,7 +203,7 @@ class HttpSession:
             retry_after: float | None = None
             status: int | None = None
             try:
-                response = self._send(method, url, params, json, data, authenticate, label)
+                response = self._send(method, url, params, json, data, authenticate, label, reading)
             except _NOT_SENT as exc:
                 failure = self._describe(exc)
             except _MAYBE_SENT as exc:
@@ -229,7 +234,8 @@ class HttpSession:
                     service=self.service,
                     status=status,
                 )
-            self._wait(attempt, retry_after, label, failure, status)
+            left = self.budget.remaining() if deadline is None else deadline.remaining()
+            self._wait(attempt, retry_after, label, failure, status, left)
 
     def close(self) -> None:
         self._client.close()
@@ -256,19 +262,23 @@ class HttpSession:
         data: Mapping[str, Any] | None,
         authenticate: bool,
         label: str,
+        deadline: Deadline,
     ) -> httpx.Response:
         """One exchange, ended by the run's deadline: without a deadline it runs here; with
         one it runs in a daemon thread, and at the deadline the caller stops waiting and
-        raises :class:`BudgetExhausted` (a server trickling bytes cannot hold the run)."""
-        if self.budget.is_unlimited:
-            return self._exchange(method, url, params, json, data, authenticate, label)
+        raises :class:`BudgetExhausted` (a server trickling bytes cannot hold the run).
+        Neither thread reads the budget's clock: both go by ``deadline``."""
+        if math.isinf(deadline.until):
+            return self._exchange(method, url, params, json, data, authenticate, label, deadline)
         outcome: list[httpx.Response | BaseException] = []
         done, abandoned = threading.Event(), threading.Event()
 
         def work() -> None:
             try:
                 outcome.append(
-                    self._exchange(method, url, params, json, data, authenticate, label, abandoned)
+                    self._exchange(
+                        method, url, params, json, data, authenticate, label, deadline, abandoned
+                    )
                 )
             except BaseException as exc:  # handed to the waiting caller
                 outcome.append(exc)
@@ -276,7 +286,7 @@ class HttpSession:
                 done.set()
 
         threading.Thread(target=work, name="mcsync-request", daemon=True).start()
-        if not done.wait(self.budget.remaining()):
+        if not done.wait(deadline.remaining()):
             abandoned.set()  # the worker stops reading at its next chunk
             raise BudgetExhausted(
                 self.redact(
@@ -298,9 +308,10 @@ class HttpSession:
         data: Mapping[str, Any] | None,
         authenticate: bool,
         label: str,
+        deadline: Deadline,
         abandoned: threading.Event | None = None,
     ) -> httpx.Response:
-        remaining = self.budget.remaining()
+        remaining = deadline.remaining()
         if not self._slots.acquire(timeout=None if math.isinf(remaining) else remaining):
             raise BudgetExhausted(
                 f"{self.service}: the run's time budget ran out waiting for a free connection"
@@ -308,7 +319,7 @@ class HttpSession:
         try:
             started = time.monotonic()
             with (
-                self._process_slots.hold(self.budget, self.service)
+                self._process_slots.hold(deadline, self.service)
                 if (self._process_slots and authenticate)
                 else contextlib.nullcontext()
             ):
@@ -323,7 +334,7 @@ class HttpSession:
                     headers=self._headers if authenticate else None,
                     # Each read waits at most the time left (the per-read timeout alone would
                     # let a trickling server run past the deadline).
-                    timeout=self.budget.cap(self._timeout),
+                    timeout=deadline.cap(self._timeout),
                 )
                 streamed = self._client.send(
                     request,
@@ -395,9 +406,16 @@ class HttpSession:
         return f"{base}?{MASK}" if sep else base
 
     def _wait(
-        self, attempt: int, retry_after: float | None, label: str, failure: str, status: int | None
+        self,
+        attempt: int,
+        retry_after: float | None,
+        label: str,
+        failure: str,
+        status: int | None,
+        left: float,
     ) -> None:
-        """Back off before retry number ``attempt`` (full jitter; Retry-After is a floor)."""
+        """Back off before retry number ``attempt`` (full jitter; Retry-After is a floor),
+        if the ``left`` seconds of the budget allow it."""
         if retry_after is not None:
             wait = retry_after + self._rng.uniform(0, self._backoff_base)
         else:
@@ -411,7 +429,7 @@ class HttpSession:
                 service=self.service,
                 status=status,
             )
-        if wait > self.budget.remaining() and not self.answered:
+        if wait > left and not self.answered:
             # The service has not answered once in this run and still fails as the budget
             # ends: that is a failure that outlasted the retries the budget allowed, which
             # cron must hear about (exit 1), not a quiet budget stop.
@@ -423,7 +441,7 @@ class HttpSession:
                 service=self.service,
                 status=status,
             )
-        if wait > self.budget.remaining():
+        if wait > left:
             raise BudgetExhausted(
                 self.redact(
                     f"{self.service}: {label} failed with {failure}; the run's time budget ends"

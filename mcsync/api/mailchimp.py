@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import httpx
 
-from mcsync.budget import Budget
+from mcsync.budget import Budget, Deadline
 from mcsync.errors import (
     ApiError,
     AuthError,
@@ -212,6 +212,12 @@ class MailchimpClient(SessionClient):
             if not batch or offset >= int(page.get("total_items", 0)):
                 return items
 
+    def deadlines(self, count: int) -> list[Deadline]:
+        """The budget read once for each of ``count`` requests about to be handed to a pool,
+        here, in their order: the pool's threads never read the budget's clock (see
+        :mod:`mcsync.budget`), so a run under a tick clock goes as far every time."""
+        return [self.session.budget.deadline() for _ in range(count)]
+
     def _items(
         self, page: dict[str, Any], key: str, path: str, required: Sequence[str] = ()
     ) -> list[dict[str, Any]]:
@@ -277,8 +283,12 @@ class MailchimpClient(SessionClient):
         if status is not None:
             params["status"] = status
 
-        def fetch(offset: int) -> tuple[int, list[dict[str, Any]]]:
-            page = self.session.request("GET", path, params={**params, "offset": offset})
+        def fetch(
+            offset: int, deadline: Deadline | None = None
+        ) -> tuple[int, list[dict[str, Any]]]:
+            page = self.session.request(
+                "GET", path, params={**params, "offset": offset}, deadline=deadline
+            )
             members = self._items(page, "members", path, _required(fields))
             return int(page["total_items"]), members
 
@@ -291,7 +301,9 @@ class MailchimpClient(SessionClient):
             try:
                 while True:
                     while len(pending) < workers and next_offset < total:
-                        pending.append((next_offset, pool.submit(fetch, next_offset)))
+                        # The budget is read here, in page order, not by the pool's threads.
+                        deadline = self.session.budget.deadline()
+                        pending.append((next_offset, pool.submit(fetch, next_offset, deadline)))
                         next_offset += page_size
                     if not pending:
                         return
@@ -383,11 +395,11 @@ class MailchimpClient(SessionClient):
         path = f"/lists/{_seg(list_id)}/members"
         listed = ",".join(["total_items", *(f"members.{f}" for f in fields)])
 
-        def one(key: tuple[str, str | None]) -> dict[str, Any] | None:
+        def one(key: tuple[str, str | None], deadline: Deadline) -> dict[str, Any] | None:
             subscriber_hash, unique_email_id = key
             try:
                 member: dict[str, Any] = self.session.request(
-                    "GET", f"{path}/{_seg(subscriber_hash)}", params=query
+                    "GET", f"{path}/{_seg(subscriber_hash)}", params=query, deadline=deadline
                 )
                 self._check_member(member, f"GET {path}/{{hash}}", _required(fields))
                 return member
@@ -398,6 +410,7 @@ class MailchimpClient(SessionClient):
                 "GET",
                 path,
                 params={"unique_email_id": unique_email_id, "count": 1, "fields": listed},
+                deadline=deadline,
             )
             members = self._items(page, "members", path, _required(fields))
             return members[0] if members else None
@@ -405,8 +418,9 @@ class MailchimpClient(SessionClient):
         if not keys:
             return []
         workers = max(1, min(len(keys), concurrency or self.max_connections))
+        deadlines = self.deadlines(len(keys))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-gets") as pool:
-            return list(pool.map(one, keys))
+            return list(pool.map(one, keys, deadlines))
 
     def unsubscribe_times(
         self, list_id: str, hashes: Sequence[str], *, concurrency: int | None = None
@@ -422,10 +436,10 @@ class MailchimpClient(SessionClient):
             "fields": "activity.activity_type,activity.created_at_timestamp",
         }
 
-        def one(subscriber_hash: str) -> datetime | None:
+        def one(subscriber_hash: str, deadline: Deadline) -> datetime | None:
             path = f"/lists/{_seg(list_id)}/members/{_seg(subscriber_hash)}/activity-feed"
             try:
-                feed = self.session.request("GET", path, params=params)
+                feed = self.session.request("GET", path, params=params, deadline=deadline)
             except AuthError:
                 raise
             except ApiError:
@@ -442,14 +456,23 @@ class MailchimpClient(SessionClient):
             return []
         workers = max(1, min(len(hashes), concurrency or self.max_connections))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-feeds") as pool:
-            return list(pool.map(one, hashes))
+            return list(pool.map(one, hashes, self.deadlines(len(hashes))))
 
-    def put_member(self, list_id: str, email: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Upsert a member (idempotent, so retried). ``body`` needs ``status_if_new`` (§3)."""
+    def put_member(
+        self,
+        list_id: str,
+        email: str,
+        body: dict[str, Any],
+        *,
+        deadline: Deadline | None = None,
+    ) -> dict[str, Any]:
+        """Upsert a member (idempotent, so retried). ``body`` needs ``status_if_new`` (§3).
+        ``deadline``: from :meth:`deadlines`, when called from a pool's thread."""
         result: dict[str, Any] = self.session.request(
             "PUT",
             f"/lists/{_seg(list_id)}/members/{member_hash(email)}",
             json={"email_address": email, **body},
+            deadline=deadline,
         )
         self._check_member(result, f"PUT /lists/{_seg(list_id)}/members/{{hash}}")
         return result
@@ -472,12 +495,21 @@ class MailchimpClient(SessionClient):
         )
         return result
 
-    def update_tags(self, list_id: str, email: str, tags: Sequence[dict[str, str]]) -> None:
-        """``POST /lists/{id}/members/{hash}/tags``: set tags active/inactive (idempotent)."""
+    def update_tags(
+        self,
+        list_id: str,
+        email: str,
+        tags: Sequence[dict[str, str]],
+        *,
+        deadline: Deadline | None = None,
+    ) -> None:
+        """``POST /lists/{id}/members/{hash}/tags``: set tags active/inactive (idempotent).
+        ``deadline``: from :meth:`deadlines`, when called from a pool's thread."""
         self.session.request(
             "POST",
             f"/lists/{_seg(list_id)}/members/{member_hash(email)}/tags",
             json={"tags": list(tags)},
+            deadline=deadline,
         )
 
     def batches(self) -> list[dict[str, Any]]:
@@ -508,9 +540,9 @@ class MailchimpClient(SessionClient):
         PUT is idempotent, so re-running writes after such a failure is harmless.
         """
 
-        def one(write: tuple[str, dict[str, Any]]) -> dict[str, Any] | ApiError:
+        def one(write: tuple[str, dict[str, Any]], deadline: Deadline) -> dict[str, Any] | ApiError:
             try:
-                return self.put_member(list_id, write[0], write[1])
+                return self.put_member(list_id, write[0], write[1], deadline=deadline)
             except ApiError as exc:
                 if _is_member_error(exc):
                     return exc
@@ -519,8 +551,9 @@ class MailchimpClient(SessionClient):
         if not writes:
             return []
         workers = max(1, min(len(writes), concurrency or self.max_connections))
+        deadlines = self.deadlines(len(writes))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-puts") as pool:
-            return list(pool.map(one, writes))
+            return list(pool.map(one, writes, deadlines))
 
     # -- batches ------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mcsync.budget import Budget
+from mcsync.budget import Deadline
 from mcsync.errors import BudgetExhausted, StorageError
 
 POLL_SECONDS = 0.005
@@ -83,10 +83,10 @@ class ProcessSlots:
         return None
 
     @contextmanager
-    def hold(self, budget: Budget, service: str) -> Iterator[None]:
-        """Wait for a free slot (within the budget), hold it for the block."""
+    def hold(self, deadline: Deadline, service: str) -> Iterator[None]:
+        """Wait for a free slot (until the deadline), hold it for the block."""
         while (fd := self._try_one()) is None:
-            if budget.remaining() < POLL_SECONDS:
+            if deadline.remaining() < POLL_SECONDS:
                 raise BudgetExhausted(
                     f"{service}: the run's time budget ran out waiting for a free connection"
                 )

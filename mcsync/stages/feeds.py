@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from mcsync.budget import Deadline
 from mcsync.errors import ApiError
 from mcsync.plugins import (
     FeedAudience,
@@ -167,8 +168,11 @@ def push_tags(ctx: RunContext) -> None:
         ]
         workers = max(1, min(len(writes), ctx.mailchimp.max_connections))
         ctx.check_lease()
+        deadlines = ctx.mailchimp.deadlines(len(writes))  # read here, not by the pool
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-tags") as pool:
-            results = list(pool.map(lambda w: _post_tags(ctx, w[0]["mc_email"], w[1]), writes))
+            results = list(
+                pool.map(lambda w, d: _post_tags(ctx, w[0]["mc_email"], w[1], d), writes, deadlines)
+            )
         with ctx.staging.atomic():
             for (row, _), error in zip(writes, results, strict=True):
                 if error is None:
@@ -190,11 +194,13 @@ def tag_changes(pushed: Sequence[str], wanted: Sequence[str]) -> list[dict[str, 
     ]
 
 
-def _post_tags(ctx: RunContext, email: str, changes: list[dict[str, str]]) -> ApiError | None:
+def _post_tags(
+    ctx: RunContext, email: str, changes: list[dict[str, str]], deadline: Deadline
+) -> ApiError | None:
     """`POST /lists/{id}/members/{hash}/tags` (setting a status is idempotent, so retried).
     A refusal about this member is returned; account-wide failures raise."""
     try:
-        ctx.mailchimp.update_tags(ctx.list_id, email, changes)
+        ctx.mailchimp.update_tags(ctx.list_id, email, changes, deadline=deadline)
     except ApiError as exc:
         if exc.status in (400, 404):
             return exc
