@@ -41,22 +41,21 @@ from typing import Any
 import httpx
 import pytest
 
-from mcsync.ops import abort
-from mcsync.runner import engine
-from mcsync.store import database as staging_module
 from mcsync.budget import Budget
 from mcsync.config.load import load_config
+from mcsync.ops import abort
+from mcsync.runner import engine
 from mcsync.runner.engine import sync_audiences
 from mcsync.sim.civicrm import CiviSim
 from mcsync.sim.mailchimp import MailchimpSim, subscriber_hash
 from mcsync.sim.transport import MultiSimTransport
-from mcsync.store.database import Staging
 from mcsync.stages.registry import STAGE_NAMES
+from mcsync.store import database as staging_module
+from mcsync.store.database import Staging
 
 # Bug number (the integrator's list) -> scenario feature that exercises it. While a name is
 # here, the main test leaves that feature out and its own test xfails on a violation.
 KNOWN_OPEN: dict[str, str] = {
-    "brake_override": "bug 3: a brake override pushes a stale plan",
     # Found by this test, not in the list: staff remove a contact from the group, then trash
     # it before a run; the member (still subscribed) gets a new contact, Added.
     "trash_after_removal": "new: a trashed contact's removal is lost; a new contact is Added",
