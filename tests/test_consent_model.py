@@ -56,7 +56,6 @@ from mcsync.store.database import Staging
 # Bug number (the integrator's list) -> scenario feature that exercises it. While a name is
 # here, the main test leaves that feature out and its own test xfails on a violation.
 KNOWN_OPEN: dict[str, str] = {
-    "brake_override": "bug 3: a brake override pushes a stale plan",
     # Found by this test (long mode, seeds 5 and 6 of 120 steps): a run stopped between
     # reading group statuses (fetch_civicrm_groups/_history) and their dates (load_history),
     # resumed after staff changed a contact's group, pairs the status read before the change

@@ -272,6 +272,36 @@ def test_brake_override_skips_a_subscribe_for_a_contact_who_opted_out_meanwhile(
     assert [f["reason"] for f in failures if f["email"] == "late@example.org"] == ["privacy_flags"]
 
 
+def test_a_dropped_unsubscribe_does_not_date_the_persons_own_unsubscribe_later(
+    world: World,
+    synced,  # type: ignore[no-untyped-def]
+) -> None:
+    """Found by the model test (brake_override, seed 1). The brake parks a plan that
+    unsubscribes p0 (removed by staff); staff re-add p0 before the override, so that
+    unsubscribe is overtaken and never sent. Later p0 unsubscribes at Mailchimp themselves:
+    their own, newest choice. It must not be taken for the echo of the dropped write (dated at
+    the old removal, older than the re-add), which made mcsync subscribe p0 again and keep
+    them in the group."""
+    contacts, run, clock = synced
+    for contact in contacts[:10]:
+        world.civi.set_group_status(contact, world.group_id, "Removed")
+    braked = run("fetch-and-reconcile")
+    assert braked.exit_code == 1 and "unsubscribe 10 of 20" in braked.output, braked.output
+    clock.offset = -timedelta(seconds=5)  # a few seconds later
+    world.civi.set_group_status(contacts[0], world.group_id, "Added")
+    allowed = run("fetch-and-reconcile", "--allow-mass-changes")
+    assert allowed.exit_code == 0, allowed.output
+    assert world.mc_status("p0@example.org") == "subscribed"
+    assert run("fetch-and-reconcile").exit_code == 0
+
+    clock.offset = -timedelta(seconds=10)  # later still: the person's own choice
+    world.mc.set_member_status(world.list_id, "p0@example.org", "unsubscribed")
+    done = run("fetch-and-reconcile")
+    assert done.exit_code == 0, done.output
+    assert world.mc_status("p0@example.org") == "unsubscribed", "subscribed again by mcsync"
+    assert world.civi_status(contacts[0]) == "Removed"
+
+
 def test_writes_left_by_a_budget_pause_are_checked_when_the_run_resumes(
     make_world: Callable[..., World],
 ) -> None:

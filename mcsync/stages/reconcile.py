@@ -520,6 +520,9 @@ def record_decision(
             (now, abort.reason, abort.update_id),
         )
     live = len(unsubmitted) > len(queue.abort)
+    if queue.abort and not live and queue.enqueue is None:
+        # Every queued write dropped, none replacing it (whose expectation would replace it).
+        staging.forget_unsent_status([row["id"]])
     if queue.enqueue is not None:
         body = dict(queue.enqueue.body)
         origin = _origin_of(body, c, interest_by_group, member_row.trashed_removal_at)

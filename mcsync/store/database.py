@@ -799,8 +799,9 @@ class Staging:
 
     def abort_updates(self, update_ids: list[int], detail: str) -> None:
         """Drop queued updates a newer change overtook and send their rows back to `todo`.
-        A row keeps `mc_expected`: after a crash a queued write may have been sent already,
-        and its echo at Mailchimp must keep the time of the choice it carried."""
+        Their rows stop expecting the status those writes carried (`forget_unsent_status`);
+        an expected interest stays: after a crash a data-only write may have been sent
+        already, and its echo at Mailchimp must keep the time of the choice it carried."""
         with self.atomic():
             self.conn.executemany(
                 "UPDATE updates SET state = 'aborted', completed_at = ?, error_detail = ? "
@@ -812,6 +813,36 @@ class Staging:
                 "WHERE id = (SELECT row_id FROM updates WHERE id = ?)",
                 [(i,) for i in update_ids],
             )
+            marks = ",".join("?" * len(update_ids))
+            rows = self.query(
+                f"SELECT DISTINCT row_id FROM updates WHERE id IN ({marks})", update_ids
+            )
+            self.forget_unsent_status([r[0] for r in rows])
+
+    def forget_unsent_status(self, row_ids: Sequence[int]) -> None:
+        """These rows' status writes were dropped unsent: they no longer expect Mailchimp to
+        show that status. `mc_expected` marks a status Mailchimp shows as mcsync's own echo,
+        dated at the choice the write carried; kept for a write that never went out, it would
+        take the person's own later change to that status for the echo and date it at that
+        older choice, so an older CiviCRM change would undo it (a brake override dropped an
+        unsubscribe a re-add overtook; the person unsubscribed later; mcsync subscribed them
+        again). A status write is marked submitting before it is sent, so a row with none
+        submitting or submitted has none that can reach Mailchimp; with one, it keeps its
+        expectation. An expected interest is kept (a data-only write goes out while queued)."""
+        if not row_ids:
+            return
+        marks = ",".join("?" * len(row_ids))
+        self.execute(
+            f"""
+            UPDATE rows SET mc_expected = CASE
+                WHEN json_extract(mc_expected, '$.interests') IS NULL THEN NULL
+                ELSE json_remove(mc_expected, '$.status') END
+            WHERE id IN ({marks}) AND mc_expected IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM updates u WHERE u.row_id = rows.id
+                              AND u.state IN ('submitting', 'submitted'))
+            """,
+            list(row_ids),
+        )
 
 
 def register_functions(conn: sqlite3.Connection) -> None:
