@@ -56,11 +56,6 @@ from mcsync.store.database import Staging
 # Bug number (the integrator's list) -> scenario feature that exercises it. While a name is
 # here, the main test leaves that feature out and its own test xfails on a violation.
 KNOWN_OPEN: dict[str, str] = {
-    # Found by this test (long mode, seeds 5 and 6 of 120 steps): a run stopped between
-    # reading group statuses (fetch_civicrm_groups/_history) and their dates (load_history),
-    # resumed after staff changed a contact's group, pairs the status read before the change
-    # with the date of the change: an old status that looks new.
-    "torn_group_read": "new: a resumed run pairs an old group status with a newer date",
     # Found by this test (long mode, seed 6 of 120 steps): a status that goes and comes back
     # at Mailchimp between two fetches (unsubscribed, pending, unsubscribed) keeps its old
     # time in mcsync, so an older CiviCRM change wins over the person's newer unsubscribe.

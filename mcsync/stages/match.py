@@ -357,19 +357,35 @@ def load_history_dates(ctx: RunContext) -> None:
             },
         )
         latest: dict[tuple[int, int], tuple[str, str]] = {}
+        last_status: dict[tuple[int, int], str] = {}  # mcsync's own rows included
+        dated: dict[tuple[int, int, str], str] = {}  # latest date of each status
         for record in records:
+            pair = (record["contact_id"], record["group_id"])
+            last_status[pair] = record["status"]
             if (record.get("tracking") or "") == TRACKING_MARKER:
                 continue
             moment = ctx.civi_to_utc(record["date"])
-            latest[(record["contact_id"], record["group_id"])] = (
-                iso(moment) or "",
-                record["status"],
-            )
+            latest[pair] = (iso(moment) or "", record["status"])
+            dated[(*pair, record["status"])] = iso(moment) or ""
+        moved = _moved_since_read(ctx, contact_ids, last_status)
+        fresh = _current_statuses(ctx, sorted({c for c, _ in moved}))
         with ctx.staging.atomic():
             ctx.staging.conn.executemany(
                 "UPDATE group_status SET changed_at = ? WHERE contact_id = ? AND group_id = ? "
                 "AND changed_at IS NULL AND status IS NOT NULL",
-                [(at, c, g) for (c, g), (at, _) in latest.items()],
+                [(at, c, g) for (c, g), (at, _) in latest.items() if (c, g) not in moved],
+            )
+            # Staff changed these after the run read them (a run stopped between the read
+            # and here): the status read is stale, so stage the one CiviCRM holds now, dated
+            # by its own latest history row (none: undated, as a membership without history).
+            ctx.staging.conn.executemany(
+                "INSERT INTO group_status (contact_id, group_id, status, changed_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (contact_id, group_id) DO UPDATE SET "
+                "status = excluded.status, changed_at = excluded.changed_at",
+                [
+                    (c, g, fresh.get((c, g)), _date_of(dated, last_status, c, g, fresh))
+                    for c, g in sorted(moved)
+                ],
             )
             # An absent membership whose latest history is a deletion: not in the group
             # since that date.
@@ -378,10 +394,63 @@ def load_history_dates(ctx: RunContext) -> None:
                 "VALUES (?, ?, NULL, ?) ON CONFLICT (contact_id, group_id) DO UPDATE SET "
                 "changed_at = excluded.changed_at "
                 "WHERE group_status.status IS NULL AND group_status.changed_at IS NULL",
-                [(c, g, at) for (c, g), (at, status) in latest.items() if status == "Deleted"],
+                [
+                    (c, g, at)
+                    for (c, g), (at, status) in latest.items()
+                    if status == "Deleted" and (c, g) not in moved
+                ],
             )
             ctx.staging.set_state(ctx.list_id, cursor=contact_ids[-1])
         ctx.progress("load history", len(contact_ids), None)
+
+
+def _moved_since_read(
+    ctx: RunContext, contact_ids: Sequence[int], last_status: dict[tuple[int, int], str]
+) -> set[tuple[int, int]]:
+    """Undated staged pairs whose latest history row (any writer) holds another status than
+    the one staged: CiviCRM changed after the run read it. Dating the old status with the
+    change's date would make it look newer than it is (an old choice overriding a newer one
+    on the other side)."""
+    staged = ctx.staging.undated_group_statuses(list(contact_ids), ctx.all_groups)
+    moved: set[tuple[int, int]] = set()
+    for contact_id, group_id, status in staged:
+        history = last_status.get((contact_id, group_id))
+        if history is not None and history != (status or "Deleted"):
+            moved.add((contact_id, group_id))
+    return moved
+
+
+def _current_statuses(ctx: RunContext, contact_ids: Sequence[int]) -> dict[tuple[int, int], str]:
+    """The GroupContact status CiviCRM holds now for these contacts in the audience's groups
+    (absent: not a member). One request per chunk of contacts."""
+    current: dict[tuple[int, int], str] = {}
+    for chunk in chunks(contact_ids, IN_CHUNK):
+        for record in ctx.civicrm.call(
+            "GroupContact",
+            "get",
+            {
+                "select": ["contact_id", "group_id", "status"],
+                "where": [["contact_id", "IN", list(chunk)], ["group_id", "IN", ctx.all_groups]],
+                "limit": 0,
+            },
+        ):
+            current[(record["contact_id"], record["group_id"])] = record["status"]
+    return current
+
+
+def _date_of(
+    dated: dict[tuple[int, int, str], str],
+    last_status: dict[tuple[int, int], str],
+    contact_id: int,
+    group_id: int,
+    fresh: dict[tuple[int, int], str],
+) -> str | None:
+    """When the status CiviCRM holds now was set: its latest history row by a person or
+    staff, if the history's last word is that status (else unknown)."""
+    status = fresh.get((contact_id, group_id)) or "Deleted"
+    if last_status.get((contact_id, group_id)) != status:
+        return None
+    return dated.get((contact_id, group_id, status))
 
 
 def _absent_membership_sql(ctx: RunContext) -> tuple[str, list[Any]]:

@@ -540,6 +540,22 @@ class Staging:
             (group_id, list_id, after_id, limit),
         )
 
+    def undated_group_statuses(
+        self, contact_ids: list[int], group_ids: list[int]
+    ) -> list[tuple[int, int, str | None]]:
+        """Staged memberships of these contacts in these groups without a change date
+        (status None: staged as not a member)."""
+        if not contact_ids or not group_ids:
+            return []
+        contacts = ",".join("?" * len(contact_ids))
+        groups = ",".join("?" * len(group_ids))
+        rows = self.query(
+            f"SELECT contact_id, group_id, status FROM group_status WHERE contact_id IN "
+            f"({contacts}) AND group_id IN ({groups}) AND changed_at IS NULL",
+            (*contact_ids, *group_ids),
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
     def date_status_changes(self, dated: list[tuple[int, str]]) -> None:
         """Record exact Mailchimp status change times found for (row id, time)."""
         self.conn.executemany(
