@@ -62,10 +62,6 @@ KNOWN_OPEN: dict[str, str] = {
     # resumed after staff changed a contact's group, pairs the status read before the change
     # with the date of the change: an old status that looks new.
     "torn_group_read": "new: a resumed run pairs an old group status with a newer date",
-    # Found by this test (long mode, seed 6 of 120 steps): a status that goes and comes back
-    # at Mailchimp between two fetches (unsubscribed, pending, unsubscribed) keeps its old
-    # time in mcsync, so an older CiviCRM change wins over the person's newer unsubscribe.
-    "status_round_trip": "new: a status round trip between fetches keeps its old time",
     # Changes between the invocations of a run stopped part-way (by a budget or a kill), and
     # a stricter check: a resumed run writes what it read in an earlier invocation, even over
     # a newer choice (long mode, seed 37 of 120 steps: a person's confirmation click undone

@@ -351,7 +351,9 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
             relevant_change = True
             status_at, status_after = _status_change_time(expected, member, old, changed)
         elif status_after is None:
-            status_at, status_after = _possible_round_trip(expected, member, old, status_at, changed)
+            status_at, status_after = _possible_round_trip(
+                expected, member, old, status_at, changed
+            )
         old_interests = json.loads(old["mc_interests"])
         interests_at = json.loads(old["mc_interests_at"])
         expected_interests = expected.get("interests", {})
