@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
+import httpx
 from conftest import World
 
 from mcsync.budget import Budget
@@ -239,3 +240,39 @@ def test_a_profile_edit_alone_lets_a_newer_staff_change_win(world: World) -> Non
     assert world.civi_status(contact) == "Added"
     assert world.mc_status("t@x.org") in ("subscribed", "pending")
     assert _feed_reads(world) <= 1
+
+
+class _NoFeed(httpx.BaseTransport):
+    """Answers every activity-feed read with 404 (a feed mcsync cannot read)."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if "activity-feed" in request.url.path:
+            return httpx.Response(404, json={"status": 404, "title": "Resource Not Found"})
+        return self.inner.handle_request(request)
+
+
+def test_a_round_trip_that_cannot_be_dated_leaves_the_row_alone(world: World) -> None:
+    """The same round trip with a feed that cannot be read: neither the staff's choice nor
+    the person's is overwritten; the row is reported."""
+    contact = world.person("v@x.org", mc="unsubscribed", civi="Removed")
+    assert contact is not None
+    world.sync()
+    world.advance_clock(minutes=10)
+    _staff_sets(world, contact, "Added")
+    world.advance_clock(minutes=5)
+    world.mc.set_member_status(world.list_id, "v@x.org", "pending")
+    world.advance_clock(minutes=5)
+    world.mc.set_member_status(world.list_id, "v@x.org", "unsubscribed")
+    world.advance_clock(minutes=1)
+    world.transport = _NoFeed(world.transport)
+    writes_before = len(world.writes())
+    world.sync()
+    assert world.mc_status("v@x.org") == "unsubscribed"
+    assert world.civi_status(contact) == "Added"
+    assert len(world.writes()) == writes_before
+    with sqlite3.connect(world.tmp_path / "state.sqlite3") as db:
+        reasons = db.execute("SELECT reason FROM rows WHERE mc_email = 'v@x.org'").fetchall()
+    assert reasons == [("order_unknown",)]
