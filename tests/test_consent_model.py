@@ -62,11 +62,6 @@ KNOWN_OPEN: dict[str, str] = {
     # resumed after staff changed a contact's group, pairs the status read before the change
     # with the date of the change: an old status that looks new.
     "torn_group_read": "new: a resumed run pairs an old group status with a newer date",
-    # Changes between the invocations of a run stopped part-way (by a budget or a kill), and
-    # a stricter check: a resumed run writes what it read in an earlier invocation, even over
-    # a newer choice (long mode, seed 37 of 120 steps: a person's confirmation click undone
-    # by the unsubscribe planned before it).
-    "stale_resume": "new: a resumed run pushes a plan read by an earlier invocation",
 }
 FEATURES = (
     "paging_churn",
