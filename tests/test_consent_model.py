@@ -55,17 +55,7 @@ from mcsync.store.database import Staging
 
 # Bug number (the integrator's list) -> scenario feature that exercises it. While a name is
 # here, the main test leaves that feature out and its own test xfails on a violation.
-KNOWN_OPEN: dict[str, str] = {
-    # Found by this test (long mode, seed 6 of 120 steps): a status that goes and comes back
-    # at Mailchimp between two fetches (unsubscribed, pending, unsubscribed) keeps its old
-    # time in mcsync, so an older CiviCRM change wins over the person's newer unsubscribe.
-    "status_round_trip": "new: a status round trip between fetches keeps its old time",
-    # Changes between the invocations of a run stopped part-way (by a budget or a kill), and
-    # a stricter check: a resumed run writes what it read in an earlier invocation, even over
-    # a newer choice (long mode, seed 37 of 120 steps: a person's confirmation click undone
-    # by the unsubscribe planned before it).
-    "stale_resume": "new: a resumed run pushes a plan read by an earlier invocation",
-}
+KNOWN_OPEN: dict[str, str] = {}
 FEATURES = (
     "paging_churn",
     "abort",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
+import httpx
 from conftest import World
 
 from mcsync.budget import Budget
@@ -182,3 +183,96 @@ def test_dating_many_rows_resumes_after_budget_stops(world: World) -> None:
     assert stops > 0  # the budget did stop it part-way
     assert all(world.civi_status(c) == "Added" for c in contacts if c is not None)
     assert len(people) <= _feed_reads(world) <= len(people) + 10 * stops
+
+
+def test_a_status_round_trip_is_not_overtaken_by_an_older_staff_change(world: World) -> None:
+    """Found by the model (status_round_trip, long mode seed 6): between two fetches staff
+    re-add a contact, then the person signs up again (pending) and unsubscribes once more.
+    The status reads the same as before, but its latest change is newer than the staff's: it
+    is dated by the member's activity feed, and the person's unsubscribe stands."""
+    contact = world.person("r@x.org", mc="unsubscribed", civi="Removed")
+    assert contact is not None
+    world.sync()
+    world.advance_clock(minutes=10)
+    _staff_sets(world, contact, "Added")  # staff re-add them, 10:00
+    world.advance_clock(minutes=5)
+    world.mc.set_member_status(world.list_id, "r@x.org", "pending")  # the form, 10:05
+    world.advance_clock(minutes=5)
+    world.mc.set_member_status(world.list_id, "r@x.org", "unsubscribed")  # 10:10
+    world.advance_clock(minutes=1)
+    world.sync()
+    assert world.mc_status("r@x.org") == "unsubscribed"
+    assert world.civi_status(contact) == "Removed"
+    assert _feed_reads(world) == 1
+
+
+def test_an_archive_round_trip_is_not_overtaken_by_an_older_staff_removal(world: World) -> None:
+    """The model's archive seed 7: a member archived and subscribed again after staff
+    removed the contact keeps the newer subscription."""
+    contact = world.person("s@x.org", mc="subscribed", civi="Added")
+    assert contact is not None
+    world.sync()
+    world.advance_clock(minutes=10)
+    _staff_sets(world, contact, "Removed")  # 10:00
+    world.advance_clock(minutes=5)
+    world.mc.set_member_status(world.list_id, "s@x.org", "archived")  # 10:05
+    world.advance_clock(minutes=5)
+    world.mc.set_member_status(world.list_id, "s@x.org", "subscribed")  # 10:10
+    world.advance_clock(minutes=1)
+    world.sync()
+    assert world.mc_status("s@x.org") == "subscribed"
+    assert world.civi_status(contact) == "Added"
+
+
+def test_a_profile_edit_alone_lets_a_newer_staff_change_win(world: World) -> None:
+    """Same status, a moved ``last_changed`` and a staff change in between, but the feed shows
+    no status change since mcsync's previous view: only a profile edit, so the staff's change
+    is the newer choice."""
+    contact = world.person("t@x.org", mc="unsubscribed", civi="Removed")
+    assert contact is not None
+    world.sync()
+    world.advance_clock(minutes=10)
+    _staff_sets(world, contact, "Added")
+    world.advance_clock(minutes=5)
+    world.mc.edit_member(world.list_id, "t@x.org", merge_fields={"FNAME": "Tim"})
+    world.advance_clock(minutes=1)
+    world.sync()
+    assert world.civi_status(contact) == "Added"
+    assert world.mc_status("t@x.org") in ("subscribed", "pending")
+    assert _feed_reads(world) <= 1
+
+
+class _NoFeed(httpx.BaseTransport):
+    """Answers every activity-feed read with 404 (a feed mcsync cannot read)."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if "activity-feed" in request.url.path:
+            return httpx.Response(404, json={"status": 404, "title": "Resource Not Found"})
+        return self.inner.handle_request(request)
+
+
+def test_a_round_trip_that_cannot_be_dated_leaves_the_row_alone(world: World) -> None:
+    """The same round trip with a feed that cannot be read: neither the staff's choice nor
+    the person's is overwritten; the row is reported."""
+    contact = world.person("v@x.org", mc="unsubscribed", civi="Removed")
+    assert contact is not None
+    world.sync()
+    world.advance_clock(minutes=10)
+    _staff_sets(world, contact, "Added")
+    world.advance_clock(minutes=5)
+    world.mc.set_member_status(world.list_id, "v@x.org", "pending")
+    world.advance_clock(minutes=5)
+    world.mc.set_member_status(world.list_id, "v@x.org", "unsubscribed")
+    world.advance_clock(minutes=1)
+    world.transport = _NoFeed(world.transport)
+    writes_before = len(world.writes())
+    world.sync()
+    assert world.mc_status("v@x.org") == "unsubscribed"
+    assert world.civi_status(contact) == "Added"
+    assert len(world.writes()) == writes_before
+    with sqlite3.connect(world.tmp_path / "state.sqlite3") as db:
+        reasons = db.execute("SELECT reason FROM rows WHERE mc_email = 'v@x.org'").fetchall()
+    assert reasons == [("order_unknown",)]

@@ -54,6 +54,8 @@ MEMBER_FIELDS: tuple[str, ...] = (
 MAX_PAGE_SIZE = 1000  # Mailchimp's cap on `count` (§2)
 BULK_LIMIT = 500  # members per POST /lists/{id}
 UNSUB_EVENTS = 10  # newest unsub events read per member (one is enough; a few for safety)
+# A member's feed was read and holds no event of the kind asked for: earlier than any time.
+NO_EVENT = datetime.min.replace(tzinfo=UTC)
 _DC = re.compile(r"^[a-z]+[0-9]+$")
 _USERNAME = "mcsync"  # Basic auth: any username, the key as password (§1)
 
@@ -95,6 +97,14 @@ def _iso(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("Mailchimp time filters need a timezone-aware datetime")
     return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _is_activity(activity_type: Any, wanted: str) -> bool:
+    """Whether a feed event is of the kind asked for (``signup`` stands for every kind of
+    sign-up: ``generic_signup``, ``website_signup``, ...)."""
+    if not isinstance(activity_type, str):
+        return False
+    return activity_type == wanted or (wanted == "signup" and activity_type.endswith("signup"))
 
 
 def _parse_event_time(value: Any) -> datetime | None:
@@ -423,21 +433,28 @@ class MailchimpClient(SessionClient):
             return list(pool.map(one, keys, deadlines))
 
     def unsubscribe_times(
-        self, list_id: str, hashes: Sequence[str], *, concurrency: int | None = None
+        self,
+        list_id: str,
+        hashes: Sequence[str],
+        *,
+        activities: Sequence[str] | None = None,
+        concurrency: int | None = None,
     ) -> list[datetime | None]:
         """When each member last unsubscribed, from its activity feed
         (``GET /lists/{id}/members/{hash}/activity-feed?activity_filters=unsub``, newest
         first), concurrently within the account's connections; one result per hash, in order.
-        None: no unsub event, or the feed could not be read (the caller must not guess). An
+        ``activities`` (one per hash) may ask for the last ``signup`` instead (any kind of
+        sign-up), so a subscribe is dated the same way. ``NO_EVENT``: the feed was read and
+        holds no such event. None: the feed could not be read (the caller must not guess). An
         authentication failure raises: it is no one member's problem."""
-        params = {
-            "activity_filters": "unsub",
-            "count": UNSUB_EVENTS,
-            "fields": "activity.activity_type,activity.created_at_timestamp",
-        }
 
-        def one(subscriber_hash: str, deadline: Deadline) -> datetime | None:
+        def one(subscriber_hash: str, activity: str, deadline: Deadline) -> datetime | None:
             path = f"/lists/{_seg(list_id)}/members/{_seg(subscriber_hash)}/activity-feed"
+            params = {
+                "activity_filters": activity,
+                "count": UNSUB_EVENTS,
+                "fields": "activity.activity_type,activity.created_at_timestamp",
+            }
             try:
                 feed = self.session.request("GET", path, params=params, deadline=deadline)
             except AuthError:
@@ -445,18 +462,23 @@ class MailchimpClient(SessionClient):
             except ApiError:
                 return None
             events = feed.get("activity") if isinstance(feed, dict) else None
+            if not isinstance(events, list):
+                return None
             times = [
                 _parse_event_time(e.get("created_at_timestamp"))
-                for e in events or []
-                if isinstance(e, dict) and e.get("activity_type") == "unsub"
+                for e in events
+                if isinstance(e, dict) and _is_activity(e.get("activity_type"), activity)
             ]
-            return max((t for t in times if t is not None), default=None)
+            return max((t for t in times if t is not None), default=NO_EVENT)
 
         if not hashes:
             return []
+        kinds = list(activities) if activities is not None else ["unsub"] * len(hashes)
+        if len(kinds) != len(hashes):
+            raise ValueError("one activity per member hash")
         workers = max(1, min(len(hashes), concurrency or self.max_connections))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-feeds") as pool:
-            return list(pool.map(one, hashes, self.deadlines(len(hashes))))
+            return list(pool.map(one, hashes, kinds, self.deadlines(len(hashes))))
 
     def put_member(
         self,

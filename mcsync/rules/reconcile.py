@@ -144,9 +144,12 @@ def most_recent(
 
 def order_unknown(mailchimp: MailchimpSide, civicrm: GroupState) -> bool:
     """The Mailchimp status change is known only to lie after ``status_changed_after`` and by
-    its status time, and CiviCRM changed strictly in between: neither side can be said to be
-    the later choice, so neither may overwrite the other (DESIGN §4)."""
-    after, until = mailchimp.status_changed_after, mailchimp.status_time
+    its status time (or its ``last_changed``, for a status that may have gone and come back),
+    and CiviCRM changed strictly in between: neither side can be said to be the later
+    choice, so neither may overwrite the other (DESIGN §4)."""
+    after = mailchimp.status_changed_after
+    ends = [t for t in (mailchimp.status_time, mailchimp.last_changed) if t is not None]
+    until = max(ends, default=None)
     changed = civicrm.changed_at
     return (
         after is not None and until is not None and changed is not None and after < changed < until

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mcsync.api.mailchimp import MAX_PAGE_SIZE, member_hash
+from mcsync.api.mailchimp import MAX_PAGE_SIZE, NO_EVENT, member_hash
 from mcsync.stages.context import WINDOW_OVERLAP, RunContext
 from mcsync.stages.match import assign_matches
 from mcsync.store.database import dumps, iso, parse_iso, utc_now
@@ -350,6 +350,10 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
         if status != old["mc_status"]:
             relevant_change = True
             status_at, status_after = _status_change_time(expected, member, old, changed)
+        elif status_after is None:
+            status_at, status_after = _possible_round_trip(
+                expected, member, old, status_at, changed
+            )
         old_interests = json.loads(old["mc_interests"])
         interests_at = json.loads(old["mc_interests_at"])
         expected_interests = expected.get("interests", {})
@@ -475,6 +479,28 @@ def _status_change_time(
     return changed, before
 
 
+def _possible_round_trip(
+    expected: dict[str, Any], member: dict[str, Any], old: Any, status_at: str, changed: str
+) -> tuple[str, str | None]:
+    """(the status time, a bound) for a member whose status reads as before but whose
+    ``last_changed`` moved: the status may have gone and come back since mcsync's previous
+    view of it (unsubscribed, pending, unsubscribed), so its latest change is either the
+    known ``status_at`` or lies after that view and by ``changed``. A subscribe whose opt-in
+    time lies in that interval is dated by it; otherwise the previous view is returned as the
+    bound, and `date_status_changes` reads the feed only when CiviCRM changed inside the
+    interval. An archived member, or a change mcsync pushed itself, has no bound."""
+    before = old["mc_last_changed"]
+    status = member.get("status")
+    pushed = expected.get("status") == status and expected.get("at")
+    if before is None or before >= changed or status == "archived" or pushed:
+        return status_at, None
+    if status == "subscribed":
+        opted = iso(parse_iso(member.get("timestamp_opt") or None))
+        if opted is not None and before < opted <= changed:
+            return max(opted, status_at), None
+    return status_at, before
+
+
 def date_status_changes(ctx: RunContext) -> None:
     """Date exactly the Mailchimp status changes whose order against a CiviCRM change is
     unknown (DESIGN §4): the status changed after mcsync's previous view of the member and by
@@ -492,12 +518,16 @@ def date_status_changes(ctx: RunContext) -> None:
         rows = ctx.staging.undated_status_changes(ctx.list_id, ctx.group_id, cursor, chunk)
         if not rows:
             break
-        unsubscribed = [r for r in rows if r["mc_status"] == "unsubscribed"]
-        times = ctx.mailchimp.unsubscribe_times(ctx.list_id, [r["mc_hash"] for r in unsubscribed])
+        readable = [r for r in rows if r["mc_status"] in _FEED_EVENTS]
+        times = ctx.mailchimp.unsubscribe_times(
+            ctx.list_id,
+            [r["mc_hash"] for r in readable],
+            activities=[_FEED_EVENTS[r["mc_status"]] for r in readable],
+        )
         dated = []
-        for row, moment in zip(unsubscribed, times, strict=True):
-            at = iso(moment)
-            if at is not None and row["mc_status_after"] < at <= row["mc_status_at"]:
+        for row, moment in zip(readable, times, strict=True):
+            at = _dated(row, moment)
+            if at is not None:
                 dated.append((int(row["id"]), at))
         with ctx.staging.atomic():
             ctx.staging.date_status_changes(dated)
@@ -512,6 +542,27 @@ def date_status_changes(ctx: RunContext) -> None:
             f"{undated} Mailchimp status change(s) could not be dated against a CiviCRM "
             "change in the same interval: left alone"
         )
+
+
+# The activity feed event that dates a change to each status (other statuses have none).
+_FEED_EVENTS = {"unsubscribed": "unsub", "subscribed": "signup"}
+
+
+def _dated(row: Any, moment: datetime | None) -> str | None:
+    """The exact status change time a feed answer gives a row with a bound, or None (the
+    row stays undated). The newest event inside (bound, ``last_changed``] dates it. None
+    inside for a status that read as before (a possible round trip, its time not after the
+    bound): it did not change since mcsync's previous view, so it keeps its known time."""
+    if moment is None:
+        return None
+    after, status_at = row["mc_status_after"], row["mc_status_at"]
+    until = max(status_at, row["mc_last_changed"] or status_at)
+    at = iso(moment) if moment != NO_EVENT else None
+    if at is not None and after < at <= until:
+        return at
+    if (at is None or at <= after) and status_at <= after:
+        return str(status_at)
+    return None
 
 
 def since_for_new_run(last_run_started: str | None, since_option: str | None) -> datetime | None:
