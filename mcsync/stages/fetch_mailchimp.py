@@ -9,6 +9,7 @@ window again for members the paging skipped (`read_skipped_in_window`).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,12 +43,24 @@ def fetch_mailchimp(ctx: RunContext) -> None:
         page_size=ctx.sync.page_size_mailchimp,
         start_offset=offset,
     )
+    merge_pages(ctx, pages, cursor="mc_offset", progress="fetch Mailchimp")
+
+
+def merge_pages(
+    ctx: RunContext,
+    pages: Iterable[tuple[int, int, list[dict[str, Any]]]],
+    *,
+    cursor: str,
+    progress: str,
+) -> None:
+    """Stage each page of members with the offset reached (in the state column ``cursor``),
+    one transaction a page, so a run stopped anywhere resumes after the last page stored."""
     try:
         for page_offset, total, members in pages:
             with ctx.staging.atomic():
                 merge_members(ctx, members)
-                ctx.staging.set_state(ctx.list_id, mc_offset=page_offset + len(members))
-            ctx.progress("fetch Mailchimp", page_offset + len(members), total)
+                ctx.staging.set_state(ctx.list_id, **{cursor: page_offset + len(members)})
+            ctx.progress(progress, page_offset + len(members), total)
             ctx.budget.check()
     finally:
         close = getattr(pages, "close", None)
@@ -92,17 +105,7 @@ def fetch_changed_during_fetch(ctx: RunContext) -> None:
         page_size=ctx.sync.page_size_mailchimp,
         start_offset=state["cursor"],
     )
-    try:
-        for page_offset, total, members in pages:
-            with ctx.staging.atomic():
-                merge_members(ctx, members)
-                ctx.staging.set_state(ctx.list_id, cursor=page_offset + len(members))
-            ctx.progress("fetch Mailchimp changes", page_offset + len(members), total)
-            ctx.budget.check()
-    finally:
-        close = getattr(pages, "close", None)
-        if close:
-            close()
+    merge_pages(ctx, pages, cursor="cursor", progress="fetch Mailchimp changes")
     read_archived(ctx, archived_since)
 
 
