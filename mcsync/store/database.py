@@ -15,8 +15,7 @@ import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import sqlite_utils
 
 from mcsync.errors import ConfigError, McsyncError, StorageError
 from mcsync.rules.addresses import fold_email
+from mcsync.store.base import StoreBase
 
 # Numbered migrations: never edit one that has shipped; append a new one.
 MIGRATIONS: list[str] = [
@@ -254,7 +254,7 @@ def parse_iso(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class Staging:
+class Staging(StoreBase):
     """One open staging database. Not shared across threads (the lease heartbeat opens its own).
 
     ``read_only`` (``status``, ``failures``) opens an existing DB with ``mode=ro``: it works on
@@ -308,46 +308,6 @@ class Staging:
 
     def close(self) -> None:
         self.conn.close()
-
-    # -- transactions -------------------------------------------------------------------
-    @contextmanager
-    def atomic(self) -> Iterator[sqlite3.Connection]:
-        """One transaction (nested calls join the outer one). BEGIN IMMEDIATE avoids
-        lock-upgrade deadlocks between concurrent mcsync processes."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield self.conn
-            finally:
-                self._depth -= 1
-            return
-        self.conn.execute("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield self.conn
-        except BaseException:
-            if self.conn.in_transaction:  # SQLite may have rolled back already (disk full)
-                self.conn.execute("ROLLBACK")
-            raise
-        else:
-            try:
-                self.conn.execute("COMMIT")
-            except sqlite3.Error:
-                if self.conn.in_transaction:  # a failed COMMIT (disk full) leaves it open
-                    self.conn.execute("ROLLBACK")
-                raise
-        finally:
-            self._depth = 0
-
-    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
-        return self.conn.execute(sql, params)
-
-    def query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
-        return self.conn.execute(sql, params).fetchall()
-
-    def scalar(self, sql: str, params: Any = ()) -> Any:
-        row = self.conn.execute(sql, params).fetchone()
-        return None if row is None else row[0]
 
     # -- migrations ---------------------------------------------------------------------
     # -- direct member writes in flight ----------------------------------------------------
@@ -411,22 +371,6 @@ class Staging:
                 "account = excluded.account",
                 (list_id, group_id, account),
             )
-
-    def state(self, list_id: str) -> dict[str, Any]:
-        row = self.conn.execute(
-            "SELECT * FROM audience_state WHERE list_id = ?", (list_id,)
-        ).fetchone()
-        return dict(row) if row else {}
-
-    def set_state(self, list_id: str, **values: Any) -> None:
-        """Update run-state columns; call inside the transaction that wrote the stage's data."""
-        if not values:
-            return
-        assignments = ", ".join(f"{name} = ?" for name in values)
-        self.conn.execute(
-            f"UPDATE audience_state SET {assignments} WHERE list_id = ?",
-            (*values.values(), list_id),
-        )
 
     # -- leases -------------------------------------------------------------------------
     def acquire_lease(self, list_id: str, owner: str, seconds: float) -> bool:
