@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LINT_STAMP := $(VENV)/.lint-installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint package-check clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -32,5 +32,18 @@ lint: $(LINT_STAMP)
 	$(BIN)/python -m ruff format --check mcsync tests
 	$(BIN)/python -m mypy mcsync
 
+# Build the wheel and sdist, install the wheel into a fresh venv (no checkout on the path) and
+# run it: a packaging mistake (missing package data, undeclared dependency) fails here.
+PKG_VENV := .pkg-venv
+package-check: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,package]'
+	rm -rf dist $(PKG_VENV)
+	$(BIN)/python -m build --quiet --outdir dist .
+	$(PYTHON) -m venv $(PKG_VENV)
+	$(PKG_VENV)/bin/pip install --quiet dist/*.whl
+	cd /tmp && $(CURDIR)/$(PKG_VENV)/bin/mcsync --help >/dev/null
+	cd "$$(mktemp -d)" && $(CURDIR)/$(PKG_VENV)/bin/mcsync demo >/dev/null
+	@echo "package-check: wheel and sdist built; the installed wheel ran --help and demo"
+
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(PKG_VENV) dist build *.egg-info
