@@ -22,7 +22,7 @@ from mcsync.api.responses import redact
 from mcsync.budget import Budget
 from mcsync.config.load import config_file_is_private, default_config_path, load_config
 from mcsync.config.models import Config
-from mcsync.console import Output, show_failures, show_plan, show_status
+from mcsync.console import Output, show_discovery, show_failures, show_plan, show_status
 from mcsync.errors import ConfigError, McsyncError
 from mcsync.ops.abort import abort_audience
 from mcsync.ops.checks import check_config, discover_all
@@ -53,6 +53,9 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
         "--debug-http",
         is_flag=True,
         help="Trace every HTTP request and response on stderr (keys redacted); same as -vv.",
+    )
+    @click.option(
+        "--tsv", is_flag=True, help="Tables as tab-separated values with a header (for scripts)."
     )
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -95,9 +98,14 @@ class Session:
     """What one command invocation carries: output, config and the secrets to redact."""
 
     def __init__(
-        self, config_path: Path | None, verbose: int, quiet: bool, debug_http: bool = False
+        self,
+        config_path: Path | None,
+        verbose: int,
+        quiet: bool,
+        debug_http: bool = False,
+        tsv: bool = False,
     ):
-        self.out = Output(verbose=verbose, quiet=quiet)
+        self.out = Output(verbose=verbose, quiet=quiet, tsv=tsv)
         self.path = config_path or default_config_path()
         self.secrets: list[str] = []
         self.state_db: Path | None = None
@@ -128,9 +136,10 @@ def guarded(function: Callable[..., Any]) -> Callable[..., Any]:
         verbose: int = 0,
         quiet: bool = False,
         debug_http: bool = False,
+        tsv: bool = False,
         **kwargs: Any,
     ) -> Any:
-        session = Session(config_path, verbose, quiet, debug_http)
+        session = Session(config_path, verbose, quiet, debug_http, tsv)
         try:
             try:
                 return function(session, *args, **kwargs)
@@ -419,36 +428,60 @@ def config_group() -> None:
 
 
 @config_group.command("check")
+@click.option("--json", "as_json", is_flag=True, help="The result as JSON: ok, problems, warnings.")
 @common_options
 @guarded
-def config_check(session: Session) -> None:
+def config_check(session: Session, as_json: bool) -> None:
     """Validate the config file and test every connection, audience, interest and group."""
 
     config = session.config()
-    if not config_file_is_private(session.path):
-        session.out.error(
-            f"warning: {session.path} is readable by other users; it holds or points to API "
-            f"keys (chmod 600 {session.path})"
+    warnings = (
+        []
+        if config_file_is_private(session.path)
+        else [
+            f"{session.path} is readable by other users; it holds or points to API keys "
+            f"(chmod 600 {session.path})"
+        ]
+    )
+    warnings += config.insecure_urls()
+    out = Output(quiet=True) if as_json else session.out
+    problems = check_config(config, out, debug_http=session.http_trace())
+    # A configured id that is not there (or a group that cannot be synced) is a configuration
+    # error; a failed connection alone is a run failure.
+    code = (2 if any(problem.in_config for problem in problems) else 1) if problems else 0
+    if as_json:
+        session.out.json(
+            {
+                "ok": not problems,
+                "problems": [
+                    {"text": redact(p.text, session.secrets), "in_config": p.in_config}
+                    for p in problems
+                ],
+                "warnings": [redact(w, session.secrets) for w in warnings],
+            }
         )
-    for warning in config.insecure_urls():
+        sys.exit(code)
+    for warning in warnings:
         session.out.error(f"warning: {warning}")
-    problems = check_config(config, session.out, debug_http=session.http_trace())
     if problems:
         for problem in problems:
             session.out.error(redact(problem.text, session.secrets))
-        # A configured id that is not there (or a group that cannot be synced) is a
-        # configuration error; a failed connection alone is a run failure.
-        sys.exit(2 if any(problem.in_config for problem in problems) else 1)
+        sys.exit(code)
     session.out.always("Config OK: every connection, audience, interest and group checked.")
 
 
 @main.command("discover")
+@click.option("--json", "as_json", is_flag=True, help="Everything found, as JSON.")
 @common_options
 @guarded
-def discover(session: Session) -> None:
+def discover(session: Session, as_json: bool) -> None:
     """List audiences, interests and CiviCRM mailing groups with their ids."""
 
-    discover_all(session.config(), session.out, debug_http=session.http_trace())
+    found = discover_all(session.config(), debug_http=session.http_trace())
+    if as_json:
+        session.out.json(found)
+    else:
+        show_discovery(session.out, found)
 
 
 @main.command("demo")

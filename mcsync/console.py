@@ -32,9 +32,18 @@ from mcsync.store.database import parse_iso, utc_now
 class Output:
     """Where human output goes; `interactive` is False under cron (stdout not a TTY)."""
 
-    def __init__(self, *, verbose: int = 0, quiet: bool = False, stream: TextIO | None = None):
+    def __init__(
+        self,
+        *,
+        verbose: int = 0,
+        quiet: bool = False,
+        stream: TextIO | None = None,
+        tsv: bool = False,
+    ):
         self.stream = stream or sys.stdout
-        self.interactive = self.stream.isatty()
+        self.interactive = self.stream.isatty() and not tsv
+        self.tsv = tsv
+        self._tsv_tables = 0
         self.verbose = verbose
         self.quiet = quiet
         self.console = Console(file=self.stream, highlight=False, soft_wrap=True)
@@ -100,6 +109,9 @@ class Output:
                 table.add_row(label, "" if value is None else str(value))
             self.console.print(table)
             return
+        if self.tsv:
+            self._tsv(["field", "value"], [(label, value) for label, value in items])
+            return
         self.stream.write(f"{title}\n")
         width = max((len(label) for label, _ in items), default=0)
         for label, value in items:
@@ -116,15 +128,37 @@ class Output:
                 table.add_row(*("" if v is None else str(v) for v in row))
             self.console.print(table)
             return
+        if self.tsv:
+            self._tsv(columns, rows)
+            return
+        # Plain text for pipes, mail and logs: a title, a header and aligned columns, as
+        # `ps` or `df` print them (an empty cell stays blank, columns stay in line).
+        cells = [[_plain(v) for v in row] for row in rows]
+        widths = [
+            max([len(column)] + [len(row[i]) for row in cells if i < len(row)])
+            for i, column in enumerate(columns)
+        ]
         self.stream.write(f"{title}\n")
-        for row in rows:
-            self.stream.write(
-                "  "
-                + "  ".join(
-                    f"{c}={'' if v is None else v}" for c, v in zip(columns, row, strict=False)
-                )
-                + "\n"
-            )
+        for line in [list(columns), *cells]:
+            padded = [f"{cell:<{widths[i]}}" for i, cell in enumerate(line)]
+            self.stream.write(("  " + "  ".join(padded)).rstrip() + "\n")
+
+    def _tsv(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Tab-separated values with a header line, for `cut`, `awk` and spreadsheets: no title,
+        no padding; a tab or line break inside a value becomes a space. Several tables in one
+        output are separated by an empty line."""
+        if self._tsv_tables:
+            self.stream.write("\n")
+        self._tsv_tables += 1
+        for line in [list(columns), *rows]:
+            self.stream.write("\t".join(_plain(v) for v in line) + "\n")
+
+
+def _plain(value: Any) -> str:
+    """One cell as plain text: blank for nothing, whitespace runs kept on one line."""
+    if value is None:
+        return ""
+    return " ".join(str(value).split()) if any(c in str(value) for c in "\t\r\n") else str(value)
 
 
 class RateColumn(ProgressColumn):
@@ -292,3 +326,27 @@ def age(moment: str | None) -> str:
     if seconds < 172800:
         return f"{seconds / 3600:.1f} h ago"
     return f"{seconds / 86400:.1f} days ago ({datetime.fromisoformat(moment or '').date()})"
+
+
+def show_discovery(out: Output, found: dict[str, Any]) -> None:
+    """What `discover` found: one table per Mailchimp account (an audience's line, then a line
+    per interest), and the CiviCRM groups that can be synced."""
+    for account in found["mailchimp"]:
+        rows: list[tuple[Any, ...]] = []
+        for audience in account["audiences"]:
+            rows.append((audience["id"], audience["name"], "", "", ""))
+            for category in audience["interest_categories"]:
+                for interest in category["interests"]:
+                    rows.append(
+                        (audience["id"], "", category["title"], interest["id"], interest["name"])
+                    )
+        out.table(
+            f"Mailchimp account {account['account']}: audiences and interests",
+            ["audience id", "audience", "interest category", "interest id", "interest"],
+            rows,
+        )
+    out.table(
+        "CiviCRM static Mailing List groups",
+        ["group id", "title", "name"],
+        [(g["id"], g["title"], g["name"]) for g in found["civicrm_groups"]],
+    )

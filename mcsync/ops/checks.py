@@ -309,30 +309,35 @@ def field_types(civicrm: Any, paths: list[str]) -> dict[str, str]:
 
 
 def discover_all(
-    config: Config, out: Output, *, debug_http: Callable[[str], None] | None = None
-) -> None:
-    """Audiences, interest categories and interests per account; CiviCRM mailing groups."""
+    config: Config, *, debug_http: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Audiences with their interest categories and interests, per Mailchimp account, and the
+    CiviCRM groups mcsync can sync (static, active, Mailing List): the ids a config needs."""
+    accounts: list[dict[str, Any]] = []
     with connections(config, Budget(120), debug_http=debug_http) as conns:
         for name in config.mailchimp.accounts:
             client = conns.mailchimp_for(name)
-            rows = []
+            audiences = []
             for listing in client.lists():
-                rows.append((listing["id"], listing.get("name"), "", ""))
-                for category in client.interest_categories(listing["id"]):
-                    for interest in client.interests(listing["id"], category["id"]):
-                        rows.append(
-                            (
-                                listing["id"],
-                                "",
-                                f"{category.get('title')}",
-                                f"{interest['id']} {interest.get('name')}",
-                            )
-                        )
-            out.table(
-                f"Mailchimp account {name}: audiences and interests",
-                ["audience id", "audience", "interest category", "interest id / name"],
-                rows,
-            )
+                categories = [
+                    {
+                        "id": category["id"],
+                        "title": category.get("title"),
+                        "interests": [
+                            {"id": interest["id"], "name": interest.get("name")}
+                            for interest in client.interests(listing["id"], category["id"])
+                        ],
+                    }
+                    for category in client.interest_categories(listing["id"])
+                ]
+                audiences.append(
+                    {
+                        "id": listing["id"],
+                        "name": listing.get("name"),
+                        "interest_categories": categories,
+                    }
+                )
+            accounts.append({"account": name, "audiences": audiences})
         groups = conns.civicrm.call(
             "Group",
             "get",
@@ -347,8 +352,9 @@ def discover_all(
                 "limit": 0,
             },
         )
-        out.table(
-            "CiviCRM static Mailing List groups",
-            ["group id", "title", "name"],
-            [(g["id"], g.get("title"), g.get("name")) for g in groups],
-        )
+    return {
+        "mailchimp": accounts,
+        "civicrm_groups": [
+            {"id": g["id"], "title": g.get("title"), "name": g.get("name")} for g in groups
+        ],
+    }
