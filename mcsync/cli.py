@@ -28,6 +28,7 @@ from mcsync.ops.abort import abort_audience
 from mcsync.ops.checks import check_config, discover_all
 from mcsync.ops.demo import run_demo, serve_forever
 from mcsync.ops.preview import collect_plan, discard_plans, ensure_no_writes_pending
+from mcsync.ops.prometheus import exposition
 from mcsync.ops.status import audience_status, failures
 from mcsync.rules.explanations import REASONS
 from mcsync.runner import engine  # engine.sync_audiences read per call: tests swap it
@@ -362,18 +363,29 @@ def initial_sync(
     is_flag=True,
     help="Machine-readable, stable schema (mcsync/ops/status_schema.json).",
 )
+@click.option(
+    "--prometheus",
+    is_flag=True,
+    help="Prometheus text format, for node_exporter's textfile collector.",
+)
 @guarded
-def status_command(session: Session, group_id: int | None, as_json: bool) -> None:
+def status_command(session: Session, group_id: int | None, as_json: bool, prometheus: bool) -> None:
     """How in-sync each audience is: balance figures, stage, last sync, recent log."""
 
+    if as_json and prometheus:
+        raise ConfigError("--json and --prometheus: choose one")
     config = session.config()
     staging = Staging(config.state_db, read_only=True)
     try:
-        items = [audience_status(staging, a) for a in selected_audiences(config, group_id)]
+        audiences = selected_audiences(config, group_id)
+        items = [audience_status(staging, a) for a in audiences]
+        failing = [f for a in audiences for f in failures(staging, a)] if prometheus else []
     finally:
         staging.close()
     if as_json:
         session.out.json(items)
+    elif prometheus:
+        session.out.stream.write(exposition(items, failing))
     else:
         show_status(session.out, items)
 
