@@ -77,15 +77,31 @@ def member_hash(email: str) -> str:
 
 
 def member_put_operation(
-    list_id: str, email: str, body: dict[str, Any], operation_id: str
+    list_id: str,
+    email: str,
+    body: dict[str, Any],
+    operation_id: str,
+    *,
+    skip_merge_validation: bool = False,
 ) -> dict[str, Any]:
-    """One ``POST /batches`` operation upserting a member; the body must be a JSON *string* (§3)."""
-    return {
+    """One ``POST /batches`` operation upserting a member; the body must be a JSON *string* (§3).
+    ``skip_merge_validation`` goes in the operation's query ``params``, where Mailchimp reads it."""
+    operation: dict[str, Any] = {
         "method": "PUT",
         "path": f"/lists/{_seg(list_id)}/members/{member_hash(email)}",
         "operation_id": operation_id,
         "body": json.dumps({"email_address": email, **body}),
     }
+    if skip_merge_validation:
+        operation["params"] = merge_validation_query(skip_merge_validation)
+    return operation
+
+
+def merge_validation_query(skip: bool) -> dict[str, str]:
+    """The query that lets a member write through with required merge fields empty. Mailchimp
+    documents it as a query parameter of every member write (the extension mcsync replaces
+    sent it in the body, where it is ignored)."""
+    return {"skip_merge_validation": "true"} if skip else {}
 
 
 def _seg(value: str) -> str:
@@ -487,19 +503,27 @@ class MailchimpClient(SessionClient):
         body: dict[str, Any],
         *,
         deadline: Deadline | None = None,
+        skip_merge_validation: bool = False,
     ) -> dict[str, Any]:
         """Upsert a member (idempotent, so retried). ``body`` needs ``status_if_new`` (§3).
         ``deadline``: from :meth:`deadlines`, when called from a pool's thread."""
         result: dict[str, Any] = self.session.request(
             "PUT",
             f"/lists/{_seg(list_id)}/members/{member_hash(email)}",
+            params=merge_validation_query(skip_merge_validation) or None,
             json={"email_address": email, **body},
             deadline=deadline,
         )
         self._check_member(result, f"PUT /lists/{_seg(list_id)}/members/{{hash}}")
         return result
 
-    def write_members(self, list_id: str, members: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def write_members(
+        self,
+        list_id: str,
+        members: Sequence[dict[str, Any]],
+        *,
+        skip_merge_validation: bool = False,
+    ) -> dict[str, Any]:
         """Bulk subscribe/update: ``POST /lists/{id}`` with up to 500 members and
         ``update_existing``; Mailchimp answers at once, with per-member ``errors[]``.
 
@@ -512,6 +536,7 @@ class MailchimpClient(SessionClient):
         result: dict[str, Any] = self.session.request(
             "POST",
             f"/lists/{_seg(list_id)}",
+            params=merge_validation_query(skip_merge_validation) or None,
             json={"members": list(members), "update_existing": True},
             retry=not any(m.get("status") == "pending" for m in members),
         )
@@ -554,6 +579,7 @@ class MailchimpClient(SessionClient):
         writes: Sequence[tuple[str, dict[str, Any]]],
         *,
         concurrency: int | None = None,
+        skip_merge_validation: bool = False,
     ) -> list[dict[str, Any] | ApiError]:
         """Concurrent :meth:`put_member` calls; one result per write, in order.
 
@@ -564,7 +590,13 @@ class MailchimpClient(SessionClient):
 
         def one(write: tuple[str, dict[str, Any]], deadline: Deadline) -> dict[str, Any] | ApiError:
             try:
-                return self.put_member(list_id, write[0], write[1], deadline=deadline)
+                return self.put_member(
+                    list_id,
+                    write[0],
+                    write[1],
+                    deadline=deadline,
+                    skip_merge_validation=skip_merge_validation,
+                )
             except ApiError as exc:
                 if _is_member_error(exc):
                     return exc

@@ -196,6 +196,11 @@ class SyncConfig(_Model):
         description="send empty CiviCRM values to Mailchimp, clearing its merge fields",
     )
     sync_tags: bool = Field(default=False, description="feed tags to Mailchimp via plugins")
+    skip_merge_validation: bool = Field(
+        default=True,
+        description="let member writes through although the audience's required merge fields "
+        "are empty (Mailchimp refuses every such subscribe otherwise)",
+    )
 
 
 class CiviCRMConfig(_Model):
@@ -345,6 +350,7 @@ class AudienceConfig(_Model):
     respect_privacy_flags: bool | None = None
     sync_tags: bool | None = None
     blank_merge_fields: bool | None = None
+    skip_merge_validation: bool | None = None
 
     @property
     def label(self) -> str:
@@ -391,7 +397,12 @@ class Config(_Model):
         """[sync] with this audience's own overrides applied."""
         overrides = {
             key: getattr(audience, key)
-            for key in ("respect_privacy_flags", "sync_tags", "blank_merge_fields")
+            for key in (
+                "respect_privacy_flags",
+                "sync_tags",
+                "blank_merge_fields",
+                "skip_merge_validation",
+            )
             if getattr(audience, key) is not None
         }
         return self.sync.model_copy(update=overrides)

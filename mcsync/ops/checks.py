@@ -82,6 +82,9 @@ def check_config(
                 problems.append(Problem(f"{key}.group_id: {problem}"))
             found = _check_interests(client, audience, groups, key)
             found += _check_merge_fields(client, audience, key, conns.civicrm)
+            found += _check_required_fields(
+                client, audience, key, config.settings_for(audience).skip_merge_validation, out
+            )
             problems.extend(Problem(text) for text in found)
     return problems
 
@@ -267,6 +270,33 @@ def _check_merge_fields(client: Any, audience: Any, key: str, civicrm: Any) -> l
                 f"{data_type}; map a matching field or change the field's type"
             )
     return problems
+
+
+def _check_required_fields(
+    client: Any, audience: Any, key: str, skip_validation: bool, out: Output
+) -> list[str]:
+    """The audience's required merge fields that no ``[audience.merge_fields]`` entry fills.
+    Mailchimp refuses every subscribe that leaves one empty, unless mcsync sends
+    ``skip_merge_validation`` (the default): then they are only worth knowing about."""
+    unfilled = sorted(
+        str(f["tag"])
+        for f in client.merge_fields(audience.list_id)
+        if f.get("required") and f.get("tag") not in audience.merge_fields
+    )
+    if not unfilled:
+        return []
+    names = ", ".join(unfilled)
+    if skip_validation:
+        out.say(
+            f"{key}: required merge fields {names} are not mapped; members are written with "
+            "skip_merge_validation, so they may stay empty"
+        )
+        return []
+    return [
+        f"{key}.skip_merge_validation: audience {audience.list_id} requires merge fields "
+        f"{names}, which no [audience.merge_fields] entry fills, so Mailchimp will refuse "
+        "every subscribe; map them or set skip_merge_validation = true"
+    ]
 
 
 def field_types(civicrm: Any, paths: list[str]) -> dict[str, str]:

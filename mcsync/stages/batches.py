@@ -51,7 +51,11 @@ def push_batches(ctx: RunContext) -> None:
             )
         operations = [
             member_put_operation(
-                ctx.list_id, u["email"], json.loads(u["body"]), f"{OPERATION_PREFIX}{u['id']}"
+                ctx.list_id,
+                u["email"],
+                json.loads(u["body"]),
+                f"{OPERATION_PREFIX}{u['id']}",
+                skip_merge_validation=ctx.sync.skip_merge_validation,
             )
             for u in updates
         ]

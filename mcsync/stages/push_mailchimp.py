@@ -58,7 +58,9 @@ def _push_direct(ctx: RunContext) -> None:
         ctx.staging.mark_sending([u["id"] for u in updates])
         sent_before = ctx.mailchimp.request_count
         try:
-            answer = ctx.mailchimp.write_members(ctx.list_id, items)
+            answer = ctx.mailchimp.write_members(
+                ctx.list_id, items, skip_merge_validation=ctx.sync.skip_merge_validation
+            )
         except (ApiError, BudgetExhausted) as exc:
             # Back to the queue only if nothing can have been applied: never sent, or refused.
             turned_away = isinstance(exc, ApiError) and 400 <= (exc.status or 0) < 500
@@ -169,7 +171,9 @@ def settle_lost_writes(ctx: RunContext) -> None:
 
 def _put_data_only(ctx: RunContext, updates: list[sqlite3.Row]) -> None:
     results = ctx.mailchimp.put_members(
-        ctx.list_id, [(u["email"], json.loads(u["body"])) for u in updates]
+        ctx.list_id,
+        [(u["email"], json.loads(u["body"])) for u in updates],
+        skip_merge_validation=ctx.sync.skip_merge_validation,
     )
     with ctx.staging.atomic():
         for update, result in zip(updates, results, strict=True):
