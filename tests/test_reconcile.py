@@ -3,6 +3,7 @@ rules of §4.2–§4.5, §5.4–§5.6 and §7. Case ids name the table row they 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -748,35 +749,56 @@ def test_privacy_flags_can_be_ignored() -> None:
 
 
 @pytest.mark.parametrize(
-    ("trust", "member", "rule", "actions"),
+    ("prefer", "member", "rule", "actions"),
     [
+        pytest.param(
+            "mailchimp",
+            row("unsubscribed", "Added", mc_at=T, civi_at=T),
+            "5.2-A2",
+            (REMOVE,),
+            id="prefer-mailchimp-settles-a-tie",
+        ),
+        pytest.param(
+            "civicrm",
+            row("unsubscribed", "Added", mc_at=T, civi_at=T),
+            "5.2-B3",
+            (put("subscribed"),),
+            id="prefer-civicrm-settles-a-tie",
+        ),
+        pytest.param(
+            "mailchimp",
+            row("subscribed", "Removed", mc_at=None, civi_at=OLD),
+            "5.2-A3",
+            (SetGroupStatus(CID, GID, "Added"),),
+            id="prefer-mailchimp-settles-an-undated-mailchimp-status",
+        ),
         pytest.param(
             "civicrm",
             row("subscribed", "Removed", **A),
-            "5.2-B5",
-            (put("unsubscribed"),),
-            id="5.1-trust-civicrm-overrides-newer-mc",
+            "5.2-A3",
+            (SetGroupStatus(CID, GID, "Added"),),
+            id="prefer-civicrm-never-overrides-a-newer-mailchimp-choice",
         ),
         pytest.param(
             "mailchimp",
             row("unsubscribed", "Added", **B),
-            "5.2-A2",
-            (REMOVE,),
-            id="5.1-trust-mailchimp-overrides-newer-civi",
+            "5.2-B3",
+            (put("subscribed"),),
+            id="prefer-mailchimp-never-overrides-a-newer-civicrm-choice",
         ),
         pytest.param(
             "mailchimp",
             row(None, "Added", **B),
             "5.2-B2",
             (put("subscribed"),),
-            id="5.1-trust-mailchimp-never-removes-civi-only-contact",
+            id="prefer-mailchimp-never-removes-a-civicrm-only-contact",
         ),
     ],
 )
-def test_trust_override_is_symmetric(
-    trust: Any, member: MemberRow, rule: str, actions: tuple[Action, ...]
+def test_prefer_settles_only_conflicts_whose_order_is_unknown(
+    prefer: Any, member: MemberRow, rule: str, actions: tuple[Action, ...]
 ) -> None:
-    decision = decide_subscription(member, AudiencePolicy(group_id=GID, trust=trust))
+    decision = decide_subscription(member, AudiencePolicy(group_id=GID, prefer=prefer))
     assert (decision.rule, decision.actions) == (rule, actions)
 
 
@@ -908,12 +930,14 @@ def test_interest_falls_back_to_last_changed() -> None:
     assert reconcile_member(member, POLICY).actions == (SetGroupStatus(CID, IGID, "Added"),)
 
 
-def test_interest_trust_override() -> None:
-    policy = AudiencePolicy(
-        group_id=GID, interest_groups={IID: IGID}, interest_trust={IID: "civicrm"}
+def test_prefer_settles_an_interest_tie_and_never_a_known_order() -> None:
+    policy = AudiencePolicy(group_id=GID, interest_groups={IID: IGID}, prefer="civicrm")
+    tie = interest_row(True, T, "Removed", T)
+    assert reconcile_member(tie, policy).actions == (data_put(interests={IID: False}),)
+    newer_at_mailchimp = interest_row(True, NEW, "Removed", OLD)
+    assert reconcile_member(newer_at_mailchimp, policy).actions == (
+        SetGroupStatus(CID, IGID, "Added"),
     )
-    member = interest_row(True, NEW, "Removed", OLD)
-    assert reconcile_member(member, policy).actions == (data_put(interests={IID: False}),)
 
 
 @pytest.mark.parametrize(
@@ -1385,3 +1409,23 @@ def test_identical_unsubmitted_update_is_kept_not_requeued() -> None:
     same = QueuedUpdate(5, body("subscribed"))
     plan = plan_queue([same], reconcile_member(row("unsubscribed", "Added"), POLICY))
     assert plan == QueuePlan()
+
+
+def test_an_unorderable_conflict_is_reported_unless_a_side_is_preferred() -> None:
+    """A Mailchimp unsubscribe known only to lie between OLD and NEWER, and a CiviCRM Add at
+    NEW inside that window: `latest` cannot order them and leaves both alone (reported);
+    `prefer` names the winner."""
+    member = row("unsubscribed", "Added", mc_at=NEWER, civi_at=NEW)
+    member = dataclasses.replace(
+        member, mailchimp=dataclasses.replace(member.mailchimp, status_changed_after=OLD)
+    )
+    latest = decide_subscription(member, AudiencePolicy(group_id=GID))
+    assert (latest.rule, latest.actions, latest.reason) == (
+        "order-unknown",
+        (),
+        Reason.ORDER_UNKNOWN,
+    )
+    mailchimp = decide_subscription(member, AudiencePolicy(group_id=GID, prefer="mailchimp"))
+    assert mailchimp.actions == (REMOVE,)
+    civicrm = decide_subscription(member, AudiencePolicy(group_id=GID, prefer="civicrm"))
+    assert civicrm.actions == (put("subscribed"),)

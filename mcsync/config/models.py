@@ -17,7 +17,7 @@ import zoneinfo
 from collections.abc import Mapping
 from datetime import UTC, tzinfo
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -196,6 +196,11 @@ class SyncConfig(_Model):
         description="send empty CiviCRM values to Mailchimp, clearing its merge fields",
     )
     sync_tags: bool = Field(default=False, description="feed tags to Mailchimp via plugins")
+    prefer: Literal["latest", "mailchimp", "civicrm"] = Field(
+        default="latest",
+        description="the side that wins a conflict whose order cannot be told (same second, "
+        "no date); a choice known to be later always wins",
+    )
     skip_merge_validation: bool = Field(
         default=True,
         description="let member writes through although the audience's required merge fields "
@@ -351,6 +356,7 @@ class AudienceConfig(_Model):
     sync_tags: bool | None = None
     blank_merge_fields: bool | None = None
     skip_merge_validation: bool | None = None
+    prefer: Literal["latest", "mailchimp", "civicrm"] | None = None
 
     @property
     def label(self) -> str:
@@ -402,6 +408,7 @@ class Config(_Model):
                 "sync_tags",
                 "blank_merge_fields",
                 "skip_merge_validation",
+                "prefer",
             )
             if getattr(audience, key) is not None
         }

@@ -74,15 +74,20 @@ def match_contact(candidates: Sequence[Candidate]) -> int | None:
     return match.contact_id if match else None
 
 
-def trashed_removal_wins(removed_at: datetime | None, status_time: datetime | None) -> bool:
+def trashed_removal_wins(
+    removed_at: datetime | None, status_time: datetime | None, prefer: str | None = None
+) -> bool:
     """Whether a removal from the subscription group, recorded in CiviCRM for a contact that
     owns the member's address and is now in the trash, is a later choice than the member's
     Mailchimp status. Trash is no choice, but a removal made before it is one (DESIGN §4):
     matching skips trashed contacts, so without this a new contact would undo it. A tie goes
-    to CiviCRM, and an unknown Mailchimp time loses, as in `reconcile.most_recent`."""
+    to CiviCRM, and an unknown Mailchimp time loses, as in `reconcile.most_recent`, unless the
+    audience prefers Mailchimp for the conflicts it cannot order."""
     if removed_at is None:
         return False
-    return status_time is None or removed_at >= status_time
+    if status_time is None or removed_at == status_time:
+        return prefer != "mailchimp"
+    return removed_at > status_time
 
 
 def should_create_contact(

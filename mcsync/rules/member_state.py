@@ -176,12 +176,14 @@ class MemberRow:
 
 @dataclass(frozen=True)
 class AudiencePolicy:
-    """Per-audience settings. ``trust`` / ``interest_trust`` are one-shot overrides that make
-    the named side win regardless of times (symmetric, unlike the seed's)."""
+    """Per-audience settings. ``prefer`` (config ``prefer``; None = "latest") names the side
+    that wins the conflicts whose order mcsync cannot establish — two choices at the same
+    second, a side with no date, a Mailchimp change known only to lie in a window that a
+    CiviCRM change falls inside. It never lets an older state overwrite a choice known to be
+    later (the consent invariant, DESIGN §4), and it applies to interests as to the group."""
 
     group_id: int
     interest_groups: Mapping[str, int] = field(default_factory=dict)
     respect_privacy_flags: bool = True
-    trust: Side | None = None
-    interest_trust: Mapping[str, Side] = field(default_factory=dict)
+    prefer: Side | None = None
     blank_merge_fields: bool = False

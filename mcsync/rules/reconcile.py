@@ -130,16 +130,18 @@ def most_recent(
     mailchimp_time: datetime | None,
     *,
     at_mailchimp: bool,
-    trust: Side | None = None,
+    prefer: Side | None = None,
 ) -> Side:
-    """Which side's state wins for one group (seed §5.1, with symmetric overrides)."""
-    if trust == "civicrm" or not at_mailchimp:
+    """Which side's state wins for one group: the later choice (seed §5.1). Where the order
+    cannot be told — a tie, or a side with no date — ``prefer`` decides; without it a tie or
+    an undated Mailchimp status goes to CiviCRM and an undated CiviCRM status to Mailchimp."""
+    if not at_mailchimp:
         return "civicrm"
-    if trust == "mailchimp" or civicrm.changed_at is None:
-        return "mailchimp"
-    if mailchimp_time is None or civicrm.changed_at >= mailchimp_time:
-        return "civicrm"
-    return "mailchimp"
+    if civicrm.changed_at is None:
+        return prefer or "mailchimp"
+    if mailchimp_time is None or civicrm.changed_at == mailchimp_time:
+        return prefer or "civicrm"
+    return "civicrm" if civicrm.changed_at > mailchimp_time else "mailchimp"
 
 
 def order_unknown(mailchimp: MailchimpSide, civicrm: GroupState) -> bool:
@@ -218,8 +220,7 @@ def decide_subscription(row: MemberRow, policy: AudiencePolicy) -> Decision:
         if (
             c.contact_id is None
             and m.subscribed
-            and policy.trust != "mailchimp"
-            and trashed_removal_wins(row.trashed_removal_at, m.status_time)
+            and trashed_removal_wins(row.trashed_removal_at, m.status_time, policy.prefer)
         ):
             # Staff removed the address's contact from the group, later than this subscribe,
             # then trashed the contact: that removal is the later choice (DESIGN §4).
@@ -242,11 +243,14 @@ def decide_subscription(row: MemberRow, policy: AudiencePolicy) -> Decision:
             )
         reason = Reason.PRIVACY_FLAGS if c.subscription.added else None
         return Decision("privacy-keep-group", False, hold, reason)
-    if policy.trust is None and order_unknown(m, c.subscription):
-        return Decision("order-unknown", False, hold, Reason.ORDER_UNKNOWN)
-    side = most_recent(
-        c.subscription, m.status_time, at_mailchimp=m.status is not None, trust=policy.trust
-    )
+    if order_unknown(m, c.subscription):
+        if policy.prefer is None:
+            return Decision("order-unknown", False, hold, Reason.ORDER_UNKNOWN)
+        side = policy.prefer
+    else:
+        side = most_recent(
+            c.subscription, m.status_time, at_mailchimp=m.status is not None, prefer=policy.prefer
+        )
     if side == "mailchimp":
         return _mailchimp_wins(row, policy, c.contact_id, hold)
     return _civicrm_wins(row, c.contact_id, hold)
@@ -274,7 +278,7 @@ def _newer_subscribe_of_flagged(
     (5.2-B5). Nothing else is written: the group is left alone (the flag is not a group
     choice) and the row is reported for a person to check the flag."""
     m, c = row.mailchimp, row.civicrm
-    side = most_recent(c.subscription, m.status_time, at_mailchimp=True, trust=policy.trust)
+    side = most_recent(c.subscription, m.status_time, at_mailchimp=True, prefer=policy.prefer)
     if side == "civicrm" and not c.subscription.added:
         return _civicrm_wins(row, contact_id, hold)
     detail = newer_subscribe_detail(*times)
@@ -374,7 +378,7 @@ def _decide_interest(
         group,
         m.interest_time(interest_id),
         at_mailchimp=True,
-        trust=policy.interest_trust.get(interest_id),
+        prefer=policy.prefer,
     )
     if side == "mailchimp":
         status: Literal["Added", "Removed"] = "Added" if value else "Removed"

@@ -33,6 +33,7 @@ def policy_for(ctx: RunContext) -> ms.AudiencePolicy:
         interest_groups=ctx.interest_groups,
         respect_privacy_flags=ctx.sync.respect_privacy_flags,
         blank_merge_fields=ctx.sync.blank_merge_fields,
+        prefer=None if ctx.sync.prefer == "latest" else ctx.sync.prefer,
     )
 
 
