@@ -22,11 +22,12 @@ from mcsync.api.responses import redact
 from mcsync.budget import Budget
 from mcsync.config.load import config_file_is_private, default_config_path, load_config
 from mcsync.config.models import Config
-from mcsync.console import Output, show_failures, show_plan, show_status
+from mcsync.console import Output, show_failures, show_lookup, show_plan, show_status
 from mcsync.errors import ConfigError, McsyncError
 from mcsync.ops.abort import abort_audience
 from mcsync.ops.checks import check_config, discover_all
 from mcsync.ops.demo import run_demo, serve_forever
+from mcsync.ops.lookup import Person, lookup
 from mcsync.ops.preview import collect_plan, discard_plans, ensure_no_writes_pending
 from mcsync.ops.status import audience_status, failures
 from mcsync.rules.explanations import REASONS
@@ -411,6 +412,30 @@ def abort_command(session: Session, group_id: int) -> None:
     config = session.config()
     summary = abort_audience(config, config.audience_for_group(group_id))
     session.out.always(summary)
+
+
+@main.command("lookup")
+@common_options
+@click.argument("email", required=False)
+@click.option("--contact-id", type=int, help="Look up this CiviCRM contact instead of an email.")
+@click.option(
+    "--live", is_flag=True, help="Also read both services now and show them beside the staged view."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, for scripts.")
+@guarded
+def lookup_command(
+    session: Session, email: str | None, contact_id: int | None, live: bool, as_json: bool
+) -> None:
+    """One person as mcsync last saw them on both sides: statuses and change times, group
+    history, interests, merge fields and tags sent, the last decision and why, and the writes
+    queued, in flight or failed, per audience."""
+
+    config = session.config()
+    view = lookup(config, Person(email, contact_id), live=live, debug_http=session.http_trace())
+    if as_json:
+        session.out.json(view)
+    else:
+        show_lookup(session.out, view)
 
 
 @main.group("config")

@@ -292,3 +292,200 @@ def age(moment: str | None) -> str:
     if seconds < 172800:
         return f"{seconds / 3600:.1f} h ago"
     return f"{seconds / 86400:.1f} days ago ({datetime.fromisoformat(moment or '').date()})"
+
+
+def show_lookup(out: Output, view: dict[str, Any]) -> None:
+    """One person, per audience: both sides as mcsync last saw them, its decision and why,
+    the writes for them; with the live view, each staged fact beside what is true now."""
+    query = view["query"]
+    who = query["email"] or f"contact {query['contact_id']}"
+    if not view["contacts"] and not any(a["rows"] for a in view["audiences"]):
+        out.always(f"mcsync has nothing staged about {who}.")
+    else:
+        out.always(f"{who}: addresses {', '.join(view['addresses']) or 'none'}")
+    for contact in view["contacts"]:
+        flags = [
+            name
+            for name in ("is_deleted", "gone", "is_deceased", "do_not_email", "is_opt_out")
+            if contact.get(name)
+        ]
+        name = " ".join(p for p in (contact["first_name"], contact["last_name"]) if p)
+        out.pairs(
+            f"CiviCRM contact {contact['contact_id']} (as staged)",
+            [
+                ("name", name or "-"),
+                ("flags", ", ".join(flags) or "none"),
+                (
+                    "emails",
+                    "; ".join(
+                        e["email"]
+                        + (" (primary)" if e["is_primary"] else "")
+                        + (" (bulk mail)" if e["is_bulkmail"] else "")
+                        + (" ON HOLD" if e["on_hold"] else "")
+                        for e in contact["emails"]
+                    )
+                    or "none staged",
+                ),
+            ]
+            if contact["staged"]
+            else [("staged", "no (not read by any run yet)")],
+        )
+    for audience in view["audiences"]:
+        title = (
+            f"{audience['name'] or 'Audience'} (Mailchimp {audience['list_id']} / CiviCRM "
+            f"group {audience['group_id']}), last complete sync {age(audience['last_sync'])}"
+        )
+        if not audience["rows"]:
+            out.always(f"\n{title}: no rows for this person")
+            continue
+        out.always(f"\n{title}")
+        for row in audience["rows"]:
+            out.pairs(f"row {row['row_id']}", _row_pairs(row))
+            for write in row["mailchimp_writes"]:
+                out.always(
+                    f"  Mailchimp write {write['id']} [{write['state']}] "
+                    f"{_change_text(write['change'])} (queued {write['created_at']}"
+                    + (f", settled {write['completed_at']}" if write["completed_at"] else "")
+                    + ")"
+                    + (f": {write['error']}" if write["error"] else "")
+                )
+        for write in audience["civicrm_writes"]:
+            what = (
+                f"group {write['group_id']} -> {write['status']}"
+                if write["kind"] == "group"
+                else f"{write['kind']} {write['email'] or ''}".strip()
+            )
+            out.always(f"  CiviCRM write queued for contact {write['contact_id']}: {what}")
+    if view.get("live"):
+        _show_live(out, view)
+
+
+def _row_pairs(row: dict[str, Any]) -> list[tuple[str, Any]]:
+    pairs: list[tuple[str, Any]] = []
+    mc = row["mailchimp"]
+    if mc is None:
+        pairs.append(("Mailchimp", "not a member (as far as mcsync knows)"))
+    else:
+        pairs.append(("Mailchimp member", mc["email"]))
+        status = f"{mc['status']} since {mc['status_changed_at']}"
+        if mc["status_changed_after"]:
+            status += f" (changed after {mc['status_changed_after']})"
+        pairs.append(("Mailchimp status", status))
+        pairs.append(("Mailchimp last change", mc["last_changed"]))
+        for interest_id, value in mc["interests"].items():
+            pairs.append(
+                (
+                    f"interest {interest_id}",
+                    f"{'on' if value['on'] else 'off'} since {value['changed_at']} "
+                    f"(group {value['group_id']})",
+                )
+            )
+        if mc["merge_fields_sent"]:
+            pairs.append(
+                (
+                    "merge fields sent",
+                    ", ".join(f"{k}={v!r}" for k, v in mc["merge_fields_sent"].items()),
+                )
+            )
+        if mc["tags_sent"]:
+            pairs.append(("tags sent", ", ".join(mc["tags_sent"])))
+    pairs.append(("CiviCRM contact", row["contact_id"] or "none matched"))
+    for group in row["civicrm"]["groups"]:
+        pairs.append(
+            (
+                f"group {group['group_id']} ({group['role']})",
+                f"{group['status'] or 'not a member'}"
+                + (f" since {group['changed_at']}" if group["changed_at"] else " (undated)"),
+            )
+        )
+    decision = row["decision"]
+    pairs.append(("decision", f"{decision['sync_status']}: {decision['meaning']}"))
+    if decision["reason"]:
+        pairs.append(("why", f"{decision['reason']}: {decision['explanation']}"))
+        if decision["detail"]:
+            pairs.append(("detail", decision["detail"]))
+        pairs.append(("what to do", decision["advice"]))
+        if decision["retry_at"]:
+            pairs.append(("next try", _next_try_text(decision["retry_at"])))
+    return pairs
+
+
+def _change_text(body: dict[str, Any]) -> str:
+    parts = []
+    if body.get("status"):
+        parts.append(f"status {body['status']}")
+    if body.get("interests"):
+        parts.append(
+            "interests "
+            + ", ".join(f"{k}={'on' if v else 'off'}" for k, v in sorted(body["interests"].items()))
+        )
+    if body.get("merge_fields"):
+        parts.append("merge fields " + ", ".join(sorted(body["merge_fields"])))
+    return "; ".join(parts) or "update"
+
+
+def _show_live(out: Output, view: dict[str, Any]) -> None:
+    """The live reads beside the staged facts they correspond to."""
+    live = view["live"]
+    staged_members = {
+        (a["list_id"], (r["mailchimp"] or {}).get("email", "").lower()): r
+        for a in view["audiences"]
+        for r in a["rows"]
+        if r["mailchimp"]
+    }
+    rows = []
+    for member in live["mailchimp"]:
+        staged = staged_members.get((member["list_id"], member["email"].lower()))
+        mc = staged["mailchimp"] if staged else None
+        rows.append(
+            (
+                member["list_id"],
+                member["email"],
+                f"{mc['status']} (changed {mc['last_changed']})" if mc else "not staged",
+                f"{member['status']} (changed {member['last_changed']})"
+                if member["found"]
+                else "not a member",
+            )
+        )
+    out.table("Mailchimp: staged vs live", ["audience", "email", "staged", "live now"], rows)
+    staged_groups = {
+        (int(c), g["group_id"]): g
+        for a in view["audiences"]
+        for c, groups in a["memberships"].items()
+        for g in groups
+    }
+    group_rows = []
+    for group in live["civicrm"]["groups"]:
+        staged = staged_groups.get((group["contact_id"], group["group_id"]))
+        group_rows.append(
+            (
+                group["contact_id"],
+                group["group_id"],
+                f"{staged['status'] or 'not a member'} ({staged['changed_at'] or 'undated'})"
+                if staged
+                else "not staged",
+                f"{group['status'] or 'not a member'} (history: {group['history_status']} "
+                f"{group['history_date']}{' by mcsync' if group['history_by_mcsync'] else ''})",
+            )
+        )
+    out.table(
+        "CiviCRM groups: staged vs live", ["contact", "group", "staged", "live now"], group_rows
+    )
+    for contact in live["civicrm"]["contacts"]:
+        if not contact["exists"]:
+            out.always(f"CiviCRM contact {contact['contact_id']}: not found now (deleted?)")
+            continue
+        flags = [
+            n for n in ("is_deleted", "is_deceased", "do_not_email", "is_opt_out") if contact.get(n)
+        ]
+        out.always(
+            f"CiviCRM contact {contact['contact_id']} now: "
+            f"{contact.get('first_name') or ''} {contact.get('last_name') or ''}".rstrip()
+            + f"; flags {', '.join(flags) or 'none'}; emails "
+            + (
+                "; ".join(
+                    e["email"] + (" ON HOLD" if e["on_hold"] else "") for e in contact["emails"]
+                )
+                or "none"
+            )
+        )
