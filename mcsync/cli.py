@@ -22,13 +22,14 @@ from mcsync.api.responses import redact
 from mcsync.budget import Budget
 from mcsync.config.load import config_file_is_private, default_config_path, load_config
 from mcsync.config.models import Config
-from mcsync.console import Output, show_failures, show_lookup, show_plan, show_status
+from mcsync.console import Output, show_failures, show_lookup, show_plan, show_resync, show_status
 from mcsync.errors import ConfigError, McsyncError
 from mcsync.ops.abort import abort_audience
 from mcsync.ops.checks import check_config, discover_all
 from mcsync.ops.demo import run_demo, serve_forever
 from mcsync.ops.lookup import Person, lookup
 from mcsync.ops.preview import collect_plan, discard_plans, ensure_no_writes_pending
+from mcsync.ops.resync import resync
 from mcsync.ops.status import audience_status, failures
 from mcsync.rules.explanations import REASONS
 from mcsync.runner import engine  # engine.sync_audiences read per call: tests swap it
@@ -436,6 +437,38 @@ def lookup_command(
         session.out.json(view)
     else:
         show_lookup(session.out, view)
+
+
+@main.command("resync")
+@common_options
+@click.argument("email", required=False)
+@click.option("--contact-id", type=int, help="Re-sync this CiviCRM contact instead of an email.")
+@group_id_option()
+@click.option(
+    "--now",
+    is_flag=True,
+    help="Sync the person at once (their writes only) instead of at the next run.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, for scripts.")
+@guarded
+def resync_command(
+    session: Session,
+    email: str | None,
+    contact_id: int | None,
+    group_id: int | None,
+    now: bool,
+    as_json: bool,
+) -> None:
+    """Read one person afresh from both services and have them decided again by the next
+    run, or with --now synced at once (for that person only)."""
+
+    config = session.config()
+    person = Person(email, contact_id)
+    results = resync(config, person, now=now, group_id=group_id, debug_http=session.http_trace())
+    items = [r.as_dict() for r in results]
+    if as_json:
+        session.out.json(items)
+    show_resync(session.out, person.label, items, as_json=as_json)
 
 
 @main.group("config")

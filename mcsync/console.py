@@ -489,3 +489,24 @@ def _show_live(out: Output, view: dict[str, Any]) -> None:
                 or "none"
             )
         )
+
+
+def show_resync(
+    out: Output, who: str, results: list[dict[str, Any]], *, as_json: bool = False
+) -> None:
+    """What resync did per audience; an audience left alone (busy, a run part-way) is said
+    on stderr, even with --json (stdout carries the JSON)."""
+    for r in results:
+        line = f"audience {r['list_id']} (group {r['group_id']}): {who}: {r['message']}"
+        if r["outcome"] in ("busy", "waiting"):
+            out.error(line)
+            continue
+        if as_json:
+            continue
+        out.always(line)
+        for row in r["rows"]:
+            out.always(
+                f"  row {row['row_id']}: {row['email'] or '(not at Mailchimp)'}, contact "
+                f"{row['contact_id'] or '-'}, Mailchimp {row['mailchimp_status'] or '-'}, "
+                f"{row['sync_status']}" + (f" ({row['reason']})" if row["reason"] else "")
+            )

@@ -292,3 +292,49 @@ class PeopleStore(StoreBase):
                 else 0
             )
         return deleted
+
+    # -- a sync of one person --------------------------------------------------------------
+    def queued_updates_of_rows(
+        self, list_id: str, row_ids: Sequence[int], limit: int
+    ) -> list[sqlite3.Row]:
+        """The queued updates of these rows only, oldest first."""
+        if not row_ids:
+            return []
+        return self.query(
+            f"SELECT * FROM updates WHERE list_id = ? AND state = ? AND row_id IN "
+            f"({_marks(row_ids)}) ORDER BY id LIMIT ?",
+            (list_id, str(UpdateState.QUEUED), *row_ids, limit),
+        )
+
+    def other_civi_writes(self, list_id: str, contact_ids: Sequence[int]) -> int:
+        """CiviCRM writes queued in this audience for contacts other than these."""
+        others = f"AND contact_id NOT IN ({_marks(contact_ids)})" if contact_ids else ""
+        return int(
+            self.scalar(
+                f"SELECT COUNT(*) FROM civi_writes WHERE list_id = ? {others}",
+                (list_id, *contact_ids),
+            )
+            or 0
+        )
+
+    def mark_contacts_gone(self, contact_ids: Sequence[int]) -> None:
+        """Contacts CiviCRM no longer has (hard-deleted or merged away)."""
+        self.conn.executemany(
+            "INSERT INTO contacts (contact_id, gone) VALUES (?, 1) "
+            "ON CONFLICT (contact_id) DO UPDATE SET gone = 1",
+            [(c,) for c in contact_ids],
+        )
+
+    def unmatched_rows_of(self, list_id: str, emails: Sequence[str]) -> list[int]:
+        """Member rows holding these addresses with no contact matched."""
+        folded = sorted({fold_email(e) for e in emails if e})
+        if not folded:
+            return []
+        return [
+            int(r[0])
+            for r in self.query(
+                f"SELECT id FROM rows WHERE list_id = ? AND contact_id IS NULL "
+                f"AND mc_hash IS NOT NULL AND fold_email(mc_email) IN ({_marks(folded)})",
+                (list_id, *folded),
+            )
+        ]
