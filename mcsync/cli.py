@@ -22,13 +22,22 @@ from mcsync.api.responses import redact
 from mcsync.budget import Budget
 from mcsync.config.load import config_file_is_private, default_config_path, load_config
 from mcsync.config.models import Config
-from mcsync.console import Output, show_failures, show_lookup, show_plan, show_resync, show_status
+from mcsync.console import (
+    Output,
+    show_failures,
+    show_lookup,
+    show_plan,
+    show_prune,
+    show_resync,
+    show_status,
+)
 from mcsync.errors import ConfigError, McsyncError
 from mcsync.ops.abort import abort_audience
 from mcsync.ops.checks import check_config, discover_all
 from mcsync.ops.demo import run_demo, serve_forever
 from mcsync.ops.lookup import Person, lookup
 from mcsync.ops.preview import collect_plan, discard_plans, ensure_no_writes_pending
+from mcsync.ops.prune import prune, refusals, stale_audiences
 from mcsync.ops.resync import resync
 from mcsync.ops.status import audience_status, failures
 from mcsync.rules.explanations import REASONS
@@ -469,6 +478,52 @@ def resync_command(
     if as_json:
         session.out.json(items)
     show_resync(session.out, person.label, items, as_json=as_json)
+
+
+@main.command("prune")
+@common_options
+@click.option("--yes", is_flag=True, help="Delete without asking (for scripts).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Delete even audiences with Mailchimp writes queued or in flight (never sent then).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, for scripts.")
+@guarded
+def prune_command(session: Session, yes: bool, force: bool, as_json: bool) -> None:
+    """List the staging data of audiences no longer in the config, and delete it after
+    confirmation."""
+
+    config = session.config()
+    out = session.out
+    stale = stale_audiences(config)
+    if not as_json:
+        show_prune(out, stale)
+    if not stale:
+        if as_json:
+            out.json({"audiences": [], "deleted": []})
+        return
+    problems = [] if force else refusals(stale)
+    if problems:
+        if as_json:
+            out.json({"audiences": stale, "deleted": []})
+        raise McsyncError(
+            "; ".join(problems) + ". Put the audience back in the config and let a run "
+            "finish (or abort it), or add --force to delete it anyway"
+        )
+    if not yes:
+        interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        if not interactive or not click.confirm("Delete this staging data?", default=False):
+            if as_json:
+                out.json({"audiences": stale, "deleted": []})
+            else:
+                out.always("Nothing was deleted" + ("." if interactive else "; add --yes."))
+            return
+    deleted = prune(config, stale, force=force)
+    if as_json:
+        out.json({"audiences": stale, "deleted": deleted})
+    else:
+        out.always(f"Deleted the staging data of {len(deleted)} audience(s).")
 
 
 @main.group("config")

@@ -510,3 +510,26 @@ def show_resync(
                 f"{row['contact_id'] or '-'}, Mailchimp {row['mailchimp_status'] or '-'}, "
                 f"{row['sync_status']}" + (f" ({row['reason']})" if row["reason"] else "")
             )
+
+
+def show_prune(out: Output, stale: list[dict[str, Any]]) -> None:
+    """The audiences staged but no longer configured, with what is kept of each."""
+    if not stale:
+        out.always("Nothing to prune: every audience in the staging DB is in the config.")
+        return
+    out.table(
+        "staging data of audiences no longer in the config",
+        ["audience", "group", "last sync", "rows", "writes open", "batches open", "log lines"],
+        [
+            (
+                s["list_id"],
+                s["group_id"] if s["group_id"] is not None else "-",
+                s["last_sync"] or "never",
+                s["rows"]["rows"],
+                s["open_writes"],
+                s["open_batches"],
+                s["rows"]["log"],
+            )
+            for s in stale
+        ],
+    )
