@@ -92,6 +92,11 @@ def plan_options(function: Callable[..., Any]) -> Callable[..., Any]:
                 "--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON."
             ),
             click.option(
+                "--details",
+                is_flag=True,
+                help="Show every planned change, not a summary (paged in a terminal).",
+            ),
+            click.option(
                 "--allow-mass-changes",
                 is_flag=True,
                 help="Let a run remove more than max_removal_share of an audience.",
@@ -176,6 +181,7 @@ def run_sync(
     allow_mass_changes: bool,
     as_json: bool,
     confirm: bool = False,
+    details: bool = False,
 ) -> None:
     """A sync, or a preview (dry run, or initial-sync's confirmation) that plans up to the
     brake, shows the plan, and undoes the planning so the next real run decides the same."""
@@ -210,7 +216,7 @@ def run_sync(
     if as_json:
         out.json(planned)
     else:
-        show_plan(out, planned)
+        show_plan(out, planned, details=details)
     discard_plans(config, results)
     if dry_run or exit_code or not planned["audiences"]:
         if not as_json:
@@ -303,9 +309,12 @@ def fetch_and_reconcile(
     since: str | None,
     dry_run: bool,
     as_json: bool,
+    details: bool,
     allow_mass_changes: bool,
 ) -> None:
     """The cron job: fetch both sides' changes, reconcile, push; resumes where it stopped."""
+    if details and not dry_run:
+        raise ConfigError("--details: lists the plan of a dry run; use it with --dry-run")
     run_sync(
         session,
         max_time=max_time,
@@ -315,6 +324,7 @@ def fetch_and_reconcile(
         dry_run=dry_run,
         allow_mass_changes=allow_mass_changes,
         as_json=as_json,
+        details=details,
     )
 
 
@@ -338,6 +348,7 @@ def initial_sync(
     dry_run: bool,
     yes: bool,
     as_json: bool,
+    details: bool,
     allow_mass_changes: bool,
 ) -> None:
     """First sync after setup: a full fetch of both sides, previewed before writing."""
@@ -352,6 +363,7 @@ def initial_sync(
         allow_mass_changes=allow_mass_changes,
         as_json=as_json,
         confirm=confirm,
+        details=details,
     )
 
 

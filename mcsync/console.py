@@ -105,6 +105,17 @@ class Output:
         for label, value in items:
             self.stream.write(f"  {label + ':':<{width + 1}} {'' if value is None else value}\n")
 
+    def page_table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """A long table: through the pager (rich's, on $PAGER or less) in a terminal, plain
+        lines otherwise (cron, pipes), so scripts and people each get all of it."""
+        if self.quiet:
+            return
+        if not self.interactive:
+            self.table(title, columns, rows)
+            return
+        with self.console.pager(styles=True):
+            self.table(title, columns, rows)
+
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if self.quiet:
             return
@@ -250,8 +261,13 @@ TOTAL_LABELS = [
 ]
 
 
-def show_plan(out: Output, plan: dict[str, Any]) -> None:
-    """A dry run's changes, per contact and direction, then the totals."""
+PLAN_EXAMPLES = 3  # changes shown per kind in a plan's summary
+
+
+def show_plan(out: Output, plan: dict[str, Any], *, details: bool = False) -> None:
+    """A preview's changes: per audience, a count of each kind of change with a few examples
+    (readable for a first sync of hundreds of thousands); with ``details`` every change, per
+    contact, through a pager in a terminal."""
     for audience in plan["audiences"]:
         out.always(
             f"Planned changes for audience {audience['list_id']} "
@@ -261,8 +277,26 @@ def show_plan(out: Output, plan: dict[str, Any]) -> None:
             audience["changes"],
             key=lambda c: (c["contact_id"] is None, c["contact_id"] or 0, c["email"] or ""),
         )
-        if changes:
-            out.table(
+        totals = audience["totals"]
+        if not changes:
+            out.always("  nothing to change")
+        for key, label in TOTAL_LABELS:
+            count = totals.get(key, 0)
+            if not count:
+                continue
+            out.always(f"  {count} {label}" + (":" if not details else ""))
+            if details:
+                continue
+            examples = [c for c in changes if c.get("kind") == key][:PLAN_EXAMPLES]
+            for change in examples:
+                out.always(f"    {_change_line(change)}")
+            if count > len(examples):
+                out.always(f"    ... and {count - len(examples)} more")
+        out.always(
+            "Totals: " + ", ".join(f"{totals.get(key, 0)} {label}" for key, label in TOTAL_LABELS)
+        )
+        if changes and details:
+            out.page_table(
                 "changes per contact",
                 ["contact", "email", "where", "change"],
                 [
@@ -270,14 +304,15 @@ def show_plan(out: Output, plan: dict[str, Any]) -> None:
                     for c in changes
                 ],
             )
-        else:
-            out.always("  nothing to change")
-        totals = audience["totals"]
-        out.always(
-            "Totals: " + ", ".join(f"{totals.get(key, 0)} {label}" for key, label in TOTAL_LABELS)
-        )
+        elif changes and len(changes) > PLAN_EXAMPLES:
+            out.always("  (--details lists every change, --json gives them all to scripts)")
         if audience.get("brake"):
             out.always("The mass-change brake would stop the real run (see the message above).")
+
+
+def _change_line(change: dict[str, Any]) -> str:
+    who = f"contact {change['contact_id']}" if change["contact_id"] else "new contact"
+    return f"{who} {change['email'] or ''}: {change['change']} ({change['direction']})"
 
 
 def age(moment: str | None) -> str:
