@@ -299,7 +299,11 @@ def report_results(session: Session, results: list[Any]) -> int:
     help="Seconds to work before saving progress and stopping; 0 = no limit.",
 )
 @group_id_option()
-@click.option("--since", help="Fetch Mailchimp changes since DATE (ISO 8601), or 'ever'.")
+@click.option(
+    "--since",
+    help="Re-check both sides' changes since DATE (ISO 8601; UTC unless it says otherwise), "
+    "or 'ever' for a full fetch.",
+)
 @plan_options
 @guarded
 def fetch_and_reconcile(
