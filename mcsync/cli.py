@@ -97,6 +97,12 @@ def plan_options(function: Callable[..., Any]) -> Callable[..., Any]:
                 help="Show every planned change, not a summary (paged in a terminal).",
             ),
             click.option(
+                "--civicrm-only",
+                is_flag=True,
+                help="Write only the CiviCRM side; keep Mailchimp writes queued for a later "
+                "normal run.",
+            ),
+            click.option(
                 "--allow-mass-changes",
                 is_flag=True,
                 help="Let a run remove more than max_removal_share of an audience.",
@@ -182,6 +188,7 @@ def run_sync(
     as_json: bool,
     confirm: bool = False,
     details: bool = False,
+    civicrm_only: bool = False,
 ) -> None:
     """A sync, or a preview (dry run, or initial-sync's confirmation) that plans up to the
     brake, shows the plan, and undoes the planning so the next real run decides the same."""
@@ -206,11 +213,18 @@ def run_sync(
             full=full,
             dry_run=preview,
             allow_mass_changes=allow_mass_changes,
+            civicrm_only=civicrm_only,
             progress=progress,
             debug_http=debug,
         )
     if not preview:
-        sys.exit(report_results(session, results))
+        code = report_results(session, results)
+        if civicrm_only:
+            out.say(
+                "--civicrm-only: Mailchimp writes are kept queued ('mcsync status' counts them, "
+                "'--dry-run --json' lists them); the next normal run sends them."
+            )
+        sys.exit(code)
     exit_code = report_preview(session, results)
     planned = collect_plan(config, results)
     if as_json:
@@ -233,6 +247,7 @@ def run_sync(
             since=since,
             full=False,
             allow_mass_changes=allow_mass_changes,
+            civicrm_only=civicrm_only,
             progress=progress,
             debug_http=debug,
         )
@@ -314,6 +329,7 @@ def fetch_and_reconcile(
     dry_run: bool,
     as_json: bool,
     details: bool,
+    civicrm_only: bool,
     allow_mass_changes: bool,
 ) -> None:
     """The cron job: fetch both sides' changes, reconcile, push; resumes where it stopped."""
@@ -329,6 +345,7 @@ def fetch_and_reconcile(
         allow_mass_changes=allow_mass_changes,
         as_json=as_json,
         details=details,
+        civicrm_only=civicrm_only,
     )
 
 
@@ -353,6 +370,7 @@ def initial_sync(
     yes: bool,
     as_json: bool,
     details: bool,
+    civicrm_only: bool,
     allow_mass_changes: bool,
 ) -> None:
     """First sync after setup: a full fetch of both sides, previewed before writing."""
@@ -368,6 +386,7 @@ def initial_sync(
         as_json=as_json,
         confirm=confirm,
         details=details,
+        civicrm_only=civicrm_only,
     )
 
 

@@ -231,10 +231,17 @@ def start_run(ctx: RunContext, *, since: str | None) -> None:
             retried = ctx.staging.requeue_due_retries(
                 ctx.list_id, sorted(RETRIED_REASONS), iso(now + RETRY_SLACK) or ""
             )
+        # Mailchimp writes an earlier run queued and did not send (--civicrm-only): their
+        # rows are decided again on this run's fresh data, which keeps a write that still
+        # holds and drops one a newer change overtook (their changes are older than this
+        # run's marks, so the push's own check would not see them).
+        held = ctx.staging.redecide_held_writes(ctx.list_id)
     ctx.log(
         f"Started {'a full' if full else 'an incremental'} run"
         + ("" if full else f" for Mailchimp changes since {iso(window)}")
     )
+    if held:
+        ctx.log(f"{held} contact(s) with Mailchimp writes held back are decided again")
     if rewound:
         ctx.log(f"CiviCRM changes are read again from {since} (--since)")
     if retried:
@@ -253,7 +260,11 @@ def _retries_queued(ctx: RunContext) -> bool:
 def advance(ctx: RunContext, index: int) -> None:
     """Move to the next stage (or finish the run), resetting the stage cursor, atomically."""
     with ctx.staging.atomic():
-        if STAGE_NAMES[index] == "collect_batches" and _retries_queued(ctx):
+        if (
+            STAGE_NAMES[index] == "collect_batches"
+            and not ctx.hold_mailchimp
+            and _retries_queued(ctx)
+        ):
             # Batch results queued follow-ups (a compliance refusal retried as pending):
             # send them in this run rather than leaving them for the next.
             ctx.staging.set_state(ctx.list_id, stage="push_mailchimp", cursor=0)

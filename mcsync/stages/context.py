@@ -91,6 +91,9 @@ class RunContext:
     # A sync of one person (`resync --now`): only these rows' queued Mailchimp writes are
     # sent, directly (answered at once); None: every queued write of the audience.
     only_rows: frozenset[int] | None = None
+    # `--civicrm-only`: the CiviCRM side of the plan is written; Mailchimp writes (members,
+    # tags) stay queued for a later normal run, which decides their rows again first.
+    hold_mailchimp: bool = False
 
     @property
     def list_id(self) -> str:

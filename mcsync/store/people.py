@@ -338,3 +338,24 @@ class PeopleStore(StoreBase):
                 (list_id, *folded),
             )
         ]
+
+    # -- Mailchimp writes held back (--civicrm-only) ----------------------------------------
+    def redecide_held_writes(self, list_id: str) -> int:
+        """Rows with Mailchimp writes queued by an earlier run and never sent go back to be
+        decided (the queued writes stay: a decision that still makes them keeps them). A row
+        with a write in flight waits for its result, as always."""
+        in_flight = (str(UpdateState.SUBMITTING), str(UpdateState.SUBMITTED))
+        return self.execute(
+            "UPDATE rows SET sync_status = ? WHERE list_id = ? AND sync_status != ? "
+            "AND id IN (SELECT row_id FROM updates WHERE list_id = ? AND state = ?) "
+            "AND NOT EXISTS (SELECT 1 FROM updates u WHERE u.row_id = rows.id "
+            "AND u.state IN (?, ?))",
+            (
+                str(RowState.TODO),
+                list_id,
+                str(RowState.TODO),
+                list_id,
+                str(UpdateState.QUEUED),
+                *in_flight,
+            ),
+        ).rowcount
