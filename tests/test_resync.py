@@ -129,3 +129,27 @@ def test_resync_of_someone_nobody_knows(world: World, cli) -> None:  # type: ign
     done = cli("resync", "nobody@example.org")
     assert done.exit_code == 0, done.output
     assert "nothing to sync" in done.output
+
+
+def test_resync_now_never_sends_a_held_write_a_newer_change_overtook(world: World, cli) -> None:  # type: ignore[no-untyped-def]
+    ann = world.person("ann@example.org", civi="Added")
+    world.person("cy@example.org", mc="subscribed", civi="Added")
+    assert cli("initial-sync", "--yes", "--civicrm-only").exit_code == 0
+    world.advance_clock(minutes=5)
+    world.civi.set_group_status(ann, world.group_id, "Removed", when=world.ago(seconds=1))  # type: ignore[arg-type]
+    done = cli("resync", "ann@example.org", "--now")
+    assert done.exit_code == 0, done.output
+    assert world.mc_status("ann@example.org") is None
+    [row] = json.loads(cli("lookup", "ann@example.org", "--json").output)["audiences"][0]["rows"]
+    assert [w["state"] for w in row["mailchimp_writes"]] == ["aborted"]
+
+
+def test_resync_now_sends_a_held_write_that_still_holds(world: World, cli) -> None:  # type: ignore[no-untyped-def]
+    world.person("ann@example.org", civi="Added")
+    world.person("bob@example.org", civi="Added")
+    world.person("cy@example.org", mc="subscribed", civi="Added")
+    assert cli("initial-sync", "--yes", "--civicrm-only").exit_code == 0
+    done = cli("resync", "ann@example.org", "--now")
+    assert done.exit_code == 0, done.output
+    assert world.mc_status("ann@example.org") == "subscribed"
+    assert world.mc_status("bob@example.org") is None  # still held

@@ -38,7 +38,7 @@ from mcsync.stages.fetch_mailchimp import date_status_changes, read_directly
 from mcsync.stages.match import assign_matches, fix_contact_ids
 from mcsync.stages.push_civicrm import push_civicrm
 from mcsync.stages.push_mailchimp import push_mailchimp
-from mcsync.stages.reconcile import decide_rows
+from mcsync.stages.reconcile import SIBLING_PASSES, decide_rows
 from mcsync.store.database import Staging, iso
 
 RESYNC_BUDGET = 120.0  # seconds for one person, both services
@@ -189,8 +189,18 @@ def _sync_now(
     _reset_cursor(ctx)
     date_status_changes(ctx)
     _reset_cursor(ctx)
-    rows = staging.rows_to_decide(row_ids)
-    decide_rows(ctx, rows)
+    decided = [int(r["id"]) for r in staging.rows_to_decide(row_ids)]
+    decide_rows(ctx, staging.rows_by_id(decided))
+    # A contact with several members: one row's decision may queue a CiviCRM write the
+    # others were decided without; decide them again until the writes settle (as the
+    # reconcile stage's `decide_again` does for a run).
+    for _ in range(SIBLING_PASSES):
+        if len(decided) < 2:
+            break
+        before = [tuple(w) for w in staging.civi_writes_of(ctx.list_id, contact_ids)]
+        decide_rows(ctx, staging.rows_by_id(decided))
+        if [tuple(w) for w in staging.civi_writes_of(ctx.list_id, contact_ids)] == before:
+            break
     # The person's CiviCRM history was read just now, up to `history_seen`: only a change
     # after that read overtakes their writes (the run's own mark is older).
     state = staging.state(ctx.list_id)

@@ -147,14 +147,22 @@ class PeopleStore(StoreBase):
 
     # -- resync --------------------------------------------------------------------------
     def mark_rows_todo(self, row_ids: Sequence[int]) -> int:
-        """These rows are decided again by the next run. A row with a write on its way
-        (`live`) is decided again once the write's result is known, as always: marking it
-        now would queue the same change twice."""
+        """These rows are decided again by the next decision over them. Queued Mailchimp
+        writes stay (a decision that still makes them keeps them, one a newer change
+        overtook drops them); a row with a write in flight is decided again once its result
+        is known, as always: deciding it now could queue the same change twice."""
         if not row_ids:
             return 0
         return self.execute(
-            f"UPDATE rows SET sync_status = ? WHERE id IN ({_marks(row_ids)}) AND sync_status != ?",
-            (str(RowState.TODO), *row_ids, str(RowState.LIVE)),
+            f"UPDATE rows SET sync_status = ? WHERE id IN ({_marks(row_ids)}) "
+            "AND NOT EXISTS (SELECT 1 FROM updates u WHERE u.row_id = rows.id "
+            "AND u.state IN (?, ?))",
+            (
+                str(RowState.TODO),
+                *row_ids,
+                str(UpdateState.SUBMITTING),
+                str(UpdateState.SUBMITTED),
+            ),
         ).rowcount
 
     def person_contact_ids(self, list_id: str, row_ids: Sequence[int]) -> list[int]:
