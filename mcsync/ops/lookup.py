@@ -269,7 +269,6 @@ def _row_view(
 
 
 # -- the live view ---------------------------------------------------------------------------
-ConnectionsFactory = Callable[..., Any]
 
 
 def live_view(
@@ -282,7 +281,6 @@ def live_view(
     contact_ids = [c["contact_id"] for c in view["contacts"]]
     with connections(config, Budget(LIVE_BUDGET), debug_http=debug_http) as conns:
         civicrm = conns.civicrm
-        email_filter: list[Any] = [["email", "IN", addresses]] if addresses else []
         records: list[dict[str, Any]] = []
         if addresses:
             records = civicrm.call(
@@ -290,7 +288,7 @@ def live_view(
                 "get",
                 {
                     "select": ["id", "contact_id", "email", "is_primary", "is_bulkmail", "on_hold"],
-                    "where": email_filter,
+                    "where": [["email", "IN", addresses]],
                     "limit": 0,
                 },
             )
