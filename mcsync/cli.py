@@ -22,13 +22,25 @@ from mcsync.api.responses import redact
 from mcsync.budget import Budget
 from mcsync.config.load import config_file_is_private, default_config_path, load_config
 from mcsync.config.models import Config
-from mcsync.console import Output, show_discovery, show_failures, show_plan, show_status
+from mcsync.console import (
+    Output,
+    show_discovery,
+    show_failures,
+    show_lookup,
+    show_plan,
+    show_prune,
+    show_resync,
+    show_status,
+)
 from mcsync.errors import ConfigError, McsyncError
 from mcsync.ops.abort import abort_audience
 from mcsync.ops.checks import check_config, discover_all
 from mcsync.ops.demo import run_demo, serve_forever
+from mcsync.ops.lookup import Person, lookup
 from mcsync.ops.preview import collect_plan, discard_plans, ensure_no_writes_pending
 from mcsync.ops.prometheus import exposition
+from mcsync.ops.prune import prune, refusals, stale_audiences
+from mcsync.ops.resync import resync
 from mcsync.ops.status import audience_status, failures
 from mcsync.rules.explanations import REASONS
 from mcsync.runner import engine  # engine.sync_audiences read per call: tests swap it
@@ -83,6 +95,17 @@ def plan_options(function: Callable[..., Any]) -> Callable[..., Any]:
             ),
             click.option(
                 "--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON."
+            ),
+            click.option(
+                "--details",
+                is_flag=True,
+                help="Show every planned change, not a summary (paged in a terminal).",
+            ),
+            click.option(
+                "--civicrm-only",
+                is_flag=True,
+                help="Write only the CiviCRM side; keep Mailchimp writes queued for a later "
+                "normal run.",
             ),
             click.option(
                 "--allow-mass-changes",
@@ -175,6 +198,8 @@ def run_sync(
     allow_mass_changes: bool,
     as_json: bool,
     confirm: bool = False,
+    details: bool = False,
+    civicrm_only: bool = False,
 ) -> None:
     """A sync, or a preview (dry run, or initial-sync's confirmation) that plans up to the
     brake, shows the plan, and undoes the planning so the next real run decides the same."""
@@ -199,17 +224,24 @@ def run_sync(
             full=full,
             dry_run=preview,
             allow_mass_changes=allow_mass_changes,
+            civicrm_only=civicrm_only,
             progress=progress,
             debug_http=debug,
         )
     if not preview:
-        sys.exit(report_results(session, results))
+        code = report_results(session, results)
+        if civicrm_only:
+            out.say(
+                "--civicrm-only: Mailchimp writes are kept queued ('mcsync status' counts them, "
+                "'--dry-run --json' lists them); the next normal run sends them."
+            )
+        sys.exit(code)
     exit_code = report_preview(session, results)
     planned = collect_plan(config, results)
     if as_json:
         out.json(planned)
     else:
-        show_plan(out, planned)
+        show_plan(out, planned, details=details)
     discard_plans(config, results)
     if dry_run or exit_code or not planned["audiences"]:
         if not as_json:
@@ -226,6 +258,7 @@ def run_sync(
             since=since,
             full=False,
             allow_mass_changes=allow_mass_changes,
+            civicrm_only=civicrm_only,
             progress=progress,
             debug_http=debug,
         )
@@ -292,7 +325,11 @@ def report_results(session: Session, results: list[Any]) -> int:
     help="Seconds to work before saving progress and stopping; 0 = no limit.",
 )
 @group_id_option()
-@click.option("--since", help="Fetch Mailchimp changes since DATE (ISO 8601), or 'ever'.")
+@click.option(
+    "--since",
+    help="Re-check both sides' changes since DATE (ISO 8601; UTC unless it says otherwise), "
+    "or 'ever' for a full fetch.",
+)
 @plan_options
 @guarded
 def fetch_and_reconcile(
@@ -302,9 +339,13 @@ def fetch_and_reconcile(
     since: str | None,
     dry_run: bool,
     as_json: bool,
+    details: bool,
+    civicrm_only: bool,
     allow_mass_changes: bool,
 ) -> None:
     """The cron job: fetch both sides' changes, reconcile, push; resumes where it stopped."""
+    if details and not dry_run:
+        raise ConfigError("--details: lists the plan of a dry run; use it with --dry-run")
     run_sync(
         session,
         max_time=max_time,
@@ -314,6 +355,8 @@ def fetch_and_reconcile(
         dry_run=dry_run,
         allow_mass_changes=allow_mass_changes,
         as_json=as_json,
+        details=details,
+        civicrm_only=civicrm_only,
     )
 
 
@@ -337,6 +380,8 @@ def initial_sync(
     dry_run: bool,
     yes: bool,
     as_json: bool,
+    details: bool,
+    civicrm_only: bool,
     allow_mass_changes: bool,
 ) -> None:
     """First sync after setup: a full fetch of both sides, previewed before writing."""
@@ -351,6 +396,8 @@ def initial_sync(
         allow_mass_changes=allow_mass_changes,
         as_json=as_json,
         confirm=confirm,
+        details=details,
+        civicrm_only=civicrm_only,
     )
 
 
@@ -432,6 +479,108 @@ def abort_command(session: Session, group_id: int) -> None:
     config = session.config()
     summary = abort_audience(config, config.audience_for_group(group_id))
     session.out.always(summary)
+
+
+@main.command("lookup")
+@common_options
+@click.argument("email", required=False)
+@click.option("--contact-id", type=int, help="Look up this CiviCRM contact instead of an email.")
+@click.option(
+    "--live", is_flag=True, help="Also read both services now and show them beside the staged view."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, for scripts.")
+@guarded
+def lookup_command(
+    session: Session, email: str | None, contact_id: int | None, live: bool, as_json: bool
+) -> None:
+    """One person as mcsync last saw them on both sides: statuses and change times, group
+    history, interests, merge fields and tags sent, the last decision and why, and the writes
+    queued, in flight or failed, per audience."""
+
+    config = session.config()
+    view = lookup(config, Person(email, contact_id), live=live, debug_http=session.http_trace())
+    if as_json:
+        session.out.json(view)
+    else:
+        show_lookup(session.out, view)
+
+
+@main.command("resync")
+@common_options
+@click.argument("email", required=False)
+@click.option("--contact-id", type=int, help="Re-sync this CiviCRM contact instead of an email.")
+@group_id_option()
+@click.option(
+    "--now",
+    is_flag=True,
+    help="Sync the person at once (their writes only) instead of at the next run.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, for scripts.")
+@guarded
+def resync_command(
+    session: Session,
+    email: str | None,
+    contact_id: int | None,
+    group_id: int | None,
+    now: bool,
+    as_json: bool,
+) -> None:
+    """Read one person afresh from both services and have them decided again by the next
+    run, or with --now synced at once (for that person only)."""
+
+    config = session.config()
+    person = Person(email, contact_id)
+    results = resync(config, person, now=now, group_id=group_id, debug_http=session.http_trace())
+    items = [r.as_dict() for r in results]
+    if as_json:
+        session.out.json(items)
+    show_resync(session.out, person.label, items, as_json=as_json)
+
+
+@main.command("prune")
+@common_options
+@click.option("--yes", is_flag=True, help="Delete without asking (for scripts).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Delete even audiences with Mailchimp writes queued or in flight (never sent then).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, for scripts.")
+@guarded
+def prune_command(session: Session, yes: bool, force: bool, as_json: bool) -> None:
+    """List the staging data of audiences no longer in the config, and delete it after
+    confirmation."""
+
+    config = session.config()
+    out = session.out
+    stale = stale_audiences(config)
+    if not as_json:
+        show_prune(out, stale)
+    if not stale:
+        if as_json:
+            out.json({"audiences": [], "deleted": []})
+        return
+    problems = [] if force else refusals(stale)
+    if problems:
+        if as_json:
+            out.json({"audiences": stale, "deleted": []})
+        raise McsyncError(
+            "; ".join(problems) + ". Put the audience back in the config and let a run "
+            "finish (or abort it), or add --force to delete it anyway"
+        )
+    if not yes:
+        interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        if not interactive or not click.confirm("Delete this staging data?", default=False):
+            if as_json:
+                out.json({"audiences": stale, "deleted": []})
+            else:
+                out.always("Nothing was deleted" + ("." if interactive else "; add --yes."))
+            return
+    deleted = prune(config, stale, force=force)
+    if as_json:
+        out.json({"audiences": stale, "deleted": deleted})
+    else:
+        out.always(f"Deleted the staging data of {len(deleted)} audience(s).")
 
 
 @main.group("config")

@@ -117,6 +117,17 @@ class Output:
         for label, value in items:
             self.stream.write(f"  {label + ':':<{width + 1}} {'' if value is None else value}\n")
 
+    def page_table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """A long table: through the pager (rich's, on $PAGER or less) in a terminal, plain
+        lines otherwise (cron, pipes), so scripts and people each get all of it."""
+        if self.quiet:
+            return
+        if not self.interactive:
+            self.table(title, columns, rows)
+            return
+        with self.console.pager(styles=True):
+            self.table(title, columns, rows)
+
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if self.quiet:
             return
@@ -284,8 +295,13 @@ TOTAL_LABELS = [
 ]
 
 
-def show_plan(out: Output, plan: dict[str, Any]) -> None:
-    """A dry run's changes, per contact and direction, then the totals."""
+PLAN_EXAMPLES = 3  # changes shown per kind in a plan's summary
+
+
+def show_plan(out: Output, plan: dict[str, Any], *, details: bool = False) -> None:
+    """A preview's changes: per audience, a count of each kind of change with a few examples
+    (readable for a first sync of hundreds of thousands); with ``details`` every change, per
+    contact, through a pager in a terminal."""
     for audience in plan["audiences"]:
         out.always(
             f"Planned changes for audience {audience['list_id']} "
@@ -295,8 +311,26 @@ def show_plan(out: Output, plan: dict[str, Any]) -> None:
             audience["changes"],
             key=lambda c: (c["contact_id"] is None, c["contact_id"] or 0, c["email"] or ""),
         )
-        if changes:
-            out.table(
+        totals = audience["totals"]
+        if not changes:
+            out.always("  nothing to change")
+        for key, label in TOTAL_LABELS:
+            count = totals.get(key, 0)
+            if not count:
+                continue
+            out.always(f"  {count} {label}" + (":" if not details else ""))
+            if details:
+                continue
+            examples = [c for c in changes if c.get("kind") == key][:PLAN_EXAMPLES]
+            for change in examples:
+                out.always(f"    {_change_line(change)}")
+            if count > len(examples):
+                out.always(f"    ... and {count - len(examples)} more")
+        out.always(
+            "Totals: " + ", ".join(f"{totals.get(key, 0)} {label}" for key, label in TOTAL_LABELS)
+        )
+        if changes and details:
+            out.page_table(
                 "changes per contact",
                 ["contact", "email", "where", "change"],
                 [
@@ -304,14 +338,15 @@ def show_plan(out: Output, plan: dict[str, Any]) -> None:
                     for c in changes
                 ],
             )
-        else:
-            out.always("  nothing to change")
-        totals = audience["totals"]
-        out.always(
-            "Totals: " + ", ".join(f"{totals.get(key, 0)} {label}" for key, label in TOTAL_LABELS)
-        )
+        elif changes and len(changes) > PLAN_EXAMPLES:
+            out.always("  (--details lists every change, --json gives them all to scripts)")
         if audience.get("brake"):
             out.always("The mass-change brake would stop the real run (see the message above).")
+
+
+def _change_line(change: dict[str, Any]) -> str:
+    who = f"contact {change['contact_id']}" if change["contact_id"] else "new contact"
+    return f"{who} {change['email'] or ''}: {change['change']} ({change['direction']})"
 
 
 def age(moment: str | None) -> str:
@@ -349,4 +384,245 @@ def show_discovery(out: Output, found: dict[str, Any]) -> None:
         "CiviCRM static Mailing List groups",
         ["group id", "title", "name"],
         [(g["id"], g["title"], g["name"]) for g in found["civicrm_groups"]],
+    )
+
+
+def show_lookup(out: Output, view: dict[str, Any]) -> None:
+    """One person, per audience: both sides as mcsync last saw them, its decision and why,
+    the writes for them; with the live view, each staged fact beside what is true now."""
+    query = view["query"]
+    who = query["email"] or f"contact {query['contact_id']}"
+    if not view["contacts"] and not any(a["rows"] for a in view["audiences"]):
+        out.always(f"mcsync has nothing staged about {who}.")
+    else:
+        out.always(f"{who}: addresses {', '.join(view['addresses']) or 'none'}")
+    for contact in view["contacts"]:
+        flags = [
+            name
+            for name in ("is_deleted", "gone", "is_deceased", "do_not_email", "is_opt_out")
+            if contact.get(name)
+        ]
+        name = " ".join(p for p in (contact["first_name"], contact["last_name"]) if p)
+        out.pairs(
+            f"CiviCRM contact {contact['contact_id']} (as staged)",
+            [
+                ("name", name or "-"),
+                ("flags", ", ".join(flags) or "none"),
+                (
+                    "emails",
+                    "; ".join(
+                        e["email"]
+                        + (" (primary)" if e["is_primary"] else "")
+                        + (" (bulk mail)" if e["is_bulkmail"] else "")
+                        + (" ON HOLD" if e["on_hold"] else "")
+                        for e in contact["emails"]
+                    )
+                    or "none staged",
+                ),
+            ]
+            if contact["staged"]
+            else [("staged", "no (not read by any run yet)")],
+        )
+    for audience in view["audiences"]:
+        title = (
+            f"{audience['name'] or 'Audience'} (Mailchimp {audience['list_id']} / CiviCRM "
+            f"group {audience['group_id']}), last complete sync {age(audience['last_sync'])}"
+        )
+        if not audience["rows"]:
+            out.always(f"\n{title}: no rows for this person")
+            continue
+        out.always(f"\n{title}")
+        for row in audience["rows"]:
+            out.pairs(f"row {row['row_id']}", _row_pairs(row))
+            for write in row["mailchimp_writes"]:
+                out.always(
+                    f"  Mailchimp write {write['id']} [{write['state']}] "
+                    f"{_change_text(write['change'])} (queued {write['created_at']}"
+                    + (f", settled {write['completed_at']}" if write["completed_at"] else "")
+                    + ")"
+                    + (f": {write['error']}" if write["error"] else "")
+                )
+        for write in audience["civicrm_writes"]:
+            what = (
+                f"group {write['group_id']} -> {write['status']}"
+                if write["kind"] == "group"
+                else f"{write['kind']} {write['email'] or ''}".strip()
+            )
+            out.always(f"  CiviCRM write queued for contact {write['contact_id']}: {what}")
+    if view.get("live"):
+        _show_live(out, view)
+
+
+def _row_pairs(row: dict[str, Any]) -> list[tuple[str, Any]]:
+    pairs: list[tuple[str, Any]] = []
+    mc = row["mailchimp"]
+    if mc is None:
+        pairs.append(("Mailchimp", "not a member (as far as mcsync knows)"))
+    else:
+        pairs.append(("Mailchimp member", mc["email"]))
+        status = f"{mc['status']} since {mc['status_changed_at']}"
+        if mc["status_changed_after"]:
+            status += f" (changed after {mc['status_changed_after']})"
+        pairs.append(("Mailchimp status", status))
+        pairs.append(("Mailchimp last change", mc["last_changed"]))
+        for interest_id, value in mc["interests"].items():
+            pairs.append(
+                (
+                    f"interest {interest_id}",
+                    f"{'on' if value['on'] else 'off'} since {value['changed_at']} "
+                    f"(group {value['group_id']})",
+                )
+            )
+        if mc["merge_fields_sent"]:
+            pairs.append(
+                (
+                    "merge fields sent",
+                    ", ".join(f"{k}={v!r}" for k, v in mc["merge_fields_sent"].items()),
+                )
+            )
+        if mc["tags_sent"]:
+            pairs.append(("tags sent", ", ".join(mc["tags_sent"])))
+    pairs.append(("CiviCRM contact", row["contact_id"] or "none matched"))
+    for group in row["civicrm"]["groups"]:
+        pairs.append(
+            (
+                f"group {group['group_id']} ({group['role']})",
+                f"{group['status'] or 'not a member'}"
+                + (f" since {group['changed_at']}" if group["changed_at"] else " (undated)"),
+            )
+        )
+    decision = row["decision"]
+    pairs.append(("decision", f"{decision['sync_status']}: {decision['meaning']}"))
+    if decision["reason"]:
+        pairs.append(("why", f"{decision['reason']}: {decision['explanation']}"))
+        if decision["detail"]:
+            pairs.append(("detail", decision["detail"]))
+        pairs.append(("what to do", decision["advice"]))
+        if decision["retry_at"]:
+            pairs.append(("next try", _next_try_text(decision["retry_at"])))
+    return pairs
+
+
+def _change_text(body: dict[str, Any]) -> str:
+    parts = []
+    if body.get("status"):
+        parts.append(f"status {body['status']}")
+    if body.get("interests"):
+        parts.append(
+            "interests "
+            + ", ".join(f"{k}={'on' if v else 'off'}" for k, v in sorted(body["interests"].items()))
+        )
+    if body.get("merge_fields"):
+        parts.append("merge fields " + ", ".join(sorted(body["merge_fields"])))
+    return "; ".join(parts) or "update"
+
+
+def _show_live(out: Output, view: dict[str, Any]) -> None:
+    """The live reads beside the staged facts they correspond to."""
+    live = view["live"]
+    staged_members = {
+        (a["list_id"], (r["mailchimp"] or {}).get("email", "").lower()): r
+        for a in view["audiences"]
+        for r in a["rows"]
+        if r["mailchimp"]
+    }
+    rows = []
+    for member in live["mailchimp"]:
+        staged = staged_members.get((member["list_id"], member["email"].lower()))
+        mc = staged["mailchimp"] if staged else None
+        rows.append(
+            (
+                member["list_id"],
+                member["email"],
+                f"{mc['status']} (changed {mc['last_changed']})" if mc else "not staged",
+                f"{member['status']} (changed {member['last_changed']})"
+                if member["found"]
+                else "not a member",
+            )
+        )
+    out.table("Mailchimp: staged vs live", ["audience", "email", "staged", "live now"], rows)
+    staged_groups = {
+        (int(c), g["group_id"]): g
+        for a in view["audiences"]
+        for c, groups in a["memberships"].items()
+        for g in groups
+    }
+    group_rows = []
+    for group in live["civicrm"]["groups"]:
+        staged = staged_groups.get((group["contact_id"], group["group_id"]))
+        group_rows.append(
+            (
+                group["contact_id"],
+                group["group_id"],
+                f"{staged['status'] or 'not a member'} ({staged['changed_at'] or 'undated'})"
+                if staged
+                else "not staged",
+                f"{group['status'] or 'not a member'} (history: {group['history_status']} "
+                f"{group['history_date']}{' by mcsync' if group['history_by_mcsync'] else ''})",
+            )
+        )
+    out.table(
+        "CiviCRM groups: staged vs live", ["contact", "group", "staged", "live now"], group_rows
+    )
+    for contact in live["civicrm"]["contacts"]:
+        if not contact["exists"]:
+            out.always(f"CiviCRM contact {contact['contact_id']}: not found now (deleted?)")
+            continue
+        flags = [
+            n for n in ("is_deleted", "is_deceased", "do_not_email", "is_opt_out") if contact.get(n)
+        ]
+        out.always(
+            f"CiviCRM contact {contact['contact_id']} now: "
+            f"{contact.get('first_name') or ''} {contact.get('last_name') or ''}".rstrip()
+            + f"; flags {', '.join(flags) or 'none'}; emails "
+            + (
+                "; ".join(
+                    e["email"] + (" ON HOLD" if e["on_hold"] else "") for e in contact["emails"]
+                )
+                or "none"
+            )
+        )
+
+
+def show_resync(
+    out: Output, who: str, results: list[dict[str, Any]], *, as_json: bool = False
+) -> None:
+    """What resync did per audience; an audience left alone (busy, a run part-way) is said
+    on stderr, even with --json (stdout carries the JSON)."""
+    for r in results:
+        line = f"audience {r['list_id']} (group {r['group_id']}): {who}: {r['message']}"
+        if r["outcome"] in ("busy", "waiting"):
+            out.error(line)
+            continue
+        if as_json:
+            continue
+        out.always(line)
+        for row in r["rows"]:
+            out.always(
+                f"  row {row['row_id']}: {row['email'] or '(not at Mailchimp)'}, contact "
+                f"{row['contact_id'] or '-'}, Mailchimp {row['mailchimp_status'] or '-'}, "
+                f"{row['sync_status']}" + (f" ({row['reason']})" if row["reason"] else "")
+            )
+
+
+def show_prune(out: Output, stale: list[dict[str, Any]]) -> None:
+    """The audiences staged but no longer configured, with what is kept of each."""
+    if not stale:
+        out.always("Nothing to prune: every audience in the staging DB is in the config.")
+        return
+    out.table(
+        "staging data of audiences no longer in the config",
+        ["audience", "group", "last sync", "rows", "writes open", "batches open", "log lines"],
+        [
+            (
+                s["list_id"],
+                s["group_id"] if s["group_id"] is not None else "-",
+                s["last_sync"] or "never",
+                s["rows"]["rows"],
+                s["open_writes"],
+                s["open_batches"],
+                s["rows"]["log"],
+            )
+            for s in stale
+        ],
     )

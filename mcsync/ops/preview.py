@@ -82,7 +82,8 @@ def audience_plan(staging: Staging, list_id: str, group_id: int) -> dict[str, An
         )
     totals: dict[str, int] = defaultdict(int)
     for planned in changes:
-        totals[_total_key(planned)] += 1
+        planned["kind"] = _total_key(planned)
+        totals[planned["kind"]] += 1
     return {"list_id": list_id, "group_id": group_id, "totals": dict(totals), "changes": changes}
 
 

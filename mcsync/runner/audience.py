@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from mcsync.errors import AudienceBusy, BudgetExhausted, ConfigError
 from mcsync.rules.groups import GROUP_SELECT, describe_group
@@ -188,6 +188,13 @@ def parse_since(value: str) -> datetime:
         ) from None
 
 
+def parse_since_utc(value: str) -> datetime:
+    """A --since DATE as a UTC time (a date or time without a zone is UTC, as for the
+    Mailchimp window)."""
+    moment = parse_since(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def start_run(ctx: RunContext, *, since: str | None) -> None:
     """Fix the run's windows once and store them (the seed recomputed them: its §3.3 bug)."""
     state = ctx.staging.state(ctx.list_id)
@@ -196,6 +203,10 @@ def start_run(ctx: RunContext, *, since: str | None) -> None:
     full = window is None or since == "ever" or not state["last_sync"]
     retried = 0
     history_target, modified_target = fetch_civicrm.civicrm_marks(ctx)
+    rewound: dict[str, object] = {}
+    if not full and since and since != "ever":
+        bookmark, modified = fetch_civicrm.marks_since(ctx, parse_since_utc(since))
+        rewound = {"history_bookmark": bookmark, "modified_since": modified}
     with ctx.staging.atomic():
         ctx.staging.set_state(
             ctx.list_id,
@@ -208,6 +219,7 @@ def start_run(ctx: RunContext, *, since: str | None) -> None:
             cursor=0,
             history_target=history_target,
             modified_target=modified_target,
+            **rewound,
         )
         if full:
             ctx.staging.execute(
@@ -219,10 +231,19 @@ def start_run(ctx: RunContext, *, since: str | None) -> None:
             retried = ctx.staging.requeue_due_retries(
                 ctx.list_id, sorted(RETRIED_REASONS), iso(now + RETRY_SLACK) or ""
             )
+        # Mailchimp writes an earlier run queued and did not send (--civicrm-only): their
+        # rows are decided again on this run's fresh data, which keeps a write that still
+        # holds and drops one a newer change overtook (their changes are older than this
+        # run's marks, so the push's own check would not see them).
+        held = ctx.staging.redecide_held_writes(ctx.list_id)
     ctx.log(
         f"Started {'a full' if full else 'an incremental'} run"
         + ("" if full else f" for Mailchimp changes since {iso(window)}")
     )
+    if held:
+        ctx.log(f"{held} contact(s) with Mailchimp writes held back are decided again")
+    if rewound:
+        ctx.log(f"CiviCRM changes are read again from {since} (--since)")
     if retried:
         ctx.log(f"{retried} rows that failed for a passing reason are tried again")
 
@@ -239,7 +260,11 @@ def _retries_queued(ctx: RunContext) -> bool:
 def advance(ctx: RunContext, index: int) -> None:
     """Move to the next stage (or finish the run), resetting the stage cursor, atomically."""
     with ctx.staging.atomic():
-        if STAGE_NAMES[index] == "collect_batches" and _retries_queued(ctx):
+        if (
+            STAGE_NAMES[index] == "collect_batches"
+            and not ctx.hold_mailchimp
+            and _retries_queued(ctx)
+        ):
             # Batch results queued follow-ups (a compliance refusal retried as pending):
             # send them in this run rather than leaving them for the next.
             ctx.staging.set_state(ctx.list_id, stage="push_mailchimp", cursor=0)

@@ -108,6 +108,7 @@ def sync_audiences(
     full: bool = False,
     dry_run: bool = False,
     allow_mass_changes: bool = False,
+    civicrm_only: bool = False,
     transport: httpx.BaseTransport | None = None,
     progress: ProgressFn = _no_progress,
     debug_http: Callable[[str], None] | None = None,
@@ -137,6 +138,7 @@ def sync_audiences(
                 civi_zone=config.civicrm.tzinfo,
                 dry_run=dry_run,
                 allow_mass_changes=allow_mass_changes,
+                hold_mailchimp=civicrm_only,
                 progress=progress,
             )
             try:

@@ -88,6 +88,12 @@ class RunContext:
     # Members changed at Mailchimp since the run's data was read (hash -> last_changed), read
     # once by a process that writes a plan an earlier process made (see overtaken).
     mailchimp_news: dict[str, str] | None = None
+    # A sync of one person (`resync --now`): only these rows' queued Mailchimp writes are
+    # sent, directly (answered at once); None: every queued write of the audience.
+    only_rows: frozenset[int] | None = None
+    # `--civicrm-only`: the CiviCRM side of the plan is written; Mailchimp writes (members,
+    # tags) stay queued for a later normal run, which decides their rows again first.
+    hold_mailchimp: bool = False
 
     @property
     def list_id(self) -> str:

@@ -151,7 +151,9 @@ def _feed(
 def push_tags(ctx: RunContext) -> None:
     """Stage: for subscribed members whose fed tags differ from what mcsync last pushed, send
     only the difference (new → active, dropped → inactive). Tags mcsync never pushed, such as
-    Mailchimp's own, are never touched."""
+    Mailchimp's own, are never touched. Held back with the member writes (--civicrm-only)."""
+    if ctx.hold_mailchimp:
+        return
     while True:
         ctx.budget.check()
         rows = ctx.staging.query(

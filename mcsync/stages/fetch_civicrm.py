@@ -9,6 +9,7 @@ between chunks, and returns when the stage is complete (the caller moves to the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from mcsync.rules.addresses import fold_email
@@ -45,6 +46,31 @@ def civicrm_marks(ctx: RunContext) -> tuple[int, str | None]:
     top_id = int(history[0]["id"]) if history else 0
     top_modified = modified[0]["modified_date"] if modified else None
     return top_id, top_modified
+
+
+def marks_since(ctx: RunContext, since: datetime) -> tuple[int, str]:
+    """`--since DATE` re-reads CiviCRM from that date too: the history bookmark goes back to
+    before the first SubscriptionHistory row of the audience's groups dated from DATE (less
+    the window's overlap; ids, not dates, are what the history stage pages by, and a row
+    dated later always has a larger id than the first one found), and the modified-contacts
+    mark back to DATE. Never forward: a later DATE must not skip changes not read yet."""
+    state = ctx.staging.state(ctx.list_id)
+    local = ctx.civi_local(since - WINDOW_OVERLAP)
+    first = ctx.civicrm.call(
+        "SubscriptionHistory",
+        "get",
+        {
+            "select": ["id"],
+            "where": [["date", ">=", local], ["group_id", "IN", ctx.all_groups]],
+            "orderBy": {"id": "ASC"},
+            "limit": 1,
+        },
+    )
+    bookmark = int(state["history_bookmark"] or 0)
+    if first:
+        bookmark = min(bookmark, int(first[0]["id"]) - 1)
+    modified = state["modified_since"]
+    return bookmark, local if not modified or local < str(modified) else str(modified)
 
 
 # -- CiviCRM: full group membership -----------------------------------------------------------

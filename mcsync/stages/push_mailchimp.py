@@ -22,6 +22,18 @@ from mcsync.stages.updates import apply_result, fail_update, queued_updates
 def push_mailchimp(ctx: RunContext) -> None:
     """Send queued member updates: direct PUTs below the batch threshold, else batches."""
     settle_lost_writes(ctx)
+    if ctx.hold_mailchimp:
+        held = ctx.staging.held_mailchimp_writes(ctx.list_id)
+        if held:
+            ctx.log(
+                f"{held} Mailchimp write(s) held back (--civicrm-only); a normal run decides "
+                "their contacts again and sends what still holds",
+                "notice",
+            )
+        return
+    if ctx.only_rows is not None:  # one person's writes (resync --now): answered at once
+        _push_direct(ctx)
+        return
     queued = ctx.staging.scalar(
         "SELECT COUNT(*) FROM updates WHERE list_id = ? AND state = 'queued'", (ctx.list_id,)
     )

@@ -55,6 +55,13 @@ def reconcile_rows(ctx: RunContext) -> None:
     decide_again(ctx, policy)
 
 
+def decide_rows(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> None:
+    """Decide these rows now, outside the stage's cursor: one person's rows, read afresh
+    (`resync --now`), with the same rules and queueing as the stage."""
+    if rows:
+        _decide_rows(ctx, policy_for(ctx), rows, cursor=False)
+
+
 # Passes over rows decided again: each pass can only make the queued CiviCRM writes newer, so they
 # settle within a pass per sibling; contacts with more member rows than this are rarer still.
 SIBLING_PASSES = 4

@@ -16,7 +16,9 @@ from mcsync.store.database import dumps, iso, parse_iso, utc_now
 
 
 def queued_updates(ctx: RunContext, limit: int) -> list[sqlite3.Row]:
-    """The audience's next queued updates, oldest first."""
+    """The audience's next queued updates, oldest first (of `ctx.only_rows`, when set)."""
+    if ctx.only_rows is not None:
+        return ctx.staging.queued_updates_of_rows(ctx.list_id, sorted(ctx.only_rows), limit)
     return ctx.staging.query(
         "SELECT * FROM updates WHERE list_id = ? AND state = 'queued' ORDER BY id LIMIT ?",
         (ctx.list_id, limit),

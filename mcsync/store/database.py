@@ -25,6 +25,7 @@ import sqlite_utils
 from mcsync.errors import ConfigError, McsyncError, StorageError
 from mcsync.rules.addresses import fold_email
 from mcsync.store.base import StoreBase
+from mcsync.store.people import PeopleStore
 
 # Numbered migrations: never edit one that has shipped; append a new one.
 MIGRATIONS: list[str] = [
@@ -254,7 +255,7 @@ def parse_iso(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class Staging(StoreBase):
+class Staging(PeopleStore, StoreBase):
     """One open staging database. Not shared across threads (the lease heartbeat opens its own).
 
     ``read_only`` (``status``, ``failures``) opens an existing DB with ``mode=ro``: it works on
