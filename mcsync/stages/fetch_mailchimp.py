@@ -17,6 +17,7 @@ from mcsync.api.mailchimp import MAX_PAGE_SIZE, NO_EVENT, member_hash
 from mcsync.stages.context import WINDOW_OVERLAP, RunContext
 from mcsync.stages.match import assign_matches
 from mcsync.store.database import dumps, iso, parse_iso, utc_now
+from mcsync.store.states import RowState
 
 # Margin before a full run's start for reading the changes made while it paged: covers a
 # clock difference with Mailchimp and its whole-second times.
@@ -307,14 +308,9 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
     """
     if not members:
         return
-    hashes = [m["id"] for m in members]
-    placeholders = ",".join("?" * len(hashes))
-    existing = {
+    existing: dict[str, Any] = {
         r["mc_hash"]: r
-        for r in ctx.staging.query(
-            f"SELECT * FROM rows WHERE list_id = ? AND mc_hash IN ({placeholders})",
-            (ctx.list_id, *hashes),
-        )
+        for r in ctx.staging.members_by_hash(ctx.list_id, [m["id"] for m in members])
     }
     _follow_email_changes(ctx, [m for m in members if m["id"] not in existing], existing)
     mapped = list(ctx.interest_groups)
@@ -369,7 +365,7 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
                     interests_at[interest_id] = changed
             else:
                 interests_at.setdefault(interest_id, changed)
-        sync_status = "todo" if relevant_change else old["sync_status"]
+        sync_status = RowState.TODO if relevant_change else old["sync_status"]
         updates.append(
             (
                 status,
@@ -385,22 +381,8 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
                 old["id"],
             )
         )
-    conn = ctx.staging.conn
-    if inserts:
-        conn.executemany(
-            "INSERT INTO rows (list_id, mc_hash, mc_email, mc_status, mc_last_changed, "
-            "mc_status_at, mc_fname, mc_lname, mc_interests, mc_interests_at, mc_unique_id, "
-            "mc_seen_run, sync_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'todo')",
-            inserts,
-        )
-    if updates:
-        conn.executemany(
-            "UPDATE rows SET mc_status = ?, mc_last_changed = ?, mc_status_at = ?, "
-            "mc_status_after = ?, mc_fname = ?, "
-            "mc_lname = ?, mc_interests = ?, mc_interests_at = ?, sync_status = ?, "
-            "mc_seen_run = ? WHERE id = ?",
-            updates,
-        )
+    ctx.staging.insert_members(inserts)
+    ctx.staging.update_members(updates)
     _baseline_merge_fields(ctx, members)
 
 
@@ -411,18 +393,11 @@ def _baseline_merge_fields(ctx: RunContext, members: list[dict[str, Any]]) -> No
     tags = list(ctx.audience.merge_fields)
     if not tags:
         return
-    ctx.staging.conn.executemany(
-        "UPDATE rows SET pushed_merge = json_patch(?, pushed_merge) "
-        "WHERE list_id = ? AND mc_hash = ?",
-        [
-            (
-                dumps({t: (m.get("merge_fields") or {}).get(t, "") for t in tags}),
-                ctx.list_id,
-                m["id"],
-            )
-            for m in members
-        ],
-    )
+    values = [
+        (m["id"], dumps({t: (m.get("merge_fields") or {}).get(t, "") for t in tags}))
+        for m in members
+    ]
+    ctx.staging.baseline_merge_fields(ctx.list_id, values)
 
 
 def _follow_email_changes(
@@ -434,28 +409,15 @@ def _follow_email_changes(
     by_unique = {m["unique_email_id"]: m for m in new_members if m.get("unique_email_id")}
     if not by_unique:
         return
-    marks = ",".join("?" * len(by_unique))
-    for old in ctx.staging.query(
-        f"SELECT * FROM rows WHERE list_id = ? AND mc_unique_id IN ({marks})",
-        (ctx.list_id, *by_unique),
-    ):
+    for old in ctx.staging.members_by_unique_id(ctx.list_id, list(by_unique)):
         member = by_unique[old["mc_unique_id"]]
         if old["mc_hash"] == member["id"]:
             continue
         email = member.get("email_address")
-        ctx.staging.execute(
-            "UPDATE rows SET mc_hash = ?, mc_email = ? WHERE id = ?",
-            (member["id"], email, old["id"]),
+        existing[member["id"]] = ctx.staging.follow_email_change(
+            ctx.list_id, old["id"], member["id"], email
         )
-        if old["contact_id"] is not None and email:
-            ctx.staging.execute(
-                "INSERT OR IGNORE INTO civi_writes (list_id, kind, contact_id, email) "
-                "VALUES (?, 'email', ?, ?)",
-                (ctx.list_id, old["contact_id"], email),
-            )
         ctx.log(f"Followed an email change at Mailchimp: {old['mc_email']} -> {email}")
-        refreshed = ctx.staging.query("SELECT * FROM rows WHERE id = ?", (old["id"],))
-        existing[member["id"]] = refreshed[0]
 
 
 def _status_change_time(
