@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from mcsync.api.mailchimp import MAX_PAGE_SIZE, NO_EVENT, member_hash
 from mcsync.stages.context import WINDOW_OVERLAP, RunContext
@@ -165,39 +165,48 @@ def confirm_vanished_members(ctx: RunContext) -> None:
         return
     # One round of concurrent reads per transaction: even a short budget makes progress.
     chunk = max(1, ctx.mailchimp.max_connections)
-    confirmed = 0
-    while True:
-        ctx.budget.check()
-        cursor = ctx.staging.state(ctx.list_id)["cursor"]
+
+    def read_unseen(cursor: int) -> list[tuple[Any, dict[str, Any] | None]]:
+        """The next unseen rows, each with the member Mailchimp has now (None: gone)."""
         rows = ctx.staging.unseen_members(ctx.list_id, ctx.run_id, cursor, chunk)
         if not rows:
-            if confirmed:
-                ctx.log(f"Confirmed {confirmed} member(s) missing from the full fetch")
-            return
-        read_directly(
-            ctx,
-            [(r["mc_hash"], r["mc_unique_id"]) for r in rows],
-            cursor=rows[-1]["id"],
+            return []
+        keys = [(r["mc_hash"], r["mc_unique_id"]) for r in rows]
+        return list(zip(rows, ctx.mailchimp.current_members(ctx.list_id, keys), strict=True))
+
+    confirmed = 0
+    for read in ctx.staging.each_chunk(
+        ctx.list_id, ctx.budget.check, read_unseen, key=lambda pair: int(pair[0]["id"])
+    ):
+        stage_current_members(
+            ctx, [(r["mc_hash"], r["mc_unique_id"]) for r, _ in read], [m for _, m in read]
         )
-        confirmed += len(rows)
+        confirmed += len(read)
         ctx.progress("confirm members missing from the fetch", confirmed, None)
+    if confirmed:
+        ctx.log(f"Confirmed {confirmed} member(s) missing from the full fetch")
 
 
-def read_directly(ctx: RunContext, keys: list[tuple[str, str | None]], **progress: Any) -> None:
-    """Read members the paging did not return directly, and stage what Mailchimp has now: a
-    member there, archived too, is merged as read (an archive dated by the member's own
-    ``last_changed``, never by the run's start: a CiviCRM change made after the archive is
-    the newer choice); one answering 404 (with no member holding its unique_email_id under
-    a new address) was deleted permanently at an unknown time (``mark_members_gone``).
-    Committed with the calling stage's ``progress``."""
+def read_directly(ctx: RunContext, keys: list[tuple[str, str | None]]) -> None:
+    """Read members the paging did not return directly, and stage what Mailchimp has now
+    (`stage_current_members`), in one transaction."""
     found = ctx.mailchimp.current_members(ctx.list_id, keys)
+    with ctx.staging.atomic():
+        stage_current_members(ctx, keys, found)
+
+
+def stage_current_members(
+    ctx: RunContext, keys: list[tuple[str, str | None]], found: list[dict[str, Any] | None]
+) -> None:
+    """Stage members as a direct read found them (``found``, one per key): a member there,
+    archived too, is merged as read (an archive dated by the member's own ``last_changed``,
+    never by the run's start: a CiviCRM change made after the archive is the newer choice);
+    one answering 404 (with no member holding its unique_email_id under a new address) was
+    deleted permanently at an unknown time (``mark_members_gone``)."""
     present = {m["id"]: m for m in found if m is not None}
     gone = [key[0] for key, m in zip(keys, found, strict=True) if m is None]
-    with ctx.staging.atomic():
-        merge_members(ctx, list(present.values()))
-        ctx.staging.mark_members_gone(ctx.list_id, gone)
-        if progress:
-            ctx.staging.set_state(ctx.list_id, **progress)
+    merge_members(ctx, list(present.values()))
+    ctx.staging.mark_members_gone(ctx.list_id, gone)
 
 
 def read_skipped_in_window(ctx: RunContext) -> None:
@@ -264,10 +273,8 @@ def confirm_civicrm_only(ctx: RunContext) -> None:
     its time). One round of concurrent reads per committed chunk, resumable by the stage
     cursor."""
     chunk = max(1, ctx.mailchimp.max_connections)
-    checked = 0
-    while True:
-        ctx.budget.check()
-        cursor = ctx.staging.state(ctx.list_id)["cursor"]
+
+    def check_at_mailchimp(cursor: int) -> list[_Checked]:
         rows = ctx.staging.civicrm_only_added(
             ctx.list_id,
             ctx.group_id,
@@ -276,27 +283,43 @@ def confirm_civicrm_only(ctx: RunContext) -> None:
             privacy_flags=ctx.respect_privacy_flags,
         )
         if not rows:
-            return
+            return []
         emails = ctx.staging.unstaged_emails(ctx.list_id, [r["contact_id"] for r in rows])
         found = ctx.mailchimp.current_members(
             ctx.list_id, [(member_hash(email), None) for email in emails]
         )
         # An archived member is found too: not new, but a member who left, at its own time.
         present = {m["id"]: m for m in found if m is not None}
-        with ctx.staging.atomic():
-            if present:
-                merge_members(ctx, list(present.values()))
-                new_rows = ctx.staging.unmatched_member_rows(ctx.list_id, list(present))
+        return [_Checked(int(rows[-1]["id"]), len(rows), present)]
+
+    checked = 0
+    for chunk_read in ctx.staging.each_chunk(
+        ctx.list_id, ctx.budget.check, check_at_mailchimp, key=lambda c: c.last_id
+    ):
+        for contacts in chunk_read:
+            if contacts.present:
+                merge_members(ctx, list(contacts.present.values()))
+                new_rows = ctx.staging.unmatched_member_rows(ctx.list_id, list(contacts.present))
                 if new_rows:
                     assign_matches(ctx, new_rows)
                 ctx.staging.drop_contact_rows_with_members(ctx.list_id)
                 ctx.log(
-                    f"Found {len(present)} member(s) at Mailchimp that the full fetch did not "
-                    "return (paging over changing data); reconciled as read"
+                    f"Found {len(contacts.present)} member(s) at Mailchimp that the full fetch "
+                    "did not return (paging over changing data); reconciled as read"
                 )
-            ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
-        checked += len(rows)
+            checked += contacts.rows
         ctx.progress("check CiviCRM-only contacts at Mailchimp", checked, None)
+
+
+class _Checked(NamedTuple):
+    """A chunk of CiviCRM-only rows, checked at Mailchimp before the chunk's transaction
+    opens (no request holds the staging DB's write lock, which the lease heartbeat needs)."""
+
+    last_id: int
+    """The chunk's last row id: where the stage cursor moves when it is committed."""
+    rows: int
+    present: dict[str, dict[str, Any]]
+    """The members found for the rows' addresses, by subscriber hash."""
 
 
 def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
@@ -476,29 +499,31 @@ def date_status_changes(ctx: RunContext) -> None:
     no CiviCRM change in the interval cost nothing. One round of concurrent reads per
     committed chunk, resumable by the stage cursor."""
     chunk = max(1, ctx.mailchimp.max_connections)
-    dated_count = undated = 0
-    while True:
-        ctx.budget.check()
-        cursor = ctx.staging.state(ctx.list_id)["cursor"]
+
+    def read_feeds(cursor: int) -> list[tuple[Any, datetime | None]]:
+        """The next rows to date, each with its feed's answer (None: not read)."""
         rows = ctx.staging.undated_status_changes(ctx.list_id, ctx.group_id, cursor, chunk)
         if not rows:
-            break
+            return []
         readable = [r for r in rows if r["mc_status"] in _FEED_EVENTS]
         times = ctx.mailchimp.unsubscribe_times(
             ctx.list_id,
             [r["mc_hash"] for r in readable],
             activities=[_FEED_EVENTS[r["mc_status"]] for r in readable],
         )
-        dated = []
-        for row, moment in zip(readable, times, strict=True):
-            at = _dated(row, moment)
-            if at is not None:
-                dated.append((int(row["id"]), at))
-        with ctx.staging.atomic():
-            ctx.staging.date_status_changes(dated)
-            ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
+        answers = dict(zip((r["id"] for r in readable), times, strict=True))
+        return [(r, answers.get(r["id"])) for r in rows]
+
+    dated_count = undated = 0
+    for read in ctx.staging.each_chunk(
+        ctx.list_id, ctx.budget.check, read_feeds, key=lambda pair: int(pair[0]["id"])
+    ):
+        dated = [
+            (int(row["id"]), at) for row, moment in read if (at := _dated(row, moment)) is not None
+        ]
+        ctx.staging.date_status_changes(dated)
         dated_count += len(dated)
-        undated += len(rows) - len(dated)
+        undated += len(read) - len(dated)
         ctx.progress("date Mailchimp status changes", dated_count + undated, None)
     if dated_count:
         ctx.log(f"Dated {dated_count} Mailchimp status change(s) exactly (activity feed)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from mcsync.rules.addresses import fold_email
 from mcsync.rules.matching import should_create_contact
@@ -42,23 +42,33 @@ def fix_contact_ids(ctx: RunContext) -> None:
 
 def match_emails(ctx: RunContext) -> None:
     """Look up the owners of unmatched Mailchimp emails, then apply the matching order."""
-    while True:
-        ctx.budget.check()
-        batch = ctx.staging.unmatched_member_emails(
-            ctx.list_id,
-            ctx.staging.state(ctx.list_id)["cursor"],
-            EMAIL_LOOKUP_CHUNK * MATCH_CONCURRENCY,
+
+    def look_up(cursor: int) -> list[_Owners]:
+        rows = ctx.staging.unmatched_member_emails(
+            ctx.list_id, cursor, EMAIL_LOOKUP_CHUNK * MATCH_CONCURRENCY
         )
-        if not batch:
-            return
-        emails = sorted({r["mc_email"] for r in batch})
-        records = _owners_of(ctx, emails)
-        with ctx.staging.atomic():
-            store_emails(ctx, records)
-            store_contacts(ctx, [contact_from_join(r) for r in records])
-            assign_matches(ctx, [r["id"] for r in batch])
-            ctx.staging.set_state(ctx.list_id, cursor=batch[-1]["id"])
-        ctx.progress("match emails", len(batch), None)
+        if not rows:
+            return []
+        return [_Owners(rows, _owners_of(ctx, sorted({r["mc_email"] for r in rows})))]
+
+    for chunk in ctx.staging.each_chunk(
+        ctx.list_id, ctx.budget.check, look_up, key=lambda owners: int(owners.rows[-1]["id"])
+    ):
+        for owners in chunk:
+            store_emails(ctx, owners.records)
+            store_contacts(ctx, [contact_from_join(r) for r in owners.records])
+            assign_matches(ctx, [r["id"] for r in owners.rows])
+            ctx.progress("match emails", len(owners.rows), None)
+
+
+class _Owners(NamedTuple):
+    """A chunk of unmatched member rows and the owners of their addresses, looked up before
+    the chunk's transaction opens (no request holds the staging DB's write lock, which the
+    lease heartbeat needs)."""
+
+    rows: list[Any]
+    records: list[dict[str, Any]]
+    """CiviCRM's Email records of the addresses, with their contacts' flags (undeleted only)."""
 
 
 def _owners_of(ctx: RunContext, emails: Sequence[str]) -> list[dict[str, Any]]:
@@ -246,67 +256,89 @@ def load_history_dates(ctx: RunContext) -> None:
     at its date (issue 10); without one, Mailchimp wins as before.
 
     Only disagreements need a date, so the cost follows the number of changes."""
-    while True:
-        ctx.budget.check()
-        contact_ids = ctx.staging.contacts_to_date(
-            ctx.list_id,
-            ctx.group_id,
-            ctx.interest_groups,
-            ctx.staging.state(ctx.list_id)["cursor"],
-            IN_CHUNK,
-        )
-        if not contact_ids:
-            return
-        records = ctx.civicrm.call(
-            "SubscriptionHistory",
-            "get",
-            {
-                "select": ["id", "contact_id", "group_id", "status", "date", "tracking"],
-                "where": [
-                    ["contact_id", "IN", contact_ids],
-                    ["group_id", "IN", ctx.all_groups],
-                ],
-                "orderBy": {"id": "ASC"},
-                "limit": 0,
-            },
-        )
-        latest: dict[tuple[int, int], tuple[str, str]] = {}
-        last_status: dict[tuple[int, int], str] = {}  # mcsync's own rows included
-        dated: dict[tuple[int, int, str], str] = {}  # latest date of each status
-        for record in records:
-            pair = (record["contact_id"], record["group_id"])
-            last_status[pair] = record["status"]
-            if (record.get("tracking") or "") == TRACKING_MARKER:
-                continue
-            moment = ctx.civi_to_utc(record["date"])
-            latest[pair] = (iso(moment) or "", record["status"])
-            dated[(*pair, record["status"])] = iso(moment) or ""
-        moved = _moved_since_read(ctx, contact_ids, last_status)
-        fresh = _current_statuses(ctx, sorted({c for c, _ in moved}))
-        with ctx.staging.atomic():
-            ctx.staging.date_group_statuses(
-                [(at, c, g) for (c, g), (at, _) in latest.items() if (c, g) not in moved]
-            )
+    for chunk in ctx.staging.each_chunk(
+        ctx.list_id,
+        ctx.budget.check,
+        lambda cursor: _read_history(ctx, cursor),
+        key=lambda history: history.last_contact,
+    ):
+        for history in chunk:
+            ctx.staging.date_group_statuses(history.dated)
             # Staff changed these after the run read them (a run stopped between the read
             # and here): the status read is stale, so stage the one CiviCRM holds now, dated
             # by its own latest history row (none: undated, as a membership without history).
-            ctx.staging.restage_group_statuses(
-                [
-                    (c, g, fresh.get((c, g)), _date_of(dated, last_status, c, g, fresh))
-                    for c, g in sorted(moved)
-                ]
-            )
+            ctx.staging.restage_group_statuses(history.restaged)
             # An absent membership whose latest history is a deletion: not in the group
             # since that date.
-            ctx.staging.date_deletions(
-                [
-                    (c, g, at)
-                    for (c, g), (at, status) in latest.items()
-                    if status == "Deleted" and (c, g) not in moved
-                ]
-            )
-            ctx.staging.set_state(ctx.list_id, cursor=contact_ids[-1])
-        ctx.progress("load history", len(contact_ids), None)
+            ctx.staging.date_deletions(history.deletions)
+            ctx.progress("load history", history.contacts, None)
+
+
+class _History(NamedTuple):
+    """What CiviCRM's history says of a chunk of contacts, read before the chunk's
+    transaction opens (no request holds the staging DB's write lock)."""
+
+    last_contact: int
+    """The chunk's last contact id: where the stage cursor moves when it is committed."""
+    contacts: int
+    dated: list[tuple[str, int, int]]
+    """(time, contact, group): staged memberships' change times (`date_group_statuses`)."""
+    restaged: list[tuple[int, int, str | None, str | None]]
+    """Memberships changed since the run read them (`restage_group_statuses`)."""
+    deletions: list[tuple[int, int, str]]
+    """(contact, group, time): absent memberships deleted then (`date_deletions`)."""
+
+
+def _read_history(ctx: RunContext, cursor: int) -> list[_History]:
+    """The latest history row per (contact, group) not written by mcsync, for the next
+    contacts after ``cursor`` whose CiviCRM change time is needed (none: done)."""
+    contact_ids = ctx.staging.contacts_to_date(
+        ctx.list_id, ctx.group_id, ctx.interest_groups, cursor, IN_CHUNK
+    )
+    if not contact_ids:
+        return []
+    records = ctx.civicrm.call(
+        "SubscriptionHistory",
+        "get",
+        {
+            "select": ["id", "contact_id", "group_id", "status", "date", "tracking"],
+            "where": [
+                ["contact_id", "IN", contact_ids],
+                ["group_id", "IN", ctx.all_groups],
+            ],
+            "orderBy": {"id": "ASC"},
+            "limit": 0,
+        },
+    )
+    latest: dict[tuple[int, int], tuple[str, str]] = {}
+    last_status: dict[tuple[int, int], str] = {}  # mcsync's own rows included
+    dated: dict[tuple[int, int, str], str] = {}  # latest date of each status
+    for record in records:
+        pair = (record["contact_id"], record["group_id"])
+        last_status[pair] = record["status"]
+        if (record.get("tracking") or "") == TRACKING_MARKER:
+            continue
+        moment = ctx.civi_to_utc(record["date"])
+        latest[pair] = (iso(moment) or "", record["status"])
+        dated[(*pair, record["status"])] = iso(moment) or ""
+    moved = _moved_since_read(ctx, contact_ids, last_status)
+    fresh = _current_statuses(ctx, sorted({c for c, _ in moved}))
+    return [
+        _History(
+            last_contact=contact_ids[-1],
+            contacts=len(contact_ids),
+            dated=[(at, c, g) for (c, g), (at, _) in latest.items() if (c, g) not in moved],
+            restaged=[
+                (c, g, fresh.get((c, g)), _date_of(dated, last_status, c, g, fresh))
+                for c, g in sorted(moved)
+            ],
+            deletions=[
+                (c, g, at)
+                for (c, g), (at, status) in latest.items()
+                if status == "Deleted" and (c, g) not in moved
+            ],
+        )
+    ]
 
 
 def _moved_since_read(
