@@ -54,7 +54,10 @@ class MatchStore(StoreBase):
         """Match these member rows to the staged owners of their address, by the matching
         order (seed-behaviour §4.2): among owners not trashed and not gone, the sole owner →
         the lowest id Added to the subscription group → the lowest id with any history in it
-        → the lowest id. Rows with no owner keep none. Set-based over the staged emails
+        → the lowest id. Any staged membership of the group counts as history: each comes
+        from a GroupContact or history row, and one whose GroupContact was deleted stays
+        staged with no status (undated, once a full run no longer finds it in the group).
+        Rows with no owner keep none. Set-based over the staged emails
         (the hot path of matching: one statement per chunk); `rules.matching.choose_contact`
         is its specification, and tests/test_matching_twins.py checks that the two agree."""
         if not row_ids:
@@ -65,7 +68,7 @@ class MatchStore(StoreBase):
             WITH owners AS (
                 SELECT r.id AS row_id, e.contact_id,
                        COALESCE(g.status = 'Added', 0) AS added,
-                       (g.status IS NOT NULL OR g.changed_at IS NOT NULL) AS has_history
+                       g.contact_id IS NOT NULL AS has_history
                 FROM rows r
                 JOIN emails e ON e.email_lc = fold_email(r.mc_email)
                 JOIN contacts c ON c.contact_id = e.contact_id AND c.is_deleted = 0 AND c.gone = 0
