@@ -14,7 +14,6 @@ from mcsync.rules.matching import (
     Match,
     MatchRule,
     choose_contact,
-    match_contact,
     should_create_contact,
 )
 from mcsync.rules.member_state import (
@@ -1093,7 +1092,6 @@ def test_choose_best_email(emails: list[EmailRecord], best: str | None) -> None:
 )
 def test_matching_order(candidates: list[Candidate], expected: Match | None) -> None:
     assert choose_contact(candidates) == expected
-    assert match_contact(candidates) == (expected.contact_id if expected else None)
 
 
 @pytest.mark.parametrize(
