@@ -3,7 +3,10 @@ for new subscribers, add CiviCRM-only members, and load history dates where side
 
 Matching order (seed-behaviour §4.2), over undeleted owners of the email: the sole owner →
 the lowest id Added to the subscription group → the lowest id with any history for it → the
-lowest id. It runs as set-based SQL over the staged emails.
+lowest id. It runs as set-based SQL over the staged emails (`Staging.assign_contacts`), whose
+specification is `rules.matching.choose_contact`. Every statement lives in the storage layer
+(`store/matching.py`); the resumable loops go through `StoreBase.each_chunk`, with the
+CiviCRM reads of a chunk made before its transaction opens.
 """
 
 from __future__ import annotations
