@@ -15,7 +15,6 @@ from mcsync.rules.matching import (
     Match,
     MatchRule,
     choose_contact,
-    match_contact,
     should_create_contact,
 )
 from mcsync.rules.member_state import (
@@ -1117,7 +1116,6 @@ def test_choose_best_email(emails: list[EmailRecord], best: str | None) -> None:
 )
 def test_matching_order(candidates: list[Candidate], expected: Match | None) -> None:
     assert choose_contact(candidates) == expected
-    assert match_contact(candidates) == (expected.contact_id if expected else None)
 
 
 @pytest.mark.parametrize(

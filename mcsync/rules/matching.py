@@ -1,6 +1,8 @@
 """The matching order as pure values (seed-behaviour §4.2–§4.3): which of the contacts owning
 a member's email is the member's contact, and which members become new contacts. The match
-stage runs the same order as set-based SQL; this is its reference and decision table.
+stage runs the same order as set-based SQL (`Staging.assign_contacts`, for speed);
+`choose_contact` is its specification and decision table, and tests/test_matching_twins.py
+checks on generated data that the two pick the same contact.
 """
 
 from __future__ import annotations
@@ -66,12 +68,6 @@ def choose_contact(candidates: Sequence[Candidate]) -> Match | None:
         if wanted:
             return Match(min(wanted), rule)
     raise AssertionError("unreachable: LOWEST_ID always has a candidate")
-
-
-def match_contact(candidates: Sequence[Candidate]) -> int | None:
-    """The contact id ``choose_contact`` picks, or None."""
-    match = choose_contact(candidates)
-    return match.contact_id if match else None
 
 
 def trashed_removal_wins(

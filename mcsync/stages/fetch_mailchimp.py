@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from mcsync.api.mailchimp import MAX_PAGE_SIZE, NO_EVENT, member_hash
 from mcsync.stages.context import WINDOW_OVERLAP, RunContext
 from mcsync.stages.match import assign_matches
 from mcsync.store.database import dumps, iso, parse_iso, utc_now
+from mcsync.store.states import RowState
 
 # Margin before a full run's start for reading the changes made while it paged: covers a
 # clock difference with Mailchimp and its whole-second times.
@@ -164,39 +165,48 @@ def confirm_vanished_members(ctx: RunContext) -> None:
         return
     # One round of concurrent reads per transaction: even a short budget makes progress.
     chunk = max(1, ctx.mailchimp.max_connections)
-    confirmed = 0
-    while True:
-        ctx.budget.check()
-        cursor = ctx.staging.state(ctx.list_id)["cursor"]
+
+    def read_unseen(cursor: int) -> list[tuple[Any, dict[str, Any] | None]]:
+        """The next unseen rows, each with the member Mailchimp has now (None: gone)."""
         rows = ctx.staging.unseen_members(ctx.list_id, ctx.run_id, cursor, chunk)
         if not rows:
-            if confirmed:
-                ctx.log(f"Confirmed {confirmed} member(s) missing from the full fetch")
-            return
-        read_directly(
-            ctx,
-            [(r["mc_hash"], r["mc_unique_id"]) for r in rows],
-            cursor=rows[-1]["id"],
+            return []
+        keys = [(r["mc_hash"], r["mc_unique_id"]) for r in rows]
+        return list(zip(rows, ctx.mailchimp.current_members(ctx.list_id, keys), strict=True))
+
+    confirmed = 0
+    for read in ctx.staging.each_chunk(
+        ctx.list_id, ctx.budget.check, read_unseen, key=lambda pair: int(pair[0]["id"])
+    ):
+        stage_current_members(
+            ctx, [(r["mc_hash"], r["mc_unique_id"]) for r, _ in read], [m for _, m in read]
         )
-        confirmed += len(rows)
+        confirmed += len(read)
         ctx.progress("confirm members missing from the fetch", confirmed, None)
+    if confirmed:
+        ctx.log(f"Confirmed {confirmed} member(s) missing from the full fetch")
 
 
-def read_directly(ctx: RunContext, keys: list[tuple[str, str | None]], **progress: Any) -> None:
-    """Read members the paging did not return directly, and stage what Mailchimp has now: a
-    member there, archived too, is merged as read (an archive dated by the member's own
-    ``last_changed``, never by the run's start: a CiviCRM change made after the archive is
-    the newer choice); one answering 404 (with no member holding its unique_email_id under
-    a new address) was deleted permanently at an unknown time (``mark_members_gone``).
-    Committed with the calling stage's ``progress``."""
+def read_directly(ctx: RunContext, keys: list[tuple[str, str | None]]) -> None:
+    """Read members the paging did not return directly, and stage what Mailchimp has now
+    (`stage_current_members`), in one transaction."""
     found = ctx.mailchimp.current_members(ctx.list_id, keys)
+    with ctx.staging.atomic():
+        stage_current_members(ctx, keys, found)
+
+
+def stage_current_members(
+    ctx: RunContext, keys: list[tuple[str, str | None]], found: list[dict[str, Any] | None]
+) -> None:
+    """Stage members as a direct read found them (``found``, one per key): a member there,
+    archived too, is merged as read (an archive dated by the member's own ``last_changed``,
+    never by the run's start: a CiviCRM change made after the archive is the newer choice);
+    one answering 404 (with no member holding its unique_email_id under a new address) was
+    deleted permanently at an unknown time (``mark_members_gone``)."""
     present = {m["id"]: m for m in found if m is not None}
     gone = [key[0] for key, m in zip(keys, found, strict=True) if m is None]
-    with ctx.staging.atomic():
-        merge_members(ctx, list(present.values()))
-        ctx.staging.mark_members_gone(ctx.list_id, gone)
-        if progress:
-            ctx.staging.set_state(ctx.list_id, **progress)
+    merge_members(ctx, list(present.values()))
+    ctx.staging.mark_members_gone(ctx.list_id, gone)
 
 
 def read_skipped_in_window(ctx: RunContext) -> None:
@@ -263,10 +273,8 @@ def confirm_civicrm_only(ctx: RunContext) -> None:
     its time). One round of concurrent reads per committed chunk, resumable by the stage
     cursor."""
     chunk = max(1, ctx.mailchimp.max_connections)
-    checked = 0
-    while True:
-        ctx.budget.check()
-        cursor = ctx.staging.state(ctx.list_id)["cursor"]
+
+    def check_at_mailchimp(cursor: int) -> list[_Checked]:
         rows = ctx.staging.civicrm_only_added(
             ctx.list_id,
             ctx.group_id,
@@ -275,27 +283,43 @@ def confirm_civicrm_only(ctx: RunContext) -> None:
             privacy_flags=ctx.respect_privacy_flags,
         )
         if not rows:
-            return
+            return []
         emails = ctx.staging.unstaged_emails(ctx.list_id, [r["contact_id"] for r in rows])
         found = ctx.mailchimp.current_members(
             ctx.list_id, [(member_hash(email), None) for email in emails]
         )
         # An archived member is found too: not new, but a member who left, at its own time.
         present = {m["id"]: m for m in found if m is not None}
-        with ctx.staging.atomic():
-            if present:
-                merge_members(ctx, list(present.values()))
-                new_rows = ctx.staging.unmatched_member_rows(ctx.list_id, list(present))
+        return [_Checked(int(rows[-1]["id"]), len(rows), present)]
+
+    checked = 0
+    for chunk_read in ctx.staging.each_chunk(
+        ctx.list_id, ctx.budget.check, check_at_mailchimp, key=lambda c: c.last_id
+    ):
+        for contacts in chunk_read:
+            if contacts.present:
+                merge_members(ctx, list(contacts.present.values()))
+                new_rows = ctx.staging.unmatched_member_rows(ctx.list_id, list(contacts.present))
                 if new_rows:
                     assign_matches(ctx, new_rows)
                 ctx.staging.drop_contact_rows_with_members(ctx.list_id)
                 ctx.log(
-                    f"Found {len(present)} member(s) at Mailchimp that the full fetch did not "
-                    "return (paging over changing data); reconciled as read"
+                    f"Found {len(contacts.present)} member(s) at Mailchimp that the full fetch "
+                    "did not return (paging over changing data); reconciled as read"
                 )
-            ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
-        checked += len(rows)
+            checked += contacts.rows
         ctx.progress("check CiviCRM-only contacts at Mailchimp", checked, None)
+
+
+class _Checked(NamedTuple):
+    """A chunk of CiviCRM-only rows, checked at Mailchimp before the chunk's transaction
+    opens (no request holds the staging DB's write lock, which the lease heartbeat needs)."""
+
+    last_id: int
+    """The chunk's last row id: where the stage cursor moves when it is committed."""
+    rows: int
+    present: dict[str, dict[str, Any]]
+    """The members found for the rows' addresses, by subscriber hash."""
 
 
 def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
@@ -307,14 +331,9 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
     """
     if not members:
         return
-    hashes = [m["id"] for m in members]
-    placeholders = ",".join("?" * len(hashes))
-    existing = {
+    existing: dict[str, Any] = {
         r["mc_hash"]: r
-        for r in ctx.staging.query(
-            f"SELECT * FROM rows WHERE list_id = ? AND mc_hash IN ({placeholders})",
-            (ctx.list_id, *hashes),
-        )
+        for r in ctx.staging.members_by_hash(ctx.list_id, [m["id"] for m in members])
     }
     _follow_email_changes(ctx, [m for m in members if m["id"] not in existing], existing)
     mapped = list(ctx.interest_groups)
@@ -369,7 +388,7 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
                     interests_at[interest_id] = changed
             else:
                 interests_at.setdefault(interest_id, changed)
-        sync_status = "todo" if relevant_change else old["sync_status"]
+        sync_status = RowState.TODO if relevant_change else old["sync_status"]
         updates.append(
             (
                 status,
@@ -385,22 +404,8 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
                 old["id"],
             )
         )
-    conn = ctx.staging.conn
-    if inserts:
-        conn.executemany(
-            "INSERT INTO rows (list_id, mc_hash, mc_email, mc_status, mc_last_changed, "
-            "mc_status_at, mc_fname, mc_lname, mc_interests, mc_interests_at, mc_unique_id, "
-            "mc_seen_run, sync_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'todo')",
-            inserts,
-        )
-    if updates:
-        conn.executemany(
-            "UPDATE rows SET mc_status = ?, mc_last_changed = ?, mc_status_at = ?, "
-            "mc_status_after = ?, mc_fname = ?, "
-            "mc_lname = ?, mc_interests = ?, mc_interests_at = ?, sync_status = ?, "
-            "mc_seen_run = ? WHERE id = ?",
-            updates,
-        )
+    ctx.staging.insert_members(inserts)
+    ctx.staging.update_members(updates)
     _baseline_merge_fields(ctx, members)
 
 
@@ -411,18 +416,11 @@ def _baseline_merge_fields(ctx: RunContext, members: list[dict[str, Any]]) -> No
     tags = list(ctx.audience.merge_fields)
     if not tags:
         return
-    ctx.staging.conn.executemany(
-        "UPDATE rows SET pushed_merge = json_patch(?, pushed_merge) "
-        "WHERE list_id = ? AND mc_hash = ?",
-        [
-            (
-                dumps({t: (m.get("merge_fields") or {}).get(t, "") for t in tags}),
-                ctx.list_id,
-                m["id"],
-            )
-            for m in members
-        ],
-    )
+    values = [
+        (m["id"], dumps({t: (m.get("merge_fields") or {}).get(t, "") for t in tags}))
+        for m in members
+    ]
+    ctx.staging.baseline_merge_fields(ctx.list_id, values)
 
 
 def _follow_email_changes(
@@ -434,28 +432,15 @@ def _follow_email_changes(
     by_unique = {m["unique_email_id"]: m for m in new_members if m.get("unique_email_id")}
     if not by_unique:
         return
-    marks = ",".join("?" * len(by_unique))
-    for old in ctx.staging.query(
-        f"SELECT * FROM rows WHERE list_id = ? AND mc_unique_id IN ({marks})",
-        (ctx.list_id, *by_unique),
-    ):
+    for old in ctx.staging.members_by_unique_id(ctx.list_id, list(by_unique)):
         member = by_unique[old["mc_unique_id"]]
         if old["mc_hash"] == member["id"]:
             continue
         email = member.get("email_address")
-        ctx.staging.execute(
-            "UPDATE rows SET mc_hash = ?, mc_email = ? WHERE id = ?",
-            (member["id"], email, old["id"]),
+        existing[member["id"]] = ctx.staging.follow_email_change(
+            ctx.list_id, old["id"], member["id"], email
         )
-        if old["contact_id"] is not None and email:
-            ctx.staging.execute(
-                "INSERT OR IGNORE INTO civi_writes (list_id, kind, contact_id, email) "
-                "VALUES (?, 'email', ?, ?)",
-                (ctx.list_id, old["contact_id"], email),
-            )
         ctx.log(f"Followed an email change at Mailchimp: {old['mc_email']} -> {email}")
-        refreshed = ctx.staging.query("SELECT * FROM rows WHERE id = ?", (old["id"],))
-        existing[member["id"]] = refreshed[0]
 
 
 def _status_change_time(
@@ -514,29 +499,31 @@ def date_status_changes(ctx: RunContext) -> None:
     no CiviCRM change in the interval cost nothing. One round of concurrent reads per
     committed chunk, resumable by the stage cursor."""
     chunk = max(1, ctx.mailchimp.max_connections)
-    dated_count = undated = 0
-    while True:
-        ctx.budget.check()
-        cursor = ctx.staging.state(ctx.list_id)["cursor"]
+
+    def read_feeds(cursor: int) -> list[tuple[Any, datetime | None]]:
+        """The next rows to date, each with its feed's answer (None: not read)."""
         rows = ctx.staging.undated_status_changes(ctx.list_id, ctx.group_id, cursor, chunk)
         if not rows:
-            break
+            return []
         readable = [r for r in rows if r["mc_status"] in _FEED_EVENTS]
         times = ctx.mailchimp.unsubscribe_times(
             ctx.list_id,
             [r["mc_hash"] for r in readable],
             activities=[_FEED_EVENTS[r["mc_status"]] for r in readable],
         )
-        dated = []
-        for row, moment in zip(readable, times, strict=True):
-            at = _dated(row, moment)
-            if at is not None:
-                dated.append((int(row["id"]), at))
-        with ctx.staging.atomic():
-            ctx.staging.date_status_changes(dated)
-            ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
+        answers = dict(zip((r["id"] for r in readable), times, strict=True))
+        return [(r, answers.get(r["id"])) for r in rows]
+
+    dated_count = undated = 0
+    for read in ctx.staging.each_chunk(
+        ctx.list_id, ctx.budget.check, read_feeds, key=lambda pair: int(pair[0]["id"])
+    ):
+        dated = [
+            (int(row["id"]), at) for row, moment in read if (at := _dated(row, moment)) is not None
+        ]
+        ctx.staging.date_status_changes(dated)
         dated_count += len(dated)
-        undated += len(rows) - len(dated)
+        undated += len(read) - len(dated)
         ctx.progress("date Mailchimp status changes", dated_count + undated, None)
     if dated_count:
         ctx.log(f"Dated {dated_count} Mailchimp status change(s) exactly (activity feed)")

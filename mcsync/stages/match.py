@@ -3,7 +3,10 @@ for new subscribers, add CiviCRM-only members, and load history dates where side
 
 Matching order (seed-behaviour §4.2), over undeleted owners of the email: the sole owner →
 the lowest id Added to the subscription group → the lowest id with any history for it → the
-lowest id. It runs as set-based SQL over the staged emails.
+lowest id. It runs as set-based SQL over the staged emails (`Staging.assign_contacts`), whose
+specification is `rules.matching.choose_contact`. Every statement lives in the storage layer
+(`store/matching.py`); the resumable loops go through `StoreBase.each_chunk`, with the
+CiviCRM reads of a chunk made before its transaction opens.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from mcsync.rules.addresses import fold_email
 from mcsync.rules.matching import should_create_contact
@@ -27,7 +30,7 @@ from mcsync.stages.fetch_civicrm import (
 )
 from mcsync.store.database import iso, parse_iso
 
-SUBSCRIBED = ("subscribed", "pending")
+CREATE_CHUNK = 200  # Contacts created per request (and per committed chunk)
 MATCH_CONCURRENCY = 4  # Email lookups in flight: the CiviCRM client's connection pool
 # Emails per `IN` lookup: large enough that a full run makes few round trips (an indexed
 # `IN` of a few thousand strings is cheap for MySQL), small enough for any request limit.
@@ -37,41 +40,38 @@ EMAIL_LOOKUP_CHUNK = 2000
 def fix_contact_ids(ctx: RunContext) -> None:
     """Rows pointing at trashed, merged-away or hard-deleted contacts lose the contact id
     (seed-behaviour §4.1); rows left with neither side are dropped."""
-    with ctx.staging.atomic():
-        ctx.staging.execute(
-            "UPDATE rows SET contact_id = NULL, sync_status = 'todo' WHERE list_id = ? "
-            "AND contact_id IN (SELECT contact_id FROM contacts WHERE is_deleted = 1 OR gone = 1)",
-            (ctx.list_id,),
-        )
-        ctx.staging.execute(
-            "DELETE FROM rows WHERE list_id = ? AND contact_id IS NULL AND mc_hash IS NULL",
-            (ctx.list_id,),
-        )
+    ctx.staging.clear_unusable_contacts(ctx.list_id)
 
 
 def match_emails(ctx: RunContext) -> None:
     """Look up the owners of unmatched Mailchimp emails, then apply the matching order."""
-    while True:
-        ctx.budget.check()
-        batch = ctx.staging.query(
-            "SELECT id, mc_email FROM rows WHERE list_id = ? AND contact_id IS NULL "
-            "AND mc_email IS NOT NULL AND id > ? ORDER BY id LIMIT ?",
-            (
-                ctx.list_id,
-                ctx.staging.state(ctx.list_id)["cursor"],
-                EMAIL_LOOKUP_CHUNK * MATCH_CONCURRENCY,
-            ),
+
+    def look_up(cursor: int) -> list[_Owners]:
+        rows = ctx.staging.unmatched_member_emails(
+            ctx.list_id, cursor, EMAIL_LOOKUP_CHUNK * MATCH_CONCURRENCY
         )
-        if not batch:
-            return
-        emails = sorted({r["mc_email"] for r in batch})
-        records = _owners_of(ctx, emails)
-        with ctx.staging.atomic():
-            store_emails(ctx, records)
-            store_contacts(ctx, [contact_from_join(r) for r in records])
-            assign_matches(ctx, [r["id"] for r in batch])
-            ctx.staging.set_state(ctx.list_id, cursor=batch[-1]["id"])
-        ctx.progress("match emails", len(batch), None)
+        if not rows:
+            return []
+        return [_Owners(rows, _owners_of(ctx, sorted({r["mc_email"] for r in rows})))]
+
+    for chunk in ctx.staging.each_chunk(
+        ctx.list_id, ctx.budget.check, look_up, key=lambda owners: int(owners.rows[-1]["id"])
+    ):
+        for owners in chunk:
+            store_emails(ctx, owners.records)
+            store_contacts(ctx, [contact_from_join(r) for r in owners.records])
+            assign_matches(ctx, [r["id"] for r in owners.rows])
+            ctx.progress("match emails", len(owners.rows), None)
+
+
+class _Owners(NamedTuple):
+    """A chunk of unmatched member rows and the owners of their addresses, looked up before
+    the chunk's transaction opens (no request holds the staging DB's write lock, which the
+    lease heartbeat needs)."""
+
+    rows: list[Any]
+    records: list[dict[str, Any]]
+    """CiviCRM's Email records of the addresses, with their contacts' flags (undeleted only)."""
 
 
 def _owners_of(ctx: RunContext, emails: Sequence[str]) -> list[dict[str, Any]]:
@@ -97,33 +97,9 @@ def _owners_of(ctx: RunContext, emails: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def assign_matches(ctx: RunContext, row_ids: Sequence[int]) -> None:
-    """Set-based matching for these rows, from staged emails, contacts and group status."""
-    placeholders = ",".join("?" * len(row_ids))
-    ctx.staging.execute(
-        f"""
-        WITH owners AS (
-            SELECT r.id AS row_id, e.contact_id,
-                   COALESCE(g.status = 'Added', 0) AS added,
-                   (g.status IS NOT NULL OR g.changed_at IS NOT NULL) AS has_history
-            FROM rows r
-            JOIN emails e ON e.email_lc = fold_email(r.mc_email)
-            JOIN contacts c ON c.contact_id = e.contact_id AND c.is_deleted = 0 AND c.gone = 0
-            LEFT JOIN group_status g ON g.contact_id = e.contact_id AND g.group_id = ?
-            WHERE r.id IN ({placeholders})
-            GROUP BY r.id, e.contact_id
-        ),
-        ranked AS (
-            SELECT row_id, contact_id,
-                   ROW_NUMBER() OVER (
-                       PARTITION BY row_id ORDER BY added DESC, has_history DESC, contact_id
-                   ) AS rank
-            FROM owners
-        )
-        UPDATE rows SET contact_id = ranked.contact_id, sync_status = 'todo', creating = 0
-        FROM ranked WHERE ranked.row_id = rows.id AND ranked.rank = 1
-        """,
-        (ctx.group_id, *row_ids),
-    )
+    """Match these rows to the staged owners of their emails by the matching order
+    (`Staging.assign_contacts`; its specification is `rules.matching.choose_contact`)."""
+    ctx.staging.assign_contacts(ctx.group_id, row_ids)
 
 
 def create_contacts(ctx: RunContext) -> None:
@@ -137,22 +113,14 @@ def create_contacts(ctx: RunContext) -> None:
         return
     while True:
         ctx.budget.check()
-        rows = ctx.staging.query(
-            "SELECT id, mc_email, mc_fname, mc_lname, creating FROM rows WHERE list_id = ? "
-            "AND contact_id IS NULL AND mc_email IS NOT NULL AND mc_status IN (?, ?) "
-            "AND sync_status != 'fail' AND trashed_removal_at IS NULL ORDER BY id LIMIT ?",
-            (ctx.list_id, *SUBSCRIBED, 200),
-        )
+        rows = ctx.staging.rows_to_create(ctx.list_id, CREATE_CHUNK)
         if not rows:
             return
         retried = [r for r in rows if r["creating"]]
         if retried:
             _rematch(ctx, retried)
             continue
-        with ctx.staging.atomic():
-            ctx.staging.conn.executemany(
-                "UPDATE rows SET creating = 1 WHERE id = ?", [(r["id"],) for r in rows]
-            )
+        ctx.staging.mark_creating([r["id"] for r in rows])
         records = [
             {
                 "contact_type": "Individual",
@@ -171,12 +139,8 @@ def create_contacts(ctx: RunContext) -> None:
         # one matches them by email, rather than pointing rows at contacts it never read.
         fetch_emails_of_contacts(ctx, contact_ids)
         with ctx.staging.atomic():
-            for row, contact_id in zip(rows, contact_ids, strict=False):
-                ctx.staging.execute(
-                    "UPDATE rows SET contact_id = ?, creating = 0, sync_status = 'todo' "
-                    "WHERE id = ?",
-                    (contact_id, row["id"]),
-                )
+            pairs = zip((r["id"] for r in rows), contact_ids, strict=False)
+            ctx.staging.set_created_contacts(list(pairs))
         if not contact_ids:
             _rematch(ctx, rows)
         ctx.progress("create contacts", len(rows), None)
@@ -273,40 +237,16 @@ def _rematch(ctx: RunContext, rows: Sequence[Any]) -> None:
         store_emails(ctx, records)
         store_contacts(ctx, [contact_from_join(r) for r in records])
         assign_matches(ctx, [r["id"] for r in rows])
-        ctx.staging.conn.executemany(
-            "UPDATE rows SET creating = 0 WHERE id = ? AND contact_id IS NULL",
-            [(r["id"],) for r in rows],
-        )
+        ctx.staging.stop_creating_unmatched([r["id"] for r in rows])
 
 
 def add_civicrm_only(ctx: RunContext) -> None:
     """A row per undeleted contact Added to the group that has none in this audience, and
     drop contact-only rows whose contact also has a Mailchimp row (seed-behaviour §3.4)."""
     with ctx.staging.atomic():
-        ctx.staging.execute(
-            "INSERT INTO rows (list_id, contact_id, sync_status) "
-            "SELECT ?, g.contact_id, 'todo' FROM group_status g "
-            "JOIN contacts c ON c.contact_id = g.contact_id AND c.is_deleted = 0 AND c.gone = 0 "
-            "WHERE g.group_id = ? AND g.status = 'Added' AND NOT EXISTS "
-            "(SELECT 1 FROM rows r WHERE r.contact_id = g.contact_id AND r.list_id = ?)",
-            (ctx.list_id, ctx.group_id, ctx.list_id),
-        )
-        ctx.staging.execute(
-            "DELETE FROM rows WHERE list_id = ? AND mc_hash IS NULL AND sync_status != 'live' "
-            "AND contact_id IN (SELECT contact_id FROM rows WHERE list_id = ? "
-            "AND mc_hash IS NOT NULL AND contact_id IS NOT NULL)",
-            (ctx.list_id, ctx.list_id),
-        )
-    missing = [
-        r[0]
-        for r in ctx.staging.query(
-            "SELECT r.contact_id FROM rows r WHERE r.list_id = ? AND r.mc_hash IS NULL "
-            "AND r.contact_id IS NOT NULL AND NOT EXISTS "
-            "(SELECT 1 FROM emails e WHERE e.contact_id = r.contact_id)",
-            (ctx.list_id,),
-        )
-    ]
-    fetch_emails_of_contacts(ctx, missing)
+        ctx.staging.add_civicrm_only_rows(ctx.list_id, ctx.group_id)
+        ctx.staging.drop_contact_rows_with_members(ctx.list_id)
+    fetch_emails_of_contacts(ctx, ctx.staging.contacts_without_emails(ctx.list_id))
 
 
 def load_history_dates(ctx: RunContext) -> None:
@@ -319,89 +259,89 @@ def load_history_dates(ctx: RunContext) -> None:
     at its date (issue 10); without one, Mailchimp wins as before.
 
     Only disagreements need a date, so the cost follows the number of changes."""
-    while True:
-        ctx.budget.check()
-        disagree, params = _disagreement_sql(ctx)
-        absent, absent_params = _absent_membership_sql(ctx)
-        contact_ids = [
-            r[0]
-            for r in ctx.staging.query(
-                "SELECT DISTINCT r.contact_id FROM rows r "
-                "WHERE r.list_id = ? AND r.sync_status = 'todo' AND r.contact_id > ? "
-                "AND (EXISTS (SELECT 1 FROM group_status g WHERE g.contact_id = r.contact_id "
-                f"AND g.changed_at IS NULL AND g.status IS NOT NULL AND ({disagree})) "
-                f"OR {absent}) "
-                "ORDER BY r.contact_id LIMIT ?",
-                (
-                    ctx.list_id,
-                    ctx.staging.state(ctx.list_id)["cursor"],
-                    *params,
-                    *absent_params,
-                    IN_CHUNK,
-                ),
-            )
-        ]
-        if not contact_ids:
-            return
-        records = ctx.civicrm.call(
-            "SubscriptionHistory",
-            "get",
-            {
-                "select": ["id", "contact_id", "group_id", "status", "date", "tracking"],
-                "where": [
-                    ["contact_id", "IN", contact_ids],
-                    ["group_id", "IN", ctx.all_groups],
-                ],
-                "orderBy": {"id": "ASC"},
-                "limit": 0,
-            },
-        )
-        latest: dict[tuple[int, int], tuple[str, str]] = {}
-        last_status: dict[tuple[int, int], str] = {}  # mcsync's own rows included
-        dated: dict[tuple[int, int, str], str] = {}  # latest date of each status
-        for record in records:
-            pair = (record["contact_id"], record["group_id"])
-            last_status[pair] = record["status"]
-            if (record.get("tracking") or "") == TRACKING_MARKER:
-                continue
-            moment = ctx.civi_to_utc(record["date"])
-            latest[pair] = (iso(moment) or "", record["status"])
-            dated[(*pair, record["status"])] = iso(moment) or ""
-        moved = _moved_since_read(ctx, contact_ids, last_status)
-        fresh = _current_statuses(ctx, sorted({c for c, _ in moved}))
-        with ctx.staging.atomic():
-            ctx.staging.conn.executemany(
-                "UPDATE group_status SET changed_at = ? WHERE contact_id = ? AND group_id = ? "
-                "AND changed_at IS NULL AND status IS NOT NULL",
-                [(at, c, g) for (c, g), (at, _) in latest.items() if (c, g) not in moved],
-            )
+    for chunk in ctx.staging.each_chunk(
+        ctx.list_id,
+        ctx.budget.check,
+        lambda cursor: _read_history(ctx, cursor),
+        key=lambda history: history.last_contact,
+    ):
+        for history in chunk:
+            ctx.staging.date_group_statuses(history.dated)
             # Staff changed these after the run read them (a run stopped between the read
             # and here): the status read is stale, so stage the one CiviCRM holds now, dated
             # by its own latest history row (none: undated, as a membership without history).
-            ctx.staging.conn.executemany(
-                "INSERT INTO group_status (contact_id, group_id, status, changed_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (contact_id, group_id) DO UPDATE SET "
-                "status = excluded.status, changed_at = excluded.changed_at",
-                [
-                    (c, g, fresh.get((c, g)), _date_of(dated, last_status, c, g, fresh))
-                    for c, g in sorted(moved)
-                ],
-            )
+            ctx.staging.restage_group_statuses(history.restaged)
             # An absent membership whose latest history is a deletion: not in the group
             # since that date.
-            ctx.staging.conn.executemany(
-                "INSERT INTO group_status (contact_id, group_id, status, changed_at) "
-                "VALUES (?, ?, NULL, ?) ON CONFLICT (contact_id, group_id) DO UPDATE SET "
-                "changed_at = excluded.changed_at "
-                "WHERE group_status.status IS NULL AND group_status.changed_at IS NULL",
-                [
-                    (c, g, at)
-                    for (c, g), (at, status) in latest.items()
-                    if status == "Deleted" and (c, g) not in moved
-                ],
-            )
-            ctx.staging.set_state(ctx.list_id, cursor=contact_ids[-1])
-        ctx.progress("load history", len(contact_ids), None)
+            ctx.staging.date_deletions(history.deletions)
+            ctx.progress("load history", history.contacts, None)
+
+
+class _History(NamedTuple):
+    """What CiviCRM's history says of a chunk of contacts, read before the chunk's
+    transaction opens (no request holds the staging DB's write lock)."""
+
+    last_contact: int
+    """The chunk's last contact id: where the stage cursor moves when it is committed."""
+    contacts: int
+    dated: list[tuple[str, int, int]]
+    """(time, contact, group): staged memberships' change times (`date_group_statuses`)."""
+    restaged: list[tuple[int, int, str | None, str | None]]
+    """Memberships changed since the run read them (`restage_group_statuses`)."""
+    deletions: list[tuple[int, int, str]]
+    """(contact, group, time): absent memberships deleted then (`date_deletions`)."""
+
+
+def _read_history(ctx: RunContext, cursor: int) -> list[_History]:
+    """The latest history row per (contact, group) not written by mcsync, for the next
+    contacts after ``cursor`` whose CiviCRM change time is needed (none: done)."""
+    contact_ids = ctx.staging.contacts_to_date(
+        ctx.list_id, ctx.group_id, ctx.interest_groups, cursor, IN_CHUNK
+    )
+    if not contact_ids:
+        return []
+    records = ctx.civicrm.call(
+        "SubscriptionHistory",
+        "get",
+        {
+            "select": ["id", "contact_id", "group_id", "status", "date", "tracking"],
+            "where": [
+                ["contact_id", "IN", contact_ids],
+                ["group_id", "IN", ctx.all_groups],
+            ],
+            "orderBy": {"id": "ASC"},
+            "limit": 0,
+        },
+    )
+    latest: dict[tuple[int, int], tuple[str, str]] = {}
+    last_status: dict[tuple[int, int], str] = {}  # mcsync's own rows included
+    dated: dict[tuple[int, int, str], str] = {}  # latest date of each status
+    for record in records:
+        pair = (record["contact_id"], record["group_id"])
+        last_status[pair] = record["status"]
+        if (record.get("tracking") or "") == TRACKING_MARKER:
+            continue
+        moment = ctx.civi_to_utc(record["date"])
+        latest[pair] = (iso(moment) or "", record["status"])
+        dated[(*pair, record["status"])] = iso(moment) or ""
+    moved = _moved_since_read(ctx, contact_ids, last_status)
+    fresh = _current_statuses(ctx, sorted({c for c, _ in moved}))
+    return [
+        _History(
+            last_contact=contact_ids[-1],
+            contacts=len(contact_ids),
+            dated=[(at, c, g) for (c, g), (at, _) in latest.items() if (c, g) not in moved],
+            restaged=[
+                (c, g, fresh.get((c, g)), _date_of(dated, last_status, c, g, fresh))
+                for c, g in sorted(moved)
+            ],
+            deletions=[
+                (c, g, at)
+                for (c, g), (at, status) in latest.items()
+                if status == "Deleted" and (c, g) not in moved
+            ],
+        )
+    ]
 
 
 def _moved_since_read(
@@ -451,33 +391,3 @@ def _date_of(
     if last_status.get((contact_id, group_id)) != status:
         return None
     return dated.get((contact_id, group_id, status))
-
-
-def _absent_membership_sql(ctx: RunContext) -> tuple[str, list[Any]]:
-    """SQL true when the row `r` is subscribed (or interested) at Mailchimp while the
-    contact has no membership staged for that group and no date for its absence."""
-    unknown = (
-        "NOT EXISTS (SELECT 1 FROM group_status g WHERE g.contact_id = r.contact_id "
-        "AND g.group_id = ? AND (g.status IS NOT NULL OR g.changed_at IS NOT NULL))"
-    )
-    clauses = [f"(COALESCE(r.mc_status, '') IN ('subscribed', 'pending') AND {unknown})"]
-    params: list[Any] = [ctx.group_id]
-    for interest_id, group_id in ctx.interest_groups.items():
-        clauses.append(f"(json_extract(r.mc_interests, ?) = 1 AND {unknown})")
-        params.extend([f'$."{interest_id}"', group_id])
-    return "(" + " OR ".join(clauses) + ")", params
-
-
-def _disagreement_sql(ctx: RunContext) -> tuple[str, list[Any]]:
-    """SQL true when a staged pair `g` disagrees with the row `r`'s Mailchimp side."""
-    clauses = [
-        "(g.group_id = ? AND (g.status = 'Added') != "
-        "(COALESCE(r.mc_status, '') IN ('subscribed', 'pending')))"
-    ]
-    params: list[Any] = [ctx.group_id]
-    for interest_id, group_id in ctx.interest_groups.items():
-        clauses.append(
-            "(g.group_id = ? AND (g.status = 'Added') IS NOT json_extract(r.mc_interests, ?))"
-        )
-        params.extend([group_id, f'$."{interest_id}"'])
-    return " OR ".join(clauses), params

@@ -25,6 +25,8 @@ import sqlite_utils
 from mcsync.errors import ConfigError, McsyncError, StorageError
 from mcsync.rules.addresses import fold_email
 from mcsync.store.base import StoreBase
+from mcsync.store.matching import MatchStore
+from mcsync.store.members import MemberStore
 from mcsync.store.people import PeopleStore
 
 # Numbered migrations: never edit one that has shipped; append a new one.
@@ -255,7 +257,7 @@ def parse_iso(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class Staging(PeopleStore, StoreBase):
+class Staging(MemberStore, MatchStore, PeopleStore, StoreBase):
     """One open staging database. Not shared across threads (the lease heartbeat opens its own).
 
     ``read_only`` (``status``, ``failures``) opens an existing DB with ``mode=ro``: it works on
@@ -445,183 +447,6 @@ class Staging(PeopleStore, StoreBase):
         )
         return cursor.rowcount
 
-    # -- members absent from a full fetch ---------------------------------------------
-    def seen_any_member(self, list_id: str, run_id: str) -> bool:
-        """Did this run read at least one member (an empty answer is never "everyone left")?"""
-        return bool(
-            self.scalar(
-                "SELECT 1 FROM rows WHERE list_id = ? AND mc_seen_run = ? LIMIT 1",
-                (list_id, run_id),
-            )
-        )
-
-    def unseen_members(
-        self, list_id: str, run_id: str, after_id: int, limit: int
-    ) -> list[sqlite3.Row]:
-        """Staged members this full run has not read (in id order after ``after_id``): the
-        candidates for "gone", each to be confirmed before it is treated so. Rows with writes
-        on their way are left alone, as before."""
-        return self.query(
-            "SELECT id, mc_hash, mc_unique_id FROM rows WHERE list_id = ? AND id > ? "
-            "AND mc_hash IS NOT NULL AND mc_seen_run IS NOT ? AND mc_status IS NOT 'archived' "
-            "AND sync_status != 'live' ORDER BY id LIMIT ?",
-            (list_id, after_id, run_id, limit),
-        )
-
-    def undated_status_changes(
-        self, list_id: str, group_id: int, after_id: int, limit: int
-    ) -> list[sqlite3.Row]:
-        """Rows to decide whose Mailchimp status change is known only to lie between
-        mcsync's previous view of the member (``mc_status_after``) and its ``last_changed``
-        (a change, or a possible round trip of an unchanged status), while the contact's
-        subscription group changed strictly inside that interval: the order of the two
-        choices is unknown. In id order after ``after_id``."""
-        return self.query(
-            "SELECT r.id, r.mc_hash, r.mc_status, r.mc_status_after, r.mc_status_at, "
-            "r.mc_last_changed "
-            "FROM rows r JOIN group_status g ON g.contact_id = r.contact_id AND g.group_id = ? "
-            "WHERE r.list_id = ? AND r.id > ? AND r.sync_status = 'todo' "
-            "AND r.mc_status_after IS NOT NULL AND r.mc_status IS NOT 'archived' "
-            "AND g.changed_at > r.mc_status_after "
-            "AND g.changed_at < MAX(r.mc_status_at, COALESCE(r.mc_last_changed, r.mc_status_at)) "
-            "ORDER BY r.id LIMIT ?",
-            (group_id, list_id, after_id, limit),
-        )
-
-    def undated_group_statuses(
-        self, contact_ids: list[int], group_ids: list[int]
-    ) -> list[tuple[int, int, str | None]]:
-        """Staged memberships of these contacts in these groups without a change date
-        (status None: staged as not a member)."""
-        if not contact_ids or not group_ids:
-            return []
-        contacts = ",".join("?" * len(contact_ids))
-        groups = ",".join("?" * len(group_ids))
-        rows = self.query(
-            f"SELECT contact_id, group_id, status FROM group_status WHERE contact_id IN "
-            f"({contacts}) AND group_id IN ({groups}) AND changed_at IS NULL",
-            (*contact_ids, *group_ids),
-        )
-        return [(r[0], r[1], r[2]) for r in rows]
-
-    def date_status_changes(self, dated: list[tuple[int, str]]) -> None:
-        """Record exact Mailchimp status change times found for (row id, time)."""
-        self.conn.executemany(
-            "UPDATE rows SET mc_status_at = ?, mc_status_after = NULL WHERE id = ?",
-            [(at, row_id) for row_id, at in dated],
-        )
-
-    def mark_members_gone(self, list_id: str, hashes: list[str]) -> None:
-        """Members confirmed deleted permanently (a direct read answered 404): not subscribed,
-        to be reconciled. When they went is unknown, only that it was after the last change
-        mcsync read of them, so they are dated there (``mc_last_changed``): a CiviCRM change
-        made since is never overwritten by the deletion (DESIGN §4). Archived members are
-        read with their own ``last_changed`` instead (``merge_members``)."""
-        self.conn.executemany(
-            "UPDATE rows SET mc_status = 'archived', mc_status_at = mc_last_changed, "
-            "sync_status = 'todo' "
-            "WHERE list_id = ? AND mc_hash = ? AND mc_status IS NOT 'archived' "
-            "AND sync_status != 'live'",
-            [(list_id, h) for h in hashes],
-        )
-
-    def unread_members(
-        self, list_id: str, run_id: str, listed: list[tuple[str, str | None]]
-    ) -> list[tuple[str, str | None]]:
-        """Of the members listed as ``(subscriber_hash, last_changed)``, those this run has
-        not read and that are not staged at that last_changed already (a member staged at
-        its current version has nothing new to read): ``(subscriber_hash, unique_email_id)``
-        keys to read directly."""
-        if not listed:
-            return []
-        marks = ",".join("?" * len(listed))
-        known = {
-            r["mc_hash"]: r
-            for r in self.query(
-                f"SELECT mc_hash, mc_last_changed, mc_seen_run, mc_unique_id FROM rows "
-                f"WHERE list_id = ? AND mc_hash IN ({marks})",
-                (list_id, *(h for h, _ in listed)),
-            )
-        }
-        unread: list[tuple[str, str | None]] = []
-        for member_hash, last_changed in listed:
-            row = known.get(member_hash)
-            if row is None:
-                unread.append((member_hash, None))
-            elif row["mc_seen_run"] != run_id and row["mc_last_changed"] != last_changed:
-                unread.append((member_hash, row["mc_unique_id"]))
-        return unread
-
-    def civicrm_only_added(
-        self, list_id: str, group_id: int, after_id: int, limit: int, *, privacy_flags: bool
-    ) -> list[sqlite3.Row]:
-        """Rows of contacts Added to the group with no member row (in id order after
-        ``after_id``): what a run would subscribe at Mailchimp as new. With ``privacy_flags``,
-        contacts that would not be subscribed anyway are left out."""
-        flags = (
-            "AND c.is_deceased = 0 AND c.do_not_email = 0 AND c.is_opt_out = 0"
-            if privacy_flags
-            else ""
-        )
-        return self.query(
-            "SELECT r.id, r.contact_id FROM rows r "
-            "JOIN group_status g ON g.contact_id = r.contact_id AND g.group_id = ? "
-            "AND g.status = 'Added' "
-            "JOIN contacts c ON c.contact_id = r.contact_id AND c.is_deleted = 0 AND c.gone = 0 "
-            f"WHERE r.list_id = ? AND r.mc_hash IS NULL AND r.id > ? {flags} "
-            "ORDER BY r.id LIMIT ?",
-            (group_id, list_id, after_id, limit),
-        )
-
-    def unstaged_emails(self, list_id: str, contact_ids: list[int]) -> list[str]:
-        """The contacts' addresses not on hold (any of them could be the one subscribed) that
-        have no member row in this audience (a staged member is known, not missing)."""
-        if not contact_ids:
-            return []
-        marks = ",".join("?" * len(contact_ids))
-        emails = {
-            r[1]: r[0]
-            for r in self.query(
-                f"SELECT email, email_lc FROM emails WHERE contact_id IN ({marks}) AND on_hold = 0",
-                contact_ids,
-            )
-        }
-        if not emails:
-            return []
-        marks = ",".join("?" * len(emails))
-        staged = {
-            r[0]
-            for r in self.query(
-                f"SELECT fold_email(mc_email) FROM rows WHERE list_id = ? "
-                f"AND fold_email(mc_email) IN ({marks})",
-                (list_id, *emails),
-            )
-        }
-        return sorted(email for lc, email in emails.items() if lc not in staged)
-
-    def unmatched_member_rows(self, list_id: str, hashes: list[str]) -> list[int]:
-        if not hashes:
-            return []
-        marks = ",".join("?" * len(hashes))
-        return [
-            r[0]
-            for r in self.query(
-                f"SELECT id FROM rows WHERE list_id = ? AND contact_id IS NULL "
-                f"AND mc_hash IN ({marks})",
-                (list_id, *hashes),
-            )
-        ]
-
-    def drop_contact_rows_with_members(self, list_id: str) -> None:
-        """Contact-only rows whose contact also has a member row are redundant
-        (seed-behaviour §3.4)."""
-        self.execute(
-            "DELETE FROM rows WHERE list_id = ? AND mc_hash IS NULL AND sync_status != 'live' "
-            "AND contact_id IN (SELECT contact_id FROM rows WHERE list_id = ? "
-            "AND mc_hash IS NOT NULL AND contact_id IS NOT NULL)",
-            (list_id, list_id),
-        )
-
     # -- log ----------------------------------------------------------------------------
     def log(self, list_id: str | None, message: str, level: str = "info") -> None:
         with self.atomic():
@@ -654,25 +479,6 @@ class Staging(PeopleStore, StoreBase):
             "AND mc_status = 'cleaned'",
             (list_id, contact_id, fold_email(email)),
         )
-
-    # -- removals by trashed contacts ----------------------------------------------------
-    def unmatched_subscribed_rows(
-        self, list_id: str, after_id: int, limit: int
-    ) -> list[sqlite3.Row]:
-        """Rows of subscribed or pending members with no contact, not being created (those
-        are matched again first) and not failed: the ones a new contact may be created for."""
-        return self.query(
-            "SELECT id, mc_email, mc_status, mc_status_at, mc_last_changed FROM rows "
-            "WHERE list_id = ? AND contact_id IS NULL AND mc_email IS NOT NULL "
-            "AND mc_status IN ('subscribed', 'pending') AND sync_status != 'fail' "
-            "AND creating = 0 AND id > ? ORDER BY id LIMIT ?",
-            (list_id, after_id, limit),
-        )
-
-    def set_trashed_removals(self, removals: list[tuple[str | None, int]]) -> None:
-        """(time or None, row id): the removal by a trashed owner of the row's address that
-        is later than its member's subscribe, or None when there is none."""
-        self.conn.executemany("UPDATE rows SET trashed_removal_at = ? WHERE id = ?", removals)
 
     def recent_log(self, list_id: str, limit: int = 10) -> list[dict[str, Any]]:
         rows = self.conn.execute(
