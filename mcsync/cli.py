@@ -22,11 +22,12 @@ from mcsync.api.responses import redact
 from mcsync.budget import Budget
 from mcsync.config.load import config_file_is_private, default_config_path, load_config
 from mcsync.config.models import Config
-from mcsync.console import Output, show_failures, show_plan, show_status
+from mcsync.console import Output, show_failures, show_history, show_plan, show_status
 from mcsync.errors import ConfigError, McsyncError
 from mcsync.ops.abort import abort_audience
 from mcsync.ops.checks import check_config, discover_all
 from mcsync.ops.demo import run_demo, serve_forever
+from mcsync.ops.history import run_items, trend, trend_line
 from mcsync.ops.preview import collect_plan, discard_plans, ensure_no_writes_pending
 from mcsync.ops.status import audience_status, failures
 from mcsync.rules.explanations import REASONS
@@ -359,14 +360,39 @@ def status_command(session: Session, group_id: int | None, as_json: bool) -> Non
 
     config = session.config()
     staging = Staging(config.state_db, read_only=True)
+    audiences = selected_audiences(config, group_id)
     try:
-        items = [audience_status(staging, a) for a in selected_audiences(config, group_id)]
+        items = [audience_status(staging, a) for a in audiences]
+        figures = trend(staging, audiences)
     finally:
         staging.close()
     if as_json:
         session.out.json(items)
     else:
-        show_status(session.out, items)
+        show_status(session.out, items, trend_line(figures))
+
+
+@main.command("history")
+@common_options
+@group_id_option()
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest N runs."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, stable keys.")
+@guarded
+def history_command(session: Session, group_id: int | None, limit: int, as_json: bool) -> None:
+    """Recorded runs, newest first: how each ended, its changes each way, failures, requests."""
+
+    config = session.config()
+    staging = Staging(config.state_db, read_only=True)
+    try:
+        runs = run_items(staging, selected_audiences(config, group_id), limit)
+    finally:
+        staging.close()
+    if as_json:
+        session.out.json(runs)
+    else:
+        show_history(session.out, runs)
 
 
 @main.command("failures")

@@ -149,7 +149,9 @@ FIGURES = [
 ]
 
 
-def show_status(out: Output, audiences: list[dict[str, Any]]) -> None:
+def show_status(out: Output, audiences: list[dict[str, Any]], trend: str | None = None) -> None:
+    if trend:
+        out.always(trend)
     for item in audiences:
         pill = "in sync" if item["in_sync"] else "NOT in sync"
         took = item["last_sync_seconds"]
@@ -292,3 +294,62 @@ def age(moment: str | None) -> str:
     if seconds < 172800:
         return f"{seconds / 3600:.1f} h ago"
     return f"{seconds / 86400:.1f} days ago ({datetime.fromisoformat(moment or '').date()})"
+
+
+HISTORY_COLUMNS = [
+    "started",
+    "group",
+    "took",
+    "ended",
+    "stage",
+    "to Mailchimp",
+    "to CiviCRM",
+    "failed writes",
+    "requests MC/CiviCRM",
+    "error",
+]
+
+
+def show_history(out: Output, runs: list[dict[str, Any]]) -> None:
+    """Recorded runs, newest first: a table in a terminal, aligned columns otherwise."""
+    if not runs:
+        out.always("No runs recorded yet.")
+        return
+    rows = [
+        [
+            run["started"],
+            run["group_id"],
+            "" if run["seconds"] is None else _duration(run["seconds"]),
+            run["outcome"],
+            "" if run["outcome"] == "complete" else run["stage"],
+            _changes_text(run["changes"]["mailchimp"], "subscribes", "unsubscribes"),
+            _changes_text(run["changes"]["civicrm"], "adds", "removes"),
+            run["write_failures"],
+            f"{run['requests']['mailchimp']}/{run['requests']['civicrm']}",
+            run["error"] or "",
+        ]
+        for run in runs
+    ]
+    if out.quiet:
+        return
+    if out.interactive:
+        out.table("run history", HISTORY_COLUMNS, rows)
+        return
+    _aligned(out.stream, HISTORY_COLUMNS, rows)
+
+
+def _changes_text(changes: dict[str, int], plus: str, minus: str) -> str:
+    """ "+3 -1, 2 other": subscribes (adds), unsubscribes (removes), and other changes."""
+    other = sum(changes.values()) - changes[plus] - changes[minus]
+    text = f"+{changes[plus]} -{changes[minus]}"
+    return text + (f", {other} other" if other else "")
+
+
+def _aligned(stream: TextIO, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Plain text for pipes and cron mail: a header, then columns padded to align (the last
+    column, free text, is not padded)."""
+    cells = [list(columns)] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for row in cells:
+        padded = [value.ljust(width) for value, width in zip(row[:-1], widths, strict=False)]
+        stream.write("  ".join([*padded, row[-1]]).rstrip() + "\n")

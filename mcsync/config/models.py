@@ -196,6 +196,12 @@ class SyncConfig(_Model):
         description="send empty CiviCRM values to Mailchimp, clearing its merge fields",
     )
     sync_tags: bool = Field(default=False, description="feed tags to Mailchimp via plugins")
+    history_days: int = Field(
+        default=90,
+        ge=1,
+        le=3660,
+        description="days of run history kept (mcsync history, status, report --html)",
+    )
 
 
 class CiviCRMConfig(_Model):
