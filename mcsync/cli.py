@@ -29,6 +29,7 @@ from mcsync.ops.checks import check_config, discover_all
 from mcsync.ops.demo import run_demo, serve_forever
 from mcsync.ops.history import run_items, trend, trend_line
 from mcsync.ops.preview import collect_plan, discard_plans, ensure_no_writes_pending
+from mcsync.ops.report import write_report
 from mcsync.ops.status import audience_status, failures
 from mcsync.rules.explanations import REASONS
 from mcsync.runner import engine  # engine.sync_audiences read per call: tests swap it
@@ -425,6 +426,31 @@ def failures_command(
         session.out.json(rows)
     else:
         show_failures(session.out, rows)
+
+
+@main.command("report")
+@common_options
+@group_id_option()
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    required=True,
+    help="Write the status page to this file (replaced atomically; safe for a web folder).",
+)
+@guarded
+def report_command(session: Session, group_id: int | None, html_path: Path) -> None:
+    """A self-contained HTML status page per audience, for people who are not at a terminal."""
+
+    config = session.config()
+    staging = Staging(config.state_db, read_only=True)
+    try:
+        write_report(staging, selected_audiences(config, group_id), html_path)
+    except OSError as exc:
+        raise McsyncError(f"report: cannot write {html_path}: {exc.strerror or exc}") from None
+    finally:
+        staging.close()
+    session.out.say(f"Wrote {html_path}")
 
 
 @main.command("abort")
