@@ -331,10 +331,15 @@ def test_a_killed_run_stays_unfinished(tmp_path: Path) -> None:
         with scenario.db() as db:
             rows = [dict(r) for r in db.execute("SELECT * FROM run_history")]
         assert len(rows) == 1 and rows[0]["ended"] is None and rows[0]["outcome"] is None
+        with scenario.db() as db:
+            stopped_at = db.execute("SELECT stage FROM audience_state").fetchone()[0]
+        assert stopped_at in ("create_contacts", "push_civicrm")
         run = scenario.run("fetch-and-reconcile")
-        assert run.code == 0, run
+        assert run.code == 0, (run, scenario.servers[1].errors[-1:])
         listed = json.loads(scenario.run("history", "--json").out)
         assert [r["outcome"] for r in listed] == ["complete", "unfinished"]
+        assert listed[1]["stage"] == stopped_at  # where the next run found it
+        assert listed[1]["ended"] is None and listed[1]["seconds"] is None
         assert "unfinished" in scenario.run("history").out
         trend = scenario.run("status").out.splitlines()[0]
         assert trend.startswith("last 24 h: 2 runs,") and "1 unfinished" in trend

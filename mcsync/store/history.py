@@ -80,8 +80,16 @@ class HistoryStore(StoreBase):
     """The `run_history` table: recording runs, pruning old ones, and reading them back."""
 
     def record_run_start(self, list_id: str, group_id: int, started: str, stage: str) -> int:
-        """A new history row for a run that starts now, with no end yet; its id."""
+        """A new history row for a run that starts now, at ``stage``, with no end yet; its id.
+
+        Runs of the audience that never recorded an end (killed) stopped where this one
+        starts, since every stage saves its progress: that is the stage they reached. (A run
+        still under way, which makes this one busy, records its own stage when it ends.)"""
         with self.atomic():
+            self.execute(
+                "UPDATE run_history SET stage = ? WHERE list_id = ? AND outcome IS NULL",
+                (stage, list_id),
+            )
             cursor = self.execute(
                 "INSERT INTO run_history (list_id, group_id, started, stage) VALUES (?, ?, ?, ?)",
                 (list_id, group_id, started, stage),
