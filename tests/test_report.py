@@ -224,3 +224,17 @@ def test_many_failures_are_capped_with_the_way_to_see_them_all(
     page = make_report(world, tmp_path / "status.html")
     assert page.count("<tr data-filter>") == 1
     assert "and 2 more" in page and "mcsync failures --reason privacy_flags" in page
+
+
+def test_the_brake_is_explained_in_plain_words(world: World, tmp_path: Path) -> None:
+    contacts = [world.person(f"p{n}@example.org", mc="subscribed", civi="Added") for n in range(20)]
+    world.sync()
+    for contact in contacts:
+        assert contact is not None
+        world.civi.set_group_status(contact, world.group_id, "Removed")
+    world.sync()
+    page = make_report(world, tmp_path / "status.html")
+    assert 'data-state="bad"' in page and "The audience needs attention." in page
+    assert "The safety brake stopped the last run before it changed anything" in page
+    assert "Mass-change brake" in page  # and the details, for whoever looks after mcsync
+    assert re.search(r'data-figure="to_remove"><div class="value">20<', page)

@@ -180,6 +180,9 @@ def render(data: dict[str, Any]) -> str:
             if len(audiences) > 1
             else "The audience is in sync: Mailchimp and CiviCRM agree."
         )
+    elif len(audiences) == 1:
+        needs = _state(audiences[0])[0] == "bad"
+        headline = "The audience needs attention." if needs else "Not fully in sync yet."
     else:
         headline = f"{len(attention)} of {len(audiences)} audiences are not fully in sync yet."
     cards = "\n".join(_audience_card(a, index) for index, a in enumerate(audiences))
@@ -189,7 +192,11 @@ def render(data: dict[str, Any]) -> str:
         style=STYLE,
         script=SCRIPT,
         headline=e(headline),
-        headline_class="ok" if not attention and audiences else "wait",
+        headline_class=(
+            "bad"
+            if any(_state(a)[0] == "bad" for a in audiences)
+            else ("ok" if audiences and not attention else "wait")
+        ),
         trend=f"All audiences' runs, {e(data['trend'])}. " if len(audiences) > 1 else "",
         generated=e(_when(generated.isoformat(), generated)),
         version=e(__version__),
@@ -236,9 +243,15 @@ def _why(audience: dict[str, Any]) -> list[str]:
     reasons: list[str] = []
     if status["possible_crash"]:
         reasons.append(f"A run seems to have stopped unexpectedly. {status['possible_crash']}")
-    if status["problem"]:
-        reasons.append(f"The last problem reported: {status['problem']}")
     runs = audience["runs"]
+    if runs and runs[0]["outcome"] == "brake":
+        reasons.append(
+            "The safety brake stopped the last run before it changed anything: it would have "
+            "made an unusually large number of removals or changes, which is more often a "
+            "mistake than people's own choices. Ask whoever looks after mcsync to check it."
+        )
+    if status["problem"]:
+        reasons.append(f"What mcsync reported: {status['problem']}")
     if runs and runs[0]["outcome"] in ("failure", "brake") and not status["problem"]:
         reasons.append(f"The last run: {ENDINGS[runs[0]['outcome']][0]}. {runs[0]['error'] or ''}")
     if not status["last_sync"]:
@@ -341,13 +354,19 @@ def _balance(counts: dict[str, int]) -> str:
     subscribed, blocked = counts["subscribed_at_mailchimp"], counts["cannot_subscribe"]
     added = counts["added_in_civicrm"]
     total = subscribed + blocked
-    if total == added:
+    gap = abs(total - added)
+    if not gap:
         verdict = "<strong>they match</strong>."
+    elif gap <= max(5, added // 100):
+        verdict = (
+            f"<strong>a difference of {gap:,}</strong>; a small one is normal (a contact with "
+            "more than one subscribed address, people listed below under other problems, or "
+            "changes still on their way)."
+        )
     else:
         verdict = (
-            f"<strong>a difference of {abs(total - added):,}</strong>; a small one is normal "
-            "(a contact with more than one subscribed address, people listed below under "
-            "other problems, or changes still on their way)."
+            f"<strong>a difference of {gap:,}</strong>, which the changes on their way and the "
+            "problems above should explain."
         )
     return (
         f'<p class="balance">How the numbers fit together: {subscribed:,} subscribed + '
@@ -663,7 +682,7 @@ h2{font-size:21px;margin:0}
 h3{font-size:17px;margin:24px 0 8px}
 h4{font-size:15px;margin:16px 0 4px}
 .headline{font-size:18px;font-weight:600;margin:4px 0}
-.headline.ok{color:var(--ok)}.headline.wait{color:#a86a00}
+.headline.ok{color:var(--ok)}.headline.wait{color:#a86a00}.headline.bad{color:var(--bad)}
 .muted{color:var(--muted)}
 .toc ul{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:8px 20px}
 .toc a{color:var(--ink)}
