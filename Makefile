@@ -4,7 +4,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LINT_STAMP := $(VENV)/.lint-installed
 
-.PHONY: install test demo bench lint package-check clean
+# Debian's chromium renders `mcsync report --html` in tests/test_report_browser.py.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+
+.PHONY: install browser test demo bench lint package-check clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -16,9 +20,20 @@ $(LINT_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,lint]'
 	touch $(LINT_STAMP)
 
-install: $(STAMP)
+install: $(STAMP) browser
 
-test: $(STAMP)
+# Installs chromium with apt-get when it is missing and apt-get is there (else the browser test
+# skips; CI sets MCSYNC_REQUIRE_BROWSER so it fails instead).
+browser:
+	@if [ ! -x $(CHROMIUM) ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the report's browser test"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+		|| { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y chromium; } \
+		|| echo "could not install chromium: the browser test will skip"; \
+	fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

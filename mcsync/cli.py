@@ -26,6 +26,7 @@ from mcsync.console import (
     Output,
     show_discovery,
     show_failures,
+    show_history,
     show_lookup,
     show_plan,
     show_prune,
@@ -36,10 +37,12 @@ from mcsync.errors import ConfigError, McsyncError
 from mcsync.ops.abort import abort_audience
 from mcsync.ops.checks import check_config, discover_all
 from mcsync.ops.demo import run_demo, serve_forever
+from mcsync.ops.history import run_items, trend, trend_line
 from mcsync.ops.lookup import Person, lookup
 from mcsync.ops.preview import collect_plan, discard_plans, ensure_no_writes_pending
 from mcsync.ops.prometheus import exposition
 from mcsync.ops.prune import prune, refusals, stale_audiences
+from mcsync.ops.report import write_report
 from mcsync.ops.resync import resync
 from mcsync.ops.status import audience_status, failures
 from mcsync.rules.explanations import REASONS
@@ -423,9 +426,10 @@ def status_command(session: Session, group_id: int | None, as_json: bool, promet
         raise ConfigError("--json and --prometheus: choose one")
     config = session.config()
     staging = Staging(config.state_db, read_only=True)
+    audiences = selected_audiences(config, group_id)
     try:
-        audiences = selected_audiences(config, group_id)
         items = [audience_status(staging, a) for a in audiences]
+        figures = trend(staging, audiences)
         failing = [f for a in audiences for f in failures(staging, a)] if prometheus else []
     finally:
         staging.close()
@@ -434,7 +438,30 @@ def status_command(session: Session, group_id: int | None, as_json: bool, promet
     elif prometheus:
         session.out.stream.write(exposition(items, failing))
     else:
-        show_status(session.out, items)
+        show_status(session.out, items, trend_line(figures))
+
+
+@main.command("history")
+@common_options
+@group_id_option()
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest N runs."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, stable keys.")
+@guarded
+def history_command(session: Session, group_id: int | None, limit: int, as_json: bool) -> None:
+    """Recorded runs, newest first: how each ended, its changes each way, failures, requests."""
+
+    config = session.config()
+    staging = Staging(config.state_db, read_only=True)
+    try:
+        runs = run_items(staging, selected_audiences(config, group_id), limit)
+    finally:
+        staging.close()
+    if as_json:
+        session.out.json(runs)
+    else:
+        show_history(session.out, runs)
 
 
 @main.command("failures")
@@ -467,6 +494,31 @@ def failures_command(
         session.out.json(rows)
     else:
         show_failures(session.out, rows)
+
+
+@main.command("report")
+@common_options
+@group_id_option()
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    required=True,
+    help="Write the status page to this file (replaced atomically; safe for a web folder).",
+)
+@guarded
+def report_command(session: Session, group_id: int | None, html_path: Path) -> None:
+    """A self-contained HTML status page per audience, for people who are not at a terminal."""
+
+    config = session.config()
+    staging = Staging(config.state_db, read_only=True)
+    try:
+        write_report(staging, selected_audiences(config, group_id), html_path)
+    except OSError as exc:
+        raise McsyncError(f"report: cannot write {html_path}: {exc.strerror or exc}") from None
+    finally:
+        staging.close()
+    session.out.say(f"Wrote {html_path}")
 
 
 @main.command("abort")

@@ -194,7 +194,9 @@ FIGURES = [
 ]
 
 
-def show_status(out: Output, audiences: list[dict[str, Any]]) -> None:
+def show_status(out: Output, audiences: list[dict[str, Any]], trend: str | None = None) -> None:
+    if trend:
+        out.always(trend)
     for item in audiences:
         pill = "in sync" if item["in_sync"] else "NOT in sync"
         took = item["last_sync_seconds"]
@@ -626,3 +628,47 @@ def show_prune(out: Output, stale: list[dict[str, Any]]) -> None:
             for s in stale
         ],
     )
+
+
+HISTORY_COLUMNS = [
+    "started",
+    "group",
+    "took",
+    "ended",
+    "stage",
+    "to Mailchimp",
+    "to CiviCRM",
+    "failed writes",
+    "requests MC/CiviCRM",
+    "error",
+]
+
+
+def show_history(out: Output, runs: list[dict[str, Any]]) -> None:
+    """Recorded runs, newest first: a table in a terminal, aligned columns otherwise."""
+    if not runs:
+        out.always("No runs recorded yet.")
+        return
+    rows = [
+        [
+            run["started"],
+            run["group_id"],
+            "" if run["seconds"] is None else _duration(run["seconds"]),
+            run["outcome"],
+            "" if run["outcome"] == "complete" else run["stage"],
+            _changes_text(run["changes"]["mailchimp"], "subscribes", "unsubscribes"),
+            _changes_text(run["changes"]["civicrm"], "adds", "removes"),
+            run["write_failures"],
+            f"{run['requests']['mailchimp']}/{run['requests']['civicrm']}",
+            run["error"] or "",
+        ]
+        for run in runs
+    ]
+    out.table("run history", HISTORY_COLUMNS, rows)
+
+
+def _changes_text(changes: dict[str, int], plus: str, minus: str) -> str:
+    """ "+3 -1, 2 other": subscribes (adds), unsubscribes (removes), and other changes."""
+    other = sum(changes.values()) - changes[plus] - changes[minus]
+    text = f"+{changes[plus]} -{changes[minus]}"
+    return text + (f", {other} other" if other else "")

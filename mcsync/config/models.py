@@ -206,6 +206,12 @@ class SyncConfig(_Model):
         description="let member writes through although the audience's required merge fields "
         "are empty (Mailchimp refuses every such subscribe otherwise)",
     )
+    history_days: int = Field(
+        default=90,
+        ge=1,
+        le=3660,
+        description="days of run history kept (mcsync history, status, report --html)",
+    )
 
 
 class CiviCRMConfig(_Model):

@@ -6,6 +6,7 @@ returns outcomes instead of printing or exiting.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from mcsync.budget import Budget
 from mcsync.config.models import AudienceConfig, Config
 from mcsync.errors import AudienceBusy, McsyncError
 from mcsync.runner.audience import RunOutcome, run_audience
+from mcsync.runner.recording import recorded_run
 from mcsync.stages.context import ProgressFn, RunContext, _no_progress
 from mcsync.store.database import Staging
 
@@ -126,8 +128,6 @@ def sync_audiences(
         for audience in audiences:
             result = AudienceResult(audience)
             results.append(result)
-            if budget.expired():
-                continue
             ctx = RunContext(
                 audience=audience,
                 sync=config.settings_for(audience),
@@ -141,13 +141,37 @@ def sync_audiences(
                 hold_mailchimp=civicrm_only,
                 progress=progress,
             )
-            try:
-                result.outcome = run_audience(
-                    ctx, since=since, full=full, stop_before="push_civicrm" if dry_run else None
-                )
-            except AudienceBusy:
-                result.busy = True
-            except McsyncError as exc:
-                result.error = exc
-                staging.log(audience.list_id, f"Run failed: {exc}", "error")
+            if dry_run:  # a preview's planning is undone: not a run of the history
+                _run_one(ctx, result, since=since, full=full, dry_run=True)
+                continue
+            with recorded_run(
+                ctx,
+                result,
+                functools.partial(_request_counts, conns, audience.account),
+                keep_days=ctx.sync.history_days,
+                secrets=config.secrets(),
+            ):
+                _run_one(ctx, result, since=since, full=full, dry_run=False)
     return results
+
+
+def _run_one(
+    ctx: RunContext, result: AudienceResult, *, since: str | None, full: bool, dry_run: bool
+) -> None:
+    """One audience's run, its ending stored in ``result`` (not started: the budget is spent)."""
+    if ctx.budget.expired():
+        return
+    try:
+        result.outcome = run_audience(
+            ctx, since=since, full=full, stop_before="push_civicrm" if dry_run else None
+        )
+    except AudienceBusy:
+        result.busy = True
+    except McsyncError as exc:
+        result.error = exc
+        ctx.staging.log(ctx.list_id, f"Run failed: {exc}", "error")
+
+
+def _request_counts(conns: Connections, account: str) -> tuple[int, int]:
+    """Requests sent so far by the audience's Mailchimp client and the CiviCRM client."""
+    return conns.mailchimp_for(account).request_count, conns.civicrm.request_count

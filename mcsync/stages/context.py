@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 
 from mcsync.api.civicrm import CiviCRMClient
@@ -14,6 +15,7 @@ from mcsync.budget import Budget
 from mcsync.config.models import AudienceConfig, SyncConfig
 from mcsync.errors import AudienceBusy
 from mcsync.store.database import Staging
+from mcsync.store.history import Change
 
 # mcsync's own GroupContact writes carry this in SubscriptionHistory.tracking, so they are not
 # mistaken for a person's choice (reference/civicrm-api.md §2.4).
@@ -94,6 +96,10 @@ class RunContext:
     # `--civicrm-only`: the CiviCRM side of the plan is written; Mailchimp writes (members,
     # tags) stay queued for a later normal run, which decides their rows again first.
     hold_mailchimp: bool = False
+    # What this process changed, by kind (store.history.Change), and how many of its writes
+    # were refused: the runner records them in the run history when the run ends.
+    changes: Counter[str] = field(default_factory=Counter)
+    write_failures: int = 0
 
     @property
     def list_id(self) -> str:
@@ -120,6 +126,22 @@ class RunContext:
         """Before each chunk of writes: stop if another run has taken the audience over."""
         if self.lease is not None:
             self.lease.check(self.staging)
+
+    def count(self, kind: Change, n: int = 1) -> None:
+        """Count changes made (for the run history): call once they are confirmed."""
+        self.changes[kind.value] += n
+
+    def count_mailchimp_write(self, body: Mapping[str, object]) -> None:
+        """A member write Mailchimp applied, counted by what it changed."""
+        status = body.get("status")  # absent when the status stays (status_if_new only)
+        if status in ("subscribed", "pending"):
+            self.count(Change.MC_SUBSCRIBES)
+        elif status == "unsubscribed":
+            self.count(Change.MC_UNSUBSCRIBES)
+        if body.get("interests"):
+            self.count(Change.MC_INTERESTS)
+        if body.get("merge_fields"):
+            self.count(Change.MC_MERGE_FIELDS)
 
     def log(self, message: str, level: str = "info") -> None:
         self.staging.log(self.list_id, message, level)

@@ -29,6 +29,7 @@ from mcsync.plugins import (
 from mcsync.stages.context import RunContext
 from mcsync.stages.fetch_civicrm import IN_CHUNK
 from mcsync.store.database import dumps
+from mcsync.store.history import Change
 
 TAG_PREFIX = "CiviCRM: "
 TAG_CHUNK = 50
@@ -181,7 +182,9 @@ def push_tags(ctx: RunContext) -> None:
                     ctx.staging.execute(
                         "UPDATE rows SET pushed_tags = ? WHERE id = ?", (row["tags"], row["id"])
                     )
+                    ctx.count(Change.MC_TAGS)
                 else:
+                    ctx.write_failures += 1
                     ctx.log(f"Tags for {row['mc_email']} not updated: {error}", "warning")
             ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
         ctx.progress("write tags", len(rows), None)

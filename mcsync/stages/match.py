@@ -29,6 +29,7 @@ from mcsync.stages.fetch_civicrm import (
     store_emails,
 )
 from mcsync.store.database import iso, parse_iso
+from mcsync.store.history import Change
 
 CREATE_CHUNK = 200  # Contacts created per request (and per committed chunk)
 MATCH_CONCURRENCY = 4  # Email lookups in flight: the CiviCRM client's connection pool
@@ -133,6 +134,7 @@ def create_contacts(ctx: RunContext) -> None:
         ]
         ctx.check_lease()
         created = ctx.civicrm.save("Contact", records)
+        ctx.count(Change.CIVI_CONTACTS, len(created))
         by_position = [c["id"] for c in created]
         contact_ids = by_position if len(by_position) == len(rows) else []
         # Their emails first: a run stopped in between leaves the rows `creating`, so the next

@@ -14,6 +14,7 @@ from mcsync.stages import overtaken
 from mcsync.stages.context import TRACKING_MARKER, RunContext
 from mcsync.stages.fetch_civicrm import fetch_emails_of_contacts
 from mcsync.stages.updates import schedule_retry
+from mcsync.store.history import Change
 
 CIVI_WRITE_CHUNK = 500
 
@@ -47,6 +48,7 @@ def push_civicrm(ctx: RunContext) -> None:
             ctx.staging.clear_retry_of_contacts(
                 ctx.list_id, sorted({w["contact_id"] for w in writes})
             )
+        _count_group_writes(ctx, writes)
         ctx.progress("write CiviCRM", len(writes), None)
     _push_holds(ctx)
     _push_new_emails(ctx)
@@ -100,6 +102,7 @@ def _save_one_by_one(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3
                     (ctx.list_id, write["contact_id"]),
                 ):
                     schedule_retry(ctx, row["id"], Reason.CIVICRM_ERROR, exc.status)
+            ctx.write_failures += 1
             ctx.log(
                 f"CiviCRM refused a group change for contact {write['contact_id']}: {exc}",
                 "warning",
@@ -107,6 +110,18 @@ def _save_one_by_one(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3
             continue
         saved.append(write)
     return saved
+
+
+def _count_group_writes(ctx: RunContext, writes: Sequence[sqlite3.Row]) -> None:
+    """Group changes CiviCRM took, for the run history: the subscription group's by
+    direction, interest groups' together."""
+    for write in writes:
+        if write["group_id"] != ctx.group_id:
+            ctx.count(Change.CIVI_INTERESTS)
+        elif write["status"] == "Added":
+            ctx.count(Change.CIVI_ADDS)
+        else:
+            ctx.count(Change.CIVI_REMOVES)
 
 
 def _push_new_emails(ctx: RunContext) -> None:
@@ -136,6 +151,7 @@ def _push_new_emails(ctx: RunContext) -> None:
                         }
                     },
                 )
+                ctx.count(Change.CIVI_EMAILS)
         fetch_emails_of_contacts(ctx, sorted({w["contact_id"] for w in writes}))
         with ctx.staging.atomic():
             _forget_writes(ctx, writes)
@@ -193,6 +209,7 @@ def _push_holds(ctx: RunContext) -> None:
                 {"records": [{"id": i, "on_hold": 1} for i in email_ids]},
                 retry=True,
             )
+            ctx.count(Change.CIVI_HOLDS, len(email_ids))
         with ctx.staging.atomic():
             ctx.staging.conn.executemany(
                 "UPDATE emails SET on_hold = 1 WHERE email_id = ?", [(i,) for i in email_ids]

@@ -61,6 +61,7 @@ def apply_result(
         ctx.staging.execute(
             "UPDATE updates SET state = 'done', completed_at = ? WHERE id = ?", (now, update["id"])
         )
+        ctx.count_mailchimp_write(body)
         if row is not None:
             _store_member_response(ctx, row, update, body, response or {})
             if outcome.recheck:
@@ -92,6 +93,7 @@ def apply_result(
         )
         return
     failure = outcome.failure
+    ctx.write_failures += 1
     if row is None or failure is None:
         return
     if failure.blocks_resubscribe:

@@ -25,6 +25,7 @@ import sqlite_utils
 from mcsync.errors import ConfigError, McsyncError, StorageError
 from mcsync.rules.addresses import fold_email
 from mcsync.store.base import StoreBase
+from mcsync.store.history import HistoryStore
 from mcsync.store.matching import MatchStore
 from mcsync.store.members import MemberStore
 from mcsync.store.people import PeopleStore
@@ -231,6 +232,39 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE rows ADD COLUMN trashed_removal_at TEXT
     """,
+    # 13: issue 15. The run history: one row per run of an audience, written when it starts
+    # (ended and outcome NULL until it ends: a killed run stays unfinished), with the changes
+    # it made by kind, its failures and its requests; pruned after [sync] history_days
+    """
+    CREATE TABLE run_history (
+        id INTEGER PRIMARY KEY,
+        list_id TEXT NOT NULL,
+        group_id INTEGER NOT NULL,
+        started TEXT NOT NULL,
+        ended TEXT,
+        seconds REAL,
+        outcome TEXT,
+        stage TEXT,
+        error TEXT,
+        mc_subscribes INTEGER NOT NULL DEFAULT 0,
+        mc_unsubscribes INTEGER NOT NULL DEFAULT 0,
+        mc_interest_changes INTEGER NOT NULL DEFAULT 0,
+        mc_merge_field_updates INTEGER NOT NULL DEFAULT 0,
+        mc_tag_updates INTEGER NOT NULL DEFAULT 0,
+        civi_adds INTEGER NOT NULL DEFAULT 0,
+        civi_removes INTEGER NOT NULL DEFAULT 0,
+        civi_interest_changes INTEGER NOT NULL DEFAULT 0,
+        civi_contacts_created INTEGER NOT NULL DEFAULT 0,
+        civi_holds INTEGER NOT NULL DEFAULT 0,
+        civi_emails_added INTEGER NOT NULL DEFAULT 0,
+        write_failures INTEGER NOT NULL DEFAULT 0,
+        failing_rows INTEGER,
+        mailchimp_requests INTEGER NOT NULL DEFAULT 0,
+        civicrm_requests INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX run_history_by_start ON run_history (started);
+    CREATE INDEX run_history_by_list ON run_history (list_id, started)
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience
@@ -257,7 +291,7 @@ def parse_iso(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class Staging(MemberStore, MatchStore, PeopleStore, StoreBase):
+class Staging(MemberStore, MatchStore, PeopleStore, HistoryStore, StoreBase):
     """One open staging database. Not shared across threads (the lease heartbeat opens its own).
 
     ``read_only`` (``status``, ``failures``) opens an existing DB with ``mode=ro``: it works on
