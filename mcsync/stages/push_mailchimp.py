@@ -16,15 +16,13 @@ from mcsync.rules.addresses import fold_email
 from mcsync.stages.batches import odd_fields, push_batches, shown
 from mcsync.stages.context import RunContext
 from mcsync.stages.overtaken import drop_overtaken_updates
-from mcsync.stages.updates import apply_result, fail_update, queued_updates
+from mcsync.stages.updates import apply_result, fail_update
 
 
 def push_mailchimp(ctx: RunContext) -> None:
     """Send queued member updates: direct PUTs below the batch threshold, else batches."""
     settle_lost_writes(ctx)
-    queued = ctx.staging.scalar(
-        "SELECT COUNT(*) FROM updates WHERE list_id = ? AND state = 'queued'", (ctx.list_id,)
-    )
+    queued = ctx.staging.count_queued(ctx.list_id)
     if not queued:
         return
     if queued < ctx.sync.batch_threshold:
@@ -40,7 +38,8 @@ def _push_direct(ctx: RunContext) -> None:
     name a status, and naming `pending` again would send the person another confirmation."""
     while True:
         ctx.budget.check()
-        updates = _one_per_address(queued_updates(ctx, BULK_LIMIT * 2))[:BULK_LIMIT]
+        queued = ctx.staging.queued_updates(ctx.list_id, BULK_LIMIT * 2)
+        updates = _one_per_address(queued)[:BULK_LIMIT]
         if not updates:
             return
         updates = drop_overtaken_updates(ctx, updates)
