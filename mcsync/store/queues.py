@@ -100,9 +100,11 @@ class QueueStore(StoreBase):
             )
 
     def update_done(self, update_id: int, at: str | None) -> None:
-        """Mailchimp applied the write (its answer, or its batch's result, says so)."""
+        """Mailchimp applied the write (its answer, or its batch's result, says so). A
+        data-only write goes out while queued (it cannot send a confirmation twice); the
+        others are submitting or submitted. A closed update stays as it closed."""
         self.conn.execute(
-            "UPDATE updates SET state = ?, completed_at = ? WHERE id = ?",
+            f"UPDATE updates SET state = ?, completed_at = ? WHERE id = ? AND state IN {_OPEN}",
             (UpdateState.DONE, at, update_id),
         )
 
@@ -112,8 +114,8 @@ class QueueStore(StoreBase):
         """Mailchimp refused the write, or whether it was made is unknown (an answer lost,
         results unreadable): it is never sent again; its row is decided again instead."""
         self.conn.execute(
-            "UPDATE updates SET state = ?, completed_at = ?, error_title = ?, error_detail = ? "
-            "WHERE id = ?",
+            f"UPDATE updates SET state = ?, completed_at = ?, error_title = ?, error_detail = ? "
+            f"WHERE id = ? AND state IN {_OPEN}",
             (UpdateState.FAILED, at, title, detail, update_id),
         )
 
@@ -185,8 +187,9 @@ class QueueStore(StoreBase):
     def claim_for_batch(self, list_id: str, update_ids: list[int], at: str | None) -> int:
         """A batch row in state 'submitting' carries these updates, written before the
         `POST /batches` is sent: a kill while it is in flight leaves a trace that
-        ``recover_submissions`` resolves, so the batch is never posted twice. Returns the
-        batch row's id."""
+        ``recover_submissions`` resolves, so the batch is never posted twice. Only queued
+        updates are claimed (the caller read them so under its lease). Returns the batch
+        row's id."""
         with self.atomic():
             cursor = self.conn.execute(
                 "INSERT INTO batches (list_id, status, operations, submitted_at) "
@@ -195,8 +198,8 @@ class QueueStore(StoreBase):
             )
             batch_row = int(cursor.lastrowid or 0)
             self.conn.executemany(
-                "UPDATE updates SET state = ?, batch_id = ? WHERE id = ?",
-                [(UpdateState.SUBMITTING, batch_row, i) for i in update_ids],
+                "UPDATE updates SET state = ?, batch_id = ? WHERE id = ? AND state = ?",
+                [(UpdateState.SUBMITTING, batch_row, i, UpdateState.QUEUED) for i in update_ids],
             )
         return batch_row
 
@@ -217,13 +220,24 @@ class QueueStore(StoreBase):
     def unsubmit_batch(self, batch_row: int) -> None:
         """The `POST /batches` was refused (4xx) or never reached Mailchimp: its updates go
         back to the queue and the batch row goes. The only way a batch's update is queued
-        again; one that was submitted (Mailchimp has it) never is."""
+        again. A batch Mailchimp accepted is never undone: its updates wait for its results
+        (without the batch row they would never be read)."""
         with self.atomic():
             self.conn.execute(
-                "UPDATE updates SET state = ?, batch_id = NULL WHERE batch_id = ? AND state = ?",
-                (UpdateState.QUEUED, batch_row, UpdateState.SUBMITTING),
+                "UPDATE updates SET state = ?, batch_id = NULL WHERE batch_id = ? AND state = ? "
+                "AND EXISTS (SELECT 1 FROM batches WHERE id = ? AND status = ?)",
+                (
+                    UpdateState.QUEUED,
+                    batch_row,
+                    UpdateState.SUBMITTING,
+                    batch_row,
+                    BatchState.SUBMITTING,
+                ),
             )
-            self.conn.execute("DELETE FROM batches WHERE id = ?", (batch_row,))
+            self.conn.execute(
+                "DELETE FROM batches WHERE id = ? AND status = ?",
+                (batch_row, BatchState.SUBMITTING),
+            )
 
     def submitting_batches(self, list_id: str) -> list[sqlite3.Row]:
         """Batch rows whose `POST /batches` was sent but whose answer was never recorded."""
