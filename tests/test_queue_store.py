@@ -91,21 +91,21 @@ def in_flight(staging: Staging) -> dict[str, int]:
     }
 
 
-OTHER_TRANSITIONS: dict[str, Callable[[Staging, dict[str, int]], None]] = {
-    "mark_sending": lambda s, f: s.mark_sending([f["direct"], f["posting"], f["accepted"]]),
-    "claim_for_batch": lambda s, f: (
-        s.claim_for_batch(LIST, [f["direct"], f["posting"], f["accepted"]], AT),
-        None,
-    )[1],
+SENT = ("direct", "posting", "accepted")
+
+
+def _withdraw_each(staging: Staging, f: dict[str, int]) -> None:
+    for name in SENT:
+        staging.withdraw_update(f[name], AT, "newer decision")
+
+
+OTHER_TRANSITIONS: dict[str, Callable[[Staging, dict[str, int]], object]] = {
+    "mark_sending": lambda s, f: s.mark_sending([f[n] for n in SENT]),
+    "claim_for_batch": lambda s, f: s.claim_for_batch(LIST, [f[n] for n in SENT], AT),
     "unmark_sending of batch updates": lambda s, f: s.unmark_sending([f["posting"], f["accepted"]]),
-    "withdraw_update": lambda s, f: (
-        [s.withdraw_update(f[k], AT, "newer decision") for k in ("direct", "posting", "accepted")]
-        and None
-    ),
-    "abort_updates": lambda s, f: s.abort_updates(
-        [f["direct"], f["posting"], f["accepted"]], "overtaken"
-    ),
-    "abort_queue": lambda s, f: (s.abort_queue(LIST, AT, "aborted"), None)[1],
+    "withdraw_update": _withdraw_each,
+    "abort_updates": lambda s, f: s.abort_updates([f[n] for n in SENT], "overtaken"),
+    "abort_queue": lambda s, f: s.abort_queue(LIST, AT, "aborted"),
     "discard_queued_since": lambda s, f: s.discard_queued_since(LIST, ""),
     "batch_submitted": lambda s, f: s.batch_submitted(f["accepted_batch"], "mc-again", "started"),
     "unsubmit_batch of the accepted batch": lambda s, f: s.unsubmit_batch(f["accepted_batch"]),
@@ -121,7 +121,7 @@ def test_no_other_transition_requeues_an_update_that_may_have_been_sent(
     """Nor marks it withdrawn unsent (`aborted`): whether it was made is unknown, so it can
     only fail, and its row keeps expecting what it carried."""
     OTHER_TRANSITIONS[transition](staging, in_flight)
-    for name in ("direct", "posting", "accepted"):
+    for name in SENT:
         assert state(staging, in_flight[name]) not in (UpdateState.QUEUED, UpdateState.ABORTED)
     assert staging.queued_updates(LIST, 10) == []
 
@@ -258,11 +258,13 @@ def apply(staging: Staging, row: int, name: str, ids: list[int]) -> None:
     target = ids[0] if ids else 1
     if name == "queue":
         queue(staging, row)
-    elif name in ("mark_sending", "unmark_sending", "abort_updates"):
-        if name == "abort_updates":
-            staging.abort_updates(ids, "overtaken") if ids else None
-        else:
-            getattr(staging, name)(ids)
+    elif name == "mark_sending":
+        staging.mark_sending(ids)
+    elif name == "unmark_sending":
+        staging.unmark_sending(ids)
+    elif name == "abort_updates":
+        if ids:
+            staging.abort_updates(ids, "overtaken")
     elif name == "claim_for_batch":
         staging.claim_for_batch(LIST, ids, AT)
     elif name == "batch_submitted":

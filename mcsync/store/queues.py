@@ -6,8 +6,9 @@ Each transition is one method here and nothing else writes `updates.state` or
 `batches.status`, because the consent rules rest on them (DESIGN §4): an update is sent at
 most once — it is marked `submitting` before its request goes out, and only a request that
 was refused (or never left) puts it back in the queue; a batch's updates are completed only
-from that batch's results. The outcome of a write is also recorded on its row here, in the
-same transaction as the update's transition, so the row and its update never disagree.
+from that batch's results. What a write's outcome means for its row is written here too; the
+stages call those methods in the transaction of the update's transition, so a row and its
+updates never disagree.
 """
 
 from __future__ import annotations
@@ -18,14 +19,24 @@ from datetime import UTC, datetime
 
 from mcsync.rules.addresses import fold_email
 from mcsync.store.base import StoreBase
-from mcsync.store.states import BatchState, RowState, UpdateState
+from mcsync.store.states import (
+    CLOSED_BATCH_STATES,
+    OPEN_UPDATE_STATES,
+    BatchState,
+    RowState,
+    UpdateState,
+)
 
-_OPEN = f"('{UpdateState.QUEUED}', '{UpdateState.SUBMITTING}', '{UpdateState.SUBMITTED}')"
-"""The open update states (``states.OPEN_UPDATE_STATES``) as an SQL list."""
-_SENT = f"('{UpdateState.SUBMITTING}', '{UpdateState.SUBMITTED}')"
+
+def _sql_list(states: Sequence[str]) -> str:
+    """States as an SQL list of literals, for `IN` in statements the planner reads whole."""
+    return "(" + ", ".join(f"'{state}'" for state in states) + ")"
+
+
+_OPEN = _sql_list(OPEN_UPDATE_STATES)
+_SENT = _sql_list((UpdateState.SUBMITTING, UpdateState.SUBMITTED))
 """Update states in which the write may have reached Mailchimp."""
-_CLOSED_BATCH = f"('{BatchState.PROCESSED}', '{BatchState.ABORTED}')"
-"""``states.CLOSED_BATCH_STATES`` as an SQL list."""
+_CLOSED_BATCH = _sql_list(CLOSED_BATCH_STATES)
 
 
 def _now() -> str:
@@ -443,6 +454,15 @@ class QueueStore(StoreBase):
         self.conn.execute(
             "INSERT OR IGNORE INTO civi_writes (list_id, kind, contact_id, email) "
             "VALUES (?, 'hold', ?, ?)",
+            (list_id, contact_id, email),
+        )
+
+    def queue_new_email(self, list_id: str, contact_id: int, email: str) -> None:
+        """Queue an address the member changed to at Mailchimp, to be added to the contact as
+        its bulk-mail email: a fact no later fetch sees again, so ``drop_plan`` keeps it."""
+        self.conn.execute(
+            "INSERT OR IGNORE INTO civi_writes (list_id, kind, contact_id, email) "
+            "VALUES (?, 'email', ?, ?)",
             (list_id, contact_id, email),
         )
 
