@@ -14,7 +14,7 @@ from mcsync.errors import ApiError, BudgetExhausted, ResponseTooLarge, Unreadabl
 from mcsync.rules import write_results as wr
 from mcsync.stages.context import RunContext
 from mcsync.stages.overtaken import drop_overtaken_updates
-from mcsync.stages.updates import apply_result, fail_update
+from mcsync.stages.updates import apply_result, fail_update, queued_updates
 from mcsync.store.database import iso, parse_iso, utc_now
 
 BATCH_SIZE = 1000
@@ -30,7 +30,7 @@ def push_batches(ctx: RunContext) -> None:
     POST; a POST whose answer was lost is found again by `recover_submissions`, never re-sent."""
     while True:
         ctx.budget.check()
-        updates = ctx.staging.queued_updates(ctx.list_id, BATCH_SIZE)
+        updates = queued_updates(ctx, BATCH_SIZE)
         if not updates:
             return
         updates = drop_overtaken_updates(ctx, updates)

@@ -16,7 +16,7 @@ from mcsync.rules.addresses import fold_email
 from mcsync.stages.batches import odd_fields, push_batches, shown
 from mcsync.stages.context import RunContext
 from mcsync.stages.overtaken import drop_overtaken_updates
-from mcsync.stages.updates import apply_result, fail_update
+from mcsync.stages.updates import apply_result, fail_update, queued_updates
 
 
 def push_mailchimp(ctx: RunContext) -> None:
@@ -38,8 +38,7 @@ def _push_direct(ctx: RunContext) -> None:
     name a status, and naming `pending` again would send the person another confirmation."""
     while True:
         ctx.budget.check()
-        queued = ctx.staging.queued_updates(ctx.list_id, BULK_LIMIT * 2)
-        updates = _one_per_address(queued)[:BULK_LIMIT]
+        updates = _one_per_address(queued_updates(ctx, BULK_LIMIT * 2))[:BULK_LIMIT]
         if not updates:
             return
         updates = drop_overtaken_updates(ctx, updates)

@@ -16,6 +16,11 @@ from mcsync.store.database import dumps, iso, parse_iso, utc_now
 from mcsync.store.states import RowState
 
 
+def queued_updates(ctx: RunContext, limit: int) -> list[sqlite3.Row]:
+    """The audience's next queued updates, oldest first."""
+    return ctx.staging.queued_updates(ctx.list_id, limit)
+
+
 def fail_update(ctx: RunContext, update: sqlite3.Row, title: str, detail: str) -> None:
     """The update failed with its outcome unknown (no result, an answer lost): it is never
     sent again, and its row is decided again from Mailchimp's state once nothing else of

@@ -457,15 +457,6 @@ class QueueStore(StoreBase):
             (list_id, contact_id, email),
         )
 
-    def queue_new_email(self, list_id: str, contact_id: int, email: str) -> None:
-        """Queue an address the member changed to at Mailchimp, to be added to the contact as
-        its bulk-mail email: a fact no later fetch sees again, so ``drop_plan`` keeps it."""
-        self.conn.execute(
-            "INSERT OR IGNORE INTO civi_writes (list_id, kind, contact_id, email) "
-            "VALUES (?, 'email', ?, ?)",
-            (list_id, contact_id, email),
-        )
-
     def next_civi_writes(self, list_id: str, kind: str, limit: int) -> list[sqlite3.Row]:
         """The audience's next chunk of queued CiviCRM writes of one kind, oldest first (a
         written chunk is deleted, so the next call reads the next one)."""
