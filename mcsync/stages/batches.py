@@ -37,18 +37,9 @@ def push_batches(ctx: RunContext) -> None:
         if not updates:
             continue
         ctx.check_lease()
-        now = iso(utc_now())
-        with ctx.staging.atomic():
-            cursor = ctx.staging.execute(
-                "INSERT INTO batches (list_id, status, operations, submitted_at) "
-                "VALUES (?, 'submitting', ?, ?)",
-                (ctx.list_id, len(updates), now),
-            )
-            batch_row = cursor.lastrowid
-            ctx.staging.conn.executemany(
-                "UPDATE updates SET state = 'submitting', batch_id = ? WHERE id = ?",
-                [(batch_row, u["id"]) for u in updates],
-            )
+        batch_row = ctx.staging.claim_for_batch(
+            ctx.list_id, [u["id"] for u in updates], iso(utc_now())
+        )
         operations = [
             member_put_operation(
                 ctx.list_id,
@@ -63,46 +54,21 @@ def push_batches(ctx: RunContext) -> None:
             batch = ctx.mailchimp.start_batch(operations)
         except ApiError as exc:
             if exc.status is not None and 400 <= exc.status < 500:
-                _unsubmit(ctx, batch_row)
+                ctx.staging.unsubmit_batch(batch_row)  # refused: nothing reached Mailchimp
             raise
-        with ctx.staging.atomic():
-            _record_submission(ctx, batch_row, batch)
+        ctx.staging.batch_submitted(batch_row, batch["id"], batch.get("status", "pending"))
         ctx.log(f"Submitted batch {batch['id']} with {len(updates)} operations")
         ctx.progress("submit batches", len(updates), None)
-
-
-def _record_submission(ctx: RunContext, batch_row: int | None, batch: dict[str, Any]) -> None:
-    ctx.staging.execute(
-        "UPDATE batches SET mc_batch_id = ?, status = ? WHERE id = ?",
-        (batch["id"], batch.get("status", "pending"), batch_row),
-    )
-    ctx.staging.execute(
-        "UPDATE updates SET state = 'submitted' WHERE batch_id = ? AND state = 'submitting'",
-        (batch_row,),
-    )
-
-
-def _unsubmit(ctx: RunContext, batch_row: int | None) -> None:
-    with ctx.staging.atomic():
-        ctx.staging.execute(
-            "UPDATE updates SET state = 'queued', batch_id = NULL WHERE batch_id = ?", (batch_row,)
-        )
-        ctx.staging.execute("DELETE FROM batches WHERE id = ?", (batch_row,))
 
 
 def recover_submissions(ctx: RunContext) -> None:
     """A kill between `POST /batches` and recording its id leaves a 'submitting' batch row.
     Look for a batch Mailchimp accepted at that time with that many operations: adopt it if
     found, else the POST never arrived and the updates go back to the queue."""
-    stuck = ctx.staging.query(
-        "SELECT * FROM batches WHERE list_id = ? AND status = 'submitting'", (ctx.list_id,)
-    )
+    stuck = ctx.staging.submitting_batches(ctx.list_id)
     if not stuck:
         return
-    known = {
-        r[0]
-        for r in ctx.staging.query("SELECT mc_batch_id FROM batches WHERE mc_batch_id IS NOT NULL")
-    }
+    known = ctx.staging.known_batch_ids()
     candidates = [b for b in ctx.mailchimp.batches() if b.get("id") not in known]
     for row in stuck:
         started = parse_iso(row["submitted_at"])
@@ -117,12 +83,11 @@ def recover_submissions(ctx: RunContext) -> None:
             None,
         )
         if match is None:
-            _unsubmit(ctx, row["id"])
+            ctx.staging.unsubmit_batch(row["id"])
             ctx.log("A batch submission was interrupted before Mailchimp got it; re-queued")
             continue
         candidates.remove(match)
-        with ctx.staging.atomic():
-            _record_submission(ctx, row["id"], match)
+        ctx.staging.batch_submitted(row["id"], match["id"], match.get("status", "pending"))
         ctx.log(f"Adopted batch {match['id']} from an interrupted submission")
 
 
@@ -130,27 +95,19 @@ def collect_batches(ctx: RunContext) -> None:
     """Poll this audience's batches and process finished ones; wait within the budget."""
     recover_submissions(ctx)
     while True:
-        open_batches = ctx.staging.query(
-            "SELECT * FROM batches WHERE list_id = ? AND status NOT IN ('processed', 'aborted')",
-            (ctx.list_id,),
-        )
+        open_batches = ctx.staging.open_batches(ctx.list_id)
         if not open_batches:
             return
         waiting = False
         for row in open_batches:
             ctx.budget.check()
             batch = ctx.mailchimp.get_batch(row["mc_batch_id"])
-            with ctx.staging.atomic():
-                ctx.staging.execute(
-                    "UPDATE batches SET status = ?, finished_operations = ?, "
-                    "errored_operations = ? WHERE id = ?",
-                    (
-                        batch.get("status"),
-                        batch.get("finished_operations"),
-                        batch.get("errored_operations"),
-                        row["id"],
-                    ),
-                )
+            ctx.staging.batch_polled(
+                row["id"],
+                batch.get("status"),
+                batch.get("finished_operations"),
+                batch.get("errored_operations"),
+            )
             if batch.get("status") != "finished":
                 waiting = True
                 continue
@@ -188,9 +145,7 @@ def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -
         number = operation_id.removeprefix(OPERATION_PREFIX)
         if operation_id.startswith(OPERATION_PREFIX) and number.isdigit():
             by_update[int(number)] = item
-    updates = ctx.staging.query(
-        "SELECT * FROM updates WHERE batch_id = ? AND state = 'submitted'", (row["id"],)
-    )
+    updates = ctx.staging.updates_in_batch(row["id"])
     with ctx.staging.atomic():
         for update in updates:
             result = by_update.get(update["id"])
@@ -218,10 +173,7 @@ def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -
                     detail=response.get("detail"),
                 )
                 apply_result(ctx, update, status_code, None, error)
-        ctx.staging.execute(
-            "UPDATE batches SET status = 'processed', completed_at = ? WHERE id = ?",
-            (iso(utc_now()), row["id"]),
-        )
+        ctx.staging.batch_processed(row["id"], iso(utc_now()))
     ctx.log(
         f"Processed batch {batch['id']}: {batch.get('finished_operations')} operations, "
         f"{batch.get('errored_operations')} errors"
@@ -290,18 +242,13 @@ def shown(value: Any) -> str:
 def _give_up_results(ctx: RunContext, row: sqlite3.Row, why: str) -> None:
     """Results that never parse: close the batch so later runs go on. Whether each change was
     made is unknown, so its updates fail with 'bad_result' and are decided again next run."""
-    updates = ctx.staging.query(
-        "SELECT * FROM updates WHERE batch_id = ? AND state = 'submitted'", (row["id"],)
-    )
+    updates = ctx.staging.updates_in_batch(row["id"])
     problem = f"Mailchimp's batch results could not be read: {why}"
     with ctx.staging.atomic():
         for update in updates:
             error = ApiError(problem, title=wr.BAD_RESULT_TITLE, detail=problem)
             apply_result(ctx, update, 0, None, error)
-        ctx.staging.execute(
-            "UPDATE batches SET status = 'processed', completed_at = ? WHERE id = ?",
-            (iso(utc_now()), row["id"]),
-        )
+        ctx.staging.batch_processed(row["id"], iso(utc_now()))
     ctx.log(
         f"{why}; batch {row['mc_batch_id']} closed, its {len(updates)} updates failed "
         "('bad_result') and are decided again next run",
@@ -310,9 +257,7 @@ def _give_up_results(ctx: RunContext, row: sqlite3.Row, why: str) -> None:
 
 
 def _settle_unreadable(ctx: RunContext, row: sqlite3.Row, why: str) -> int:
-    updates = ctx.staging.query(
-        "SELECT * FROM updates WHERE batch_id = ? AND state = 'submitted'", (row["id"],)
-    )
+    updates = ctx.staging.updates_in_batch(row["id"])
     with ctx.staging.atomic():
         for update in updates:
             fail_update(
@@ -321,9 +266,6 @@ def _settle_unreadable(ctx: RunContext, row: sqlite3.Row, why: str) -> int:
                 "Results unreadable",
                 "Mailchimp's batch results could not be read; it will be decided again next run",
             )
-        ctx.staging.execute(
-            "UPDATE batches SET status = 'processed', completed_at = ? WHERE id = ?",
-            (iso(utc_now()), row["id"]),
-        )
+        ctx.staging.batch_processed(row["id"], iso(utc_now()))
     ctx.log(f"{why}; its {len(updates)} updates will be decided again next run", "error")
     return len(updates)

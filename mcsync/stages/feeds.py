@@ -10,6 +10,7 @@ every contact about to be reconciled (rows whose contact was modified are among 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -43,22 +44,17 @@ def fetch_contact_data(ctx: RunContext) -> None:
         return
     audience = FeedAudience(ctx.list_id, ctx.group_id, ctx.audience.name)
     reader = ReadOnlyCiviCRM(ctx.civicrm)
-    while True:
-        ctx.budget.check()
-        contact_ids = [
-            r[0]
-            for r in ctx.staging.query(
-                "SELECT DISTINCT contact_id FROM rows WHERE list_id = ? AND sync_status = 'todo' "
-                "AND contact_id > ? ORDER BY contact_id LIMIT ?",
-                (ctx.list_id, ctx.staging.state(ctx.list_id)["cursor"], IN_CHUNK),
-            )
-        ]
+    with_tags = ctx.sync.sync_tags or bool(feeds)
+
+    def read_after(cursor: int) -> list[tuple[int, str, str | None]]:
+        """The next chunk's feed values, read from CiviCRM and the plugins before the chunk's
+        transaction opens (no lock is held while they answer)."""
+        contact_ids = ctx.staging.contacts_to_feed(ctx.list_id, cursor, IN_CHUNK)
         if not contact_ids:
-            return
+            return []
         builtin = _mapped_values(ctx, contact_ids, mapping) if mapping else {}
         tags = _contact_tags(ctx, contact_ids) if ctx.sync.sync_tags else {}
         fed = [_feed(ctx, f, audience, contact_ids, reader) for f in feeds]
-        with_tags = ctx.sync.sync_tags or bool(feeds)
         records = []
         for contact_id in contact_ids:
             merged = merge_under(
@@ -69,23 +65,14 @@ def fetch_contact_data(ctx: RunContext) -> None:
             for f in fed:
                 if contact_id in f:
                     names.update(f[contact_id].tags)
-            records.append(
-                (
-                    ctx.list_id,
-                    contact_id,
-                    dumps(merged),
-                    dumps(sorted(names)) if with_tags else None,
-                    ctx.run_id,
-                )
-            )
-        with ctx.staging.atomic():
-            ctx.staging.conn.executemany(
-                "INSERT OR REPLACE INTO contact_data (list_id, contact_id, merge_fields, tags, "
-                "fetched_run) VALUES (?, ?, ?, ?, ?)",
-                records,
-            )
-            ctx.staging.set_state(ctx.list_id, cursor=contact_ids[-1])
-        ctx.progress("fetch contact data", len(contact_ids), None)
+            records.append((contact_id, dumps(merged), dumps(sorted(names)) if with_tags else None))
+        return records
+
+    for chunk in ctx.staging.each_chunk(
+        ctx.list_id, ctx.budget.check, read_after, key=lambda record: record[0]
+    ):
+        ctx.staging.store_contact_data(ctx.list_id, chunk, ctx.run_id)
+        ctx.progress("fetch contact data", len(chunk), None)
 
 
 def _mapped_values(
@@ -155,17 +142,13 @@ def push_tags(ctx: RunContext) -> None:
     Mailchimp's own, are never touched. Held back with the member writes (--civicrm-only)."""
     if ctx.hold_mailchimp:
         return
-    while True:
-        ctx.budget.check()
-        rows = ctx.staging.query(
-            "SELECT r.id, r.mc_email, r.pushed_tags, d.tags FROM rows r JOIN contact_data d "
-            "ON d.list_id = r.list_id AND d.contact_id = r.contact_id WHERE r.list_id = ? "
-            "AND r.id > ? AND r.mc_hash IS NOT NULL AND r.mc_status IN ('subscribed', 'pending') "
-            "AND d.tags IS NOT NULL AND d.tags != r.pushed_tags ORDER BY r.id LIMIT ?",
-            (ctx.list_id, ctx.staging.state(ctx.list_id)["cursor"], TAG_CHUNK),
-        )
+
+    def post_after(cursor: int) -> list[tuple[sqlite3.Row, ApiError | None]]:
+        """The next chunk of members with tag changes, each posted (outside the chunk's
+        transaction) and paired with Mailchimp's refusal, if it refused."""
+        rows = ctx.staging.tags_to_push(ctx.list_id, cursor, TAG_CHUNK)
         if not rows:
-            return
+            return []
         writes = [
             (r, tag_changes(json.loads(r["pushed_tags"]), json.loads(r["tags"]))) for r in rows
         ]
@@ -176,18 +159,19 @@ def push_tags(ctx: RunContext) -> None:
             results = list(
                 pool.map(lambda w, d: _post_tags(ctx, w[0]["mc_email"], w[1], d), writes, deadlines)
             )
-        with ctx.staging.atomic():
-            for (row, _), error in zip(writes, results, strict=True):
-                if error is None:
-                    ctx.staging.execute(
-                        "UPDATE rows SET pushed_tags = ? WHERE id = ?", (row["tags"], row["id"])
-                    )
-                    ctx.count(Change.MC_TAGS)
-                else:
-                    ctx.write_failures += 1
-                    ctx.log(f"Tags for {row['mc_email']} not updated: {error}", "warning")
-            ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
-        ctx.progress("write tags", len(rows), None)
+        return list(zip(rows, results, strict=True))
+
+    for chunk in ctx.staging.each_chunk(
+        ctx.list_id, ctx.budget.check, post_after, key=lambda posted: int(posted[0]["id"])
+    ):
+        for row, error in chunk:
+            if error is None:
+                ctx.staging.tags_pushed(row["id"], row["tags"])
+                ctx.count(Change.MC_TAGS)
+            else:
+                ctx.write_failures += 1
+                ctx.log(f"Tags for {row['mc_email']} not updated: {error}", "warning")
+        ctx.progress("write tags", len(chunk), None)
 
 
 def tag_changes(pushed: Sequence[str], wanted: Sequence[str]) -> list[dict[str, str]]:

@@ -8,7 +8,6 @@ import sqlite3
 from collections.abc import Sequence
 
 from mcsync.errors import ApiError
-from mcsync.rules.addresses import fold_email
 from mcsync.rules.reasons import Reason
 from mcsync.stages import overtaken
 from mcsync.stages.context import TRACKING_MARKER, RunContext
@@ -38,13 +37,7 @@ def push_civicrm(ctx: RunContext) -> None:
                 raise
             writes = _save_one_by_one(ctx, writes)
         with ctx.staging.atomic():
-            ctx.staging.conn.executemany(
-                "INSERT INTO group_status (contact_id, group_id, status, changed_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (contact_id, group_id) DO UPDATE SET "
-                "status = excluded.status, changed_at = excluded.changed_at",
-                [(w["contact_id"], w["group_id"], w["status"], w["origin_at"]) for w in writes],
-            )
-            _forget_writes(ctx, writes)
+            ctx.staging.group_statuses_written(writes)
             ctx.staging.clear_retry_of_contacts(
                 ctx.list_id, sorted({w["contact_id"] for w in writes})
             )
@@ -56,10 +49,7 @@ def push_civicrm(ctx: RunContext) -> None:
 
 def _next_writes(ctx: RunContext, kind: str) -> list[sqlite3.Row]:
     """The audience's next chunk of queued CiviCRM writes of one kind, oldest first."""
-    return ctx.staging.query(
-        "SELECT * FROM civi_writes WHERE list_id = ? AND kind = ? ORDER BY id LIMIT ?",
-        (ctx.list_id, kind, CIVI_WRITE_CHUNK),
-    )
+    return ctx.staging.next_civi_writes(ctx.list_id, kind, CIVI_WRITE_CHUNK)
 
 
 def _save_group_statuses(ctx: RunContext, writes: Sequence[sqlite3.Row]) -> None:
@@ -91,17 +81,12 @@ def _save_one_by_one(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3
             if type(exc) is not ApiError:
                 raise
             with ctx.staging.atomic():
-                _forget_writes(ctx, [write])
-                ctx.staging.execute(
-                    "UPDATE rows SET sync_status = 'fail', reason = ?, "
-                    "reason_detail = ? WHERE list_id = ? AND contact_id = ?",
-                    (Reason.CIVICRM_ERROR.value, str(exc), ctx.list_id, write["contact_id"]),
+                ctx.staging.forget_civi_writes([write["id"]])
+                row_ids = ctx.staging.fail_rows_of_contact(
+                    ctx.list_id, write["contact_id"], Reason.CIVICRM_ERROR, str(exc)
                 )
-                for row in ctx.staging.query(
-                    "SELECT id FROM rows WHERE list_id = ? AND contact_id = ?",
-                    (ctx.list_id, write["contact_id"]),
-                ):
-                    schedule_retry(ctx, row["id"], Reason.CIVICRM_ERROR, exc.status)
+                for row_id in row_ids:
+                    schedule_retry(ctx, row_id, Reason.CIVICRM_ERROR, exc.status)
             ctx.write_failures += 1
             ctx.log(
                 f"CiviCRM refused a group change for contact {write['contact_id']}: {exc}",
@@ -134,11 +119,7 @@ def _push_new_emails(ctx: RunContext) -> None:
         # Refresh first: after a crash the address may already be there.
         fetch_emails_of_contacts(ctx, sorted({w["contact_id"] for w in writes}))
         for write in writes:
-            known = ctx.staging.scalar(
-                "SELECT COUNT(*) FROM emails WHERE contact_id = ? AND email_lc = ?",
-                (write["contact_id"], fold_email(write["email"] or "")),
-            )
-            if not known:
+            if not ctx.staging.contact_has_email(write["contact_id"], write["email"] or ""):
                 ctx.check_lease()
                 ctx.civicrm.call(
                     "Email",
@@ -154,7 +135,7 @@ def _push_new_emails(ctx: RunContext) -> None:
                 ctx.count(Change.CIVI_EMAILS)
         fetch_emails_of_contacts(ctx, sorted({w["contact_id"] for w in writes}))
         with ctx.staging.atomic():
-            _forget_writes(ctx, writes)
+            ctx.staging.forget_civi_writes([w["id"] for w in writes])
 
 
 def _drop_overtaken(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3.Row]:
@@ -171,11 +152,8 @@ def _drop_overtaken(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3.
     if not dropped:
         return writes
     with ctx.staging.atomic():
-        _forget_writes(ctx, dropped)
-        ctx.staging.conn.executemany(
-            "UPDATE rows SET sync_status = 'todo' WHERE list_id = ? AND contact_id = ?",
-            [(ctx.list_id, w["contact_id"]) for w in dropped],
-        )
+        ctx.staging.forget_civi_writes([w["id"] for w in dropped])
+        ctx.staging.redecide_contacts(ctx.list_id, [w["contact_id"] for w in dropped])
     ctx.log(
         f"{len(dropped)} planned CiviCRM changes were overtaken by newer changes and not made; "
         "those contacts are decided again next run"
@@ -194,12 +172,7 @@ def _push_holds(ctx: RunContext) -> None:
         email_ids: list[int] = []
         for write in writes:
             email_ids.extend(
-                r[0]
-                for r in ctx.staging.query(
-                    "SELECT email_id FROM emails WHERE contact_id = ? AND email_lc = ? "
-                    "AND on_hold = 0",
-                    (write["contact_id"], fold_email(write["email"] or "")),
-                )
+                ctx.staging.unheld_email_ids(write["contact_id"], write["email"] or "")
             )
         if email_ids:
             ctx.check_lease()
@@ -211,15 +184,7 @@ def _push_holds(ctx: RunContext) -> None:
             )
             ctx.count(Change.CIVI_HOLDS, len(email_ids))
         with ctx.staging.atomic():
-            ctx.staging.conn.executemany(
-                "UPDATE emails SET on_hold = 1 WHERE email_id = ?", [(i,) for i in email_ids]
-            )
+            ctx.staging.emails_held(email_ids)
             for write in writes:  # the transition to cleaned is done: never held again
                 ctx.staging.mark_cleaned_held(ctx.list_id, write["contact_id"], write["email"])
-            _forget_writes(ctx, writes)
-
-
-def _forget_writes(ctx: RunContext, writes: Sequence[sqlite3.Row]) -> None:
-    ctx.staging.conn.executemany(
-        "DELETE FROM civi_writes WHERE id = ?", [(w["id"],) for w in writes]
-    )
+            ctx.staging.forget_civi_writes([w["id"] for w in writes])

@@ -34,9 +34,7 @@ def push_mailchimp(ctx: RunContext) -> None:
     if ctx.only_rows is not None:  # one person's writes (resync --now): answered at once
         _push_direct(ctx)
         return
-    queued = ctx.staging.scalar(
-        "SELECT COUNT(*) FROM updates WHERE list_id = ? AND state = 'queued'", (ctx.list_id,)
-    )
+    queued = ctx.staging.count_queued(ctx.list_id)
     if not queued:
         return
     if queued < ctx.sync.batch_threshold:

@@ -1,5 +1,5 @@
-"""The staged Mailchimp member updates: read the queue, and record each write's outcome on
-its update and its row (seed-behaviour §7, §5.4), whether it came directly or from a batch.
+"""The outcome of each Mailchimp member write, recorded on its update and its row
+(seed-behaviour §7, §5.4), whether it came directly or from a batch.
 """
 
 from __future__ import annotations
@@ -13,29 +13,22 @@ from mcsync.rules import write_results as wr
 from mcsync.rules.reasons import Reason, is_retried, retry_delay
 from mcsync.stages.context import RunContext
 from mcsync.store.database import dumps, iso, parse_iso, utc_now
+from mcsync.store.states import RowState
 
 
 def queued_updates(ctx: RunContext, limit: int) -> list[sqlite3.Row]:
     """The audience's next queued updates, oldest first (of `ctx.only_rows`, when set)."""
     if ctx.only_rows is not None:
         return ctx.staging.queued_updates_of_rows(ctx.list_id, sorted(ctx.only_rows), limit)
-    return ctx.staging.query(
-        "SELECT * FROM updates WHERE list_id = ? AND state = 'queued' ORDER BY id LIMIT ?",
-        (ctx.list_id, limit),
-    )
+    return ctx.staging.queued_updates(ctx.list_id, limit)
 
 
 def fail_update(ctx: RunContext, update: sqlite3.Row, title: str, detail: str) -> None:
-    ctx.staging.execute(
-        "UPDATE updates SET state = 'failed', completed_at = ?, error_title = ?, error_detail = ? "
-        "WHERE id = ?",
-        (iso(utc_now()), title, detail, update["id"]),
-    )
-    ctx.staging.execute(
-        "UPDATE rows SET sync_status = 'todo' WHERE id = ? AND NOT EXISTS (SELECT 1 FROM updates "
-        "WHERE row_id = ? AND state IN ('queued', 'submitting', 'submitted'))",
-        (update["row_id"], update["row_id"]),
-    )
+    """The update failed with its outcome unknown (no result, an answer lost): it is never
+    sent again, and its row is decided again from Mailchimp's state once nothing else of
+    it is open."""
+    ctx.staging.update_failed(update["id"], iso(utc_now()), title, detail)
+    ctx.staging.redecide_row_when_settled(update["row_id"])
 
 
 def apply_result(
@@ -47,7 +40,7 @@ def apply_result(
 ) -> None:
     """Record one member write's outcome on its update and row (seed-behaviour §7, §5.4)."""
     body = json.loads(update["body"])
-    found = ctx.staging.query("SELECT * FROM rows WHERE id = ?", (update["row_id"],))
+    found = ctx.staging.rows_by_id([update["row_id"]])
     row = found[0] if found else None
     now = iso(utc_now())
     outcome = wr.apply_batch_result(
@@ -58,56 +51,39 @@ def apply_result(
         member_status=(response or {}).get("status"),
     )
     if outcome.kind == "ok":
-        ctx.staging.execute(
-            "UPDATE updates SET state = 'done', completed_at = ? WHERE id = ?", (now, update["id"])
-        )
+        ctx.staging.update_done(update["id"], now)
         ctx.count_mailchimp_write(body)
         if row is not None:
             _store_member_response(ctx, row, update, body, response or {})
             if outcome.recheck:
-                ctx.staging.execute(
-                    "UPDATE rows SET sync_status = 'todo' WHERE id = ?", (row["id"],)
-                )
+                ctx.staging.redecide_row(row["id"])
         return
-    ctx.staging.execute(
-        "UPDATE updates SET state = 'failed', completed_at = ?, error_title = ?, "
-        "error_detail = ? WHERE id = ?",
-        (now, error.title if error else None, error.detail if error else None, update["id"]),
+    ctx.staging.update_failed(
+        update["id"], now, error.title if error else None, error.detail if error else None
     )
     if outcome.kind == "retry" and outcome.retry_body is not None:
-        ctx.staging.execute(
-            "INSERT INTO updates (list_id, row_id, email, body, origin_at, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                ctx.list_id,
-                update["row_id"],
-                update["email"],
-                dumps(outcome.retry_body),
-                update["origin_at"],
-                now,
-            ),
+        ctx.staging.queue_update(
+            ctx.list_id,
+            update["row_id"],
+            update["email"],
+            dumps(outcome.retry_body),
+            update["origin_at"],
+            now,
         )
-        ctx.staging.execute(
-            "UPDATE rows SET reason = 'compliance', reason_detail = ? WHERE id = ?",
-            (_error_text(error), update["row_id"]),
-        )
+        ctx.staging.note_retry_reason(update["row_id"], Reason.COMPLIANCE, _error_text(error))
         return
     failure = outcome.failure
     ctx.write_failures += 1
     if row is None or failure is None:
         return
     if failure.blocks_resubscribe:
-        civi_at = ctx.staging.scalar(
-            "SELECT changed_at FROM group_status WHERE contact_id = ? AND group_id = ?",
-            (row["contact_id"], ctx.group_id),
+        ctx.staging.record_refusal(
+            row["id"], row["contact_id"], ctx.group_id, failure.reason.value, update["email"]
         )
-        ctx.staging.execute(
-            "UPDATE rows SET refusal_reason = ?, refusal_email = ?, refusal_civi_at = ? "
-            "WHERE id = ?",
-            (failure.reason.value, update["email"], civi_at, row["id"]),
-        )
-    ctx.staging.execute("UPDATE rows SET mc_expected = NULL WHERE id = ?", (row["id"],))
-    _close_row_if_done(ctx, row["id"], "fail", failure.reason.value, _error_text(error))
+    ctx.staging.forget_expected(row["id"])
+    ctx.staging.close_row_when_settled(
+        row["id"], RowState.FAIL, failure.reason.value, _error_text(error)
+    )
     schedule_retry(ctx, row["id"], failure.reason, status_code)
 
 
@@ -139,37 +115,28 @@ def _store_member_response(
             interests[interest_id] = bool(returned[interest_id])
     pushed = json.loads(row["pushed_merge"])
     pushed.update(body.get("merge_fields") or {})
-    values = (
-        response.get("id") or row["mc_hash"],
-        row["mc_email"] or response.get("email_address"),
-        status,
-        iso(parse_iso(response.get("last_changed"))) or row["mc_last_changed"],
-        status_at,
-        dumps(interests),
-        dumps(interests_at),
-        dumps(pushed),
-        status,  # a status mcsync changed has its choice's exact time
+    kept = ctx.staging.record_written_member(
         row["id"],
+        mc_hash=response.get("id") or row["mc_hash"],
+        mc_email=row["mc_email"] or response.get("email_address"),
+        mc_status=status,
+        mc_last_changed=iso(parse_iso(response.get("last_changed"))) or row["mc_last_changed"],
+        mc_status_at=status_at,
+        mc_interests=dumps(interests),
+        mc_interests_at=dumps(interests_at),
+        pushed_merge=dumps(pushed),
     )
-    try:
-        ctx.staging.execute(
-            "UPDATE rows SET mc_hash = ?, mc_email = ?, mc_status = ?, mc_last_changed = ?, "
-            "mc_status_at = ?, mc_interests = ?, mc_interests_at = ?, pushed_merge = ?, "
-            "mc_status_after = CASE WHEN mc_status IS ? THEN mc_status_after END, "
-            "mc_expected = NULL WHERE id = ?",
-            values,
-        )
-    except sqlite3.IntegrityError:
-        # The member was fetched into its own row meanwhile: that row carries on.
-        ctx.staging.execute("DELETE FROM rows WHERE id = ?", (row["id"],))
-        return
+    if not kept:
+        return  # the member was fetched into its own row meanwhile: that row carries on
     ctx.staging.clear_retry([row["id"]])
     if row["reason"] in LASTING_REASONS:
         # Written as decided, but the row still cannot fully sync (a privacy flag keeps an
         # Added contact unsubscribed at Mailchimp): it stays listed as a failure.
-        _close_row_if_done(ctx, row["id"], "fail", row["reason"], row["reason_detail"])
+        ctx.staging.close_row_when_settled(
+            row["id"], RowState.FAIL, row["reason"], row["reason_detail"]
+        )
         return
-    _close_row_if_done(ctx, row["id"], "ok", None, None)
+    ctx.staging.close_row_when_settled(row["id"], RowState.OK, None, None)
 
 
 def schedule_retry(ctx: RunContext, row_id: int, reason: Reason, status: int | None) -> None:
@@ -177,7 +144,7 @@ def schedule_retry(ctx: RunContext, row_id: int, reason: Reason, status: int | N
     normal run, the first time by the next one, then after a backoff counted from the start
     of the run that failed (``reasons.retry_delay``); one that failed for a lasting reason
     waits for its data to change or for a full run."""
-    if ctx.staging.scalar("SELECT sync_status FROM rows WHERE id = ?", (row_id,)) != "fail":
+    if ctx.staging.row_status(row_id) != RowState.FAIL:
         return  # another update of the row is still open; its outcome closes the row
     if not is_retried(reason, status):
         ctx.staging.schedule_retry(row_id, 0, None)
@@ -189,15 +156,3 @@ def schedule_retry(ctx: RunContext, row_id: int, reason: Reason, status: int | N
 
 # Reasons a decision gives while still writing something, which outlast the write.
 LASTING_REASONS = frozenset({"privacy_flags"})
-
-
-def _close_row_if_done(
-    ctx: RunContext, row_id: int, sync_status: str, reason: str | None, detail: str | None
-) -> None:
-    """A row is settled once it has no open updates (two in different batches: wait for both)."""
-    ctx.staging.execute(
-        "UPDATE rows SET sync_status = ?, reason = ?, reason_detail = ? WHERE id = ? AND NOT "
-        "EXISTS (SELECT 1 FROM updates WHERE row_id = ? AND state IN "
-        "('queued', 'submitting', 'submitted'))",
-        (sync_status, reason, detail, row_id, row_id),
-    )

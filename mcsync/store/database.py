@@ -25,10 +25,12 @@ import sqlite_utils
 from mcsync.errors import ConfigError, McsyncError, StorageError
 from mcsync.rules.addresses import fold_email
 from mcsync.store.base import StoreBase
+from mcsync.store.feeds import FeedStore
 from mcsync.store.history import HistoryStore
 from mcsync.store.matching import MatchStore
 from mcsync.store.members import MemberStore
 from mcsync.store.people import PeopleStore
+from mcsync.store.queues import QueueStore
 
 # Numbered migrations: never edit one that has shipped; append a new one.
 MIGRATIONS: list[str] = [
@@ -291,7 +293,7 @@ def parse_iso(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class Staging(MemberStore, MatchStore, PeopleStore, HistoryStore, StoreBase):
+class Staging(MemberStore, MatchStore, PeopleStore, HistoryStore, QueueStore, FeedStore, StoreBase):
     """One open staging database. Not shared across threads (the lease heartbeat opens its own).
 
     ``read_only`` (``status``, ``failures``) opens an existing DB with ``mode=ro``: it works on
@@ -347,46 +349,6 @@ class Staging(MemberStore, MatchStore, PeopleStore, HistoryStore, StoreBase):
         self.conn.close()
 
     # -- migrations ---------------------------------------------------------------------
-    # -- direct member writes in flight ----------------------------------------------------
-
-    def mark_sending(self, update_ids: list[int]) -> None:
-        """Updates about to go in a direct bulk write: 'submitting' with no batch, so a write
-        whose answer is lost (or a run killed meanwhile) is never sent again from the queue."""
-        with self.atomic():
-            self.conn.executemany(
-                "UPDATE updates SET state = 'submitting' WHERE id = ? AND state = 'queued' "
-                "AND batch_id IS NULL",
-                [(i,) for i in update_ids],
-            )
-
-    def unmark_sending(self, update_ids: list[int]) -> None:
-        """Back to the queue: the bulk write was refused before Mailchimp applied anything."""
-        with self.atomic():
-            self.conn.executemany(
-                "UPDATE updates SET state = 'queued' WHERE id = ? AND state = 'submitting' "
-                "AND batch_id IS NULL",
-                [(i,) for i in update_ids],
-            )
-
-    def count_results_failure(self, batch_row: int) -> int:
-        """One more run found this batch's results unreadable; how many have, now (committed
-        at once, so the count survives the run failing)."""
-        with self.atomic():
-            self.execute(
-                "UPDATE batches SET results_failures = results_failures + 1 WHERE id = ?",
-                (batch_row,),
-            )
-            count = self.scalar("SELECT results_failures FROM batches WHERE id = ?", (batch_row,))
-        return int(count or 0)
-
-    def lost_direct_writes(self, list_id: str) -> list[sqlite3.Row]:
-        """Updates of a direct bulk write that got no answer: 'submitting' with no batch."""
-        return self.query(
-            "SELECT * FROM updates WHERE list_id = ? AND state = 'submitting' "
-            "AND batch_id IS NULL ORDER BY id",
-            (list_id,),
-        )
-
     def migrate(self) -> None:
         self.conn.execute("CREATE TABLE IF NOT EXISTS migrations (number INTEGER PRIMARY KEY)")
         with self.atomic():
@@ -599,53 +561,6 @@ class Staging(MemberStore, MatchStore, PeopleStore, HistoryStore, StoreBase):
             f"SELECT id, contact_id, mc_hash, mc_last_changed FROM rows WHERE list_id = ? "
             f"AND mc_hash IS NOT NULL AND contact_id IN ({marks})",
             (list_id, *ids),
-        )
-
-    def abort_updates(self, update_ids: list[int], detail: str) -> None:
-        """Drop queued updates a newer change overtook and send their rows back to `todo`.
-        Their rows stop expecting the status those writes carried (`forget_unsent_status`);
-        an expected interest stays: after a crash a data-only write may have been sent
-        already, and its echo at Mailchimp must keep the time of the choice it carried."""
-        with self.atomic():
-            self.conn.executemany(
-                "UPDATE updates SET state = 'aborted', completed_at = ?, error_detail = ? "
-                "WHERE id = ? AND state = 'queued'",
-                [(iso(utc_now()), detail, i) for i in update_ids],
-            )
-            self.conn.executemany(
-                "UPDATE rows SET sync_status = 'todo' "
-                "WHERE id = (SELECT row_id FROM updates WHERE id = ?)",
-                [(i,) for i in update_ids],
-            )
-            marks = ",".join("?" * len(update_ids))
-            rows = self.query(
-                f"SELECT DISTINCT row_id FROM updates WHERE id IN ({marks})", update_ids
-            )
-            self.forget_unsent_status([r[0] for r in rows])
-
-    def forget_unsent_status(self, row_ids: Sequence[int]) -> None:
-        """These rows' status writes were dropped unsent: they no longer expect Mailchimp to
-        show that status. `mc_expected` marks a status Mailchimp shows as mcsync's own echo,
-        dated at the choice the write carried; kept for a write that never went out, it would
-        take the person's own later change to that status for the echo and date it at that
-        older choice, so an older CiviCRM change would undo it (a brake override dropped an
-        unsubscribe a re-add overtook; the person unsubscribed later; mcsync subscribed them
-        again). A status write is marked submitting before it is sent, so a row with none
-        submitting or submitted has none that can reach Mailchimp; with one, it keeps its
-        expectation. An expected interest is kept (a data-only write goes out while queued)."""
-        if not row_ids:
-            return
-        marks = ",".join("?" * len(row_ids))
-        self.execute(
-            f"""
-            UPDATE rows SET mc_expected = CASE
-                WHEN json_extract(mc_expected, '$.interests') IS NULL THEN NULL
-                ELSE json_remove(mc_expected, '$.status') END
-            WHERE id IN ({marks}) AND mc_expected IS NOT NULL
-              AND NOT EXISTS (SELECT 1 FROM updates u WHERE u.row_id = rows.id
-                              AND u.state IN ('submitting', 'submitted'))
-            """,
-            list(row_ids),
         )
 
 
