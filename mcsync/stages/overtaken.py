@@ -157,10 +157,11 @@ def drop_overtaken_updates(ctx: RunContext, updates: list[sqlite3.Row]) -> list[
             overtaken.append(update)
     if not overtaken:
         return updates
-    ctx.staging.abort_updates(
+    ctx.staging.overtaken(
         [u["id"] for u in overtaken],
         "Overtaken: the contact or member changed after this update was planned; "
         "decided again next run.",
+        iso(utc_now()) or "",
     )
     ctx.log(
         f"{len(overtaken)} planned Mailchimp updates were overtaken by newer changes and not "

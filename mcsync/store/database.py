@@ -15,7 +15,6 @@ import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ import sqlite_utils
 from mcsync.errors import ConfigError, McsyncError, StorageError
 from mcsync.rules.addresses import fold_email
 from mcsync.store.base import StoreBase
+from mcsync.store.rows import RowStore
+from mcsync.store.status_queries import StatusStore
 
 # Numbered migrations: never edit one that has shipped; append a new one.
 MIGRATIONS: list[str] = [
@@ -254,7 +255,7 @@ def parse_iso(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class Staging(StoreBase):
+class Staging(RowStore, StatusStore, StoreBase):
     """One open staging database. Not shared across threads (the lease heartbeat opens its own).
 
     ``read_only`` (``status``, ``failures``) opens an existing DB with ``mode=ro``: it works on
@@ -405,44 +406,6 @@ class Staging(StoreBase):
                 "WHERE list_id = ? AND lease_owner = ?",
                 (list_id, owner),
             )
-
-    # -- retries of failed rows ---------------------------------------------------------
-    def retry_attempts(self, row_id: int) -> int:
-        return int(self.scalar("SELECT retry_attempts FROM rows WHERE id = ?", (row_id,)) or 0)
-
-    def schedule_retry(self, row_id: int, attempts: int, retry_at: str | None) -> None:
-        """A failed row: ``attempts`` failures in a row, tried again from ``retry_at`` (None:
-        not by normal runs, the reason lasts)."""
-        self.conn.execute(
-            "UPDATE rows SET retry_attempts = ?, retry_at = ? WHERE id = ?",
-            (attempts, retry_at, row_id),
-        )
-
-    def clear_retry(self, row_ids: list[int]) -> None:
-        """The row's write went through: its next failure starts the backoff afresh."""
-        self.conn.executemany(
-            "UPDATE rows SET retry_attempts = 0, retry_at = NULL WHERE id = ? "
-            "AND (retry_attempts != 0 OR retry_at IS NOT NULL)",
-            [(row_id,) for row_id in row_ids],
-        )
-
-    def clear_retry_of_contacts(self, list_id: str, contact_ids: list[int]) -> None:
-        """CiviCRM took the contacts' group changes: the rows' next failure starts afresh."""
-        self.conn.executemany(
-            "UPDATE rows SET retry_attempts = 0, retry_at = NULL WHERE list_id = ? "
-            "AND contact_id = ? AND sync_status != 'fail' AND retry_attempts != 0",
-            [(list_id, contact_id) for contact_id in contact_ids],
-        )
-
-    def requeue_due_retries(self, list_id: str, reasons: list[str], due_by: str) -> int:
-        """Failed rows with a passing reason whose next try is due go back to be decided."""
-        marks = ",".join("?" * len(reasons))
-        cursor = self.conn.execute(
-            f"UPDATE rows SET sync_status = 'todo' WHERE list_id = ? AND sync_status = 'fail' "
-            f"AND reason IN ({marks}) AND retry_at IS NOT NULL AND retry_at <= ?",
-            (list_id, *reasons, due_by),
-        )
-        return cursor.rowcount
 
     # -- members absent from a full fetch ---------------------------------------------
     def seen_any_member(self, list_id: str, run_id: str) -> bool:
@@ -634,26 +597,6 @@ class Staging(StoreBase):
                 (list_id, list_id, LOG_KEEP),
             )
 
-    # -- cleaned members (issue 10) -----------------------------------------------------
-    def mark_cleaned_handled(self, row_ids: list[int]) -> None:
-        """These rows' members became cleaned and mcsync has acted on it (the address was
-        already held, or has no record to hold): never hold it again for this cleaned state."""
-        self.conn.executemany(
-            "UPDATE rows SET cleaned_handled_at = COALESCE(mc_status_at, mc_last_changed) "
-            "WHERE id = ? AND mc_status = 'cleaned'",
-            [(row_id,) for row_id in row_ids],
-        )
-
-    def mark_cleaned_held(self, list_id: str, contact_id: int, email: str) -> None:
-        """The hold for a cleaned member of this contact and address was written to CiviCRM:
-        the transition is done, and an admin may lift the hold without being overruled."""
-        self.conn.execute(
-            "UPDATE rows SET cleaned_handled_at = COALESCE(mc_status_at, mc_last_changed) "
-            "WHERE list_id = ? AND contact_id = ? AND fold_email(mc_email) = ? "
-            "AND mc_status = 'cleaned'",
-            (list_id, contact_id, fold_email(email)),
-        )
-
     # -- removals by trashed contacts ----------------------------------------------------
     def unmatched_subscribed_rows(
         self, list_id: str, after_id: int, limit: int
@@ -673,140 +616,6 @@ class Staging(StoreBase):
         is later than its member's subscribe, or None when there is none."""
         self.conn.executemany("UPDATE rows SET trashed_removal_at = ? WHERE id = ?", removals)
 
-    def recent_log(self, list_id: str, limit: int = 10) -> list[dict[str, Any]]:
-        rows = self.conn.execute(
-            "SELECT at, level, message FROM log WHERE list_id = ? ORDER BY id DESC LIMIT ?",
-            (list_id, limit),
-        ).fetchall()
-        return [dict(r) for r in reversed(rows)]
-
-    # -- the mass-change brake ------------------------------------------------------------
-    def planned_interest_switches(self, list_id: str, interest_id: str) -> dict[bool, int]:
-        """Queued Mailchimp updates that would turn this interest on (True) or off (False)
-        for a member who already exists, by direction. A new member's first interests are
-        part of its subscribe, which is an addition, not a switch."""
-        pushed, known = f'$.interests."{interest_id}"', f'$."{interest_id}"'
-        rows = self.conn.execute(
-            "SELECT json_extract(u.body, ?) AS value, COUNT(*) "
-            "FROM updates u JOIN rows r ON r.id = u.row_id "
-            "WHERE u.list_id = ? AND u.state = 'queued' AND r.mc_hash IS NOT NULL "
-            "AND json_extract(u.body, ?) IS NOT NULL "
-            "AND json_extract(u.body, ?) IS NOT json_extract(r.mc_interests, ?) "
-            "GROUP BY value",
-            (pushed, list_id, pushed, pushed, known),
-        ).fetchall()
-        return {bool(value): count for value, count in rows}
-
-    def planned_interest_group_writes(
-        self, list_id: str, group_id: int, subscription_group: int
-    ) -> dict[str, int]:
-        """Queued CiviCRM writes to an interest's group, by the status they set (Added,
-        Removed), for contacts already Added to the subscription group: a new subscriber's
-        interests come with its subscribe, which is an addition, not a switch."""
-        rows = self.conn.execute(
-            "SELECT w.status, COUNT(*) FROM civi_writes w WHERE w.list_id = ? "
-            "AND w.kind = 'group' AND w.group_id = ? AND EXISTS (SELECT 1 FROM group_status g "
-            "WHERE g.contact_id = w.contact_id AND g.group_id = ? AND g.status = 'Added') "
-            "GROUP BY w.status",
-            (list_id, group_id, subscription_group),
-        ).fetchall()
-        return {status: count for status, count in rows}
-
-    # -- plans --------------------------------------------------------------------------
-    def drop_plan(self, list_id: str) -> int:
-        """Drop the audience's planned CiviCRM writes and send back to `todo` every row whose
-        writes are planned or in flight (and every failed one), so the next run decides them
-        again: `abort` and an undone dry run may drop a plan, never the facts behind it (a
-        Mailchimp unsubscribe whose CiviCRM removal was queued is still an unsubscribe).
-
-        The one rule both use. Call it in the transaction that also settles the Mailchimp
-        updates, before their states change (rows are found through them). Address changes
-        learned at Mailchimp (`email` writes) are facts no later fetch sees again: they stay
-        queued. A row keeps `mc_expected` while a write of its may have reached Mailchimp, so
-        that change keeps the time of the choice it carried. Returns the rows sent back."""
-        planned = ",".join(f"'{kind}'" for kind in PLANNED_CIVI_WRITES)
-        with self.atomic():
-            count = self.execute(
-                f"""
-                UPDATE rows SET sync_status = 'todo', mc_expected = CASE WHEN EXISTS (
-                    SELECT 1 FROM updates u WHERE u.row_id = rows.id
-                    AND u.state IN ('submitting', 'submitted')) THEN mc_expected ELSE NULL END
-                WHERE list_id = ? AND (sync_status IN ('live', 'fail')
-                    OR id IN (SELECT row_id FROM updates WHERE list_id = ?
-                              AND state IN ('queued', 'submitting', 'submitted'))
-                    OR contact_id IN (SELECT contact_id FROM civi_writes WHERE list_id = ?
-                                      AND kind IN ({planned})))
-                """,
-                (list_id, list_id, list_id),
-            ).rowcount
-            self.execute(
-                f"DELETE FROM civi_writes WHERE list_id = ? AND kind IN ({planned})", (list_id,)
-            )
-        return count
-
-    def rows_by_id(self, row_ids: list[int]) -> list[sqlite3.Row]:
-        marks = ",".join("?" * len(row_ids))
-        return self.query(f"SELECT * FROM rows WHERE id IN ({marks})", row_ids)
-
-    def member_rows_of_contacts(
-        self, list_id: str, contact_ids: Sequence[int]
-    ) -> list[sqlite3.Row]:
-        """The audience's member rows (at Mailchimp) of these contacts."""
-        ids = sorted(set(contact_ids))
-        marks = ",".join("?" * len(ids))
-        return self.query(
-            f"SELECT id, contact_id, mc_hash, mc_last_changed FROM rows WHERE list_id = ? "
-            f"AND mc_hash IS NOT NULL AND contact_id IN ({marks})",
-            (list_id, *ids),
-        )
-
-    def abort_updates(self, update_ids: list[int], detail: str) -> None:
-        """Drop queued updates a newer change overtook and send their rows back to `todo`.
-        Their rows stop expecting the status those writes carried (`forget_unsent_status`);
-        an expected interest stays: after a crash a data-only write may have been sent
-        already, and its echo at Mailchimp must keep the time of the choice it carried."""
-        with self.atomic():
-            self.conn.executemany(
-                "UPDATE updates SET state = 'aborted', completed_at = ?, error_detail = ? "
-                "WHERE id = ? AND state = 'queued'",
-                [(iso(utc_now()), detail, i) for i in update_ids],
-            )
-            self.conn.executemany(
-                "UPDATE rows SET sync_status = 'todo' "
-                "WHERE id = (SELECT row_id FROM updates WHERE id = ?)",
-                [(i,) for i in update_ids],
-            )
-            marks = ",".join("?" * len(update_ids))
-            rows = self.query(
-                f"SELECT DISTINCT row_id FROM updates WHERE id IN ({marks})", update_ids
-            )
-            self.forget_unsent_status([r[0] for r in rows])
-
-    def forget_unsent_status(self, row_ids: Sequence[int]) -> None:
-        """These rows' status writes were dropped unsent: they no longer expect Mailchimp to
-        show that status. `mc_expected` marks a status Mailchimp shows as mcsync's own echo,
-        dated at the choice the write carried; kept for a write that never went out, it would
-        take the person's own later change to that status for the echo and date it at that
-        older choice, so an older CiviCRM change would undo it (a brake override dropped an
-        unsubscribe a re-add overtook; the person unsubscribed later; mcsync subscribed them
-        again). A status write is marked submitting before it is sent, so a row with none
-        submitting or submitted has none that can reach Mailchimp; with one, it keeps its
-        expectation. An expected interest is kept (a data-only write goes out while queued)."""
-        if not row_ids:
-            return
-        marks = ",".join("?" * len(row_ids))
-        self.execute(
-            f"""
-            UPDATE rows SET mc_expected = CASE
-                WHEN json_extract(mc_expected, '$.interests') IS NULL THEN NULL
-                ELSE json_remove(mc_expected, '$.status') END
-            WHERE id IN ({marks}) AND mc_expected IS NOT NULL
-              AND NOT EXISTS (SELECT 1 FROM updates u WHERE u.row_id = rows.id
-                              AND u.state IN ('submitting', 'submitted'))
-            """,
-            list(row_ids),
-        )
-
 
 def register_functions(conn: sqlite3.Connection) -> None:
     """SQL functions every connection to a staging DB needs: ``fold_email`` compares
@@ -816,10 +625,6 @@ def register_functions(conn: sqlite3.Connection) -> None:
 
 def _sql_fold_email(value: Any) -> str | None:
     return None if value is None else fold_email(str(value))
-
-
-# CiviCRM writes that are decisions (a plan); `email` writes carry facts fetched from Mailchimp.
-PLANNED_CIVI_WRITES = ("group", "hold")
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:
