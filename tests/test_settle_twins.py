@@ -80,15 +80,19 @@ class Scenario:
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> Scenario:
+def scenarios(draw: st.DrawFn, *, busy: bool = False) -> Scenario:
     """Both sides of a few rows. Half the scenarios are calm (each contact has its own
     address, each row its own contact, unusual facts are rare), so the plain rows the SQL
     settles come up often, each with now and then one fact that must stop it; the others
-    mix every fact freely."""
+    mix every fact freely. `busy`: writes queued, in flight and planned, and expected
+    echoes, are common (for the rules about dropping a plan)."""
     calm = draw(st.booleans())
 
     def rare() -> bool:
         return draw(st.integers(0, 40 if calm else 5)) == 0
+
+    def planned() -> bool:
+        return draw(st.booleans()) if busy else rare()
 
     def address(cid: int | None) -> str:
         if calm and cid is not None and not rare():
@@ -194,7 +198,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
                 "mc_interests": json.dumps(interests),
                 "mc_interests_at": json.dumps({i: draw(HOURS) for i in interests}),
                 "mc_expected": (
-                    json.dumps({"status": "subscribed", "at": draw(HOURS)}) if rare() else None
+                    json.dumps({"status": "subscribed", "at": draw(HOURS)}) if planned() else None
                 ),
                 "contact_id": cid,
                 "creating": int(rare()),
@@ -216,7 +220,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             "created_at": iso(T0),
         }
         for row in rows
-        if rare()
+        if planned()
     ]
     civi_writes = [
         {
@@ -229,7 +233,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             "origin_at": iso(T0),
         }
         for cid in CONTACTS
-        if rare() and (kind := draw(st.sampled_from(["group", "hold", "email"])))
+        if planned() and (kind := draw(st.sampled_from(["group", "hold", "email"])))
     ]
     return Scenario(contacts, emails, groups, contact_data, rows, updates, civi_writes)
 
