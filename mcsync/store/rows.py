@@ -415,6 +415,7 @@ class RowStore(StoreBase):
         ]
 
     def contacts_by_id(self, contact_ids: Sequence[int]) -> list[sqlite3.Row]:
+        """The staged contacts (deleted, gone, privacy flags and when they were set)."""
         return self.conn.execute(
             f"SELECT * FROM contacts WHERE contact_id IN ({_marks(contact_ids)})",
             list(contact_ids),
@@ -503,6 +504,7 @@ class RowStore(StoreBase):
         }
 
     def rows_by_id(self, row_ids: list[int]) -> list[sqlite3.Row]:
+        """Whole rows by id (the rows behind a chunk of queued writes)."""
         return self.conn.execute(
             f"SELECT * FROM rows WHERE id IN ({_marks(row_ids)})", row_ids
         ).fetchall()

@@ -176,6 +176,7 @@ class StatusStore(StoreBase):
         }
 
     def _count(self, sql: str, params: tuple[Any, ...]) -> int:
+        """The one number a COUNT query answers."""
         return int(self.conn.execute(sql, params).fetchone()[0] or 0)
 
     def planned_interest_switches(self, list_id: str, interest_id: str) -> dict[bool, int]:
