@@ -104,7 +104,9 @@ OTHER_TRANSITIONS: dict[str, Callable[[Staging, dict[str, int]], object]] = {
     "claim_for_batch": lambda s, f: s.claim_for_batch(LIST, [f[n] for n in SENT], AT),
     "unmark_sending of batch updates": lambda s, f: s.unmark_sending([f["posting"], f["accepted"]]),
     "withdraw_update": _withdraw_each,
-    "abort_updates": lambda s, f: s.abort_updates([f[n] for n in SENT], "overtaken"),
+    "abort_updates": lambda s, f: s.abort_updates(
+        [f[n] for n in SENT], "overtaken", "2026-01-01T00:00:00+00:00"
+    ),
     "abort_queue": lambda s, f: s.abort_queue(LIST, AT, "aborted"),
     "discard_queued_since": lambda s, f: s.discard_queued_since(LIST, ""),
     "batch_submitted": lambda s, f: s.batch_submitted(f["accepted_batch"], "mc-again", "started"),
@@ -229,7 +231,7 @@ def test_a_status_write_that_may_have_gone_out_keeps_its_expectation(staging: St
     expected = '{"at":"2026-11-01T12:00:00+00:00","status":"subscribed"}'
     staging.conn.execute("UPDATE rows SET mc_expected = ?", (expected,))
     staging.mark_sending([queue(staging, sent_row)])
-    staging.abort_updates([queue(staging, unsent_row), queue(staging, sent_row)], "overtaken")
+    staging.abort_updates([queue(staging, unsent_row), queue(staging, sent_row)], "overtaken", None)
     found = dict(staging.conn.execute("SELECT id, mc_expected FROM rows").fetchall())
     assert found == {sent_row: expected, unsent_row: None}
 
@@ -264,7 +266,7 @@ def apply(staging: Staging, row: int, name: str, ids: list[int]) -> None:
         staging.unmark_sending(ids)
     elif name == "abort_updates":
         if ids:
-            staging.abort_updates(ids, "overtaken")
+            staging.abort_updates(ids, "overtaken", None)
     elif name == "claim_for_batch":
         staging.claim_for_batch(LIST, ids, AT)
     elif name == "batch_submitted":

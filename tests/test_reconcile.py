@@ -1427,3 +1427,14 @@ def test_an_unorderable_conflict_is_reported_unless_a_side_is_preferred() -> Non
     assert mailchimp.actions == (REMOVE,)
     civicrm = decide_subscription(member, AudiencePolicy(group_id=GID, prefer="civicrm"))
     assert civicrm.actions == (put("subscribed"),)
+
+
+def test_agreeing_sides_need_no_order() -> None:
+    """The same window as above, but both sides say "in": nothing to write, nothing to
+    report, whatever the order."""
+    member = row("subscribed", "Added", mc_at=NEWER, civi_at=NEW)
+    member = dataclasses.replace(
+        member, mailchimp=dataclasses.replace(member.mailchimp, status_changed_after=OLD)
+    )
+    decision = decide_subscription(member, AudiencePolicy(group_id=GID))
+    assert (decision.actions, decision.reason) == ((), None)

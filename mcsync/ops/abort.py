@@ -27,33 +27,13 @@ def abort_audience(config: Config, audience: AudienceConfig) -> str:
                 f"audience {list_id} is busy with a running sync; abort it when that run stops "
                 f"(or its lease expires, at most {config.sync.lease_seconds}s after a crash)"
             )
-        batches = staging.query(
-            "SELECT * FROM batches WHERE list_id = ? AND status NOT IN ('processed', 'aborted')",
-            (list_id,),
-        )
+        batches = staging.open_batches(list_id)
         with connections(config, Budget(60)) as conns:
             client = conns.mailchimp_for(audience.account)
             for batch in batches:
                 if batch["mc_batch_id"] and batch["status"] != "finished":
                     client.delete_batch(batch["mc_batch_id"])
-        now = iso(utc_now())
-        with staging.atomic():
-            redecided = staging.drop_plan(list_id)  # first: it finds rows by their updates
-            staging.execute(
-                "UPDATE batches SET status = 'aborted', completed_at = ? WHERE list_id = ? "
-                "AND status NOT IN ('processed', 'aborted')",
-                (now, list_id),
-            )
-            failed = staging.execute(
-                "UPDATE updates SET state = 'failed', completed_at = ?, error_title = 'aborted', "
-                "error_detail = ? WHERE list_id = ? AND state IN ('submitting', 'submitted')",
-                (now, ABORTED, list_id),
-            ).rowcount
-            discarded = staging.execute(
-                "UPDATE updates SET state = 'aborted', completed_at = ?, error_detail = ? "
-                "WHERE list_id = ? AND state = 'queued'",
-                (now, ABORTED, list_id),
-            ).rowcount
+        redecided, failed, discarded = staging.abort_plan(list_id, ABORTED, iso(utc_now()) or "")
         reset_run(staging, list_id)
         staging.log(
             list_id,

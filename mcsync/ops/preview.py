@@ -18,14 +18,7 @@ from mcsync.store.database import Staging
 
 def audience_plan(staging: Staging, list_id: str, group_id: int) -> dict[str, Any]:
     changes: list[dict[str, Any]] = []
-    for write in staging.query(
-        "SELECT w.*, COALESCE(w.email, (SELECT mc_email FROM rows r WHERE r.contact_id = "
-        "w.contact_id AND r.list_id = w.list_id AND r.mc_email IS NOT NULL LIMIT 1), "
-        "(SELECT e.email FROM emails e WHERE e.contact_id = w.contact_id "
-        "ORDER BY e.is_primary DESC, e.email_id LIMIT 1)) AS contact_email "
-        "FROM civi_writes w WHERE w.list_id = ? ORDER BY w.id",
-        (list_id,),
-    ):
+    for write in staging.planned_civi_writes(list_id):
         if write["kind"] == "group":
             verb = "Add to" if write["status"] == "Added" else "Remove from"
             change = f"{verb} group {write['group_id']}"
@@ -41,11 +34,7 @@ def audience_plan(staging: Staging, list_id: str, group_id: int) -> dict[str, An
                 "change": change,
             }
         )
-    for update in staging.query(
-        "SELECT u.*, r.contact_id FROM updates u JOIN rows r ON r.id = u.row_id "
-        "WHERE u.list_id = ? AND u.state = 'queued' ORDER BY u.id",
-        (list_id,),
-    ):
+    for update in staging.queued_updates_with_contact(list_id):
         body = json.loads(update["body"])
         parts = []
         if body.get("status"):
@@ -67,16 +56,12 @@ def audience_plan(staging: Staging, list_id: str, group_id: int) -> dict[str, An
                 "change": "; ".join(parts) or "update",
             }
         )
-    for row in staging.query(
-        "SELECT mc_email FROM rows WHERE list_id = ? AND contact_id IS NULL "
-        "AND mc_status IN ('subscribed', 'pending') ORDER BY id",
-        (list_id,),
-    ):
+    for email in staging.contacts_to_create(list_id):
         changes.append(
             {
                 "direction": "CiviCRM",
                 "contact_id": None,
-                "email": row["mc_email"],
+                "email": email,
                 "change": "create contact and Add to group",
             }
         )
@@ -171,9 +156,6 @@ def discard_plan(staging: Staging, list_id: str) -> None:
     started = state.get("run_started") or ""
     with staging.atomic():
         staging.drop_plan(list_id)  # the same rows `abort` sends back (first: it reads updates)
-        staging.execute(
-            "DELETE FROM updates WHERE list_id = ? AND state = 'queued' AND created_at >= ?",
-            (list_id, started),
-        )
+        staging.discard_queued_since(list_id, started)
         if state and state["stage"] not in ("idle",):
             staging.set_state(list_id, stage="create_contacts", cursor=0)

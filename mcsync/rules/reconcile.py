@@ -243,7 +243,9 @@ def decide_subscription(row: MemberRow, policy: AudiencePolicy) -> Decision:
             )
         reason = Reason.PRIVACY_FLAGS if c.subscription.added else None
         return Decision("privacy-keep-group", False, hold, reason)
-    if order_unknown(m, c.subscription):
+    if order_unknown(m, c.subscription) and m.subscribed != c.subscription.added:
+        # Only a disagreement needs an order: when both sides already agree there is nothing
+        # to write, whichever choice came last, and nothing to report.
         if policy.prefer is None:
             return Decision("order-unknown", False, hold, Reason.ORDER_UNKNOWN)
         side = policy.prefer

@@ -222,11 +222,7 @@ def start_run(ctx: RunContext, *, since: str | None) -> None:
             **rewound,
         )
         if full:
-            ctx.staging.execute(
-                "UPDATE rows SET sync_status = 'todo' WHERE list_id = ? "
-                "AND sync_status IN ('ok', 'fail')",
-                (ctx.list_id,),
-            )
+            ctx.staging.redecide_all(ctx.list_id)
         else:
             retried = ctx.staging.requeue_due_retries(
                 ctx.list_id, sorted(RETRIED_REASONS), iso(now + RETRY_SLACK) or ""
@@ -248,22 +244,13 @@ def start_run(ctx: RunContext, *, since: str | None) -> None:
         ctx.log(f"{retried} rows that failed for a passing reason are tried again")
 
 
-def _retries_queued(ctx: RunContext) -> bool:
-    return bool(
-        ctx.staging.scalar(
-            "SELECT 1 FROM updates WHERE list_id = ? AND state = 'queued' LIMIT 1",
-            (ctx.list_id,),
-        )
-    )
-
-
 def advance(ctx: RunContext, index: int) -> None:
     """Move to the next stage (or finish the run), resetting the stage cursor, atomically."""
     with ctx.staging.atomic():
         if (
             STAGE_NAMES[index] == "collect_batches"
             and not ctx.hold_mailchimp
-            and _retries_queued(ctx)
+            and ctx.staging.count_queued(ctx.list_id) > 0
         ):
             # Batch results queued follow-ups (a compliance refusal retried as pending):
             # send them in this run rather than leaving them for the next.
@@ -296,7 +283,3 @@ def reset_run(staging: Staging, list_id: str) -> None:
     """Back to the start (abort): the next run starts afresh, with new windows."""
     with staging.atomic():
         staging.set_state(list_id, stage="idle", cursor=0, mc_offset=0, run_id=None)
-
-
-def last_sync_time(staging: Staging, list_id: str) -> datetime | None:
-    return parse_iso(staging.state(list_id).get("last_sync"))

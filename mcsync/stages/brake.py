@@ -57,43 +57,9 @@ def mass_change_problems(
     two sides' interests are being joined: then, as with subscribes, only the switches that
     take an interest away count."""
     state = staging.state(list_id)
-    subscribed = (
-        staging.scalar(
-            "SELECT COUNT(*) FROM rows WHERE list_id = ? "
-            "AND mc_status IN ('subscribed', 'pending')",
-            (list_id,),
-        )
-        or 0
-    )
-    members = (
-        staging.scalar(
-            "SELECT COUNT(*) FROM rows WHERE list_id = ? AND mc_hash IS NOT NULL", (list_id,)
-        )
-        or 0
-    )
-    added = (
-        staging.scalar(
-            "SELECT COUNT(*) FROM group_status WHERE group_id = ? AND status = 'Added'",
-            (group_id,),
-        )
-        or 0
-    )
-    unsubscribes = (
-        staging.scalar(
-            "SELECT COUNT(*) FROM updates WHERE list_id = ? AND state = 'queued' "
-            "AND json_extract(body, '$.status') = 'unsubscribed'",
-            (list_id,),
-        )
-        or 0
-    )
-    removals = (
-        staging.scalar(
-            "SELECT COUNT(*) FROM civi_writes WHERE list_id = ? AND kind = 'group' "
-            "AND group_id = ? AND status = 'Removed'",
-            (list_id, group_id),
-        )
-        or 0
-    )
+    counts = staging.brake_counts(list_id, group_id)
+    subscribed, members, added = counts["subscribed"], counts["members"], counts["added"]
+    unsubscribes, removals = counts["unsubscribes"], counts["removals"]
     problems = []
     # Like the share checks below, one person leaving is never a "mass" change.
     synced_before = bool(state.get("last_sync"))

@@ -161,6 +161,7 @@ def drop_overtaken_updates(ctx: RunContext, updates: list[sqlite3.Row]) -> list[
         [u["id"] for u in overtaken],
         "Overtaken: the contact or member changed after this update was planned; "
         "decided again next run.",
+        iso(utc_now()) or "",
     )
     ctx.log(
         f"{len(overtaken)} planned Mailchimp updates were overtaken by newer changes and not "

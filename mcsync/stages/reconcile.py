@@ -22,6 +22,8 @@ from mcsync.rules.addresses import fold_email
 from mcsync.rules.reasons import Reason
 from mcsync.stages.context import RunContext
 from mcsync.store.database import dumps, iso, parse_iso, utc_now
+from mcsync.store.rows import Decided
+from mcsync.store.states import RowState
 
 CHUNK = 1000
 SETTLE_STEP = 20_000  # rows per set-based statement
@@ -42,16 +44,13 @@ def reconcile_rows(ctx: RunContext) -> None:
     the rows of contacts with several member rows whose CiviCRM state this run changes."""
     policy = policy_for(ctx)
     settle_agreeing_rows(ctx)
-    while True:
-        ctx.budget.check()
-        rows = ctx.staging.query(
-            "SELECT * FROM rows WHERE list_id = ? AND sync_status = 'todo' AND id > ? "
-            "ORDER BY id LIMIT ?",
-            (ctx.list_id, ctx.staging.state(ctx.list_id)["cursor"], CHUNK),
-        )
-        if not rows:
-            break
-        _decide_rows(ctx, policy, rows, cursor=True)
+    for rows in ctx.staging.each_chunk(
+        ctx.list_id,
+        ctx.budget.check,
+        lambda after: ctx.staging.todo_rows_after(ctx.list_id, after, CHUNK),
+        key=lambda row: int(row["id"]),
+    ):
+        _decide_rows(ctx, policy, rows)
     decide_again(ctx, policy)
 
 
@@ -59,7 +58,8 @@ def decide_rows(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> None:
     """Decide these rows now, outside the stage's cursor: one person's rows, read afresh
     (`resync --now`), with the same rules and queueing as the stage."""
     if rows:
-        _decide_rows(ctx, policy_for(ctx), rows, cursor=False)
+        with ctx.staging.atomic():
+            _decide_rows(ctx, policy_for(ctx), rows)
 
 
 # Passes over rows decided again: each pass can only make the queued CiviCRM writes newer, so they
@@ -79,82 +79,42 @@ def decide_again(ctx: RunContext, policy: ms.AudiencePolicy) -> None:
     Two contacts not at Mailchimp that share an address would both subscribe it: the one
     matching will link the member to keeps it, the other is told the member exists."""
     for _ in range(SIBLING_PASSES):
-        rows = ctx.staging.query(
-            "SELECT * FROM rows WHERE id IN ("
-            # rows of a contact with several member rows and CiviCRM writes queued
-            "SELECT r.id FROM civi_writes w JOIN rows r ON r.contact_id = w.contact_id "
-            "AND r.list_id = w.list_id WHERE w.list_id = ? AND w.kind IN ('group', 'hold') "
-            "AND EXISTS (SELECT 1 FROM rows s WHERE s.contact_id = r.contact_id "
-            "AND s.list_id = r.list_id AND s.id != r.id) "
-            # rows of different contacts, not at Mailchimp, queued to subscribe one address
-            "UNION SELECT u.row_id FROM updates u JOIN rows o ON o.id = u.row_id "
-            "WHERE u.list_id = ? AND u.state = 'queued' AND o.mc_hash IS NULL "
-            "AND fold_email(u.email) IN (SELECT fold_email(u2.email) FROM updates u2 "
-            "JOIN rows o2 ON o2.id = u2.row_id WHERE u2.list_id = ? AND u2.state = 'queued' "
-            "AND o2.mc_hash IS NULL GROUP BY fold_email(u2.email) "
-            "HAVING COUNT(DISTINCT o2.contact_id) > 1)) ORDER BY id",
-            (ctx.list_id, ctx.list_id, ctx.list_id),
-        )
+        rows = ctx.staging.rows_to_decide_again(ctx.list_id)
         if not rows:
             return
         # A decision queues CiviCRM writes for its own contact only: compare those.
         contact_ids = sorted({r["contact_id"] for r in rows if r["contact_id"] is not None})
-        before = _queued_group_writes(ctx, contact_ids)
+        before = ctx.staging.planned_group_writes(ctx.list_id, contact_ids)
         for start in range(0, len(rows), CHUNK):
             ctx.budget.check()
-            _decide_rows(ctx, policy, rows[start : start + CHUNK], cursor=False)
-        if _queued_group_writes(ctx, contact_ids) == before:
+            with ctx.staging.atomic():
+                _decide_rows(ctx, policy, rows[start : start + CHUNK])
+        if ctx.staging.planned_group_writes(ctx.list_id, contact_ids) == before:
             return
 
 
-def _queued_group_writes(ctx: RunContext, contact_ids: Sequence[int]) -> list[tuple[Any, ...]]:
-    """The group writes queued for these contacts, in a fixed order."""
-    found: list[tuple[Any, ...]] = []
-    for start in range(0, len(contact_ids), CHUNK):
-        chunk = contact_ids[start : start + CHUNK]
-        marks = ",".join("?" * len(chunk))
-        found.extend(
-            tuple(r)
-            for r in ctx.staging.query(
-                f"SELECT contact_id, group_id, status, origin_at FROM civi_writes "
-                f"WHERE list_id = ? AND kind = 'group' AND contact_id IN ({marks}) "
-                f"ORDER BY contact_id, group_id",
-                (ctx.list_id, *chunk),
-            )
-        )
-    return found
-
-
-def _decide_rows(
-    ctx: RunContext, policy: ms.AudiencePolicy, rows: Sequence[sqlite3.Row], *, cursor: bool
-) -> None:
-    """Decide these rows and queue their writes in one transaction (with the cursor)."""
+def _decide_rows(ctx: RunContext, policy: ms.AudiencePolicy, rows: Sequence[sqlite3.Row]) -> None:
+    """Decide these rows and queue their writes; the caller holds the chunk's transaction."""
     loaded = load_chunk(ctx, rows)
     missing: dict[str, int] = defaultdict(int)
-    settled: list[tuple[str, str | None, str | None, int]] = []
-    with ctx.staging.atomic():
-        for row in rows:
-            member_row = loaded.member_row(row)
-            decision = rc.reconcile_member(member_row, policy)
-            settled.append(
-                record_decision(
-                    ctx,
-                    row,
-                    member_row,
-                    decision,
-                    loaded.unsubmitted[row["id"]],
-                    in_flight=row["id"] in loaded.in_flight,
-                )
+    decided: list[Decided] = []
+    for row in rows:
+        member_row = loaded.member_row(row)
+        decision = rc.reconcile_member(member_row, policy)
+        decided.append(
+            record_decision(
+                ctx,
+                row,
+                member_row,
+                decision,
+                loaded.unsubmitted[row["id"]],
+                in_flight=row["id"] in loaded.in_flight,
             )
-            for outcome in decision.interests:
-                if outcome.rule == "5.3-I1-no-data":
-                    missing[outcome.interest_id] += 1
-        ctx.staging.conn.executemany(
-            "UPDATE rows SET sync_status = ?, reason = ?, reason_detail = ? WHERE id = ?",
-            settled,
         )
-        if cursor:
-            ctx.staging.set_state(ctx.list_id, cursor=rows[-1]["id"])
+        for outcome in decision.interests:
+            if outcome.rule == "5.3-I1-no-data":
+                missing[outcome.interest_id] += 1
+    ctx.staging.decided(decided)
     for interest_id, count in sorted(missing.items()):
         # Seed §5.3 (lab #19): deleted at Mailchimp, or mapped after these members were
         # fetched; a full run (--since ever) fetches their interests again.
@@ -168,66 +128,19 @@ def _decide_rows(
 
 
 def settle_agreeing_rows(ctx: RunContext) -> int:
-    """Mark `ok`, in one statement, the `todo` rows whose sides plainly agree: subscribed at
-    Mailchimp and Added in CiviCRM, every mapped interest equal to its group, one unheld email
-    that is the member's, no privacy flag, no sibling, refusal, merge-field data or queued
-    write. `reconcile_member` decides nothing for such a row, and a full run marks every row
-    `todo`, so only the rows that disagree (or are unusual) go through Python."""
-    interest_checks = "".join(
-        " AND json_extract(r.mc_interests, ?) IS ((SELECT g.status FROM group_status g "
-        "WHERE g.contact_id = r.contact_id AND g.group_id = ?) IS 'Added')"
-        for _ in ctx.interest_groups
-    )
-    interest_params: list[Any] = []
-    for interest_id, group_id in ctx.interest_groups.items():
-        interest_params.extend([f'$."{interest_id}"', group_id])
-    low, high = ctx.staging.query(
-        "SELECT MIN(id), MAX(id) FROM rows WHERE list_id = ? AND sync_status = 'todo'",
-        (ctx.list_id,),
-    )[0]
+    """Mark `ok` the `todo` rows whose sides plainly agree (`RowStore.settled_agreeing`, the
+    SQL twin of `reconcile_member`), so only the rows that disagree (or are unusual) go
+    through Python: a full run marks every row `todo`."""
+    low, high = ctx.staging.todo_id_range(ctx.list_id)
     settled = 0
     # One statement per id range, each its own short transaction: a large audience never
     # holds the write lock for long (the lease heartbeat writes too).
     for start in range(low or 0, (high or -1) + 1, SETTLE_STEP):
         ctx.budget.check()
-        settled += _settle_range(ctx, start, start + SETTLE_STEP, interest_checks, interest_params)
+        settled += ctx.staging.settled_agreeing(
+            ctx.list_id, ctx.group_id, ctx.interest_groups, start, start + SETTLE_STEP
+        )
     return settled
-
-
-def _settle_range(
-    ctx: RunContext, start: int, stop: int, interest_checks: str, interest_params: list[Any]
-) -> int:
-    cursor = ctx.staging.execute(
-        f"""
-        UPDATE rows AS r SET sync_status = 'ok', reason = NULL, reason_detail = NULL
-        WHERE r.id >= ? AND r.id < ?
-          AND r.list_id = ? AND r.sync_status = 'todo' AND r.mc_status = 'subscribed'
-          AND r.mc_hash IS NOT NULL AND r.contact_id IS NOT NULL AND r.creating = 0
-          AND r.mc_expected IS NULL AND r.refusal_reason IS NULL
-          AND EXISTS (SELECT 1 FROM contacts c WHERE c.contact_id = r.contact_id
-                      AND c.is_deleted = 0 AND c.gone = 0 AND c.is_deceased = 0
-                      AND c.do_not_email = 0 AND c.is_opt_out = 0)
-          AND (SELECT g.status FROM group_status g WHERE g.contact_id = r.contact_id
-               AND g.group_id = ?) IS 'Added'
-          {interest_checks}
-          AND EXISTS (SELECT 1 FROM emails e WHERE e.contact_id = r.contact_id
-                      AND e.email_lc = fold_email(r.mc_email) AND e.on_hold = 0)
-          AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.contact_id = r.contact_id
-                          AND e.email_lc != fold_email(r.mc_email))
-          AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.email_lc = fold_email(r.mc_email)
-                          AND e.on_hold != 0)
-          AND NOT EXISTS (SELECT 1 FROM rows s WHERE s.contact_id = r.contact_id
-                          AND s.list_id = r.list_id AND s.id != r.id)
-          AND NOT EXISTS (SELECT 1 FROM contact_data d WHERE d.list_id = r.list_id
-                          AND d.contact_id = r.contact_id AND d.merge_fields != '{{}}')
-          AND NOT EXISTS (SELECT 1 FROM updates u WHERE u.row_id = r.id
-                          AND u.state IN ('queued', 'submitting', 'submitted'))
-          AND NOT EXISTS (SELECT 1 FROM civi_writes w WHERE w.list_id = r.list_id
-                          AND w.contact_id = r.contact_id)
-        """,
-        (start, stop, ctx.list_id, ctx.group_id, *interest_params),
-    )
-    return cursor.rowcount
 
 
 class LoadedChunk:
@@ -347,28 +260,11 @@ def _addresses_in_use(
     )
     if not candidates:
         return frozenset()
-    marks = ",".join("?" * len(candidates))
     # Another contact not at Mailchimp yet may be about to subscribe the same address (two
     # contacts share it): the lower contact id, whom matching picks once the member exists,
     # keeps it; see `decide_again`.
-    loaded.addresses_claimed = [
-        (r[0], r[1])
-        for r in ctx.staging.query(
-            f"SELECT DISTINCT fold_email(u.email), r.contact_id FROM updates u "
-            f"JOIN rows r ON r.id = u.row_id WHERE u.list_id = ? AND r.mc_hash IS NULL "
-            f"AND r.contact_id IS NOT NULL AND u.state IN ('queued', 'submitting', 'submitted') "
-            f"AND fold_email(u.email) IN ({marks})",
-            (ctx.list_id, *candidates),
-        )
-    ]
-    return frozenset(
-        r[0]
-        for r in ctx.staging.query(
-            f"SELECT fold_email(mc_email) FROM rows WHERE list_id = ? AND mc_hash IS NOT NULL "
-            f"AND fold_email(mc_email) IN ({marks})",
-            (ctx.list_id, *candidates),
-        )
-    )
+    loaded.addresses_claimed = ctx.staging.addresses_claimed(ctx.list_id, candidates)
+    return ctx.staging.member_addresses(ctx.list_id, candidates)
 
 
 def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
@@ -376,14 +272,9 @@ def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
     staging = ctx.staging
     contact_ids = sorted({r["contact_id"] for r in rows if r["contact_id"] is not None})
     if contact_ids:
-        marks = ",".join("?" * len(contact_ids))
-        for contact in staging.query(
-            f"SELECT * FROM contacts WHERE contact_id IN ({marks})", contact_ids
-        ):
+        for contact in staging.contacts_by_id(contact_ids):
             loaded.contacts[contact["contact_id"]] = contact
-        for email in staging.query(
-            f"SELECT * FROM emails WHERE contact_id IN ({marks}) ORDER BY email_id", contact_ids
-        ):
+        for email in staging.emails_of_contacts(contact_ids):
             loaded.emails[email["contact_id"]].append(
                 ms.EmailRecord(
                     email["email"],
@@ -392,80 +283,41 @@ def load_chunk(ctx: RunContext, rows: Sequence[sqlite3.Row]) -> LoadedChunk:
                     bool(email["is_primary"]),
                 )
             )
-        for data in staging.query(
-            f"SELECT contact_id, merge_fields FROM contact_data WHERE list_id = ? "
-            f"AND contact_id IN ({marks})",
-            (ctx.list_id, *contact_ids),
-        ):
+        for data in staging.merge_fields_of(ctx.list_id, contact_ids):
             loaded.merge_fields[data["contact_id"]] = json.loads(data["merge_fields"])
-        group_marks = ",".join("?" * len(ctx.all_groups))
-        for group in staging.query(
-            f"SELECT * FROM group_status WHERE contact_id IN ({marks}) "
-            f"AND group_id IN ({group_marks})",
-            (*contact_ids, *ctx.all_groups),
-        ):
+        for group in staging.group_statuses_of(contact_ids, ctx.all_groups):
             loaded.groups[group["contact_id"]][group["group_id"]] = ms.GroupState(
                 group["status"], parse_iso(group["changed_at"])
             )
         # Writes this run queued for CiviCRM are what it will have (push_civicrm stores the
         # same status and time after writing): decide against them, not the state before.
-        for write in staging.query(
-            f"SELECT contact_id, group_id, status, origin_at FROM civi_writes WHERE "
-            f"list_id = ? AND kind = 'group' AND contact_id IN ({marks})",
-            (ctx.list_id, *contact_ids),
+        for contact_id, group_id, status, origin_at in staging.planned_group_writes(
+            ctx.list_id, contact_ids
         ):
-            loaded.groups[write["contact_id"]][write["group_id"]] = ms.GroupState(
-                write["status"], parse_iso(write["origin_at"])
+            loaded.groups[contact_id][group_id] = ms.GroupState(
+                status,  # type: ignore[arg-type]
+                parse_iso(origin_at),
             )
-        for sibling in staging.query(
-            f"SELECT id, contact_id, mc_email, mc_status FROM rows WHERE list_id = ? "
-            f"AND contact_id IN ({marks}) AND mc_hash IS NOT NULL",
-            (ctx.list_id, *contact_ids),
-        ):
+        for sibling in staging.member_rows_of_contacts(ctx.list_id, contact_ids):
             loaded.siblings[sibling["contact_id"]].append(
                 (sibling["id"], sibling["mc_email"], sibling["mc_status"])
             )
-    if contact_ids:
         # Holds queued this run (a cleaned member) count as on hold already.
-        for hold in staging.query(
-            f"SELECT contact_id, fold_email(email) FROM civi_writes WHERE list_id = ? "
-            f"AND kind = 'hold' AND contact_id IN ({marks})",
-            (ctx.list_id, *contact_ids),
-        ):
-            loaded.emails[hold[0]] = [
-                replace(e, on_hold=1) if fold_email(e.email) == hold[1] else e
-                for e in loaded.emails.get(hold[0], [])
+        for contact_id, address in staging.planned_holds(ctx.list_id, contact_ids):
+            loaded.emails[contact_id] = [
+                replace(e, on_hold=1) if fold_email(e.email) == address else e
+                for e in loaded.emails.get(contact_id, [])
             ]
     addresses = sorted({fold_email(r["mc_email"]) for r in rows if r["mc_email"]})
     if addresses:
-        marks = ",".join("?" * len(addresses))
-        loaded.held_addresses = {
-            e[0]
-            for e in staging.query(
-                f"SELECT DISTINCT email_lc FROM emails WHERE email_lc IN ({marks}) "
-                f"AND on_hold != 0",
-                addresses,
-            )
-        }
+        loaded.held_addresses = staging.held_addresses(addresses)
     loaded.addresses_in_use = _addresses_in_use(ctx, rows, loaded)
     row_ids = [r["id"] for r in rows]
-    marks = ",".join("?" * len(row_ids))
-    for update in staging.query(
-        f"SELECT id, row_id, body FROM updates WHERE state = 'queued' AND row_id IN ({marks}) "
-        f"ORDER BY id",
-        row_ids,
-    ):
+    for update in staging.unsent_updates(row_ids):
         loaded.unsubmitted[update["row_id"]].append(
             qr.QueuedUpdate(update["id"], json.loads(update["body"]))
         )
-    loaded.in_flight = {
-        r[0]
-        for r in staging.query(
-            f"SELECT DISTINCT row_id FROM updates WHERE state IN ('submitting', 'submitted') "
-            f"AND row_id IN ({marks})",
-            row_ids,
-        )
-    }
+    loaded.in_flight = staging.rows_in_flight(row_ids)
     return loaded
 
 
@@ -477,8 +329,8 @@ def record_decision(
     unsubmitted: list[qr.QueuedUpdate],
     *,
     in_flight: bool,
-) -> tuple[str, str | None, str | None, int]:
-    """Queue one decision's writes; return the row's new (sync status, reason, detail, id),
+) -> Decided:
+    """Queue one decision's writes; return the row's new (state, reason, detail, id),
     which the caller stores for the whole chunk at once. `in_flight`: the row has updates
     that were submitted and not yet answered."""
     staging = ctx.staging
@@ -491,24 +343,15 @@ def record_decision(
                 origin = m.status_time
             else:
                 origin = m.interest_time(interest_id) if interest_id else m.last_changed
-            staging.execute(
-                "INSERT INTO civi_writes (list_id, kind, contact_id, group_id, status, origin_at) "
-                "VALUES (?, 'group', ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-                "status = excluded.status, origin_at = excluded.origin_at",
-                (
-                    ctx.list_id,
-                    action.contact_id,
-                    action.group_id,
-                    action.status,
-                    iso(origin or utc_now()),
-                ),
+            staging.plan_group_write(
+                ctx.list_id,
+                action.contact_id,
+                action.group_id,
+                action.status,
+                iso(origin or utc_now()),
             )
         else:
-            staging.execute(
-                "INSERT OR IGNORE INTO civi_writes (list_id, kind, contact_id, email) "
-                "VALUES (?, 'hold', ?, ?)",
-                (ctx.list_id, action.contact_id, action.email),
-            )
+            staging.plan_hold(ctx.list_id, action.contact_id, action.email)
     if (
         m.status == "cleaned"
         and not member_row.cleaned_handled
@@ -523,10 +366,7 @@ def record_decision(
     queue = qr.plan_queue(unsubmitted, decision)
     now = iso(utc_now())
     for abort in queue.abort:
-        staging.execute(
-            "UPDATE updates SET state = 'aborted', completed_at = ?, error_detail = ? WHERE id = ?",
-            (now, abort.reason, abort.update_id),
-        )
+        staging.withdraw_update(abort.update_id, now, abort.reason)
     live = len(unsubmitted) > len(queue.abort)
     if queue.abort and not live and queue.enqueue is None:
         # Every queued write dropped, none replacing it (whose expectation would replace it).
@@ -534,23 +374,24 @@ def record_decision(
     if queue.enqueue is not None:
         body = dict(queue.enqueue.body)
         origin = _origin_of(body, c, interest_by_group, member_row.trashed_removal_at)
-        staging.execute(
-            "INSERT INTO updates (list_id, row_id, email, body, origin_at, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (ctx.list_id, row["id"], queue.enqueue.email, dumps(body), iso(origin), now),
-        )
         expected: dict[str, Any] = {"at": iso(origin)}
         if body.get("status"):
             expected["status"] = body["status"]
         if body.get("interests"):
             expected["interests"] = body["interests"]
-        staging.execute(
-            "UPDATE rows SET mc_expected = ? WHERE id = ?", (dumps(expected), row["id"])
+        staging.queue_update(
+            ctx.list_id,
+            row["id"],
+            queue.enqueue.email,
+            dumps(body),
+            iso(origin),
+            now,
+            dumps(expected),
         )
         live = True
     reason = decision.reason.value if decision.reason else None
-    sync_status = "live" if live or in_flight else ("fail" if reason else "ok")
-    return sync_status, reason, decision.detail if reason else None, row["id"]
+    state = RowState.LIVE if live or in_flight else RowState.FAIL if reason else RowState.OK
+    return Decided(state, reason, decision.detail if reason else None, row["id"])
 
 
 def _origin_of(

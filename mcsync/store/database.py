@@ -15,7 +15,6 @@ import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ from mcsync.store.matching import MatchStore
 from mcsync.store.members import MemberStore
 from mcsync.store.people import PeopleStore
 from mcsync.store.queues import QueueStore
+from mcsync.store.rows import RowStore
+from mcsync.store.status_queries import StatusStore
 
 # Numbered migrations: never edit one that has shipped; append a new one.
 MIGRATIONS: list[str] = [
@@ -293,7 +294,17 @@ def parse_iso(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class Staging(MemberStore, MatchStore, PeopleStore, HistoryStore, QueueStore, FeedStore, StoreBase):
+class Staging(
+    MemberStore,
+    MatchStore,
+    RowStore,
+    StatusStore,
+    PeopleStore,
+    HistoryStore,
+    QueueStore,
+    FeedStore,
+    StoreBase,
+):
     """One open staging database. Not shared across threads (the lease heartbeat opens its own).
 
     ``read_only`` (``status``, ``failures``) opens an existing DB with ``mode=ro``: it works on
@@ -371,6 +382,17 @@ class Staging(MemberStore, MatchStore, PeopleStore, HistoryStore, QueueStore, Fe
                 (list_id, group_id, account),
             )
 
+    def abort_plan(self, list_id: str, detail: str, now: str) -> tuple[int, int, int]:
+        """`abort`: drop the plan (`drop_plan`, first: it finds rows by their updates), give up the
+        unfinished batches, mark the
+        updates sent as failed (Mailchimp may or may not have applied them: the next run reads
+        what it has) and the unsent ones aborted, in one transaction. Returns (rows sent back
+        to `todo`, updates failed, updates discarded)."""
+        with self.atomic():
+            redecided = self.drop_plan(list_id)  # first: it finds rows by their updates
+            failed, discarded = self.abort_queue(list_id, now, detail)
+        return redecided, failed, discarded
+
     # -- leases -------------------------------------------------------------------------
     def acquire_lease(self, list_id: str, owner: str, seconds: float) -> bool:
         """Atomically take the audience's lease if it is free, expired, already ours, or held
@@ -405,44 +427,6 @@ class Staging(MemberStore, MatchStore, PeopleStore, HistoryStore, QueueStore, Fe
                 (list_id, owner),
             )
 
-    # -- retries of failed rows ---------------------------------------------------------
-    def retry_attempts(self, row_id: int) -> int:
-        return int(self.scalar("SELECT retry_attempts FROM rows WHERE id = ?", (row_id,)) or 0)
-
-    def schedule_retry(self, row_id: int, attempts: int, retry_at: str | None) -> None:
-        """A failed row: ``attempts`` failures in a row, tried again from ``retry_at`` (None:
-        not by normal runs, the reason lasts)."""
-        self.conn.execute(
-            "UPDATE rows SET retry_attempts = ?, retry_at = ? WHERE id = ?",
-            (attempts, retry_at, row_id),
-        )
-
-    def clear_retry(self, row_ids: list[int]) -> None:
-        """The row's write went through: its next failure starts the backoff afresh."""
-        self.conn.executemany(
-            "UPDATE rows SET retry_attempts = 0, retry_at = NULL WHERE id = ? "
-            "AND (retry_attempts != 0 OR retry_at IS NOT NULL)",
-            [(row_id,) for row_id in row_ids],
-        )
-
-    def clear_retry_of_contacts(self, list_id: str, contact_ids: list[int]) -> None:
-        """CiviCRM took the contacts' group changes: the rows' next failure starts afresh."""
-        self.conn.executemany(
-            "UPDATE rows SET retry_attempts = 0, retry_at = NULL WHERE list_id = ? "
-            "AND contact_id = ? AND sync_status != 'fail' AND retry_attempts != 0",
-            [(list_id, contact_id) for contact_id in contact_ids],
-        )
-
-    def requeue_due_retries(self, list_id: str, reasons: list[str], due_by: str) -> int:
-        """Failed rows with a passing reason whose next try is due go back to be decided."""
-        marks = ",".join("?" * len(reasons))
-        cursor = self.conn.execute(
-            f"UPDATE rows SET sync_status = 'todo' WHERE list_id = ? AND sync_status = 'fail' "
-            f"AND reason IN ({marks}) AND retry_at IS NOT NULL AND retry_at <= ?",
-            (list_id, *reasons, due_by),
-        )
-        return cursor.rowcount
-
     # -- log ----------------------------------------------------------------------------
     def log(self, list_id: str | None, message: str, level: str = "info") -> None:
         with self.atomic():
@@ -456,113 +440,6 @@ class Staging(MemberStore, MatchStore, PeopleStore, HistoryStore, QueueStore, Fe
                 (list_id, list_id, LOG_KEEP),
             )
 
-    # -- cleaned members (issue 10) -----------------------------------------------------
-    def mark_cleaned_handled(self, row_ids: list[int]) -> None:
-        """These rows' members became cleaned and mcsync has acted on it (the address was
-        already held, or has no record to hold): never hold it again for this cleaned state."""
-        self.conn.executemany(
-            "UPDATE rows SET cleaned_handled_at = COALESCE(mc_status_at, mc_last_changed) "
-            "WHERE id = ? AND mc_status = 'cleaned'",
-            [(row_id,) for row_id in row_ids],
-        )
-
-    def mark_cleaned_held(self, list_id: str, contact_id: int, email: str) -> None:
-        """The hold for a cleaned member of this contact and address was written to CiviCRM:
-        the transition is done, and an admin may lift the hold without being overruled."""
-        self.conn.execute(
-            "UPDATE rows SET cleaned_handled_at = COALESCE(mc_status_at, mc_last_changed) "
-            "WHERE list_id = ? AND contact_id = ? AND fold_email(mc_email) = ? "
-            "AND mc_status = 'cleaned'",
-            (list_id, contact_id, fold_email(email)),
-        )
-
-    def recent_log(self, list_id: str, limit: int = 10) -> list[dict[str, Any]]:
-        rows = self.conn.execute(
-            "SELECT at, level, message FROM log WHERE list_id = ? ORDER BY id DESC LIMIT ?",
-            (list_id, limit),
-        ).fetchall()
-        return [dict(r) for r in reversed(rows)]
-
-    # -- the mass-change brake ------------------------------------------------------------
-    def planned_interest_switches(self, list_id: str, interest_id: str) -> dict[bool, int]:
-        """Queued Mailchimp updates that would turn this interest on (True) or off (False)
-        for a member who already exists, by direction. A new member's first interests are
-        part of its subscribe, which is an addition, not a switch."""
-        pushed, known = f'$.interests."{interest_id}"', f'$."{interest_id}"'
-        rows = self.conn.execute(
-            "SELECT json_extract(u.body, ?) AS value, COUNT(*) "
-            "FROM updates u JOIN rows r ON r.id = u.row_id "
-            "WHERE u.list_id = ? AND u.state = 'queued' AND r.mc_hash IS NOT NULL "
-            "AND json_extract(u.body, ?) IS NOT NULL "
-            "AND json_extract(u.body, ?) IS NOT json_extract(r.mc_interests, ?) "
-            "GROUP BY value",
-            (pushed, list_id, pushed, pushed, known),
-        ).fetchall()
-        return {bool(value): count for value, count in rows}
-
-    def planned_interest_group_writes(
-        self, list_id: str, group_id: int, subscription_group: int
-    ) -> dict[str, int]:
-        """Queued CiviCRM writes to an interest's group, by the status they set (Added,
-        Removed), for contacts already Added to the subscription group: a new subscriber's
-        interests come with its subscribe, which is an addition, not a switch."""
-        rows = self.conn.execute(
-            "SELECT w.status, COUNT(*) FROM civi_writes w WHERE w.list_id = ? "
-            "AND w.kind = 'group' AND w.group_id = ? AND EXISTS (SELECT 1 FROM group_status g "
-            "WHERE g.contact_id = w.contact_id AND g.group_id = ? AND g.status = 'Added') "
-            "GROUP BY w.status",
-            (list_id, group_id, subscription_group),
-        ).fetchall()
-        return {status: count for status, count in rows}
-
-    # -- plans --------------------------------------------------------------------------
-    def drop_plan(self, list_id: str) -> int:
-        """Drop the audience's planned CiviCRM writes and send back to `todo` every row whose
-        writes are planned or in flight (and every failed one), so the next run decides them
-        again: `abort` and an undone dry run may drop a plan, never the facts behind it (a
-        Mailchimp unsubscribe whose CiviCRM removal was queued is still an unsubscribe).
-
-        The one rule both use. Call it in the transaction that also settles the Mailchimp
-        updates, before their states change (rows are found through them). Address changes
-        learned at Mailchimp (`email` writes) are facts no later fetch sees again: they stay
-        queued. A row keeps `mc_expected` while a write of its may have reached Mailchimp, so
-        that change keeps the time of the choice it carried. Returns the rows sent back."""
-        planned = ",".join(f"'{kind}'" for kind in PLANNED_CIVI_WRITES)
-        with self.atomic():
-            count = self.execute(
-                f"""
-                UPDATE rows SET sync_status = 'todo', mc_expected = CASE WHEN EXISTS (
-                    SELECT 1 FROM updates u WHERE u.row_id = rows.id
-                    AND u.state IN ('submitting', 'submitted')) THEN mc_expected ELSE NULL END
-                WHERE list_id = ? AND (sync_status IN ('live', 'fail')
-                    OR id IN (SELECT row_id FROM updates WHERE list_id = ?
-                              AND state IN ('queued', 'submitting', 'submitted'))
-                    OR contact_id IN (SELECT contact_id FROM civi_writes WHERE list_id = ?
-                                      AND kind IN ({planned})))
-                """,
-                (list_id, list_id, list_id),
-            ).rowcount
-            self.execute(
-                f"DELETE FROM civi_writes WHERE list_id = ? AND kind IN ({planned})", (list_id,)
-            )
-        return count
-
-    def rows_by_id(self, row_ids: list[int]) -> list[sqlite3.Row]:
-        marks = ",".join("?" * len(row_ids))
-        return self.query(f"SELECT * FROM rows WHERE id IN ({marks})", row_ids)
-
-    def member_rows_of_contacts(
-        self, list_id: str, contact_ids: Sequence[int]
-    ) -> list[sqlite3.Row]:
-        """The audience's member rows (at Mailchimp) of these contacts."""
-        ids = sorted(set(contact_ids))
-        marks = ",".join("?" * len(ids))
-        return self.query(
-            f"SELECT id, contact_id, mc_hash, mc_last_changed FROM rows WHERE list_id = ? "
-            f"AND mc_hash IS NOT NULL AND contact_id IN ({marks})",
-            (list_id, *ids),
-        )
-
 
 def register_functions(conn: sqlite3.Connection) -> None:
     """SQL functions every connection to a staging DB needs: ``fold_email`` compares
@@ -572,10 +449,6 @@ def register_functions(conn: sqlite3.Connection) -> None:
 
 def _sql_fold_email(value: Any) -> str | None:
     return None if value is None else fold_email(str(value))
-
-
-# CiviCRM writes that are decisions (a plan); `email` writes carry facts fetched from Mailchimp.
-PLANNED_CIVI_WRITES = ("group", "hold")
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:

@@ -82,37 +82,6 @@ class PeopleStore(StoreBase):
         )
 
     # -- what is staged about them ---------------------------------------------------------
-    def contacts_by_id(self, contact_ids: Sequence[int]) -> list[sqlite3.Row]:
-        if not contact_ids:
-            return []
-        return self.query(
-            f"SELECT * FROM contacts WHERE contact_id IN ({_marks(contact_ids)}) "
-            "ORDER BY contact_id",
-            list(contact_ids),
-        )
-
-    def emails_of_contacts(self, contact_ids: Sequence[int]) -> list[sqlite3.Row]:
-        if not contact_ids:
-            return []
-        return self.query(
-            f"SELECT * FROM emails WHERE contact_id IN ({_marks(contact_ids)}) "
-            "ORDER BY contact_id, is_primary DESC, email_id",
-            list(contact_ids),
-        )
-
-    def group_statuses_of(
-        self, contact_ids: Sequence[int], group_ids: Sequence[int]
-    ) -> list[sqlite3.Row]:
-        """Staged memberships (status NULL: not a member) with the time of the change."""
-        if not contact_ids or not group_ids:
-            return []
-        return self.query(
-            f"SELECT contact_id, group_id, status, changed_at FROM group_status "
-            f"WHERE contact_id IN ({_marks(contact_ids)}) AND group_id IN ({_marks(group_ids)}) "
-            "ORDER BY contact_id, group_id",
-            (*contact_ids, *group_ids),
-        )
-
     def contact_data_of(self, list_id: str, contact_ids: Sequence[int]) -> list[sqlite3.Row]:
         """The merge fields and tags CiviCRM (and plugins) want at Mailchimp per contact."""
         if not contact_ids:

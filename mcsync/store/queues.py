@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from mcsync.rules.addresses import fold_email
 from mcsync.store.base import StoreBase
@@ -37,11 +36,6 @@ _OPEN = _sql_list(OPEN_UPDATE_STATES)
 _SENT = _sql_list((UpdateState.SUBMITTING, UpdateState.SUBMITTED))
 """Update states in which the write may have reached Mailchimp."""
 _CLOSED_BATCH = _sql_list(CLOSED_BATCH_STATES)
-
-
-def _now() -> str:
-    """Now, in the staging DB's one text form of a time (``database.iso``: UTC, seconds)."""
-    return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
 class QueueStore(StoreBase):
@@ -82,15 +76,20 @@ class QueueStore(StoreBase):
         body: str,
         origin_at: str | None,
         created_at: str | None,
+        expected: str | None = None,
     ) -> None:
         """A decided member write (``body``: the PUT body as JSON) joins the queue.
         ``origin_at`` is the time of the choice it carries: a field it changes keeps that
-        time at Mailchimp, not the time of the write (DESIGN §4)."""
+        time at Mailchimp, not the time of the write (DESIGN §4). ``expected`` (JSON: the
+        status and interests it sets, dated ``at`` that choice) is what the row then expects
+        Mailchimp to show once it lands, so that echo is never taken for a new choice."""
         self.conn.execute(
             "INSERT INTO updates (list_id, row_id, email, body, origin_at, created_at, state) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (list_id, row_id, email, body, origin_at, created_at, UpdateState.QUEUED),
         )
+        if expected is not None:
+            self.conn.execute("UPDATE rows SET mc_expected = ? WHERE id = ?", (expected, row_id))
 
     def mark_sending(self, update_ids: list[int]) -> None:
         """Updates about to go in a direct bulk write: 'submitting' with no batch, so a write
@@ -140,12 +139,11 @@ class QueueStore(StoreBase):
             (UpdateState.ABORTED, at, detail, update_id, UpdateState.QUEUED),
         )
 
-    def abort_updates(self, update_ids: list[int], detail: str) -> None:
+    def abort_updates(self, update_ids: list[int], detail: str, now: str | None) -> None:
         """Drop queued updates a newer change overtook and send their rows back to `todo`.
         Their rows stop expecting the status those writes carried (`forget_unsent_status`);
         an expected interest stays: after a crash a data-only write may have been sent
         already, and its echo at Mailchimp must keep the time of the choice it carried."""
-        now = _now()
         with self.atomic():
             self.conn.executemany(
                 "UPDATE updates SET state = ?, completed_at = ?, error_detail = ? "
