@@ -9,7 +9,7 @@ with trash and ``modified_date`` bumps, emails with one primary per contact and 
 (smart, nested), GroupContact writes that always log SubscriptionHistory, merges and deletes.
 
 State lives in an in-memory SQLite database guarded by ``lock``; queries are translated by
-:mod:`mcsync.sim.civicrm_query` into parameterised SQL with indexes, so paged reads stay
+:mod:`mcsync.sim.civicrm.query` into parameterised SQL with indexes, so paged reads stay
 O(page) on a million contacts. Faults (5xx pages, drops, slowness) are injected by
 :mod:`mcsync.sim.faults` around ``handle``, not here.
 """
@@ -33,8 +33,8 @@ from urllib.parse import parse_qs
 from zoneinfo import ZoneInfo
 
 from mcsync.sim.base import SimRequest, SimResponse
-from mcsync.sim.civicrm_query import Query, where_fetches_by_id, where_mentions
-from mcsync.sim.civicrm_schema import (
+from mcsync.sim.civicrm.query import Query, where_fetches_by_id, where_mentions
+from mcsync.sim.civicrm.schema import (
     ENTITIES,
     SCHEMA,
     VIRTUAL_FIELDS,

@@ -4,7 +4,7 @@ Facts come from ``reference/mailchimp-api.md`` and the official spec
 (``mailchimp/marketing-api.json``): member statuses and the rules between them (compliance state,
 cleaned, forgotten emails, archiving by DELETE), ``last_changed`` windows and offset paging,
 ``fields``/``exclude_fields``, bulk subscribe, interests, merge fields, list webhooks, tags and
-batch operations (see :mod:`mcsync.sim.mailchimp_batches`). Errors are problem documents like
+batch operations (see :mod:`mcsync.sim.mailchimp.batches`). Errors are problem documents like
 Mailchimp's. Members live in an in-memory SQLite table (see the storage notes by ``_TABLE``) so
 a million-member list pages in time proportional to the page, not the list.
 
@@ -49,7 +49,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from mcsync.sim.base import SimRequest, SimResponse
-from mcsync.sim.mailchimp_batches import Batch, BatchInvalid, BatchQueue, parse_operations
+from mcsync.sim.mailchimp.batches import Batch, BatchInvalid, BatchQueue, parse_operations
 
 ERROR_TYPE = "https://mailchimp.com/developer/marketing/docs/errors/"
 SCHEMA_BASE = "https://us1.api.mailchimp.com/schema/3.0"
