@@ -1,6 +1,6 @@
 """The translation of CiviCRM APIv4 get-style params into parameterised SQL for the simulator.
 
-The simulator keeps its state in SQLite tables shaped like CiviCRM's (``civicrm_schema``); this
+The simulator keeps its state in SQLite tables shaped like CiviCRM's (``schema``); this
 module turns ``select``/``where``/``orderBy`` into SQL over them with MySQL-like semantics
 (``reference/civicrm-api.md`` §1.6, §5.2 items 13, 17-21): case- and accent-insensitive,
 trailing-space-insensitive string comparison, SQL NULL semantics, ``IS EMPTY`` as NULL-or-empty,
@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mcsync.sim.civicrm_schema import (
+from mcsync.sim.civicrm.schema import (
     ENTITIES,
     SEPARATOR,
     CiviApiError,
