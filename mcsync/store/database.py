@@ -29,6 +29,7 @@ from mcsync.store.history import HistoryStore
 from mcsync.store.matching import MatchStore
 from mcsync.store.members import MemberStore
 from mcsync.store.people import PeopleStore
+from mcsync.store.profile import ProfileStore
 
 # Numbered migrations: never edit one that has shipped; append a new one.
 MIGRATIONS: list[str] = [
@@ -291,7 +292,7 @@ def parse_iso(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class Staging(MemberStore, MatchStore, PeopleStore, HistoryStore, StoreBase):
+class Staging(MemberStore, MatchStore, PeopleStore, HistoryStore, ProfileStore, StoreBase):
     """One open staging database. Not shared across threads (the lease heartbeat opens its own).
 
     ``read_only`` (``status``, ``failures``) opens an existing DB with ``mode=ro``: it works on
