@@ -57,7 +57,9 @@ def member_writes(world: World) -> int:
 
 
 def ann(world: World) -> int:
-    contact = world.person("ann@example.org", mc="subscribed", civi="Added", first="Ann", last="Lee")
+    contact = world.person(
+        "ann@example.org", mc="subscribed", civi="Added", first="Ann", last="Lee"
+    )
     assert contact is not None
     return contact
 

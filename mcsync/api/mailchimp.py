@@ -517,9 +517,7 @@ class MailchimpClient(SessionClient):
         self._check_member(result, f"PUT /lists/{_seg(list_id)}/members/{{hash}}")
         return result
 
-    def change_member_email(
-        self, list_id: str, old_email: str, new_email: str
-    ) -> dict[str, Any]:
+    def change_member_email(self, list_id: str, old_email: str, new_email: str) -> dict[str, Any]:
         """Move a member to a new address: ``PATCH`` its old hash with ``email_address`` only,
         so its status, history and unique_email_id stay; its id becomes md5(new). Mailchimp
         refuses for a member not subscribed, a new address already a member or forgotten. A

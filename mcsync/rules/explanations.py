@@ -93,7 +93,7 @@ REASONS: dict[str, tuple[str, str]] = {
     ),
     "email_change_not_subscribed": (
         "The contact's email changed in CiviCRM, but Mailchimp changes the address of "
-        "subscribed members only (\"You can only update email addresses for members with a "
+        'subscribed members only ("You can only update email addresses for members with a '
         "status of 'subscribed'\"), and this member no longer is",
         "Nothing to do: the next run reads the member's status and syncs it as usual.",
     ),

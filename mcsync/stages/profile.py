@@ -20,14 +20,13 @@ import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from mcsync.errors import ApiError, NotFoundError
+from mcsync.errors import ApiError, BudgetExhausted, NotFoundError
 from mcsync.rules import reconcile as rc
 from mcsync.rules.names import NAME_FIELDS, NameEdit, edited_at_mailchimp, names_to_apply
 from mcsync.rules.reasons import EMAIL_CHANGE_REASONS, Reason
 from mcsync.rules.write_results import COMPLIANCE_TITLE, FORGOTTEN_TITLE
 from mcsync.stages.context import RunContext
 from mcsync.stages.fetch_civicrm import IN_CHUNK
-from mcsync.stages.fetch_mailchimp import read_directly
 from mcsync.stages.reconcile import load_chunk, policy_for
 from mcsync.store.database import iso, parse_iso
 
@@ -39,11 +38,7 @@ def name_tags(ctx: RunContext) -> dict[str, str]:
     """The name tags to copy back (tag → Contact field): FNAME and LNAME, unless the audience
     feeds that tag from another CiviCRM field (copying it to the name would fight the feed)."""
     mapping = dict(ctx.audience.merge_fields)
-    return {
-        tag: field
-        for tag, field in NAME_FIELDS.items()
-        if mapping.get(tag) in (None, field)
-    }
+    return {tag: field for tag, field in NAME_FIELDS.items() if mapping.get(tag) in (None, field)}
 
 
 class _NameWrite(NamedTuple):
@@ -182,7 +177,6 @@ class _EmailChunk(NamedTuple):
     last_id: int
     moved: list[_Moved]
     refused: list[_Refused]
-    reread: list[tuple[str, str | None]]
 
 
 def change_member_emails(ctx: RunContext) -> None:
@@ -224,10 +218,6 @@ def change_member_emails(ctx: RunContext) -> None:
                     refusal.civicrm_changed_at,
                 )
             refused += len(part.refused)
-            if part.reread:
-                # Mailchimp's status differs from the staged one: stage it as it is now,
-                # so the next run decides the row on it.
-                read_directly(ctx, part.reread)
     if moved:
         ctx.log(f"Changed {moved} member address(es) at Mailchimp to the contact's new email")
     if refused:
@@ -238,45 +228,61 @@ def _change_chunk(ctx: RunContext, policy: Any, rows: Sequence[Any]) -> _EmailCh
     loaded = load_chunk(ctx, rows)
     moved: list[_Moved] = []
     refused: list[_Refused] = []
-    reread: list[tuple[str, str | None]] = []
-    for row in rows:
-        member_row = loaded.member_row(row)
-        decision = rc.decide_email_change(member_row, policy)
-        if decision is None:
-            continue
-        civi_at = iso(member_row.civicrm.subscription.changed_at)
-        if isinstance(decision, rc.EmailChangeRefused):
-            refused.append(
-                _Refused(
-                    int(row["id"]),
-                    decision.reason,
-                    row["reason_detail"] if row["reason"] == decision.reason else None,
-                    decision.new_email,
-                    civi_at,
-                )
+    last_id = int(rows[-1]["id"])
+    for index, row in enumerate(rows):
+        try:
+            _change_one(ctx, policy, loaded, row, moved, refused)
+        except BudgetExhausted:
+            if not index:
+                raise
+            # The budget ran out between two rows: keep what Mailchimp did for the rows
+            # before (committed with the cursor); the run stops at the next chunk.
+            last_id = int(rows[index - 1]["id"])
+            break
+    return _EmailChunk(last_id, moved, refused)
+
+
+def _change_one(
+    ctx: RunContext,
+    policy: Any,
+    loaded: Any,
+    row: Any,
+    moved: list[_Moved],
+    refused: list[_Refused],
+) -> None:
+    """Decide one row's address and ask Mailchimp to move it; collect what happened."""
+    member_row = loaded.member_row(row)
+    decision = rc.decide_email_change(member_row, policy)
+    if decision is None:
+        return
+    civi_at = iso(member_row.civicrm.subscription.changed_at)
+    if isinstance(decision, rc.EmailChangeRefused):
+        refused.append(
+            _Refused(
+                int(row["id"]),
+                decision.reason,
+                row["reason_detail"] if row["reason"] == decision.reason else None,
+                decision.new_email,
+                civi_at,
             )
-            continue
-        ctx.check_lease()
-        outcome = _patch(ctx, row, decision)
-        if isinstance(outcome, dict):
-            moved.append(_Moved(int(row["id"]), outcome))
-        elif outcome is not None:
-            reason, detail = outcome
-            lasting = reason in EMAIL_CHANGE_REASONS and reason != (
-                Reason.EMAIL_CHANGE_NOT_SUBSCRIBED
+        )
+        return
+    ctx.check_lease()
+    outcome = _patch(ctx, row, decision)
+    if isinstance(outcome, dict):
+        moved.append(_Moved(int(row["id"]), outcome))
+    elif outcome is not None:
+        reason, detail = outcome
+        lasting = reason in EMAIL_CHANGE_REASONS and reason != (Reason.EMAIL_CHANGE_NOT_SUBSCRIBED)
+        refused.append(
+            _Refused(
+                int(row["id"]),
+                reason,
+                detail,
+                decision.new_email if lasting else None,
+                civi_at,
             )
-            refused.append(
-                _Refused(
-                    int(row["id"]),
-                    reason,
-                    detail,
-                    decision.new_email if lasting else None,
-                    civi_at,
-                )
-            )
-            if reason == Reason.EMAIL_CHANGE_NOT_SUBSCRIBED:
-                reread.append((str(row["mc_hash"]), row["mc_unique_id"]))
-    return _EmailChunk(int(rows[-1]["id"]), moved, refused, reread)
+        )
 
 
 def _patch(
@@ -315,4 +321,3 @@ def _refusal_reason(exc: ApiError) -> Reason | None:
     if "looks fake or invalid" in detail:
         return Reason.INVALID_EMAIL
     return Reason.MAILCHIMP_ERROR
-
