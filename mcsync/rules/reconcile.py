@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
@@ -405,7 +405,18 @@ def decide_merge_fields(row: MemberRow, blank: bool = False) -> dict[str, Any]:
 
 
 def reconcile_member(row: MemberRow, policy: AudiencePolicy) -> Decision:
-    """Subscription, then (only while subscribed) interests and merge fields, as one update."""
+    """Subscription, then (only while subscribed) interests and merge fields, as one update.
+    A row that syncs otherwise but whose address change Mailchimp refused (§5.5) reports the
+    refusal; the change itself is made by the push (``decide_email_change``)."""
+    decision = _reconcile_member(row, policy)
+    if decision.reason is None:
+        change = decide_email_change(row, policy)
+        if isinstance(change, EmailChangeRefused):
+            return replace(decision, reason=change.reason)
+    return decision
+
+
+def _reconcile_member(row: MemberRow, policy: AudiencePolicy) -> Decision:
     decision = decide_subscription(row, policy)
     contact_id = row.civicrm.contact_id
     if not decision.final_subscribed or contact_id is None or row.civicrm.is_deleted:

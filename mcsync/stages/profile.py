@@ -25,7 +25,7 @@ from mcsync.rules import reconcile as rc
 from mcsync.rules.names import NAME_FIELDS, NameEdit, edited_at_mailchimp, names_to_apply
 from mcsync.rules.reasons import EMAIL_CHANGE_REASONS, Reason
 from mcsync.rules.write_results import COMPLIANCE_TITLE, FORGOTTEN_TITLE
-from mcsync.stages.context import RunContext
+from mcsync.stages.context import WINDOW_OVERLAP, RunContext
 from mcsync.stages.fetch_civicrm import IN_CHUNK
 from mcsync.stages.reconcile import load_chunk, policy_for
 from mcsync.store.database import iso, parse_iso
@@ -56,13 +56,15 @@ class _NameWrite(NamedTuple):
 
 def names_from_mailchimp(ctx: RunContext) -> None:
     """Copy names edited at Mailchimp onto their contacts, a committed chunk at a time."""
-    if not ctx.sync.update_names_from_mailchimp or ctx.dry_run:
+    if not ctx.sync.update_names_from_mailchimp:
         return
     tags = name_tags(ctx)
     if not tags:
         return
     with ctx.staging.atomic():
         ctx.staging.baseline_names(ctx.list_id, ctx.run_id, sorted(tags))
+    if ctx.dry_run:
+        return  # a preview writes no names (`discard_plan` reopens their rows)
 
     def decide_and_write(cursor: int) -> list[_NameWrite]:
         rows = ctx.staging.name_edits(ctx.list_id, ctx.run_id, sorted(tags), cursor, NAME_CHUNK)
@@ -189,9 +191,12 @@ def change_member_emails(ctx: RunContext) -> None:
         return
     policy = policy_for(ctx)
     only = sorted(ctx.only_rows) if ctx.only_rows is not None else None
+    modified_from = _modified_window_start(ctx)
 
     def change(cursor: int) -> list[_EmailChunk]:
-        rows = ctx.staging.email_change_candidates(ctx.list_id, cursor, EMAIL_CHUNK, only)
+        rows = ctx.staging.email_change_candidates(
+            ctx.list_id, cursor, EMAIL_CHUNK, modified_from=modified_from, only_rows=only
+        )
         if not rows:
             return []
         return [_change_chunk(ctx, policy, rows)]
@@ -222,6 +227,19 @@ def change_member_emails(ctx: RunContext) -> None:
         ctx.log(f"Changed {moved} member address(es) at Mailchimp to the contact's new email")
     if refused:
         ctx.log(f"{refused} member address change(s) refused; see `mcsync failures`", "notice")
+
+
+def _modified_window_start(ctx: RunContext) -> str | None:
+    """Where this run's read of modified contacts started (CiviCRM's local time, as
+    `fetch_civicrm_modified` computes it): an email edit bumps the contact's modified_date,
+    so only contacts modified since can have a new chosen email. The window overlaps the
+    previous run's, so a member whose writes were still on their way then is seen again.
+    None on a full run (every row is checked) and on a first run."""
+    state = ctx.staging.state(ctx.list_id)
+    since = ctx.civi_to_utc(state["modified_since"])
+    if state["run_full"] or since is None:
+        return None
+    return ctx.civi_local(since - WINDOW_OVERLAP)
 
 
 def _change_chunk(ctx: RunContext, policy: Any, rows: Sequence[Any]) -> _EmailChunk:

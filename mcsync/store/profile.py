@@ -23,23 +23,27 @@ class ProfileStore(StoreBase):
 
     # -- names edited at Mailchimp ---------------------------------------------------------
     def baseline_names(self, list_id: str, run_id: str, tags: Sequence[str]) -> None:
-        """Members read by this run with no known value for a name tag yet (first seen, or
-        staged by an older mcsync): what they have now is what mcsync knows, not an edit.
-        Known values are kept (json_patch: the stored map wins)."""
-        for tag in tags:
-            column = {"FNAME": "mc_fname", "LNAME": "mc_lname"}[tag]
-            self.execute(
-                f"UPDATE rows SET pushed_merge = json_patch(json_object(?, "
-                f"COALESCE({column}, '')), pushed_merge) WHERE list_id = ? "
-                f"AND mc_seen_run = ? AND json_extract(pushed_merge, ?) IS NULL",
-                (tag, list_id, run_id, f"$.{tag}"),
-            )
+        """Members read by this run (to be decided: new ones are) with no known value for a
+        name tag yet (first seen, or staged by an older mcsync): what they have now is what
+        mcsync knows, not an edit. Known values are kept (json_patch: the stored map wins)."""
+        if not tags:
+            return
+        columns = {"FNAME": "mc_fname", "LNAME": "mc_lname"}
+        pairs = ", ".join(f"'{tag}', COALESCE({columns[tag]}, '')" for tag in tags)
+        missing = " OR ".join(f"json_extract(pushed_merge, '$.{tag}') IS NULL" for tag in tags)
+        self.execute(
+            f"UPDATE rows SET pushed_merge = json_patch(json_object({pairs}), pushed_merge) "
+            f"WHERE list_id = ? AND sync_status = '{RowState.TODO}' AND mc_seen_run = ? "
+            f"AND ({missing})",
+            (list_id, run_id),
+        )
 
     def name_edits(
         self, list_id: str, run_id: str, tags: Sequence[str], after_id: int, limit: int
     ) -> list[sqlite3.Row]:
-        """Member rows read by this run (in id order after ``after_id``) of a live contact
-        whose non-empty FNAME or LNAME differs from what mcsync knew Mailchimp had."""
+        """Member rows read by this run and to be decided (the fetch reopens a row whose
+        name changed), in id order after ``after_id``, of a live contact, whose non-empty
+        FNAME or LNAME differs from what mcsync knew Mailchimp had."""
         tests = []
         params: list[Any] = [list_id, run_id, after_id]
         for tag in tags:
@@ -55,11 +59,25 @@ class ProfileStore(StoreBase):
         return self.query(
             "SELECT r.id, r.contact_id, r.mc_fname, r.mc_lname, r.mc_last_changed, "
             "r.pushed_merge FROM rows r JOIN contacts c ON c.contact_id = r.contact_id "
-            "WHERE r.list_id = ? AND r.mc_seen_run = ? AND r.id > ? "
+            f"WHERE r.list_id = ? AND r.sync_status = '{RowState.TODO}' AND r.mc_seen_run = ? "
+            "AND r.id > ? "
             "AND c.is_deleted = 0 AND c.gone = 0 "
             f"AND ({' OR '.join(tests)}) ORDER BY r.id LIMIT ?",
             params,
         )
+
+    def reopen_name_edits(self, list_id: str, run_id: str | None) -> int:
+        """After a preview (which copies no names): the rows this run read whose name differs
+        from what mcsync knows are decided again, so the real run copies them."""
+        return self.execute(
+            f"UPDATE rows SET sync_status = '{RowState.TODO}' WHERE list_id = ? "
+            f"AND mc_seen_run = ? AND sync_status IN ('{RowState.OK}', '{RowState.FAIL}') "
+            "AND ((TRIM(COALESCE(mc_fname, '')) != '' AND TRIM(mc_fname) IS NOT "
+            "TRIM(COALESCE(json_extract(pushed_merge, '$.FNAME'), ''))) "
+            "OR (TRIM(COALESCE(mc_lname, '')) != '' AND TRIM(mc_lname) IS NOT "
+            "TRIM(COALESCE(json_extract(pushed_merge, '$.LNAME'), ''))))",
+            (list_id, run_id),
+        ).rowcount
 
     def names_seen(self, known: Sequence[tuple[int, dict[str, str]]]) -> None:
         """(row id, {tag: value}): Mailchimp has these names, and mcsync now knows it (the
@@ -92,25 +110,45 @@ class ProfileStore(StoreBase):
 
     # -- email changes made in CiviCRM -----------------------------------------------------
     def email_change_candidates(
-        self, list_id: str, after_id: int, limit: int, only_rows: Sequence[int] | None = None
+        self,
+        list_id: str,
+        after_id: int,
+        limit: int,
+        *,
+        modified_from: str | None,
+        only_rows: Sequence[int] | None = None,
     ) -> list[sqlite3.Row]:
         """Subscribed members (in id order after ``after_id``) whose contact has a bulk-mail
         or primary email, not on hold, that is not the member's address, and that have no
         write queued or in flight (it would go to the old address): rows whose address may
-        follow the contact's (`decide_email_change` decides)."""
-        only = ""
-        params: list[Any] = [list_id, after_id]
+        follow the contact's (`decide_email_change` decides). ``modified_from`` (CiviCRM's
+        local time): only contacts modified since then (an incremental run's window, which
+        re-reads their emails); None: every row (a full run)."""
+        params: list[Any] = []
+        scope = ""
+        if modified_from is not None:
+            # Driven from the contacts modified (few) to their rows (rows_by_contact).
+            scope = (
+                "AND r.id IN (SELECT m.id FROM contacts c CROSS JOIN rows m "
+                "ON m.contact_id = c.contact_id AND m.list_id = ? WHERE c.modified_date >= ?)"
+            )
+            params.extend([list_id, modified_from])
+        params = [list_id, after_id, *params]
+        # With the scope, rows are found by id from the few contacts modified: `+` keeps the
+        # planner from walking every row of the audience by its list_id index instead.
+        list_term = "+r.list_id" if modified_from is not None else "r.list_id"
         if only_rows is not None:
-            only = f"AND r.id IN ({','.join('?' * len(only_rows))})"
+            scope += f" AND r.id IN ({','.join('?' * len(only_rows))})"
             params.extend(only_rows)
         params.append(limit)
         return self.query(
-            f"SELECT r.* FROM rows r WHERE r.list_id = ? AND r.id > ? {only} "
+            f"SELECT r.* FROM rows r WHERE {list_term} = ? AND r.id > ? {scope} "
             "AND r.mc_status = 'subscribed' AND r.mc_hash IS NOT NULL "
             f"AND r.contact_id IS NOT NULL AND r.sync_status != '{RowState.LIVE}' "
             "AND EXISTS (SELECT 1 FROM emails e WHERE e.contact_id = r.contact_id "
             "AND e.on_hold = 0 AND (e.is_bulkmail = 1 OR e.is_primary = 1) "
-            "AND e.email_lc != fold_email(r.mc_email)) "
+            # lower() (ASCII) finds a superset of fold_email's differences, cheaply
+            "AND e.email_lc != lower(r.mc_email)) "
             "AND NOT EXISTS (SELECT 1 FROM updates u WHERE u.row_id = r.id "
             f"AND u.state IN ({_OPEN})) ORDER BY r.id LIMIT ?",
             params,
@@ -133,7 +171,7 @@ class ProfileStore(StoreBase):
                 "ELSE reason END, reason_detail = CASE WHEN reason IN (?, ?, ?) THEN NULL "
                 f"ELSE reason_detail END, sync_status = CASE WHEN sync_status = '{RowState.FAIL}' "
                 f"AND reason IN (?, ?, ?) THEN '{RowState.OK}' ELSE sync_status END WHERE id = ?",
-                (member_hash, email, last_changed, *_REASONS * 4, row_id),
+                (member_hash, email, last_changed, *EMAIL_REFUSALS * 4, row_id),
             )
         except sqlite3.IntegrityError:
             return False
@@ -171,4 +209,5 @@ class ProfileStore(StoreBase):
         return None if value is None else str(value)
 
 
-_REASONS = ("new_email_in_use", "email_change_not_subscribed", "new_email_forgotten")
+EMAIL_REFUSALS = ("new_email_in_use", "email_change_not_subscribed", "new_email_forgotten")
+"""Reasons an email change was refused (`rules.reasons.EMAIL_CHANGE_REASONS`)."""
