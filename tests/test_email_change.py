@@ -278,3 +278,25 @@ def test_the_budget_running_out_between_patches_keeps_what_was_done(world: World
     assert sorted(r[1] for r in staged(world)) == ["ann.new@example.org", "bob.new@example.org"]
     assert world.mc_status("ann@example.org") is None
     assert world.mc_status("bob@example.org") is None
+
+
+def test_resync_now_moves_the_member_at_once(world: World, monkeypatch: Any) -> None:
+    """`mcsync resync EMAIL --now` makes the person's address change too."""
+    import functools
+
+    from mcsync.ops import resync as resync_module
+    from mcsync.ops.lookup import Person
+    from mcsync.runner import engine
+
+    contact = subscribed_ann(world)
+    change_email_in_civicrm(world, contact, OLD, NEW)
+    monkeypatch.setattr(
+        resync_module,
+        "connections",
+        functools.partial(engine.connections, transport=world.transport),
+    )
+    results = resync_module.resync(world.config, Person(None, contact), now=True)
+    assert [r.outcome for r in results] == ["synced"]
+    assert world.mc.member(world.list_id, OLD) is None
+    assert world.mc_status(NEW) == "subscribed"
+    assert staged(world) == [(subscriber_hash(NEW), NEW, "subscribed", contact, "ok", None)]

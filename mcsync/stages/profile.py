@@ -234,10 +234,11 @@ def _modified_window_start(ctx: RunContext) -> str | None:
     `fetch_civicrm_modified` computes it): an email edit bumps the contact's modified_date,
     so only contacts modified since can have a new chosen email. The window overlaps the
     previous run's, so a member whose writes were still on their way then is seen again.
-    None on a full run (every row is checked) and on a first run."""
+    None on a full run (every row is checked), on a first run, and for one person's rows
+    (`resync --now`, which read them afresh)."""
     state = ctx.staging.state(ctx.list_id)
     since = ctx.civi_to_utc(state["modified_since"])
-    if state["run_full"] or since is None:
+    if state["run_full"] or since is None or ctx.only_rows is not None:
         return None
     return ctx.civi_local(since - WINDOW_OVERLAP)
 
