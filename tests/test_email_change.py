@@ -300,3 +300,55 @@ def test_resync_now_moves_the_member_at_once(world: World, monkeypatch: Any) -> 
     assert world.mc.member(world.list_id, OLD) is None
     assert world.mc_status(NEW) == "subscribed"
     assert staged(world) == [(subscriber_hash(NEW), NEW, "subscribed", contact, "ok", None)]
+
+
+def test_the_simulator_answers_address_changes_as_mailchimp(world: World) -> None:
+    """PATCH with a new email_address (mailchimp-api.md): the member moves to md5(new), keeps
+    its unique_email_id and status; refusals come as Mailchimp gives them."""
+    from conftest import MC_KEY, MC_URL
+
+    from mcsync.api.mailchimp import MailchimpClient
+    from mcsync.errors import ApiError, NotFoundError
+
+    list_id = world.list_id
+    world.mc.seed_member(list_id, OLD, "subscribed", last_changed=world.ago(days=3))
+    world.mc.seed_member(list_id, "taken@example.org", "unsubscribed")
+    world.mc.seed_member(list_id, "gone@example.org", "unsubscribed")
+    world.mc.forget_member(list_id, "gone@example.org")
+    world.mc.seed_member(list_id, "left@example.org", "unsubscribed")
+    client = MailchimpClient(
+        account_name="main",
+        api_key=MC_KEY,
+        base_url=MC_URL,
+        budget=Budget(None),
+        transport=world.transport,
+        max_retries=0,
+    )
+    before = world.mc.member(list_id, OLD)
+    assert before is not None
+    for new, title in (("taken@example.org", "Member Exists"),
+                       ("gone@example.org", "Forgotten Email Not Subscribed")):  # fmt: skip
+        try:
+            client.change_member_email(list_id, OLD, new)
+        except ApiError as exc:
+            assert (exc.status, exc.title) == (400, title)
+        else:
+            raise AssertionError(f"{new}: accepted")
+    try:
+        client.change_member_email(list_id, "left@example.org", "left.new@example.org")
+    except ApiError as exc:
+        assert exc.status == 400 and "status of 'subscribed'" in (exc.detail or "")
+    else:
+        raise AssertionError("an unsubscribed member's address was changed")
+    world.advance_clock(minutes=1)
+    moved = client.change_member_email(list_id, OLD, NEW)
+    assert moved["id"] == subscriber_hash(NEW) and moved["email_address"] == NEW
+    assert moved["unique_email_id"] == before["unique_email_id"]
+    assert moved["status"] == "subscribed" and moved["last_changed"] > before["last_changed"]
+    try:
+        client.change_member_email(list_id, OLD, NEW)  # a repeat: the old hash is gone
+    except NotFoundError:
+        pass
+    else:
+        raise AssertionError("the old hash still answers")
+    client.close()
