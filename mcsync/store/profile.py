@@ -147,8 +147,7 @@ class ProfileStore(StoreBase):
             f"AND r.contact_id IS NOT NULL AND r.sync_status != '{RowState.LIVE}' "
             "AND EXISTS (SELECT 1 FROM emails e WHERE e.contact_id = r.contact_id "
             "AND e.on_hold = 0 AND (e.is_bulkmail = 1 OR e.is_primary = 1) "
-            # lower() (ASCII) finds a superset of fold_email's differences, cheaply
-            "AND e.email_lc != lower(r.mc_email)) "
+            "AND e.email_lc != fold_email(r.mc_email)) "
             "AND NOT EXISTS (SELECT 1 FROM updates u WHERE u.row_id = r.id "
             f"AND u.state IN ({_OPEN})) ORDER BY r.id LIMIT ?",
             params,
