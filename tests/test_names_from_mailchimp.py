@@ -207,7 +207,7 @@ def test_the_setting_is_validated(world: World) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(world.config_path)
     assert "sync.update_names_from_mailchimp: must be a valid boolean" in str(caught.value)
-    configure(world, audience='update_names_from_mailchimp = 7\n')
+    configure(world, audience="update_names_from_mailchimp = 7\n")
     with pytest.raises(ConfigError) as caught:
         load_config(world.config_path)
     assert "audience[0].update_names_from_mailchimp: must be a valid boolean" in str(caught.value)
