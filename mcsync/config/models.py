@@ -206,6 +206,11 @@ class SyncConfig(_Model):
         description="let member writes through although the audience's required merge fields "
         "are empty (Mailchimp refuses every such subscribe otherwise)",
     )
+    update_names_from_mailchimp: bool = Field(
+        default=True,
+        description="copy a first or last name edited at Mailchimp (FNAME, LNAME) onto the "
+        "contact, when newer than the contact's own edit; an empty name never wipes one",
+    )
     history_days: int = Field(
         default=90,
         ge=1,
@@ -363,6 +368,7 @@ class AudienceConfig(_Model):
     blank_merge_fields: bool | None = None
     skip_merge_validation: bool | None = None
     prefer: Literal["latest", "mailchimp", "civicrm"] | None = None
+    update_names_from_mailchimp: bool | None = None
 
     @property
     def label(self) -> str:
@@ -415,6 +421,7 @@ class Config(_Model):
                 "blank_merge_fields",
                 "skip_merge_validation",
                 "prefer",
+                "update_names_from_mailchimp",
             )
             if getattr(audience, key) is not None
         }

@@ -159,3 +159,5 @@ def discard_plan(staging: Staging, list_id: str) -> None:
         staging.discard_queued_since(list_id, started)
         if state and state["stage"] not in ("idle",):
             staging.set_state(list_id, stage="create_contacts", cursor=0)
+            # Names edited at Mailchimp that the preview did not copy: decided by the real run.
+            staging.reopen_name_edits(list_id, state.get("run_id"))

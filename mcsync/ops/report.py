@@ -98,6 +98,9 @@ REASON_TITLES: dict[str, str] = {
     "mailchimp_error": "Mailchimp refused the change",
     "bad_result": "Mailchimp's answer could not be read",
     "civicrm_error": "CiviCRM refused the change",
+    "new_email_in_use": "New address already in the audience",
+    "email_change_not_subscribed": "Address change refused: not subscribed",
+    "new_email_forgotten": "New address refused by Mailchimp",
     "aborted": "Cancelled by mcsync abort",
 }
 

@@ -36,6 +36,7 @@ from mcsync.stages.fetch_civicrm import (
 )
 from mcsync.stages.fetch_mailchimp import date_status_changes, read_directly
 from mcsync.stages.match import assign_matches, fix_contact_ids
+from mcsync.stages.profile import change_member_emails
 from mcsync.stages.push_civicrm import push_civicrm
 from mcsync.stages.push_mailchimp import push_mailchimp
 from mcsync.stages.reconcile import SIBLING_PASSES, decide_rows
@@ -211,6 +212,9 @@ def _sync_now(
     ctx.only_rows = frozenset(row_ids)
     try:
         push_civicrm(ctx)
+        _reset_cursor(ctx)
+        change_member_emails(ctx)
+        _reset_cursor(ctx)
         push_mailchimp(ctx)
     finally:
         with staging.atomic():

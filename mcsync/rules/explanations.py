@@ -83,6 +83,27 @@ REASONS: dict[str, tuple[str, str]] = {
         "ACL?). mcsync tries again by itself at the next try shown (after a run, then 15 "
         "minutes, doubling up to a day).",
     ),
+    "new_email_in_use": (
+        "The contact's email changed in CiviCRM, but the new address is already a member of "
+        "this audience (another person, or an old member of the same person), so Mailchimp "
+        "will not move the member to it; the member keeps the old address and its status",
+        "If both are the same person, archive the other member in Mailchimp (or merge the "
+        "contacts in CiviCRM); otherwise give the contact its own address. A later change of "
+        "the contact's email is tried again.",
+    ),
+    "email_change_not_subscribed": (
+        "The contact's email changed in CiviCRM, but Mailchimp changes the address of "
+        'subscribed members only ("You can only update email addresses for members with a '
+        "status of 'subscribed'\"), and this member no longer is",
+        "Nothing to do: the next run reads the member's status and syncs it as usual.",
+    ),
+    "new_email_forgotten": (
+        "The contact's email changed in CiviCRM, but Mailchimp will not take the new address "
+        "(it was permanently deleted there, or is in compliance state); the member keeps the "
+        "old address and its status",
+        "Only the person can bring the new address back, through a Mailchimp signup form. "
+        "Meanwhile mail goes to the old address.",
+    ),
     "aborted": (
         "The update was cancelled by 'mcsync abort' before Mailchimp confirmed it",
         "Nothing: the next run decides this contact again from fresh data.",

@@ -25,6 +25,9 @@ class Reason(enum.StrEnum):
     BAD_RESULT = "bad_result"
     CIVICRM_ERROR = "civicrm_error"
     ORDER_UNKNOWN = "order_unknown"
+    NEW_EMAIL_IN_USE = "new_email_in_use"
+    EMAIL_CHANGE_NOT_SUBSCRIBED = "email_change_not_subscribed"
+    NEW_EMAIL_FORGOTTEN = "new_email_forgotten"
 
 
 REASON_TEXT: Mapping[Reason, str] = {
@@ -46,7 +49,19 @@ REASON_TEXT: Mapping[Reason, str] = {
     Reason.CIVICRM_ERROR: "CiviCRM refused the group change; see the error",
     Reason.ORDER_UNKNOWN: "the Mailchimp status change and the CiviCRM group change could not "
     "be put in order (a later profile edit dates the member); left alone: check which is right",
+    Reason.NEW_EMAIL_IN_USE: "the contact's new email is already a member of the audience; "
+    "the member keeps its old address",
+    Reason.EMAIL_CHANGE_NOT_SUBSCRIBED: "Mailchimp changes the address of subscribed members "
+    "only; the member keeps its old address",
+    Reason.NEW_EMAIL_FORGOTTEN: "the contact's new email was permanently deleted at Mailchimp "
+    "(or is in compliance state); the member keeps its old address",
 }
+
+# Reasons an email change made in CiviCRM was refused by Mailchimp (seed §5.5); the member
+# keeps its old address, and its subscription is unaffected.
+EMAIL_CHANGE_REASONS = frozenset(
+    {Reason.NEW_EMAIL_IN_USE, Reason.EMAIL_CHANGE_NOT_SUBSCRIBED, Reason.NEW_EMAIL_FORGOTTEN}
+)
 
 
 def newer_subscribe_detail(subscribed_at: datetime, flags_at: datetime) -> str:

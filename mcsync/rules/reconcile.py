@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
@@ -45,7 +45,7 @@ from mcsync.rules.member_state import (
     MemberRow,
     Side,
 )
-from mcsync.rules.reasons import Reason, newer_subscribe_detail
+from mcsync.rules.reasons import EMAIL_CHANGE_REASONS, Reason, newer_subscribe_detail
 
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
@@ -407,7 +407,18 @@ def decide_merge_fields(row: MemberRow, blank: bool = False) -> dict[str, Any]:
 
 
 def reconcile_member(row: MemberRow, policy: AudiencePolicy) -> Decision:
-    """Subscription, then (only while subscribed) interests and merge fields, as one update."""
+    """Subscription, then (only while subscribed) interests and merge fields, as one update.
+    A row that syncs otherwise but whose address change Mailchimp refused (§5.5) reports the
+    refusal; the change itself is made by the push (``decide_email_change``)."""
+    decision = _reconcile_member(row, policy)
+    if decision.reason is None:
+        change = decide_email_change(row, policy)
+        if isinstance(change, EmailChangeRefused):
+            return replace(decision, reason=change.reason)
+    return decision
+
+
+def _reconcile_member(row: MemberRow, policy: AudiencePolicy) -> Decision:
     decision = decide_subscription(row, policy)
     contact_id = row.civicrm.contact_id
     if not decision.final_subscribed or contact_id is None or row.civicrm.is_deleted:
@@ -440,15 +451,30 @@ def reconcile_member(row: MemberRow, policy: AudiencePolicy) -> Decision:
 
 @dataclass(frozen=True)
 class ChangeMemberEmail:
-    """PATCH the member at ``old_email``'s hash with ``email_address = new_email``."""
+    """PATCH the member at ``old_email``'s hash with ``email_address = new_email`` (and
+    nothing else: an email change never changes a status, DESIGN §4)."""
 
     old_email: str
     new_email: str
 
 
-def decide_email_change(row: MemberRow, policy: AudiencePolicy) -> ChangeMemberEmail | None:
-    """A subscribed member follows the contact's best email, unless that address already has
-    its own member row (it would collide) or the contact is not to be mailed at all."""
+@dataclass(frozen=True)
+class EmailChangeRefused:
+    """Mailchimp refused to move the member to ``new_email`` before, and nothing has changed
+    since that could make it accept: not asked again, the row reports ``reason``."""
+
+    new_email: str
+    reason: Reason
+
+
+def decide_email_change(
+    row: MemberRow, policy: AudiencePolicy
+) -> ChangeMemberEmail | EmailChangeRefused | None:
+    """A subscribed member follows the contact's best email (bulk-mail, else primary; seed
+    §5.5), unless that address already has its own member row of the contact (it would
+    collide) or the contact is not to be mailed at all. A change Mailchimp refused for a
+    lasting reason (the address is another member's, or forgotten) is not asked again for
+    the same address until CiviCRM's subscription changes (as a refused subscribe)."""
     m, c = row.mailchimp, row.civicrm
     if m.status != "subscribed" or not m.email or c.contact_id is None or c.is_deleted:
         return None
@@ -457,4 +483,7 @@ def decide_email_change(row: MemberRow, policy: AudiencePolicy) -> ChangeMemberE
     best = choose_best_email(c.emails)
     if best is None or _same(best, m.email) or any(_same(s.email, best) for s in row.siblings):
         return None
+    refused = _refused(row, best)
+    if refused is not None and refused in EMAIL_CHANGE_REASONS:
+        return EmailChangeRefused(best, refused)
     return ChangeMemberEmail(m.email, best)

@@ -388,6 +388,11 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
                     interests_at[interest_id] = changed
             else:
                 interests_at.setdefault(interest_id, changed)
+        if ctx.sync.update_names_from_mailchimp and (fname, lname) != (
+            old["mc_fname"],
+            old["mc_lname"],
+        ):
+            relevant_change = True  # a name edit, for names_from_mailchimp (stages.profile)
         sync_status = RowState.TODO if relevant_change else old["sync_status"]
         updates.append(
             (

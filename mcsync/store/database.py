@@ -29,6 +29,7 @@ from mcsync.store.history import HistoryStore
 from mcsync.store.matching import MatchStore
 from mcsync.store.members import MemberStore
 from mcsync.store.people import PeopleStore
+from mcsync.store.profile import ProfileStore
 from mcsync.store.queues import QueueStore
 from mcsync.store.rows import RowStore
 from mcsync.store.status_queries import StatusStore
@@ -303,6 +304,7 @@ class Staging(
     HistoryStore,
     QueueStore,
     FeedStore,
+    ProfileStore,
     StoreBase,
 ):
     """One open staging database. Not shared across threads (the lease heartbeat opens its own).
