@@ -162,8 +162,8 @@ def _decide_rows(
 def settle_agreeing_rows(ctx: RunContext) -> int:
     """Mark `ok`, in one statement, the `todo` rows whose sides plainly agree: subscribed at
     Mailchimp and Added in CiviCRM, every mapped interest equal to its group, one unheld email
-    that is the member's, no privacy flag, no sibling, refusal, merge-field data or queued
-    write. `reconcile_member` decides nothing for such a row, and a full run marks every row
+    that is the member's, no privacy flag, no sibling, refusal, trashed co-owner's removal,
+    merge-field data or queued write. `reconcile_member` decides nothing for such a row, and a full run marks every row
     `todo`, so only the rows that disagree (or are unusual) go through Python."""
     interest_checks = "".join(
         " AND json_extract(r.mc_interests, ?) IS ((SELECT g.status FROM group_status g "
@@ -196,6 +196,7 @@ def _settle_range(
           AND r.list_id = ? AND r.sync_status = 'todo' AND r.mc_status = 'subscribed'
           AND r.mc_hash IS NOT NULL AND r.contact_id IS NOT NULL AND r.creating = 0
           AND r.mc_expected IS NULL AND r.refusal_reason IS NULL
+          AND r.trashed_removal_at IS NULL
           AND EXISTS (SELECT 1 FROM contacts c WHERE c.contact_id = r.contact_id
                       AND c.is_deleted = 0 AND c.gone = 0 AND c.is_deceased = 0
                       AND c.do_not_email = 0 AND c.is_opt_out = 0)
@@ -309,7 +310,9 @@ class LoadedChunk:
             if row["mc_hash"] is None and contact_id is not None
             else frozenset(),
             cleaned_handled=_cleaned_handled(row),
-            trashed_removal_at=parse_iso(row["trashed_removal_at"]) if contact_id is None else None,
+            trashed_removal_at=parse_iso(row["trashed_removal_at"]),
+            trashed_flag_after=parse_iso(row["trashed_flag_after"]) if contact_id is None else None,
+            trashed_flag_by=parse_iso(row["trashed_flag_by"]) if contact_id is None else None,
         )
 
 
@@ -481,6 +484,9 @@ def record_decision(
             interest_id = interest_by_group.get(action.group_id)
             if action.group_id == ctx.group_id:
                 origin = m.status_time
+                if action.status == "Removed" and member_row.trashed_removal_at:
+                    # A trashed co-owner's removal, later than the member's status, carried.
+                    origin = max(filter(None, (origin, member_row.trashed_removal_at)))
             else:
                 origin = m.interest_time(interest_id) if interest_id else m.last_changed
             staging.execute(
@@ -525,7 +531,8 @@ def record_decision(
         staging.forget_unsent_status([row["id"]])
     if queue.enqueue is not None:
         body = dict(queue.enqueue.body)
-        origin = _origin_of(body, c, interest_by_group, member_row.trashed_removal_at)
+        trashed = [member_row.trashed_removal_at, member_row.trashed_flag_after]
+        origin = _origin_of(body, c, interest_by_group, max(filter(None, trashed), default=None))
         staging.execute(
             "INSERT INTO updates (list_id, row_id, email, body, origin_at, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
@@ -552,12 +559,12 @@ def _origin_of(
     trashed_removal_at: datetime | None = None,
 ) -> datetime:
     """The time of the CiviCRM choice an update carries: what Mailchimp's side should count
-    as its change time once the write lands (never the time of our write). A row with no
-    contact carries a trashed contact's removal (`trashed_removal_at`)."""
+    as its change time once the write lands (never the time of our write). A row may carry
+    a trashed contact's removal or privacy flag (`trashed_removal_at`: the latest of them)."""
     times: list[datetime] = []
     if body.get("status") and civicrm.subscription.changed_at:
         times.append(civicrm.subscription.changed_at)
-    if body.get("status") and civicrm.contact_id is None and trashed_removal_at:
+    if body.get("status") and trashed_removal_at:
         times.append(trashed_removal_at)
     for group_id, interest_id in interest_by_group.items():
         if interest_id in (body.get("interests") or {}):

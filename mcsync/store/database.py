@@ -228,6 +228,17 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE rows ADD COLUMN trashed_removal_at TEXT
     """,
+    # 13: for a member with no contact, the privacy flag of a trashed owner of its address:
+    # set after (when known) and by these times (UTC), unless the subscribe is known to be
+    # later; when mcsync last saw each contact without a privacy flag (its modified_date, in
+    # UTC: a flag seen later was set after it); and the offset of the resumable look for
+    # members archived during the run (tiny budgets must not redo it from the start)
+    """
+    ALTER TABLE rows ADD COLUMN trashed_flag_after TEXT;
+    ALTER TABLE rows ADD COLUMN trashed_flag_by TEXT;
+    ALTER TABLE contacts ADD COLUMN unflagged_at TEXT;
+    ALTER TABLE audience_state ADD COLUMN archived_offset INTEGER NOT NULL DEFAULT 0
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience
@@ -655,23 +666,31 @@ class Staging(StoreBase):
         )
 
     # -- removals by trashed contacts ----------------------------------------------------
-    def unmatched_subscribed_rows(
-        self, list_id: str, after_id: int, limit: int
-    ) -> list[sqlite3.Row]:
-        """Rows of subscribed or pending members with no contact, not being created (those
-        are matched again first) and not failed: the ones a new contact may be created for."""
-        return self.query(
-            "SELECT id, mc_email, mc_status, mc_status_at, mc_last_changed FROM rows "
-            "WHERE list_id = ? AND contact_id IS NULL AND mc_email IS NOT NULL "
-            "AND mc_status IN ('subscribed', 'pending') AND sync_status != 'fail' "
-            "AND creating = 0 AND id > ? ORDER BY id LIMIT ?",
-            (list_id, after_id, limit),
+    def set_trashed_choices(
+        self, choices: list[tuple[str | None, str | None, str | None, int]]
+    ) -> None:
+        """(removal, flag after, flag by, row id): what trashed owners of each row's address
+        chose that may outrank its member's subscribe (see `match.match_emails`)."""
+        self.conn.executemany(
+            "UPDATE rows SET trashed_removal_at = ?, trashed_flag_after = ?, trashed_flag_by = ? "
+            "WHERE id = ?",
+            choices,
         )
 
-    def set_trashed_removals(self, removals: list[tuple[str | None, int]]) -> None:
-        """(time or None, row id): the removal by a trashed owner of the row's address that
-        is later than its member's subscribe, or None when there is none."""
-        self.conn.executemany("UPDATE rows SET trashed_removal_at = ? WHERE id = ?", removals)
+    def flag_marks(self, contact_ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
+        """contact id → (when mcsync last saw it without a privacy flag, when it first saw
+        the present flags set), both UTC, for the staged ones of these contacts."""
+        marks: dict[int, tuple[str | None, str | None]] = {}
+        for start in range(0, len(contact_ids), 500):
+            part = list(contact_ids[start : start + 500])
+            placeholders = ",".join("?" * len(part))
+            for row in self.conn.execute(
+                "SELECT contact_id, unflagged_at, flags_at FROM contacts "
+                f"WHERE contact_id IN ({placeholders})",
+                part,
+            ):
+                marks[int(row[0])] = (row[1], row[2])
+        return marks
 
     def recent_log(self, list_id: str, limit: int = 10) -> list[dict[str, Any]]:
         rows = self.conn.execute(
