@@ -13,9 +13,9 @@ from mcsync.rules.matching import (
     Candidate,
     Match,
     MatchRule,
+    TrashedFlagOrder,
     choose_contact,
     match_contact,
-    TrashedFlagOrder,
     should_create_contact,
     trashed_flag_order,
 )
@@ -63,6 +63,7 @@ POLICY = AudiencePolicy(group_id=GID, interest_groups={IID: IGID})
 ADD = SetGroupStatus(CID, GID, "Added")
 REMOVE = SetGroupStatus(CID, GID, "Removed")
 HOLD = PutEmailOnHold(CID, EMAIL)
+OTHER_SUBSCRIBED = Sibling("ann.other@example.org", "subscribed")
 
 
 def body(status: str, email: str = EMAIL, **extra: Any) -> dict[str, Any]:
@@ -726,7 +727,13 @@ SUBSCRIPTION_CASES = [
     ),
     pytest.param(
         replace(
-            row("subscribed", "Added", mc_at=OLD, civi_at=OLD, siblings=(Sibling("b@x.org", "subscribed"),)),
+            row(
+                "subscribed",
+                "Added",
+                mc_at=OLD,
+                civi_at=OLD,
+                siblings=(Sibling("b@x.org", "subscribed"),),
+            ),
             trashed_removal_at=NEW,
         ),
         "4.1-trashed-removal-co-owner",

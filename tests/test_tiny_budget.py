@@ -7,7 +7,6 @@ the model-based consent test with budgets of a few clock ticks: the runs never f
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 from conftest import World
@@ -54,7 +53,9 @@ def test_tiny_budget_runs_read_many_archived_members(world: World) -> None:
         contacts[n] = world.civi.add_contact(f"P{n}", "Tiny")
         world.civi.add_email(contacts[n], _email(n))
         if n in kept:
-            world.civi.set_group_status(contacts[n], world.group_id, "Added", when=world.ago(days=5))
+            world.civi.set_group_status(
+                contacts[n], world.group_id, "Added", when=world.ago(days=5)
+            )
     [first] = world.sync()
     assert first.error is None and first.outcome and first.outcome.completed
     # Then staff add the others (back-dated), and these people left the audience a day ago

@@ -223,7 +223,9 @@ def _trashed_choice_of(
     return (iso(removed), iso(choices.flag_after), iso(choices.flag_by), row["id"])
 
 
-def _trashed_choices(ctx: RunContext, owners: Sequence[dict[str, Any]]) -> dict[str, TrashedChoices]:
+def _trashed_choices(
+    ctx: RunContext, owners: Sequence[dict[str, Any]]
+) -> dict[str, TrashedChoices]:
     """Folded address → what its trashed owners (these Email records) chose.
 
     A trashed owner's latest change to the group made in CiviCRM (not mcsync's own) is read

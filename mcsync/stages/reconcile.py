@@ -163,8 +163,9 @@ def settle_agreeing_rows(ctx: RunContext) -> int:
     """Mark `ok`, in one statement, the `todo` rows whose sides plainly agree: subscribed at
     Mailchimp and Added in CiviCRM, every mapped interest equal to its group, one unheld email
     that is the member's, no privacy flag, no sibling, refusal, trashed co-owner's removal,
-    merge-field data or queued write. `reconcile_member` decides nothing for such a row, and a full run marks every row
-    `todo`, so only the rows that disagree (or are unusual) go through Python."""
+    merge-field data or queued write. `reconcile_member` decides nothing for such a row, and
+    a full run marks every row `todo`, so only the rows that disagree (or are unusual) go
+    through Python."""
     interest_checks = "".join(
         " AND json_extract(r.mc_interests, ?) IS ((SELECT g.status FROM group_status g "
         "WHERE g.contact_id = r.contact_id AND g.group_id = ?) IS 'Added')"
