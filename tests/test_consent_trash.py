@@ -319,3 +319,21 @@ def test_live_co_owner_added_after_the_trashed_removal_wins(world: World) -> Non
     _completed(world)
     assert world.mc_status(EMAIL) == "subscribed"
     assert world.civi_status(other) == "Added"
+
+
+def test_member_deleted_permanently_then_contact_trashed_gets_no_contact(world: World) -> None:
+    """Found by the model (seed 21 of 100 steps): the person asks Mailchimp to forget them
+    (a permanent delete, which no incremental fetch shows), then staff trash the contact.
+    The next incremental run must not create a contact, Added, from the stale staged
+    "subscribed": the member is read directly first, and is gone."""
+    contact = world.person(EMAIL, mc="subscribed", civi="Added")
+    assert contact is not None
+    _completed(world)
+    world.advance_clock(minutes=30)
+    world.mc.forget_member(world.list_id, EMAIL)
+    world.advance_clock(minutes=3)
+    world.civi.delete_contact(contact)
+    world.advance_clock(minutes=10)
+    _completed(world)
+    assert _live_owners(world) == []
+    assert world.mc_status(EMAIL) is None
