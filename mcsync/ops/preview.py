@@ -69,7 +69,9 @@ def audience_plan(staging: Staging, list_id: str, group_id: int) -> dict[str, An
         )
     for row in staging.query(
         "SELECT mc_email FROM rows WHERE list_id = ? AND contact_id IS NULL "
-        "AND mc_status IN ('subscribed', 'pending') ORDER BY id",
+        "AND mc_status IN ('subscribed', 'pending') "
+        # held back by a trashed owner's later removal or privacy flag (match.create_contacts)
+        "AND trashed_removal_at IS NULL AND trashed_flag_by IS NULL ORDER BY id",
         (list_id,),
     ):
         changes.append(
