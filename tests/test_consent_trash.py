@@ -164,3 +164,176 @@ def test_trash_alone_keeps_the_subscription(world: World, full: bool) -> None:
     finally:
         staging.close()
     assert row["contact_id"] == owner
+
+
+# ---- a privacy flag set before the trash (found by the model, seed 28 of 100 steps) --------
+
+
+def _flag_then_trash(world: World, contact: int, flag: str) -> Callable[[], None]:
+    def change() -> None:
+        world.civi.update_contact(contact, **{flag: True})
+        world.advance_clock(minutes=3)
+        world.civi.delete_contact(contact)
+
+    return change
+
+
+def _row(world: World) -> dict[str, object]:
+    staging = Staging(world.config.state_db)
+    try:
+        [row] = staging.query(
+            "SELECT contact_id, sync_status, reason, reason_detail FROM rows WHERE mc_email = ?",
+            (EMAIL,),
+        )
+    finally:
+        staging.close()
+    return dict(row)
+
+
+@pytest.mark.parametrize("flag", ["do_not_email", "is_opt_out"])
+@pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
+def test_privacy_flag_then_trash_unsubscribes_the_member(
+    world: World, full: bool, flag: str
+) -> None:
+    """Staff flag the contact, then trash it, before mcsync's next run. mcsync saw the contact
+    unflagged after the member's subscribe, so the flag is the later choice: no new contact
+    (it would be Added, and carry no flag), and the member is unsubscribed; and it stays so."""
+    contact = world.person(EMAIL, mc="subscribed", civi="Added")
+    assert contact is not None
+    _run(world, full=full, change=_flag_then_trash(world, contact, flag))
+    assert _live_owners(world) == []
+    assert world.mc_status(EMAIL) == "unsubscribed"
+
+    world.advance_clock(minutes=30)
+    writes = len(world.writes())
+    _completed(world)
+    world.advance_clock(minutes=30)
+    _completed(world, full=True)
+    assert world.mc_status(EMAIL) == "unsubscribed"
+    assert _live_owners(world) == []
+    assert len(world.writes()) == writes
+
+
+def test_subscribe_later_than_a_trashed_flag_gets_a_new_contact(world: World) -> None:
+    """The person subscribes again at Mailchimp after the flag and the trash: the later
+    choice; a new contact, Added (seed-behaviour §4.1)."""
+    contact = world.person(EMAIL, mc="subscribed", civi="Added")
+    assert contact is not None
+    _run(world, full=False, change=_flag_then_trash(world, contact, "do_not_email"))
+    assert world.mc_status(EMAIL) == "unsubscribed"
+    world.advance_clock(minutes=10)
+    world.mc.set_member_status(world.list_id, EMAIL, "subscribed")
+    world.advance_clock(minutes=10)
+    _completed(world)
+    assert world.mc_status(EMAIL) == "subscribed"
+    [owner] = _live_owners(world)
+    assert world.civi_status(owner) == "Added"
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
+def test_flag_and_trash_mcsync_never_saw_unflagged_is_reported(world: World, full: bool) -> None:
+    """Flagged and trashed before mcsync ever read the contact: the trash moved its
+    modified_date, so the flag may be older or newer than the member's subscribe. mcsync
+    neither creates a contact (undoing a newer flag) nor unsubscribes (undoing a newer
+    subscribe): it reports the member as order_unknown."""
+    contact = world.person(
+        EMAIL, mc="subscribed", civi="Added", mc_at=world.ago(days=3), civi_at=world.ago(days=10)
+    )
+    assert contact is not None
+    world.civi.update_contact(contact, do_not_email=True)
+    world.civi.delete_contact(contact)
+    if full:
+        world.advance_clock(minutes=10)
+        _completed(world, full=True)
+    _completed(world)
+    assert world.mc_status(EMAIL) == "subscribed"
+    assert _live_owners(world) == []
+    row = _row(world)
+    assert (row["sync_status"], row["reason"]) == ("fail", "order_unknown")
+    assert "trash" in str(row["reason_detail"])
+
+
+# ---- a trashed contact's removal, another live contact sharing the address ------------------
+
+
+def _co_owner(world: World, status: str | None, when_days: float) -> int:
+    """A second, live contact with the same email address (created after the first, so the
+    first is the one matched while both are Added)."""
+    other = world.civi.add_contact("Other", "Owner")
+    world.civi.add_email(other, EMAIL)
+    if status:
+        world.civi.set_group_status(other, world.group_id, status, when=world.ago(days=when_days))
+    return other
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
+def test_trashed_removal_later_than_a_live_co_owner_unsubscribes(world: World, full: bool) -> None:
+    """The matched contact is removed from the group, then trashed; another live contact with
+    the same address was Added earlier. The removal is the latest choice made on the address:
+    the co-owner's older Added does not keep the member subscribed (nor re-subscribe it), and
+    the co-owner leaves the group with it; later runs change nothing."""
+    contact = world.person(
+        EMAIL, mc="subscribed", civi="Added", mc_at=world.ago(days=3), civi_at=world.ago(days=10)
+    )
+    assert contact is not None
+    other = _co_owner(world, "Added", when_days=5)
+    _run(world, full=full, change=_remove_then_trash(world, contact))
+    assert world.mc_status(EMAIL) == "unsubscribed"
+    assert world.civi_status(other) == "Removed"
+
+    world.advance_clock(minutes=30)
+    writes = len(world.writes())
+    _completed(world)
+    world.advance_clock(minutes=30)
+    _completed(world, full=True)
+    assert world.mc_status(EMAIL) == "unsubscribed"
+    assert world.civi_status(other) == "Removed"
+    assert len(world.writes()) == writes
+
+
+def test_trashed_removal_before_the_first_sync_with_a_live_co_owner(world: World) -> None:
+    """The same, all before mcsync's first run: the co-owner's Added (5 days ago) is older
+    than the trashed contact's removal (1 day ago), which is later than the subscribe."""
+    contact = world.person(
+        EMAIL, mc="subscribed", civi="Added", mc_at=world.ago(days=3), civi_at=world.ago(days=10)
+    )
+    assert contact is not None
+    other = _co_owner(world, "Added", when_days=5)
+    world.civi.set_group_status(contact, world.group_id, "Removed", when=world.ago(days=1))
+    world.civi.delete_contact(contact)
+    _completed(world)
+    assert world.mc_status(EMAIL) == "unsubscribed"
+    assert world.civi_status(other) == "Removed"
+
+
+def test_live_co_owner_added_after_the_trashed_removal_wins(world: World) -> None:
+    """The co-owner's own choice is later than the trashed contact's removal: it wins, the
+    member stays subscribed and the co-owner Added."""
+    contact = world.person(
+        EMAIL, mc="subscribed", civi="Added", mc_at=world.ago(days=3), civi_at=world.ago(days=10)
+    )
+    assert contact is not None
+    other = _co_owner(world, "Added", when_days=0.5)
+    world.civi.set_group_status(contact, world.group_id, "Removed", when=world.ago(days=1))
+    world.civi.delete_contact(contact)
+    _completed(world)
+    assert world.mc_status(EMAIL) == "subscribed"
+    assert world.civi_status(other) == "Added"
+
+
+def test_member_deleted_permanently_then_contact_trashed_gets_no_contact(world: World) -> None:
+    """Found by the model (seed 21 of 100 steps): the person asks Mailchimp to forget them
+    (a permanent delete, which no incremental fetch shows), then staff trash the contact.
+    The next incremental run must not create a contact, Added, from the stale staged
+    "subscribed": the member is read directly first, and is gone."""
+    contact = world.person(EMAIL, mc="subscribed", civi="Added")
+    assert contact is not None
+    _completed(world)
+    world.advance_clock(minutes=30)
+    world.mc.forget_member(world.list_id, EMAIL)
+    world.advance_clock(minutes=3)
+    world.civi.delete_contact(contact)
+    world.advance_clock(minutes=10)
+    _completed(world)
+    assert _live_owners(world) == []
+    assert world.mc_status(EMAIL) is None

@@ -277,3 +277,33 @@ def test_a_round_trip_that_cannot_be_dated_leaves_the_row_alone(world: World) ->
     with sqlite3.connect(world.tmp_path / "state.sqlite3") as db:
         reasons = db.execute("SELECT reason FROM rows WHERE mc_email = 'v@x.org'").fetchall()
     assert reasons == [("order_unknown",)]
+
+
+def test_a_round_trip_after_a_staff_change_mcsync_could_not_push(world: World) -> None:
+    """Found by the model (seed 22 of 100 steps): staff re-add a contact whose address is on
+    hold, so mcsync cannot subscribe it; a profile edit at Mailchimp is read after that
+    (mcsync's previous view of the member is now later than the staff's change); then the
+    person signs up again and unsubscribes once more. The status reads as before, but its
+    latest change may be newer than the staff's: it is dated by the activity feed, and the
+    person's unsubscribe stands (not the staff's older re-add)."""
+    contact = world.person("h@x.org", mc="unsubscribed", civi="Removed")
+    assert contact is not None
+    world.sync()
+    world.advance_clock(minutes=10)
+    [email] = world.civi.query("SELECT id FROM email WHERE contact_id = ?", (contact,))
+    world.civi.update_email(email["id"], on_hold=1)
+    _staff_sets(world, contact, "Added")  # 10:00, cannot reach Mailchimp: on hold
+    world.advance_clock(minutes=5)
+    world.mc.edit_member(world.list_id, "h@x.org", merge_fields={"FNAME": "Hal"})  # 10:05
+    world.advance_clock(minutes=1)
+    world.sync()
+    assert world.mc_status("h@x.org") == "unsubscribed"
+    assert world.civi_status(contact) == "Added"
+    world.advance_clock(minutes=5)
+    world.mc.set_member_status(world.list_id, "h@x.org", "pending")  # the form, 10:11
+    world.advance_clock(minutes=5)
+    world.mc.set_member_status(world.list_id, "h@x.org", "unsubscribed")  # 10:16
+    world.advance_clock(minutes=1)
+    world.sync()
+    assert world.mc_status("h@x.org") == "unsubscribed"
+    assert world.civi_status(contact) == "Removed"

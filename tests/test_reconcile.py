@@ -14,8 +14,10 @@ from mcsync.rules.matching import (
     Candidate,
     Match,
     MatchRule,
+    TrashedFlagOrder,
     choose_contact,
     should_create_contact,
+    trashed_flag_order,
 )
 from mcsync.rules.member_state import (
     AudiencePolicy,
@@ -61,6 +63,7 @@ POLICY = AudiencePolicy(group_id=GID, interest_groups={IID: IGID})
 ADD = SetGroupStatus(CID, GID, "Added")
 REMOVE = SetGroupStatus(CID, GID, "Removed")
 HOLD = PutEmailOnHold(CID, EMAIL)
+OTHER_SUBSCRIBED = Sibling("ann.other@example.org", "subscribed")
 
 
 def body(status: str, email: str = EMAIL, **extra: Any) -> dict[str, Any]:
@@ -704,7 +707,105 @@ SUBSCRIPTION_CASES = [
         True,
         None,
         (),
-        id="4.1-trashed-removal-ignored-for-a-matched-contact",
+        id="4.1-trashed-removal-older-than-a-matched-contact-change",
+    ),
+    pytest.param(
+        replace(row("subscribed", "Added", mc_at=OLD, civi_at=OLD), trashed_removal_at=NEW),
+        "4.1-trashed-removal-co-owner",
+        False,
+        None,
+        (REMOVE, put("unsubscribed")),
+        id="4.1-trashed-removal-outranks-an-older-co-owner-state",
+    ),
+    pytest.param(
+        replace(row("subscribed", "Added", mc_at=OLD, civi_at=None), trashed_removal_at=NEW),
+        "4.1-trashed-removal-co-owner",
+        False,
+        None,
+        (REMOVE, put("unsubscribed")),
+        id="4.1-trashed-removal-outranks-an-undated-co-owner-state",
+    ),
+    pytest.param(
+        replace(
+            row(
+                "subscribed",
+                "Added",
+                mc_at=OLD,
+                civi_at=OLD,
+                siblings=(Sibling("b@x.org", "subscribed"),),
+            ),
+            trashed_removal_at=NEW,
+        ),
+        "4.1-trashed-removal-co-owner",
+        False,
+        None,
+        (put("unsubscribed"),),
+        id="4.1-trashed-removal-co-owner-stays-for-another-subscribed-email",
+    ),
+    pytest.param(
+        replace(row("unsubscribed", "Added", mc_at=OLD, civi_at=OLD), trashed_removal_at=NEW),
+        "4.1-trashed-removal-co-owner",
+        False,
+        None,
+        (REMOVE,),
+        id="4.1-trashed-removal-co-owner-leaves-the-group",
+    ),
+    pytest.param(
+        replace(row("subscribed", "Added", mc_at=NEWER, civi_at=OLD), trashed_removal_at=NEW),
+        "5.2-A1",
+        True,
+        None,
+        (),
+        id="4.1-subscribe-later-than-the-co-owner-removal",
+    ),
+    # --- §4.1 a privacy flag of a trashed owner of the address (DESIGN §4) ---
+    pytest.param(
+        replace(
+            row("subscribed", None, contact_id=None, mc_at=OLD),
+            trashed_flag_after=NEW,
+            trashed_flag_by=NEWER,
+        ),
+        "4.1-trashed-privacy-flag",
+        False,
+        None,
+        (put("unsubscribed"),),
+        id="4.1-trashed-flag-later-unsubscribes",
+    ),
+    pytest.param(
+        replace(
+            row("subscribed", None, contact_id=None, mc_at=NEW),
+            trashed_flag_after=None,
+            trashed_flag_by=NEWER,
+        ),
+        "4.1-trashed-privacy-flag-order-unknown",
+        False,
+        Reason.ORDER_UNKNOWN,
+        (),
+        id="4.1-trashed-flag-of-unknown-time-reported",
+    ),
+    pytest.param(
+        replace(
+            row("subscribed", None, contact_id=None, mc_at=NEWER),
+            trashed_flag_after=OLD,
+            trashed_flag_by=NEW,
+        ),
+        "no-contact",
+        True,
+        Reason.NO_CONTACT,
+        (),
+        id="4.1-subscribe-later-than-a-trashed-flag",
+    ),
+    pytest.param(
+        replace(
+            row("unsubscribed", None, contact_id=None, mc_at=OLD),
+            trashed_flag_after=NEW,
+            trashed_flag_by=NEWER,
+        ),
+        "no-contact",
+        False,
+        None,
+        (),
+        id="4.1-trashed-flag-already-unsubscribed",
     ),
 ]
 
@@ -1162,6 +1263,36 @@ def test_no_contact_created_over_a_newer_removal_by_a_trashed_contact(
     """A contact created for the member would be Added: not when a trashed owner of the
     address was removed from the group later than the subscribe (DESIGN §4)."""
     assert should_create_contact(status, subscribed_at, removed_at) is create
+
+
+@pytest.mark.parametrize(
+    ("after", "by", "status_time", "status_after", "order"),
+    [
+        (None, None, OLD, None, None),
+        (NEW, NEWER, OLD, None, TrashedFlagOrder.FLAG_LATER),
+        (OLD, NEW, OLD, None, TrashedFlagOrder.FLAG_LATER),  # a tie goes to CiviCRM
+        (OLD, NEW, NEWER, None, TrashedFlagOrder.SUBSCRIBE_LATER),
+        (OLD, NEW, NEW, None, TrashedFlagOrder.UNKNOWN),  # may be set in the same second
+        (None, NEWER, OLD, None, TrashedFlagOrder.UNKNOWN),  # never seen unflagged
+        (OLD, NEWER, NEW, None, TrashedFlagOrder.UNKNOWN),
+        (None, OLD, NEWER, NEW, TrashedFlagOrder.SUBSCRIBE_LATER),
+        (None, NEW, NEWER, OLD, TrashedFlagOrder.UNKNOWN),  # status changed after OLD, by NEWER
+        (NEW, NEWER, None, None, TrashedFlagOrder.FLAG_LATER),  # unknown Mailchimp time loses
+    ],
+)
+def test_order_of_a_trashed_contacts_privacy_flag(
+    after: datetime | None,
+    by: datetime | None,
+    status_time: datetime | None,
+    status_after: datetime | None,
+    order: TrashedFlagOrder | None,
+) -> None:
+    """Trashing moves a contact's modified_date: its flag was set after mcsync last saw it
+    unflagged and by the flag's upper bound. Only a known order acts (DESIGN §4)."""
+    assert trashed_flag_order(after, by, status_time, status_after) == order
+    if order is not None:
+        create = should_create_contact("subscribed", status_time, None, order)
+        assert create is (order == TrashedFlagOrder.SUBSCRIBE_LATER)
 
 
 # ---- §5.5 email changes in CiviCRM --------------------------------------------------------------

@@ -313,6 +313,7 @@ def plain(scenario: Scenario, row: dict[str, Any]) -> bool:
         and row["mc_expected"] is None
         and row["refusal_reason"] is None
         and row["mc_status_after"] is None
+        and row["trashed_removal_at"] is None
         and set(json.loads(row["mc_interests"])) == set(INTERESTS)
         and not any(
             g["contact_id"] == cid
@@ -428,9 +429,8 @@ def plain_scenario(**row: Any) -> Scenario:
 def test_an_agreeing_row_whose_order_is_unknown_is_decided_by_the_rules(staging: Staging) -> None:
     """Subscribed at Mailchimp by a change known only to lie between 10:00 and 12:00, Added
     in CiviCRM at 11:00: the two choices cannot be ordered, but they agree, so there is
-    nothing to write and nothing to report. The SQL twin leaves such rows to the rules (the
-    order of two choices is theirs to judge); the rules settle it `ok`, not `order_unknown`
-    (which is for a disagreement the order would decide)."""
+    nothing to write and nothing to report: it is settled `ok`, not `order_unknown` (which is
+    for a disagreement the order would decide)."""
     scenario = plain_scenario(
         mc_status_after=iso(T0 + timedelta(hours=10)),
         mc_status_at=iso(T0 + timedelta(hours=12)),

@@ -25,7 +25,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "order_unknown": (
         "The person changed their status at Mailchimp and staff changed the group in CiviCRM "
         "at about the same time, and a later profile edit at Mailchimp hides when the status "
-        "changed, so mcsync cannot tell which choice is newer; it changed neither",
+        "changed (or trashing a flagged contact with this address hid when its privacy flag "
+        "was set), so mcsync cannot tell which choice is newer; it changed neither",
         "Ask the person or check both histories, then set the group in CiviCRM (a newer "
         "CiviCRM change is synced as usual).",
     ),

@@ -90,10 +90,55 @@ def should_create_contact(
     member_status: str | None,
     status_time: datetime | None = None,
     trashed_removal_at: datetime | None = None,
+    trashed_flag: TrashedFlagOrder | None = None,
 ) -> bool:
     """Only subscribed or pending members become new contacts (seed §4.3), and not one whose
     subscribe is older than the removal of a trashed owner of the address
-    (``trashed_removal_at``): the new contact would be Added, losing that removal."""
+    (``trashed_removal_at``): the new contact would be Added, losing that removal. Nor one
+    whose subscribe is not known to be later than a trashed owner's privacy flag
+    (``trashed_flag``, see `trashed_flag_order`): the new contact would carry no flag."""
     if member_status not in SUBSCRIBED_STATUSES:
         return False
+    if trashed_flag in (TrashedFlagOrder.FLAG_LATER, TrashedFlagOrder.UNKNOWN):
+        return False
     return not trashed_removal_wins(trashed_removal_at, status_time)
+
+
+class TrashedFlagOrder(enum.StrEnum):
+    """How a privacy flag of a trashed owner of the member's address stands against the
+    member's Mailchimp status change."""
+
+    FLAG_LATER = "flag_later"
+    SUBSCRIBE_LATER = "subscribe_later"
+    UNKNOWN = "unknown"
+
+
+def trashed_flag_order(
+    flag_after: datetime | None,
+    flag_by: datetime | None,
+    status_time: datetime | None,
+    status_after: datetime | None = None,
+    last_changed: datetime | None = None,
+) -> TrashedFlagOrder | None:
+    """Order a trashed owner's privacy flag against the member's status (None: no flag).
+
+    The flag was set after ``flag_after`` (the last time mcsync saw the contact without it;
+    None: never) and by ``flag_by``; trashing the contact moved its modified_date, so its own
+    time is often unknown. The status changed at ``status_time``, or, when ``status_after``
+    is set, after that and by ``status_time`` (or ``last_changed``, if later). The flag is
+    the later choice if it cannot be older than the status (a tie goes to CiviCRM, an unknown
+    Mailchimp time loses, as in `trashed_removal_wins`); the status is if it is strictly
+    later than ``flag_by``; otherwise the order is unknown and nobody may act on either."""
+    if flag_by is None:
+        return None
+    if status_time is None:
+        return TrashedFlagOrder.FLAG_LATER
+    if status_after is not None:
+        if status_after >= flag_by:
+            return TrashedFlagOrder.SUBSCRIBE_LATER
+    elif status_time > flag_by:
+        return TrashedFlagOrder.SUBSCRIBE_LATER
+    until = max(t for t in (status_time, last_changed if status_after else None) if t)
+    if flag_after is not None and flag_after >= until:
+        return TrashedFlagOrder.FLAG_LATER
+    return TrashedFlagOrder.UNKNOWN

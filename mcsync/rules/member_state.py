@@ -152,10 +152,13 @@ class MemberRow:
     rows of this audience already hold (linked to another contact), which a contact not at
     Mailchimp must not claim. ``cleaned_handled``: mcsync already acted on this member
     becoming cleaned (put the address on hold, or found it held), so an admin who takes the
-    address off hold afterwards is not overruled (issue 10). ``trashed_removal_at``: on a row
-    with no contact, when a contact owning the member's address, now in the trash, was
-    removed from the subscription group (its latest change there, made in CiviCRM); None if
-    there is no such removal."""
+    address off hold afterwards is not overruled (issue 10). ``trashed_removal_at``: when a
+    contact owning the member's address, now in the trash, was removed from the subscription
+    group (its latest change there, made in CiviCRM), if later than the member's subscribe
+    when the row was matched; None if there is no such removal. On a matched row it outranks
+    the contact's own older group state. ``trashed_flag_after`` / ``trashed_flag_by``: on a
+    row with no contact, a trashed owner of the address has a privacy flag, set after the
+    first (None: unknown) and by the second (see `matching.trashed_flag_order`)."""
 
     mailchimp: MailchimpSide = field(default_factory=MailchimpSide)
     civicrm: CivicrmSide = field(default_factory=CivicrmSide)
@@ -165,9 +168,13 @@ class MemberRow:
     addresses_in_use: frozenset[str] = frozenset()
     cleaned_handled: bool = False
     trashed_removal_at: datetime | None = None
+    trashed_flag_after: datetime | None = None
+    trashed_flag_by: datetime | None = None
 
     def __post_init__(self) -> None:
         _require_utc_aware("MemberRow.trashed_removal_at", self.trashed_removal_at)
+        _require_utc_aware("MemberRow.trashed_flag_after", self.trashed_flag_after)
+        _require_utc_aware("MemberRow.trashed_flag_by", self.trashed_flag_by)
 
     @property
     def sibling_subscribed(self) -> bool:

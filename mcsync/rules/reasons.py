@@ -73,6 +73,19 @@ def newer_subscribe_detail(subscribed_at: datetime, flags_at: datetime) -> str:
     )
 
 
+def trashed_flag_detail(flag_by: datetime, subscribed_at: datetime | None) -> str:
+    """The failure detail of a member whose address belongs to a contact in the trash with a
+    privacy flag that cannot be ordered against the member's subscribe: trashing the contact
+    moved its modified date, so the flag's own time is unknown. mcsync neither creates a
+    contact for the member nor unsubscribes it; a person must decide."""
+    subscribed = f" {_utc(subscribed_at)}" if subscribed_at else ""
+    return (
+        f"subscribed at Mailchimp{subscribed}; a contact in the trash with this address has a "
+        f"privacy flag set by {_utc(flag_by)} (when exactly is unknown: trashing it moved its "
+        "modified date); no contact created, left subscribed: check which is right"
+    )
+
+
 def _utc(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 

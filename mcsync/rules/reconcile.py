@@ -20,8 +20,10 @@ Rules (DESIGN §4, seed-behaviour §4–§7; the ``rule`` ids name the rows of i
 - One contact with several Mailchimp emails stays Added while any of them is subscribed, and an
   unsubscribed address is not re-subscribed while another is (issue #9).
 - A removal from the group made in CiviCRM before the contact was trashed, later than the
-  member's subscribe, unsubscribes the member (no contact is created for it); trash alone is
-  no choice (seed §4.1).
+  member's subscribe, unsubscribes the member (no contact is created for it), and outranks
+  an older group state of another, live contact with the address; trash alone is no choice
+  (seed §4.1). So does a trashed contact's privacy flag later than the subscribe; one whose
+  order against it is unknown is reported and changes nothing.
 - Interests sync (both ways, same latest-wins rule) and merge fields (CiviCRM → Mailchimp) only
   while the member ends up subscribed.
 """
@@ -35,7 +37,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
 from mcsync.rules.addresses import fold_email
-from mcsync.rules.matching import trashed_removal_wins
+from mcsync.rules.matching import TrashedFlagOrder, trashed_flag_order, trashed_removal_wins
 from mcsync.rules.member_state import (
     AudiencePolicy,
     CivicrmSide,
@@ -45,7 +47,12 @@ from mcsync.rules.member_state import (
     MemberRow,
     Side,
 )
-from mcsync.rules.reasons import EMAIL_CHANGE_REASONS, Reason, newer_subscribe_detail
+from mcsync.rules.reasons import (
+    EMAIL_CHANGE_REASONS,
+    Reason,
+    newer_subscribe_detail,
+    trashed_flag_detail,
+)
 
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
@@ -146,16 +153,19 @@ def most_recent(
 
 def order_unknown(mailchimp: MailchimpSide, civicrm: GroupState) -> bool:
     """The Mailchimp status change is known only to lie after ``status_changed_after`` and by
-    its status time (or its ``last_changed``, for a status that may have gone and come back),
-    and CiviCRM changed strictly in between: neither side can be said to be the later
-    choice, so neither may overwrite the other (DESIGN §4)."""
+    its status time (or its ``last_changed``, for a status that may have gone and come back:
+    then the status is either as old as its known time, which may precede
+    ``status_changed_after``, or lies after that bound), and CiviCRM changed strictly in
+    between: neither side can be said to be the later choice, so neither may overwrite the
+    other (DESIGN §4)."""
     after = mailchimp.status_changed_after
     ends = [t for t in (mailchimp.status_time, mailchimp.last_changed) if t is not None]
     until = max(ends, default=None)
     changed = civicrm.changed_at
-    return (
-        after is not None and until is not None and changed is not None and after < changed < until
-    )
+    if after is None or until is None or changed is None:
+        return False
+    known = mailchimp.status_time
+    return min(after, known or after) < changed < until
 
 
 def looks_like_email(address: str) -> bool:
@@ -227,9 +237,15 @@ def decide_subscription(row: MemberRow, policy: AudiencePolicy) -> Decision:
             email = str(m.email)
             unsubscribe = QueueMailchimpUpdate(email, member_body(email, "unsubscribed"))
             return Decision("4.1-trashed-removal", False, (unsubscribe,))
+        if c.contact_id is None and m.subscribed:
+            trashed_flag = _trashed_flag_decision(row, policy)
+            if trashed_flag is not None:
+                return trashed_flag
         reason = Reason.NO_CONTACT if m.subscribed else None
         return Decision("no-contact", m.subscribed, reason=reason)
     hold = _hold_actions(row)
+    if _trashed_removal_outranks(row):
+        return _trashed_removal_of_co_owner(row, policy, c.contact_id, hold)
     if policy.respect_privacy_flags and c.has_privacy_flag:
         times = _subscribed_after_flag(m, c)
         if times is not None:
@@ -256,6 +272,68 @@ def decide_subscription(row: MemberRow, policy: AudiencePolicy) -> Decision:
     if side == "mailchimp":
         return _mailchimp_wins(row, policy, c.contact_id, hold)
     return _civicrm_wins(row, c.contact_id, hold)
+
+
+def _trashed_flag_decision(row: MemberRow, policy: AudiencePolicy) -> Decision | None:
+    """A subscribed member with no contact, whose address a trashed contact with a privacy
+    flag owns (the flag, set before or after the trash, is a choice; the trash is none). A
+    flag later than the subscribe unsubscribes the member, as for a live flagged contact; a
+    flag that cannot be ordered against it (trashing moved the contact's modified date) is
+    reported, and neither side is changed. None: the subscribe is later, or no such flag."""
+    if not policy.respect_privacy_flags:
+        return None
+    m = row.mailchimp
+    order = trashed_flag_order(
+        row.trashed_flag_after,
+        row.trashed_flag_by,
+        m.status_time,
+        m.status_changed_after,
+        m.last_changed,
+    )
+    if order == TrashedFlagOrder.FLAG_LATER:
+        email = str(m.email)
+        unsubscribe = QueueMailchimpUpdate(email, member_body(email, "unsubscribed"))
+        return Decision("4.1-trashed-privacy-flag", False, (unsubscribe,))
+    if (
+        order == TrashedFlagOrder.UNKNOWN
+        and row.trashed_flag_by is not None
+        and policy.prefer != "mailchimp"  # the audience gives Mailchimp what cannot be ordered
+    ):
+        detail = trashed_flag_detail(row.trashed_flag_by, m.status_time)
+        return Decision(
+            "4.1-trashed-privacy-flag-order-unknown",
+            False,
+            reason=Reason.ORDER_UNKNOWN,
+            detail=detail,
+        )
+    return None
+
+
+def _trashed_removal_outranks(row: MemberRow) -> bool:
+    """A trashed owner of the member's address was removed from the group later than the
+    member's status change and later than the matched (live) contact's own group change
+    (or that has no date): the removal is the latest choice made on the address, so the
+    live contact's older state must not keep the member subscribed (DESIGN §4)."""
+    removed_at, changed = row.trashed_removal_at, row.civicrm.subscription.changed_at
+    if not trashed_removal_wins(removed_at, row.mailchimp.status_time):
+        return False
+    return removed_at is not None and (changed is None or changed < removed_at)
+
+
+def _trashed_removal_of_co_owner(
+    row: MemberRow, policy: AudiencePolicy, contact_id: int, hold: tuple[PutEmailOnHold, ...]
+) -> Decision:
+    """Propagate a trashed owner's removal, the latest choice on the address: the member is
+    unsubscribed and the live contact leaves the group (its own state is older), unless
+    another of its addresses is subscribed (issue #9)."""
+    m, group = row.mailchimp, row.civicrm.subscription
+    actions: list[Action] = list(hold)
+    if group.added and not row.sibling_subscribed:
+        actions.append(SetGroupStatus(contact_id, policy.group_id, "Removed"))
+    if m.subscribed:
+        email = str(m.email)
+        actions.append(QueueMailchimpUpdate(email, member_body(email, "unsubscribed")))
+    return Decision("4.1-trashed-removal-co-owner", False, tuple(actions))
 
 
 def _subscribed_after_flag(m: MailchimpSide, c: CivicrmSide) -> tuple[datetime, datetime] | None:

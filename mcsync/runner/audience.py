@@ -217,6 +217,7 @@ def start_run(ctx: RunContext, *, since: str | None) -> None:
             mc_since=None if full else iso(window),
             mc_offset=0,
             cursor=0,
+            archived_offset=0,
             history_target=history_target,
             modified_target=modified_target,
             **rewound,

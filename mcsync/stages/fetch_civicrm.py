@@ -144,22 +144,27 @@ def store_contacts(ctx: RunContext, contacts: list[dict[str, Any]]) -> None:
     """Upsert contacts' flags and names. `flags_at` keeps when the privacy flags were set as
     far as mcsync knows: the contact's modified_date when a flag is first seen set (the flag's
     own change, or later), kept while no new flag appears, so a later unrelated edit (an
-    address, mcsync's own hold) does not make an old flag look new (issue 10)."""
+    address, mcsync's own hold) does not make an old flag look new (issue 10). `unflagged_at`
+    keeps the modified_date of the last version seen without a flag: a flag seen later was
+    set after it (trashing a contact moves its modified_date, hiding the flag's own time)."""
     rows = [
         (
             c["contact_id"],
             *(int(bool(c.get(flag))) for flag in CONTACT_FLAGS),
             c.get("first_name"),
             c.get("last_name"),
-            iso(ctx.civi_to_utc(c.get("modified_date")))
-            if any(c.get(flag) for flag in PRIVACY_FLAGS)
-            else None,
+            *(
+                (iso(ctx.civi_to_utc(c.get("modified_date"))), None)
+                if any(c.get(flag) for flag in PRIVACY_FLAGS)
+                else (None, iso(ctx.civi_to_utc(c.get("modified_date"))))
+            ),
         )
         for c in contacts
     ]
     ctx.staging.conn.executemany(
         "INSERT INTO contacts (contact_id, is_deleted, is_deceased, do_not_email, is_opt_out, "
-        "first_name, last_name, gone, flags_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?) "
+        "first_name, last_name, gone, flags_at, unflagged_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?) "
         "ON CONFLICT (contact_id) DO UPDATE SET is_deleted = excluded.is_deleted, "
         "is_deceased = excluded.is_deceased, do_not_email = excluded.do_not_email, "
         "is_opt_out = excluded.is_opt_out, first_name = excluded.first_name, "
@@ -168,7 +173,8 @@ def store_contacts(ctx: RunContext, contacts: list[dict[str, Any]]) -> None:
         "WHEN contacts.flags_at IS NOT NULL AND excluded.is_deceased <= contacts.is_deceased "
         "AND excluded.do_not_email <= contacts.do_not_email "
         "AND excluded.is_opt_out <= contacts.is_opt_out THEN contacts.flags_at "
-        "ELSE excluded.flags_at END",
+        "ELSE excluded.flags_at END, "
+        "unflagged_at = COALESCE(excluded.unflagged_at, contacts.unflagged_at)",
         rows,
     )
 

@@ -129,7 +129,10 @@ def read_archived(ctx: RunContext, since: datetime | None) -> None:
     and would decide the row on the stale staged status (a write could even re-add the
     member for an older CiviCRM Added). A full run's own fetch reads the rest (its missing
     members are read directly), so it looks only over the time it paged. One request on most
-    runs; re-reading after a resume changes nothing."""
+    runs. Each page commits with the offset reached (``archived_offset``, reset when a run
+    starts), so runs with tiny budgets go on where the last one stopped instead of reading
+    the first pages again and never finishing; a member archived meanwhile moves the others
+    down a place (one is read twice) and is read by the next run's window."""
     if since is None:
         return
     ctx.budget.check()
@@ -137,13 +140,15 @@ def read_archived(ctx: RunContext, since: datetime | None) -> None:
         ctx.list_id,
         since_last_changed=since,
         page_size=ctx.sync.page_size_mailchimp,
+        start_offset=ctx.staging.state(ctx.list_id)["archived_offset"],
         status="archived",
         fields=_ARCHIVED_FIELDS,
     )
     try:
-        for _, _, members in archived:
+        for page_offset, _, members in archived:
             with ctx.staging.atomic():
                 merge_members(ctx, [m for m in members if m.get("status") == "archived"])
+                ctx.staging.set_state(ctx.list_id, archived_offset=page_offset + len(members))
             ctx.budget.check()
     finally:
         close = getattr(archived, "close", None)

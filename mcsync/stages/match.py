@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from mcsync.rules.addresses import fold_email
-from mcsync.rules.matching import should_create_contact
+from mcsync.rules.matching import TrashedFlagOrder, trashed_flag_order, trashed_removal_wins
 from mcsync.stages.context import TRACKING_MARKER, RunContext
 from mcsync.stages.fetch_civicrm import (
     EMAIL_SELECT,
     IN_CHUNK,
+    PRIVACY_FLAGS,
     chunks,
     contact_from_join,
     fetch_emails_of_contacts,
@@ -45,7 +47,10 @@ def fix_contact_ids(ctx: RunContext) -> None:
 
 
 def match_emails(ctx: RunContext) -> None:
-    """Look up the owners of unmatched Mailchimp emails, then apply the matching order."""
+    """Look up the owners of unmatched Mailchimp emails, then apply the matching order.
+    Owners in the trash are never matched, but what they chose is kept on the rows
+    (`_trashed_choices`): every row that is (re)matched passes here, so a contact trashed
+    since the last run, or before mcsync first ran, is looked at without extra requests."""
 
     def look_up(cursor: int) -> list[_Owners]:
         rows = ctx.staging.unmatched_member_emails(
@@ -53,7 +58,10 @@ def match_emails(ctx: RunContext) -> None:
         )
         if not rows:
             return []
-        return [_Owners(rows, _owners_of(ctx, sorted({r["mc_email"] for r in rows})))]
+        records = _owners_of(ctx, sorted({r["mc_email"] for r in rows}))
+        live = [r for r in records if not r.get("contact_id.is_deleted")]
+        trashed = _trashed_choices(ctx, [r for r in records if r.get("contact_id.is_deleted")])
+        return [_Owners(rows, live, trashed)]
 
     for chunk in ctx.staging.each_chunk(
         ctx.list_id, ctx.budget.check, look_up, key=lambda owners: int(owners.rows[-1]["id"])
@@ -62,6 +70,9 @@ def match_emails(ctx: RunContext) -> None:
             store_emails(ctx, owners.records)
             store_contacts(ctx, [contact_from_join(r) for r in owners.records])
             assign_matches(ctx, [r["id"] for r in owners.rows])
+            ctx.staging.set_trashed_choices(
+                [_trashed_choice_of(r, owners.trashed) for r in owners.rows]
+            )
             ctx.progress("match emails", len(owners.rows), None)
 
 
@@ -73,21 +84,20 @@ class _Owners(NamedTuple):
     rows: list[Any]
     records: list[dict[str, Any]]
     """CiviCRM's Email records of the addresses, with their contacts' flags (undeleted only)."""
+    trashed: dict[str, TrashedChoices]
+    """What trashed owners of the addresses chose, by folded address (`_trashed_choices`)."""
 
 
 def _owners_of(ctx: RunContext, emails: Sequence[str]) -> list[dict[str, Any]]:
-    """Undeleted owners of these emails, the `IN` chunks fetched concurrently (the CiviCRM
-    client is thread-safe and caps its own connections), so round trips overlap."""
+    """Owners of these emails, trashed ones included (`contact_id.is_deleted` tells), the `IN`
+    chunks fetched concurrently (the CiviCRM client is thread-safe and caps its own
+    connections), so round trips overlap."""
 
     def owners(chunk: Sequence[str]) -> list[dict[str, Any]]:
         return ctx.civicrm.call(
             "Email",
             "get",
-            {
-                "select": EMAIL_SELECT,
-                "where": [["email", "IN", list(chunk)], ["contact_id.is_deleted", "=", False]],
-                "limit": 0,
-            },
+            {"select": EMAIL_SELECT, "where": [["email", "IN", list(chunk)]], "limit": 0},
         )
 
     parts = list(chunks(emails, EMAIL_LOOKUP_CHUNK))
@@ -109,9 +119,9 @@ def create_contacts(ctx: RunContext) -> None:
     Rows are flagged `creating` (committed) before the request; after a crash those rows are
     looked up by email again first, so a retry never makes a second contact.
     """
-    find_trashed_removals(ctx)
     if not ctx.sync.create_contacts or ctx.dry_run:
         return
+    _read_stale_members(ctx)
     while True:
         ctx.budget.check()
         rows = ctx.staging.rows_to_create(ctx.list_id, CREATE_CHUNK)
@@ -148,53 +158,85 @@ def create_contacts(ctx: RunContext) -> None:
         ctx.progress("create contacts", len(rows), None)
 
 
-def find_trashed_removals(ctx: RunContext) -> None:
-    """For each unmatched subscribed member: was a contact owning its address, now in the
-    trash, removed from the subscription group later than the member's subscribe? Then no
-    contact is created (it would be Added, losing that removal) and reconcile unsubscribes
-    the member (DESIGN §4). Trash alone is no choice: without such a removal the member gets
-    a new contact as before (seed-behaviour §4.1).
+def _read_stale_members(ctx: RunContext) -> None:
+    """Members about to get a contact whose data this run did not read (their contact was
+    trashed since, say) are read directly first: a member deleted permanently at Mailchimp
+    meanwhile, which no incremental fetch shows, must not get a contact Added on a stale
+    "subscribed" (DESIGN §4). Costs nothing when every such member was fetched this run."""
+    from mcsync.stages.fetch_mailchimp import read_directly  # it imports this module
 
-    The trashed contact's latest change to the group made in CiviCRM (not mcsync's own) is
-    read from its history: staging may not have it (a full run reads no dates, and a contact
-    trashed before mcsync first ran was never staged). Only unmatched subscribed members
-    are looked at, so the cost follows the number of contacts about to be created. Decided
-    afresh at each run: a later subscribe at Mailchimp outranks the removal again."""
     after = 0
     while True:
         ctx.budget.check()
-        rows = ctx.staging.unmatched_subscribed_rows(ctx.list_id, after, EMAIL_LOOKUP_CHUNK)
+        rows = ctx.staging.unread_members_to_create(
+            ctx.list_id, ctx.run_id, after, max(1, ctx.mailchimp.max_connections)
+        )
         if not rows:
             return
-        removals = _trashed_removals_of(ctx, sorted({r["mc_email"] for r in rows}))
-        decided: list[tuple[str | None, int]] = []
-        for r in rows:
-            removed_at = removals.get(fold_email(r["mc_email"]))
-            status_time = parse_iso(r["mc_status_at"] or r["mc_last_changed"])
-            create = should_create_contact(r["mc_status"], status_time, removed_at)
-            decided.append((None if create else iso(removed_at), r["id"]))
-        with ctx.staging.atomic():
-            ctx.staging.set_trashed_removals(decided)
+        read_directly(ctx, [(r["mc_hash"], r["mc_unique_id"]) for r in rows])
         after = rows[-1]["id"]
 
 
-def _trashed_removals_of(ctx: RunContext, emails: Sequence[str]) -> dict[str, datetime]:
-    """Folded address → when a trashed owner of it was last changed in the subscription
-    group by CiviCRM (not by mcsync), if that change is a removal (`Removed`, or `Deleted`:
-    a GroupContact deleted). Of several trashed owners, the latest change counts."""
-    owners = ctx.civicrm.call(
-        "Email",
-        "get",
-        {
-            "select": ["contact_id", "email"],
-            "where": [["email", "IN", list(emails)], ["contact_id.is_deleted", "=", True]],
-            "limit": 0,
-        },
+@dataclass(frozen=True)
+class TrashedChoices:
+    """What trashed owners of one address chose: the latest group change made in CiviCRM
+    by any of them, if a removal (`removed_at`); and, when one has a privacy flag, the
+    bounds of its time (`flag_after`: the latest known lower bound; `flag_by`: the latest
+    upper bound; see `rules.matching.trashed_flag_order`)."""
+
+    removed_at: datetime | None = None
+    flag_after: datetime | None = None
+    flag_by: datetime | None = None
+
+
+def _trashed_choice_of(
+    row: Any, trashed: dict[str, TrashedChoices]
+) -> tuple[str | None, str | None, str | None, int]:
+    """The row's (removal, flag after, flag by, id) to store: a trashed owner's removal if
+    it is later than the member's status change (then no contact is created, and it outranks
+    an older state of a live owner), and a trashed owner's privacy flag unless the member's
+    status change is known to be later. Trash alone is no choice: without either the member
+    gets a new contact as before (seed-behaviour §4.1). Decided afresh whenever the row is
+    matched: a later subscribe at Mailchimp outranks them again."""
+    choices = trashed.get(fold_email(row["mc_email"]))
+    if choices is None:
+        return (None, None, None, row["id"])
+    status_time = parse_iso(row["mc_status_at"] or row["mc_last_changed"])
+    removed = choices.removed_at if trashed_removal_wins(choices.removed_at, status_time) else None
+    after = parse_iso(row["mc_status_after"]) if row["mc_status"] != "archived" else None
+    order = trashed_flag_order(
+        choices.flag_after, choices.flag_by, status_time, after, parse_iso(row["mc_last_changed"])
     )
+    if order in (None, TrashedFlagOrder.SUBSCRIBE_LATER):
+        return (iso(removed), None, None, row["id"])
+    return (iso(removed), iso(choices.flag_after), iso(choices.flag_by), row["id"])
+
+
+def _trashed_choices(
+    ctx: RunContext, owners: Sequence[dict[str, Any]]
+) -> dict[str, TrashedChoices]:
+    """Folded address → what its trashed owners (these Email records) chose.
+
+    A trashed owner's latest change to the group made in CiviCRM (not mcsync's own) is read
+    from its history: staging may not have it (a full run reads no dates, and a contact
+    trashed before mcsync first ran was never staged). A privacy flag was set by the
+    contact's modified_date (by when mcsync first saw it set, if earlier) and after mcsync
+    last saw the contact without a flag (unknown if it never did): trashing it moved the
+    modified_date, so the flag's own time is often unknown. Flags count only while privacy
+    flags are respected."""
     addresses: dict[int, set[str]] = {}
+    flagged: dict[int, datetime | None] = {}
     for owner in owners:
-        if owner.get("email"):
-            addresses.setdefault(owner["contact_id"], set()).add(fold_email(owner["email"]))
+        if not owner.get("email"):
+            continue
+        contact_id = owner["contact_id"]
+        addresses.setdefault(contact_id, set()).add(fold_email(owner["email"]))
+        if ctx.respect_privacy_flags and any(
+            owner.get(f"contact_id.{flag}") for flag in PRIVACY_FLAGS
+        ):
+            flagged[contact_id] = ctx.civi_to_utc(owner.get("contact_id.modified_date"))
+    if not addresses:
+        return {}
     latest: dict[int, tuple[datetime, str]] = {}
     for chunk in chunks(sorted(addresses), IN_CHUNK):
         history = ctx.civicrm.call(
@@ -212,16 +254,47 @@ def _trashed_removals_of(ctx: RunContext, emails: Sequence[str]) -> dict[str, da
             if (record.get("tracking") or "") == TRACKING_MARKER or moment is None:
                 continue
             latest[record["contact_id"]] = (moment, record["status"])
+    marks = ctx.staging.flag_marks(sorted(flagged))
     changes: dict[str, tuple[datetime, str]] = {}
-    for contact_id, (moment, status) in latest.items():
-        for address in addresses[contact_id]:
-            if address not in changes or moment > changes[address][0]:
-                changes[address] = (moment, status)
+    flags: dict[str, tuple[datetime | None, datetime]] = {}
+    for contact_id, owned in addresses.items():
+        change = latest.get(contact_id)
+        bounds = _flag_bounds(flagged, marks, contact_id)
+        for address in owned:
+            if change and (address not in changes or change[0] > changes[address][0]):
+                changes[address] = change
+            if bounds is not None:
+                after, by = flags.get(address, (None, bounds[1]))
+                flags[address] = (
+                    max(filter(None, (after, bounds[0])), default=None),
+                    max(by, bounds[1]),
+                )
     return {
-        address: moment
-        for address, (moment, status) in changes.items()
-        if status in ("Removed", "Deleted")
+        address: TrashedChoices(
+            removed_at=changes[address][0]
+            if address in changes and changes[address][1] in ("Removed", "Deleted")
+            else None,
+            flag_after=flags[address][0] if address in flags else None,
+            flag_by=flags[address][1] if address in flags else None,
+        )
+        for address in set(changes) | set(flags)
     }
+
+
+def _flag_bounds(
+    flagged: dict[int, datetime | None],
+    marks: dict[int, tuple[str | None, str | None]],
+    contact_id: int,
+) -> tuple[datetime | None, datetime] | None:
+    """(set after, set by) for a flagged trashed contact; None if not flagged or its
+    modified_date is unknown (no bound to put the flag by)."""
+    if contact_id not in flagged:
+        return None
+    unflagged_at, flags_at = marks.get(contact_id, (None, None))
+    by = [t for t in (flagged[contact_id], parse_iso(flags_at)) if t is not None]
+    if not by:
+        return None
+    return parse_iso(unflagged_at), min(by)
 
 
 def _rematch(ctx: RunContext, rows: Sequence[Any]) -> None:

@@ -230,7 +230,9 @@ class LoadedChunk:
             if row["mc_hash"] is None and contact_id is not None
             else frozenset(),
             cleaned_handled=_cleaned_handled(row),
-            trashed_removal_at=parse_iso(row["trashed_removal_at"]) if contact_id is None else None,
+            trashed_removal_at=parse_iso(row["trashed_removal_at"]),
+            trashed_flag_after=parse_iso(row["trashed_flag_after"]) if contact_id is None else None,
+            trashed_flag_by=parse_iso(row["trashed_flag_by"]) if contact_id is None else None,
         )
 
 
@@ -341,6 +343,9 @@ def record_decision(
             interest_id = interest_by_group.get(action.group_id)
             if action.group_id == ctx.group_id:
                 origin = m.status_time
+                if action.status == "Removed" and member_row.trashed_removal_at:
+                    # A trashed co-owner's removal, later than the member's status, carried.
+                    origin = max(filter(None, (origin, member_row.trashed_removal_at)))
             else:
                 origin = m.interest_time(interest_id) if interest_id else m.last_changed
             staging.plan_group_write(
@@ -373,7 +378,8 @@ def record_decision(
         staging.forget_unsent_status([row["id"]])
     if queue.enqueue is not None:
         body = dict(queue.enqueue.body)
-        origin = _origin_of(body, c, interest_by_group, member_row.trashed_removal_at)
+        trashed = [member_row.trashed_removal_at, member_row.trashed_flag_after]
+        origin = _origin_of(body, c, interest_by_group, max(filter(None, trashed), default=None))
         expected: dict[str, Any] = {"at": iso(origin)}
         if body.get("status"):
             expected["status"] = body["status"]
@@ -401,12 +407,12 @@ def _origin_of(
     trashed_removal_at: datetime | None = None,
 ) -> datetime:
     """The time of the CiviCRM choice an update carries: what Mailchimp's side should count
-    as its change time once the write lands (never the time of our write). A row with no
-    contact carries a trashed contact's removal (`trashed_removal_at`)."""
+    as its change time once the write lands (never the time of our write). A row may carry
+    a trashed contact's removal or privacy flag (`trashed_removal_at`: the latest of them)."""
     times: list[datetime] = []
     if body.get("status") and civicrm.subscription.changed_at:
         times.append(civicrm.subscription.changed_at)
-    if body.get("status") and civicrm.contact_id is None and trashed_removal_at:
+    if body.get("status") and trashed_removal_at:
         times.append(trashed_removal_at)
     for group_id, interest_id in interest_by_group.items():
         if interest_id in (body.get("interests") or {}):

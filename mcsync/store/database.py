@@ -269,6 +269,17 @@ MIGRATIONS: list[str] = [
     CREATE INDEX run_history_by_start ON run_history (started);
     CREATE INDEX run_history_by_list ON run_history (list_id, started)
     """,
+    # 14: for a member with no contact, the privacy flag of a trashed owner of its address:
+    # set after (when known) and by these times (UTC), unless the subscribe is known to be
+    # later; when mcsync last saw each contact without a privacy flag (its modified_date, in
+    # UTC: a flag seen later was set after it); and the offset of the resumable look for
+    # members archived during the run (tiny budgets must not redo it from the start)
+    """
+    ALTER TABLE rows ADD COLUMN trashed_flag_after TEXT;
+    ALTER TABLE rows ADD COLUMN trashed_flag_by TEXT;
+    ALTER TABLE contacts ADD COLUMN unflagged_at TEXT;
+    ALTER TABLE audience_state ADD COLUMN archived_offset INTEGER NOT NULL DEFAULT 0
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience

@@ -45,7 +45,8 @@ class MatchStore(StoreBase):
         """Member rows with an address and no contact, in id order after ``after_id``: the
         addresses whose owners the match stage looks up."""
         return self.query(
-            "SELECT id, mc_email FROM rows WHERE list_id = ? AND contact_id IS NULL "
+            "SELECT id, mc_email, mc_status, mc_status_at, mc_status_after, mc_last_changed "
+            "FROM rows WHERE list_id = ? AND contact_id IS NULL "
             "AND mc_email IS NOT NULL AND id > ? ORDER BY id LIMIT ?",
             (list_id, after_id, limit),
         )
@@ -108,13 +109,14 @@ class MatchStore(StoreBase):
     def rows_to_create(self, list_id: str, limit: int) -> list[sqlite3.Row]:
         """Unmatched subscribed or pending members a contact may be created for (seed §4.3),
         first in id order: not failed, and not members whose subscribe a trashed owner's
-        later removal outranks. Rows still flagged `creating` come back too: a run stopped
-        mid-create, whose rows are looked up by address again before anything is created."""
+        later removal or privacy flag outranks. Rows still flagged `creating` come back too:
+        a run stopped mid-create, whose rows are looked up by address again before anything
+        is created."""
         return self.query(
             "SELECT id, mc_email, mc_fname, mc_lname, creating FROM rows WHERE list_id = ? "
             f"AND contact_id IS NULL AND mc_email IS NOT NULL AND mc_status IN ({_SUBSCRIBED}) "
             f"AND sync_status != '{RowState.FAIL}' AND trashed_removal_at IS NULL "
-            "ORDER BY id LIMIT ?",
+            "AND trashed_flag_by IS NULL ORDER BY id LIMIT ?",
             (list_id, limit),
         )
 
@@ -144,24 +146,6 @@ class MatchStore(StoreBase):
         )
 
     # -- removals by trashed contacts ---------------------------------------------------------
-    def unmatched_subscribed_rows(
-        self, list_id: str, after_id: int, limit: int
-    ) -> list[sqlite3.Row]:
-        """Rows of subscribed or pending members with no contact, not being created (those
-        are matched again first) and not failed: the ones a new contact may be created for."""
-        return self.query(
-            "SELECT id, mc_email, mc_status, mc_status_at, mc_last_changed FROM rows "
-            "WHERE list_id = ? AND contact_id IS NULL AND mc_email IS NOT NULL "
-            f"AND mc_status IN ({_SUBSCRIBED}) AND sync_status != '{RowState.FAIL}' "
-            "AND creating = 0 AND id > ? ORDER BY id LIMIT ?",
-            (list_id, after_id, limit),
-        )
-
-    def set_trashed_removals(self, removals: list[tuple[str | None, int]]) -> None:
-        """(time or None, row id): the removal by a trashed owner of the row's address that
-        is later than its member's subscribe, or None when there is none."""
-        self.conn.executemany("UPDATE rows SET trashed_removal_at = ? WHERE id = ?", removals)
-
     # -- contacts Added in CiviCRM with no member --------------------------------------------
     def add_civicrm_only_rows(self, list_id: str, group_id: int) -> None:
         """A row per contact Added to the group, not trashed or gone, that has none in this
@@ -277,6 +261,46 @@ class MatchStore(StoreBase):
             deletions,
         )
 
+    def set_trashed_choices(
+        self, choices: list[tuple[str | None, str | None, str | None, int]]
+    ) -> None:
+        """(removal, flag after, flag by, row id): what trashed owners of each row's address
+        chose that may outrank its member's subscribe (see `match.match_emails`)."""
+        self.conn.executemany(
+            "UPDATE rows SET trashed_removal_at = ?, trashed_flag_after = ?, trashed_flag_by = ? "
+            "WHERE id = ?",
+            choices,
+        )
+
+    def unread_members_to_create(
+        self, list_id: str, run_id: str, after_id: int, limit: int
+    ) -> list[sqlite3.Row]:
+        """Subscribed or pending members with no contact that `create_contacts` would make
+        one for, whose data this run has not read (in id order after ``after_id``)."""
+        return self.query(
+            "SELECT id, mc_hash, mc_unique_id FROM rows WHERE list_id = ? AND id > ? "
+            "AND contact_id IS NULL AND mc_hash IS NOT NULL AND mc_email IS NOT NULL "
+            "AND mc_status IN ('subscribed', 'pending') AND sync_status != 'fail' "
+            "AND creating = 0 AND trashed_removal_at IS NULL AND trashed_flag_by IS NULL "
+            "AND mc_seen_run IS NOT ? ORDER BY id LIMIT ?",
+            (list_id, after_id, run_id, limit),
+        )
+
+    def flag_marks(self, contact_ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
+        """contact id → (when mcsync last saw it without a privacy flag, when it first saw
+        the present flags set), both UTC, for the staged ones of these contacts."""
+        marks: dict[int, tuple[str | None, str | None]] = {}
+        for start in range(0, len(contact_ids), 500):
+            part = list(contact_ids[start : start + 500])
+            placeholders = ",".join("?" * len(part))
+            for row in self.conn.execute(
+                "SELECT contact_id, unflagged_at, flags_at FROM contacts "
+                f"WHERE contact_id IN ({placeholders})",
+                part,
+            ):
+                marks[int(row[0])] = (row[1], row[2])
+        return marks
+
 
 def _absent_membership_sql(
     group_id: int, interest_groups: Mapping[str, int]
@@ -296,10 +320,12 @@ def _absent_membership_sql(
 
 
 def _disagreement_sql(group_id: int, interest_groups: Mapping[str, int]) -> tuple[str, list[Any]]:
-    """SQL true when a staged pair `g` disagrees with the row `r`'s Mailchimp side."""
+    """SQL true when a staged pair `g` disagrees with the row `r`'s Mailchimp side, or its
+    date decides whether a trashed co-owner's removal outranks it (`trashed_removal_at`)."""
     clauses = [
-        "(g.group_id = ? AND (g.status = 'Added') != "
-        f"(COALESCE(r.mc_status, '') IN ({_SUBSCRIBED})))"
+        "(g.group_id = ? AND ((g.status = 'Added') != "
+        f"(COALESCE(r.mc_status, '') IN ({_SUBSCRIBED})) "
+        "OR r.trashed_removal_at IS NOT NULL))"
     ]
     params: list[Any] = [group_id]
     for interest_id, interest_group in interest_groups.items():

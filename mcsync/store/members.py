@@ -241,15 +241,16 @@ class MemberStore(StoreBase):
         """Rows to decide whose Mailchimp status change is known only to lie between
         mcsync's previous view of the member (``mc_status_after``) and its ``last_changed``
         (a change, or a possible round trip of an unchanged status), while the contact's
-        subscription group changed strictly inside that interval: the order of the two
-        choices is unknown. In id order after ``after_id``."""
+        subscription group changed strictly inside that interval (for a round trip: after
+        the known status time, which may lie before that view): the order of the two choices
+        is unknown. In id order after ``after_id``."""
         return self.query(
             "SELECT r.id, r.mc_hash, r.mc_status, r.mc_status_after, r.mc_status_at, "
             "r.mc_last_changed "
             "FROM rows r JOIN group_status g ON g.contact_id = r.contact_id AND g.group_id = ? "
             f"WHERE r.list_id = ? AND r.id > ? AND r.sync_status = '{RowState.TODO}' "
             "AND r.mc_status_after IS NOT NULL AND r.mc_status IS NOT 'archived' "
-            "AND g.changed_at > r.mc_status_after "
+            "AND g.changed_at > MIN(r.mc_status_after, r.mc_status_at) "
             "AND g.changed_at < MAX(r.mc_status_at, COALESCE(r.mc_last_changed, r.mc_status_at)) "
             "ORDER BY r.id LIMIT ?",
             (group_id, list_id, after_id, limit),

@@ -78,8 +78,8 @@ class RowStore(StoreBase):
         CiviCRM, every mapped interest equal to its group, one unheld email that is the
         member's, no privacy flag, no sibling, refusal, merge-field data or queued write.
 
-        A status change dated only within an interval (`mc_status_after`) is left to the
-        rules: ordering it against a CiviCRM change is theirs alone to decide.
+        A status change dated only within an interval (`mc_status_after`) needs no order
+        here: both sides agree, so whichever choice came last there is nothing to write.
 
         This is the SQL twin of `rules.reconcile.reconcile_member` for those rows: the pure
         function decides nothing for them (tests/test_settle_twins.py checks it on generated
@@ -102,7 +102,7 @@ class RowStore(StoreBase):
               AND r.mc_status = 'subscribed'
               AND r.mc_hash IS NOT NULL AND r.contact_id IS NOT NULL AND r.creating = 0
               AND r.mc_expected IS NULL AND r.refusal_reason IS NULL
-              AND r.mc_status_after IS NULL
+              AND r.trashed_removal_at IS NULL
               AND EXISTS (SELECT 1 FROM contacts c WHERE c.contact_id = r.contact_id
                           AND c.is_deleted = 0 AND c.gone = 0 AND c.is_deceased = 0
                           AND c.do_not_email = 0 AND c.is_opt_out = 0)

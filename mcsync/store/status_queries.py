@@ -134,12 +134,15 @@ class StatusStore(StoreBase):
         ).fetchall()
 
     def contacts_to_create(self, list_id: str) -> list[str]:
-        """Addresses of subscribed or pending members with no contact: a run creates one."""
+        """Addresses of subscribed or pending members with no contact: a run creates one,
+        unless a trashed owner's later removal or privacy flag holds it back
+        (`match.create_contacts`)."""
         return [
             r[0]
             for r in self.conn.execute(
                 "SELECT mc_email FROM rows WHERE list_id = ? AND contact_id IS NULL "
-                "AND mc_status IN ('subscribed', 'pending') ORDER BY id",
+                "AND mc_status IN ('subscribed', 'pending') "
+                "AND trashed_removal_at IS NULL AND trashed_flag_by IS NULL ORDER BY id",
                 (list_id,),
             )
         ]
