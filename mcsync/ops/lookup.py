@@ -20,13 +20,14 @@ from mcsync.rules.addresses import fold_email
 from mcsync.rules.explanations import explain
 from mcsync.runner.engine import connections
 from mcsync.store.database import Staging
+from mcsync.store.states import RowState
 
 # What a row's sync status means to a person (store.states.RowState).
 ROW_STATE_TEXT = {
-    "todo": "to be decided by the next run (its facts changed since the last decision)",
-    "ok": "decided: both sides agree (or differ only where mcsync does not sync)",
-    "fail": "decided, but a change could not be made (see the reason)",
-    "live": "decided: a write is queued or in flight; decided again once its result is known",
+    RowState.TODO: "to be decided by the next run (its facts changed since the last decision)",
+    RowState.OK: "decided: both sides agree (or differ only where mcsync does not sync)",
+    RowState.FAIL: "decided, but a change could not be made (see the reason)",
+    RowState.LIVE: "decided: a write is queued or in flight; decided again once its result is known",
 }
 LIVE_BUDGET = 60.0  # seconds for the live reads of one lookup
 
