@@ -25,6 +25,7 @@ import sqlite_utils
 from mcsync.errors import ConfigError, McsyncError, StorageError
 from mcsync.rules.addresses import fold_email
 from mcsync.store.base import StoreBase
+from mcsync.store.contacts import ContactStore
 
 # Numbered migrations: never edit one that has shipped; append a new one.
 MIGRATIONS: list[str] = [
@@ -228,6 +229,20 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE rows ADD COLUMN trashed_removal_at TEXT
     """,
+    # 13: large CiviCRM reads go by id ranges read side by side (issue 12): each range's
+    # cursor, committed with its pages, so a stopped run resumes every range where it was
+    """
+    CREATE TABLE civi_sweeps (
+        list_id TEXT NOT NULL,
+        sweep TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        lo INTEGER NOT NULL,
+        hi INTEGER,
+        cursor INTEGER NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (list_id, sweep, lo)
+    ) WITHOUT ROWID
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience
@@ -254,7 +269,7 @@ def parse_iso(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class Staging(StoreBase):
+class Staging(ContactStore, StoreBase):
     """One open staging database. Not shared across threads (the lease heartbeat opens its own).
 
     ``read_only`` (``status``, ``failures``) opens an existing DB with ``mode=ro``: it works on
