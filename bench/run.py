@@ -83,12 +83,14 @@ class SimProcess:
         self.proc.wait(timeout=30)
 
 
-def run_mcsync(config: Path, *args: str) -> tuple[float, float, int]:
+def run_mcsync(config: Path, *args: str, db: Path | None = None) -> tuple[float, float, int]:
     """Run the CLI; return (wall seconds, peak RSS in MB, exit code) of that process.
 
     The peak is the mcsync process's own (``VmHWM``, which it writes at exit: see
     ``mcsync.ops.peak``), not ``wait4``'s ``ru_maxrss``, which on Linux carries the peak of
-    the process that started it (this runner) across fork and exec."""
+    the process that started it (this runner) across fork and exec. With ``db``, the resident
+    set is also sampled every 0.2 s with the stage the staging DB shows, into
+    ``STAGE_RSS`` (the most seen per stage: where the memory goes)."""
     peak_file = config.parent / f"{config.stem}.peak"
     peak_file.unlink(missing_ok=True)
     env = {**os.environ, "MCSYNC_CONFIG": str(config), "MCSYNC_PEAK_RSS_FILE": str(peak_file)}
@@ -96,7 +98,15 @@ def run_mcsync(config: Path, *args: str) -> tuple[float, float, int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "mcsync", *args, "-q"], env=env, cwd=config.parent
     )
-    _, status, _ = os.wait4(proc.pid, 0)
+    STAGE_RSS.clear()
+    while db is not None:
+        pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        _sample_stage_rss(proc.pid, db)
+        time.sleep(0.2)
+    else:
+        _, status, _ = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     try:
@@ -104,6 +114,25 @@ def run_mcsync(config: Path, *args: str) -> tuple[float, float, int]:
     except (OSError, ValueError):
         peak_kib = 0  # killed before it could write: shown as 0
     return seconds, peak_kib / 1024, proc.returncode
+
+
+STAGE_RSS: dict[str, float] = {}
+
+
+def _sample_stage_rss(pid: int, db: Path) -> None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        rss = next(int(line.split()[1]) for line in status.splitlines()
+                   if line.startswith("VmRSS:")) / 1024  # fmt: skip
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1)
+        try:
+            row = conn.execute("SELECT stage FROM audience_state").fetchone()
+        finally:
+            conn.close()
+    except (OSError, StopIteration, sqlite3.Error):
+        return
+    stage = row[0] if row else "start"
+    STAGE_RSS[stage] = max(STAGE_RSS.get(stage, 0.0), rss)
 
 
 def run_stage(db: Path, list_id: str) -> str:
@@ -178,10 +207,11 @@ def bench_size(size: int, workdir: Path, largest: bool) -> list[Result]:
                      note: str = "") -> Result:  # fmt: skip
             print(f"   {name}...", file=sys.stderr, flush=True)
             sim.call("stats")
-            seconds, rss, code = run_mcsync(config, *args)
+            seconds, rss, code = run_mcsync(config, *args, db=db)
             stage = run_stage(db, list_id)
             result = Result(size, name, seconds, sim.call("stats"), rss, floor,
                             completed=code == 0 and stage == "idle", note=note)  # fmt: skip
+            result.extra["stage_rss"] = dict(STAGE_RSS)
             if code:
                 result.note = f"exit {code} " + note
             elif stage != "idle":
@@ -248,10 +278,11 @@ def bench_mixed(size: int, workdir: Path) -> list[Result]:
             print(f"   {name}...", file=sys.stderr, flush=True)
             sim.call("stats")
             before = sim.call("counts")
-            seconds, rss, code = run_mcsync(config, *args, "--max-time", "86400")
+            seconds, rss, code = run_mcsync(config, *args, "--max-time", "86400", db=db)
             stage = run_stage(db, list_id)
             result = Result(size, name, seconds, sim.call("stats"), rss,
                             completed=code == 0 and stage == "idle")  # fmt: skip
+            result.extra["stage_rss"] = dict(STAGE_RSS)
             after = sim.call("counts")
             result.extra["civi_written"] = sum(
                 after[t] - before[t] for t in ("contact", "email", "subscription_history")
@@ -399,7 +430,7 @@ def _write_requests(result: Result, api: str) -> int:
 
 
 def print_table(results: list[Result], match: dict[str, Any]) -> None:
-    header = (f"{'size':>9} {'scenario':<12} {'wall s':>8} {'floor s':>8} {'ratio':>6} "
+    header = (f"{'size':>9} {'scenario':<16} {'wall s':>8} {'floor s':>8} {'ratio':>6} "
               f"{'MC req':>7} {'Civi req':>8} {'RSS MB':>7}  requests by kind / note")  # fmt: skip
     print(header)
     print("-" * len(header))
@@ -413,8 +444,15 @@ def print_table(results: list[Result], match: dict[str, Any]) -> None:
         note = (r.note + (" | " if r.note else "") if r.note else "") + kinds
         if not r.completed:
             note = "INCOMPLETE " + note
-        print(f"{r.size:>9,} {r.scenario:<12} {r.seconds:8.2f} {floor} {ratio} "
+        print(f"{r.size:>9,} {r.scenario:<16} {r.seconds:8.2f} {floor} {ratio} "
               f"{r.total('mailchimp'):>7} {r.total('civicrm'):>8} {r.rss_mb:>7.0f}  {note}")
+    print()
+    print("resident set by stage, sampled every 0.2 s (MB; the three largest per scenario):")
+    for r in results:
+        stages = sorted(r.extra.get("stage_rss", {}).items(), key=lambda kv: -kv[1])[:3]
+        if stages:
+            print(f"{r.size:>9,} {r.scenario:<16} "
+                  + ", ".join(f"{stage} {mb:.0f}" for stage, mb in stages))  # fmt: skip
     print()
     print(f"match 50,000 Mailchimp emails to contacts (assign_matches SQL): "
           f"{match['seconds']:.3f} s over {match['contacts']:,} staged contacts "

@@ -351,3 +351,20 @@ def test_civicrm_concurrency_is_validated(world: World, value: int, valid: bool)
     else:
         with pytest.raises(ConfigError, match="concurrency"):
             _ = world.config
+
+
+def test_the_next_run_does_not_page_through_mcsyncs_own_history(tmp_path: Path) -> None:
+    """After a sync that wrote many group changes (contacts created for Mailchimp-only
+    subscribers, each Added with mcsync's tracking marker), the next run's history read
+    leaves those rows out at the server: one page, not one per page of its own echo."""
+    world = _world(tmp_path, 4)
+    for n in range(30):
+        world.person(f"new{n:02}@example.org", mc="subscribed")
+    world.sync()
+    assert sum(1 for n in range(30) if world.civi.query(
+        "SELECT 1 FROM email WHERE email = ?", (f"new{n:02}@example.org",))) == 30  # fmt: skip
+    world.advance_clock(minutes=5)
+    recorder = Recorder(world.transport)
+    world.transport = recorder
+    world.sync()
+    assert len(recorder.ranges_read("SubscriptionHistory")) == 1
