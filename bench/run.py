@@ -212,6 +212,7 @@ def bench_size(size: int, workdir: Path, largest: bool) -> list[Result]:
             result = Result(size, name, seconds, sim.call("stats"), rss, floor,
                             completed=code == 0 and stage == "idle", note=note)  # fmt: skip
             result.extra["stage_rss"] = dict(STAGE_RSS)
+            _progress_line(result)
             if code:
                 result.note = f"exit {code} " + note
             elif stage != "idle":
@@ -283,6 +284,7 @@ def bench_mixed(size: int, workdir: Path) -> list[Result]:
             result = Result(size, name, seconds, sim.call("stats"), rss,
                             completed=code == 0 and stage == "idle")  # fmt: skip
             result.extra["stage_rss"] = dict(STAGE_RSS)
+            _progress_line(result)
             after = sim.call("counts")
             result.extra["civi_written"] = sum(
                 after[t] - before[t] for t in ("contact", "email", "subscription_history")
@@ -304,6 +306,13 @@ def bench_mixed(size: int, workdir: Path) -> list[Result]:
     finally:
         sim.stop()
     return results
+
+
+def _progress_line(r: Result) -> None:
+    """Each figure as soon as it is known (a long 1M run may be cut short)."""
+    print(f"      {r.seconds:.1f} s, {r.total('mailchimp')} + {r.total('civicrm')} requests, "
+          f"{r.rss_mb:.0f} MB, by stage {r.extra.get('stage_rss')}", file=sys.stderr,
+          flush=True)  # fmt: skip
 
 
 def _mailchimp_writes(db: Path) -> int:
