@@ -368,3 +368,30 @@ def test_the_next_run_does_not_page_through_mcsyncs_own_history(tmp_path: Path) 
     world.transport = recorder
     world.sync()
     assert len(recorder.ranges_read("SubscriptionHistory")) == 1
+
+
+def test_civicrm_concurrency_holds_across_processes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`[civicrm] concurrency` caps the requests in flight to the site across mcsync
+    processes too (two cron runs of different audiences against one small server): each
+    request holds one of the site's lock-file slots (keyed by a hash, never the key). With
+    every slot held elsewhere, a request waits, and gives up when the budget ends."""
+    import fcntl
+    import os
+
+    from mcsync.errors import BudgetExhausted
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(world.tmp_path))
+    client = CiviCRMClient(url=CIVI_URL, api_key=CIVI_KEY, budget=Budget(0.3),
+                           transport=world.transport, max_connections=1)  # fmt: skip
+    assert client.call("Group", "get", {"select": ["id"]})  # a free slot: answered
+    slots = list((world.tmp_path).glob("mcsync-slots-*/*.lock"))
+    assert len(slots) == 1 and CIVI_KEY not in slots[0].name
+    fd = os.open(slots[0], os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process's request
+        with pytest.raises(BudgetExhausted, match="free connection"):
+            client.call("Group", "get", {"select": ["id"]})
+    finally:
+        os.close(fd)

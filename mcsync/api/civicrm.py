@@ -18,6 +18,7 @@ from mcsync.errors import ApiError, BadResponse
 
 from .http import HttpSession, SessionClient
 from .shapes import odd_record
+from .slots import ProcessSlots
 
 # Actions that can be repeated without changing the result, so their calls may be retried.
 _IDEMPOTENT = frozenset({"update", "delete", "autocomplete"})
@@ -102,6 +103,9 @@ class CiviCRMClient(SessionClient):
             secrets=[s for s in (api_key, site_key) if s],
             timeout=timeout,
             max_connections=max_connections,
+            # The cap holds across mcsync processes too (two cron runs of different
+            # audiences against one small server): lock-file slots keyed by site and key.
+            process_slots=ProcessSlots(f"{url}\n{api_key}", max_connections),
             transport=transport,
             debug_http=debug_http,
             sleep=sleep,
