@@ -3,7 +3,7 @@
 For each size (BENCH_SIZES, default 10000,100000) a simulator process (`bench/server.py`)
 generates an already-agreeing audience and serves it on loopback; the scenarios then run
 `python -m mcsync` as a subprocess and record its wall time, the HTTP requests each simulator
-saw, and the peak RSS of the mcsync process (from `wait4`). The floors are measured in the same
+saw, and the peak RSS of the mcsync process itself (its own VmHWM, reported at exit). The floors are measured in the same
 run. A separate micro-benchmark times the match stage's SQL over 50,000 staged emails.
 Nothing here is a test: it prints a table and the targets it checks.
 """
@@ -83,17 +83,56 @@ class SimProcess:
         self.proc.wait(timeout=30)
 
 
-def run_mcsync(config: Path, *args: str) -> tuple[float, float, int]:
-    """Run the CLI; return (wall seconds, peak RSS in MB, exit code) of that process."""
-    env = {**os.environ, "MCSYNC_CONFIG": str(config)}
+def run_mcsync(config: Path, *args: str, db: Path | None = None) -> tuple[float, float, int]:
+    """Run the CLI; return (wall seconds, peak RSS in MB, exit code) of that process.
+
+    The peak is the mcsync process's own (``VmHWM``, which it writes at exit: see
+    ``mcsync.ops.peak``), not ``wait4``'s ``ru_maxrss``, which on Linux carries the peak of
+    the process that started it (this runner) across fork and exec. With ``db``, the resident
+    set is also sampled every 0.2 s with the stage the staging DB shows, into
+    ``STAGE_RSS`` (the most seen per stage: where the memory goes)."""
+    peak_file = config.parent / f"{config.stem}.peak"
+    peak_file.unlink(missing_ok=True)
+    env = {**os.environ, "MCSYNC_CONFIG": str(config), "MCSYNC_PEAK_RSS_FILE": str(peak_file)}
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mcsync", *args, "-q"], env=env, cwd=config.parent
     )
-    _, status, usage = os.wait4(proc.pid, 0)
+    STAGE_RSS.clear()
+    while db is not None:
+        pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        _sample_stage_rss(proc.pid, db)
+        time.sleep(0.2)
+    else:
+        _, status, _ = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return seconds, usage.ru_maxrss / 1024, proc.returncode
+    try:
+        peak_kib = int(peak_file.read_text())
+    except (OSError, ValueError):
+        peak_kib = 0  # killed before it could write: shown as 0
+    return seconds, peak_kib / 1024, proc.returncode
+
+
+STAGE_RSS: dict[str, float] = {}
+
+
+def _sample_stage_rss(pid: int, db: Path) -> None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        rss = next(int(line.split()[1]) for line in status.splitlines()
+                   if line.startswith("VmRSS:")) / 1024  # fmt: skip
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1)
+        try:
+            row = conn.execute("SELECT stage FROM audience_state").fetchone()
+        finally:
+            conn.close()
+    except (OSError, StopIteration, sqlite3.Error):
+        return
+    stage = row[0] if row else "start"
+    STAGE_RSS[stage] = max(STAGE_RSS.get(stage, 0.0), rss)
 
 
 def run_stage(db: Path, list_id: str) -> str:
@@ -168,10 +207,12 @@ def bench_size(size: int, workdir: Path, largest: bool) -> list[Result]:
                      note: str = "") -> Result:  # fmt: skip
             print(f"   {name}...", file=sys.stderr, flush=True)
             sim.call("stats")
-            seconds, rss, code = run_mcsync(config, *args)
+            seconds, rss, code = run_mcsync(config, *args, db=db)
             stage = run_stage(db, list_id)
             result = Result(size, name, seconds, sim.call("stats"), rss, floor,
                             completed=code == 0 and stage == "idle", note=note)  # fmt: skip
+            result.extra["stage_rss"] = dict(STAGE_RSS)
+            _progress_line(result)
             if code:
                 result.note = f"exit {code} " + note
             elif stage != "idle":
@@ -215,7 +256,74 @@ def bench_size(size: int, workdir: Path, largest: bool) -> list[Result]:
             results[-1].completed = results[-1].seconds <= MAX_TIME + 3
     finally:
         sim.stop()
+    if "mixed" not in SKIP:
+        results.extend(bench_mixed(size, workdir))
     return results
+
+
+def bench_mixed(size: int, workdir: Path) -> list[Result]:
+    """A first sync of a mixed world (`initial-sync --yes`), then the cron run after it."""
+    results: list[Result] = []
+    sim = SimProcess()
+    try:
+        print(f"-- {size:,} members, mixed: generating...", file=sys.stderr, flush=True)
+        world = sim.call("create", members=size, mixed=True)
+        print(f"   generated in {world['seconds']:.1f} s", file=sys.stderr, flush=True)
+        list_id = world["list_id"]
+        db = workdir / f"{size}-mixed.sqlite3"
+        config = workdir / f"{size}-mixed.toml"
+        config.write_text(world["config"].replace("@STATE_DB@", str(db)))
+        config.chmod(0o600)
+
+        def scenario(name: str, *args: str) -> Result:
+            print(f"   {name}...", file=sys.stderr, flush=True)
+            sim.call("stats")
+            before = sim.call("counts")
+            seconds, rss, code = run_mcsync(config, *args, "--max-time", "86400", db=db)
+            stage = run_stage(db, list_id)
+            result = Result(size, name, seconds, sim.call("stats"), rss,
+                            completed=code == 0 and stage == "idle")  # fmt: skip
+            result.extra["stage_rss"] = dict(STAGE_RSS)
+            _progress_line(result)
+            after = sim.call("counts")
+            result.extra["civi_written"] = sum(
+                after[t] - before[t] for t in ("contact", "email", "subscription_history")
+            )
+            result.extra["mc_written"] = _mailchimp_writes(db)
+            result.note = _counts_note(before, after)
+            if code:
+                result.note = f"exit {code} " + result.note
+            elif stage != "idle":
+                result.note = f"stopped at {stage} " + result.note
+            results.append(result)
+            return result
+
+        scenario("initial-mixed", "initial-sync", "--yes")
+        time.sleep(1.1)  # the cron run starts in a later second than the initial sync ended
+        done = _mailchimp_writes(db)
+        cron = scenario("first-cron", "fetch-and-reconcile")
+        cron.extra["mc_written"] -= done
+    finally:
+        sim.stop()
+    return results
+
+
+def _progress_line(r: Result) -> None:
+    """Each figure as soon as it is known (a long 1M run may be cut short)."""
+    print(f"      {r.seconds:.1f} s, {r.total('mailchimp')} + {r.total('civicrm')} requests, "
+          f"{r.rss_mb:.0f} MB, by stage {r.extra.get('stage_rss')}", file=sys.stderr,
+          flush=True)  # fmt: skip
+
+
+def _mailchimp_writes(db: Path) -> int:
+    """Member writes Mailchimp applied so far (the staging DB's done updates)."""
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM updates WHERE state = 'done'").fetchone()[0])
+
+
+def _counts_note(before: dict[str, int], after: dict[str, int]) -> str:
+    changed = {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after))}
+    return ", ".join(f"{k} {v:+}" for k, v in changed.items() if v)
 
 
 def _interest_groups(config: str) -> list[int]:
@@ -246,6 +354,15 @@ def verdicts(results: list[Result]) -> list[str]:
         if lat and lat.floor:
             line(lat.seconds / lat.floor <= 1.3,
                  f"{size:,} latency: {lat.seconds / lat.floor:.2f} x floor (<= 1.3)")
+        if lat and full:
+            overhead = lat.seconds - full.seconds
+            mc, civi = lat.total("mailchimp"), lat.total("civicrm")
+            allowed = 1.3 * LATENCY * (mc / MC_CONCURRENCY + civi / CIVI_CONCURRENCY)
+            line(overhead <= allowed,
+                 f"{size:,} latency overhead: wall(latency) - wall(full) = {lat.seconds:.1f} - "
+                 f"{full.seconds:.1f} = {overhead:.1f} s <= 1.3 x (requests x latency / "
+                 f"concurrency) = 1.3 x ({mc} x {LATENCY} / {MC_CONCURRENCY} + {civi} x "
+                 f"{LATENCY} / {CIVI_CONCURRENCY}) = {allowed:.1f} s")  # fmt: skip
         inc = by.get((size, "incremental"))
         if inc and full:
             requests = inc.total("mailchimp") + inc.total("civicrm")
@@ -268,10 +385,37 @@ def verdicts(results: list[Result]) -> list[str]:
             line(writes <= allowed,
                  f"{size:,} push: {writes} write requests for {push.extra['written']} members "
                  f"(<= {allowed}, plus polling)")
+        initial, cron = by.get((size, "initial-mixed")), by.get((size, "first-cron"))
+        if initial and full:
+            line(initial.seconds <= 2 * full.seconds,
+                 f"{size:,} initial-mixed: {initial.seconds:.1f} s = "
+                 f"{initial.seconds / full.seconds:.2f} x the agreeing full re-read (<= 2)")
+            mc_writes = _write_requests(initial, "mailchimp")
+            civi_writes = _write_requests(initial, "civicrm")
+            mc_allowed = max(1, -(-initial.extra["mc_written"] // 500))
+            civi_allowed = max(1, -(-initial.extra["civi_written"] // 500))
+            line(mc_writes <= mc_allowed and civi_writes <= civi_allowed,
+                 f"{size:,} initial-mixed: write requests Mailchimp {mc_writes} for "
+                 f"{initial.extra['mc_written']} members (<= {mc_allowed}), CiviCRM "
+                 f"{civi_writes} for {initial.extra['civi_written']} records (<= {civi_allowed})"
+                 )  # fmt: skip
+        if initial and cron:
+            line(cron.seconds <= 0.05 * initial.seconds,
+                 f"{size:,} first-cron: {cron.seconds:.1f} s = "
+                 f"{cron.seconds / initial.seconds:.1%} of the initial sync (<= 5%)")
+            most = max(cron.total("mailchimp"), cron.total("civicrm"))
+            line(most <= 10, f"{size:,} first-cron: {cron.total('mailchimp')} + "
+                             f"{cron.total('civicrm')} requests (<= 10 per API, nothing "
+                             f"changed since)")  # fmt: skip
         budget = by.get((size, "budget"))
         if budget:
             line(budget.seconds <= MAX_TIME + 3,
                  f"{size:,} budget: exited after {budget.seconds:.1f} s (<= {MAX_TIME + 3:.0f})")
+    for size in sizes:
+        peak = max(r.rss_mb for r in results if r.size == size)
+        if size >= 100_000:
+            line(peak <= 250, f"{size:,} peak RSS {peak:.0f} MB, the most of any scenario "
+                              f"(<= 250)")  # fmt: skip
     if 1_000_000 in sizes:
         big = by.get((1_000_000, "full"))
         mid = by.get((100_000, "full"))
@@ -284,8 +428,18 @@ def verdicts(results: list[Result]) -> list[str]:
     return lines
 
 
+def _write_requests(result: Result, api: str) -> int:
+    """Requests that write: Mailchimp POST/PUT/PATCH (batch polls are GETs), CiviCRM
+    save/create/update/delete."""
+    kinds = result.requests.get(api, {})
+    if api == "mailchimp":
+        return sum(n for k, n in kinds.items() if k.startswith(("POST", "PUT", "PATCH")))
+    return sum(n for k, n in kinds.items()
+               if k.endswith((".save", ".create", ".update", ".delete")))  # fmt: skip
+
+
 def print_table(results: list[Result], match: dict[str, Any]) -> None:
-    header = (f"{'size':>9} {'scenario':<12} {'wall s':>8} {'floor s':>8} {'ratio':>6} "
+    header = (f"{'size':>9} {'scenario':<16} {'wall s':>8} {'floor s':>8} {'ratio':>6} "
               f"{'MC req':>7} {'Civi req':>8} {'RSS MB':>7}  requests by kind / note")  # fmt: skip
     print(header)
     print("-" * len(header))
@@ -299,8 +453,15 @@ def print_table(results: list[Result], match: dict[str, Any]) -> None:
         note = (r.note + (" | " if r.note else "") if r.note else "") + kinds
         if not r.completed:
             note = "INCOMPLETE " + note
-        print(f"{r.size:>9,} {r.scenario:<12} {r.seconds:8.2f} {floor} {ratio} "
+        print(f"{r.size:>9,} {r.scenario:<16} {r.seconds:8.2f} {floor} {ratio} "
               f"{r.total('mailchimp'):>7} {r.total('civicrm'):>8} {r.rss_mb:>7.0f}  {note}")
+    print()
+    print("resident set by stage, sampled every 0.2 s (MB; the three largest per scenario):")
+    for r in results:
+        stages = sorted(r.extra.get("stage_rss", {}).items(), key=lambda kv: -kv[1])[:3]
+        if stages:
+            print(f"{r.size:>9,} {r.scenario:<16} "
+                  + ", ".join(f"{stage} {mb:.0f}" for stage, mb in stages))  # fmt: skip
     print()
     print(f"match 50,000 Mailchimp emails to contacts (assign_matches SQL): "
           f"{match['seconds']:.3f} s over {match['contacts']:,} staged contacts "

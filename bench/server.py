@@ -4,10 +4,11 @@
 counted in the mcsync process and the two do not share a GIL. Commands arrive as one JSON
 object per line on stdin; each answer is one JSON line on stdout.
 
-Commands: ``create`` (generate a world and serve it), ``latency`` (seconds added to every
+Commands: ``create`` (generate a world and serve it: an agreeing audience, or with
+``mixed`` a first sync's mix), ``latency`` (seconds added to every
 response), ``stats`` (requests per API and kind since the last ``stats``), ``mutate`` (churn
 on both sides), ``civicrm_only`` (contacts Added to the group with no Mailchimp member),
-``stop``.
+``counts`` (rows per CiviCRM table and members per status: what a run wrote), ``stop``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Bench:
     def clock(self) -> datetime:
         return datetime.now(timezone.utc) - self.clock_offset
 
-    def create(self, members: int, seed: int) -> dict[str, Any]:
+    def create(self, members: int, seed: int, mixed: bool = False) -> dict[str, Any]:
         started = time.perf_counter()
         # The people were created long ago: generate with both clocks a day behind, so the
         # contacts' modified dates and the members' change times lie before the first run.
@@ -64,8 +65,10 @@ class Bench:
             CiviSim(CIVICRM_KEY, CIVICRM_SITE_KEY, clock=self.clock),
         )
         world.audiences.append(
+            # mixed: 72% on both sides (mostly agreeing; conflicts, cleaned, compliance and
+            # several emails among them), 14% only at Mailchimp, 14% only in CiviCRM.
             generate(world.mailchimp, world.civicrm, api_key=MAILCHIMP_KEY, members=members,
-                     seed=seed, agree=True, anchor=anchor)  # fmt: skip
+                     seed=seed, agree=not mixed, overlap=0.72, anchor=anchor)  # fmt: skip
         )
         # Real contacts were edited over the years, not all at one instant: spread their
         # modified dates over two years (seeding stamps them all with the seeding time).
@@ -85,6 +88,7 @@ class Bench:
             "civicrm_url": world.civicrm_url,
             "list_id": world.audiences[0].list_id,
             "group_id": world.audiences[0].group_id,
+            "people": world.audiences[0].counts,
         }
 
     def stats(self) -> dict[str, Any]:
@@ -96,6 +100,17 @@ class Bench:
                 self.seen[api] = len(sim.request_log)
             counts[api] = dict(Counter(request_kind(api, m, p) for m, p in log))
         return counts
+
+    def counts(self) -> dict[str, int]:
+        """Rows per CiviCRM table and members per Mailchimp status, to tell what a run wrote."""
+        assert self.world is not None
+        found: dict[str, int] = {}
+        for table in ("contact", "email", "group_contact", "subscription_history"):
+            found[table] = self.world.civicrm.query(f"SELECT count(*) AS n FROM {table}")[0]["n"]
+        for member in self.world.mailchimp.members(self.world.audiences[0].list_id):
+            key = f"mc_{member['status']}"
+            found[key] = found.get(key, 0) + 1
+        return found
 
     def mutate(self, share: float, seed: int) -> dict[str, int]:
         assert self.world is not None
@@ -124,7 +139,9 @@ def main() -> None:
         name = command.pop("cmd")
         answer: Any
         if name == "create":
-            answer = bench.create(command["members"], command.get("seed", 1))
+            answer = bench.create(
+                command["members"], command.get("seed", 1), bool(command.get("mixed"))
+            )
         elif name == "latency":
             bench.faults.latency = float(command["seconds"])
             answer = {"latency": bench.faults.latency}
@@ -132,6 +149,8 @@ def main() -> None:
             answer = bench.stats()
         elif name == "mutate":
             answer = bench.mutate(command["share"], command.get("seed", 7))
+        elif name == "counts":
+            answer = bench.counts()
         elif name == "civicrm_only":
             answer = bench.civicrm_only(command["count"])
         elif name == "stop":

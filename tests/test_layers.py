@@ -17,6 +17,7 @@ A failure names each offending import with its file and line.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,3 +180,52 @@ def test_an_import_against_the_layers_is_named(module: str, source: str, complai
 )
 def test_an_import_down_the_layers_passes(module: str, source: str) -> None:
     assert violations(module, source) == []
+
+
+# SQL and the connection belong to the storage layer (issue 14): a statement written anywhere
+# else is a state change nobody can find by reading `store/`.
+SQL_STATEMENT = re.compile(
+    r"\b(SELECT\s+\S|UPDATE\s+\w+\s+SET\b|INSERT\s+(OR\s+\w+\s+)?INTO\b|DELETE\s+FROM\b)"
+)
+CONNECTION_CALLS = {"execute", "executemany", "executescript", "query", "scalar", "conn"}
+
+
+def sql_outside_the_store(module: str, source: str) -> list[str]:
+    """SQL statements in string literals, and uses of the staging connection or its
+    pass-throughs (`staging.execute`, `.query`, `.scalar`, `.conn`), in a module outside
+    `mcsync.store` (the simulators model their services' own storage and are exempt)."""
+    if module.startswith(("mcsync.store", "mcsync.sim")):
+        return []
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if SQL_STATEMENT.search(node.value):
+                found.append(f"{module}:{node.lineno}: SQL {node.value.strip()[:40]!r}")
+        elif isinstance(node, ast.Attribute) and node.attr in CONNECTION_CALLS:
+            owner = ast.unparse(node.value)
+            if "staging" in owner.lower():
+                found.append(f"{module}:{node.lineno}: {owner}.{node.attr}")
+    return found
+
+
+def test_no_module_outside_the_store_holds_sql() -> None:
+    found = [
+        problem
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for problem in sql_outside_the_store(module_name(path), path.read_text())
+    ]
+    assert found == [], "SQL outside mcsync/store/:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'rows = staging.query("SELECT id FROM rows")',
+        "ctx.staging.conn.execute(sql)",
+        'SQL = "UPDATE rows SET sync_status = ?"',
+        'q = "DELETE FROM updates WHERE id = ?"',
+    ],
+)
+def test_sql_outside_the_store_is_named(source: str) -> None:
+    assert sql_outside_the_store("mcsync.stages.example", source)
+    assert not sql_outside_the_store("mcsync.store.example", source)

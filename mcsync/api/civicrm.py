@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from mcsync.budget import Budget
+from mcsync.budget import Budget, Deadline
 from mcsync.errors import ApiError, BadResponse
 
 from .http import HttpSession, SessionClient
 from .shapes import odd_record
+from .slots import ProcessSlots
 
 # Actions that can be repeated without changing the result, so their calls may be retried.
 _IDEMPOTENT = frozenset({"update", "delete", "autocomplete"})
@@ -26,6 +30,40 @@ def endpoint(url: str, entity: str, action: str) -> str:
     if "{entity}" in url and "{action}" in url:
         return url.replace("{entity}", entity).replace("{action}", action)
     return f"{url.rstrip('/')}/{entity}/{action}"
+
+
+@dataclass(frozen=True)
+class IdRange:
+    """Ids ``(cursor, hi]`` still to read of one range (``hi`` None: no upper bound)."""
+
+    cursor: int
+    hi: int | None
+
+
+@dataclass(frozen=True)
+class RangePage:
+    """One page of a range read: the range's position in the list given, its rows, the
+    cursor they reach (the last row's id) and whether the range is now read to its end."""
+
+    index: int
+    rows: list[dict[str, Any]]
+    cursor: int
+    done: bool
+
+
+def split_ranges(
+    after: int, top: int, *, page_size: int, count: int
+) -> list[tuple[int, int | None]]:
+    """Split the ids after ``after`` into at most ``count`` ranges ``(lo, hi]``: contiguous,
+    disjoint, each a whole number of pages wide (dense ids fill every page but the last),
+    the last one open-ended so that rows created after ``top`` was read are read too. Every
+    id above ``after`` lies in exactly one range."""
+    if count <= 1 or top <= after:
+        return [(after, None)]
+    pages = -(-(top - after) // page_size)
+    width = page_size * -(-pages // count)
+    bounds = list(range(after, top, width))
+    return [(lo, lo + width) for lo in bounds[:-1]] + [(bounds[-1], None)]
 
 
 class CiviCRMClient(SessionClient):
@@ -55,6 +93,7 @@ class CiviCRMClient(SessionClient):
         }
         if site_key:
             headers["X-Civi-Key"] = site_key
+        self.max_connections = max_connections
         self.session = HttpSession(
             service="CiviCRM",
             base_url="",
@@ -64,6 +103,9 @@ class CiviCRMClient(SessionClient):
             secrets=[s for s in (api_key, site_key) if s],
             timeout=timeout,
             max_connections=max_connections,
+            # The cap holds across mcsync processes too (two cron runs of different
+            # audiences against one small server): lock-file slots keyed by site and key.
+            process_slots=ProcessSlots(f"{url}\n{api_key}", max_connections),
             transport=transport,
             debug_http=debug_http,
             sleep=sleep,
@@ -82,12 +124,14 @@ class CiviCRMClient(SessionClient):
         params: dict[str, Any] | None = None,
         *,
         retry: bool | None = None,
+        deadline: Deadline | None = None,
     ) -> list[dict[str, Any]]:
         """Run one APIv4 action and return its ``values``.
 
         ``retry`` defaults to True for reads (``get*``) and other repeatable actions; a
         ``create`` or an unmatched ``save`` could duplicate records if sent twice, so is not
-        retried.
+        retried. ``deadline``: the budget as read by the thread that handed this call to a
+        pool (pool threads never read the budget's clock; see :mod:`mcsync.budget`).
         """
         if retry is None:
             retry = action.startswith("get") or action in _IDEMPOTENT
@@ -96,6 +140,7 @@ class CiviCRMClient(SessionClient):
             endpoint(self.url, entity, action),
             data={"params": json.dumps(params or {})},
             retry=retry,
+            deadline=deadline,
         )
         values = body.get("values")
         if not isinstance(values, list):
@@ -155,6 +200,131 @@ class CiviCRMClient(SessionClient):
             if len(rows) < page_size:
                 return
             last = newest
+
+    def top_id(self, entity: str, where: list[Any]) -> int:
+        """The highest ``id`` matching ``where`` (0 when none): one request, where a read by
+        id ranges splits the id space."""
+        rows = self.call(
+            entity, "get", {"select": ["id"], "where": where, "orderBy": {"id": "DESC"}, "limit": 1}
+        )
+        return int(rows[0]["id"]) if rows else 0
+
+    def range_pages(
+        self,
+        entity: str,
+        params: dict[str, Any],
+        ranges: Sequence[IdRange],
+        *,
+        page_size: int = 5000,
+        concurrency: int | None = None,
+        ordered: bool = False,
+    ) -> Generator[RangePage, None, None]:
+        """Keyset-page each id range to its end, several ranges at once.
+
+        Each range ``(cursor, hi]`` is read as ``id > cursor AND id <= hi`` (no upper bound
+        when ``hi`` is None), ``orderBy id ASC``, one page after another (the keyset of
+        :meth:`get_pages`, so a range neither skips nor repeats a row while the table
+        changes); different ranges are read concurrently, at most ``concurrency`` requests
+        in flight (default: the client's connections), never two of one range. Every
+        range's last page is yielded with ``done`` set (an empty page when the range held
+        no more rows), so a caller that commits each page with its range's cursor resumes
+        exactly and knows when the whole id space has been read.
+
+        Pages are yielded in the order their requests were made, which depends only on the
+        answers (a run under a tick clock goes as far every time); ``ordered`` yields them
+        in id order instead (ranges in the order given; pages of a later range wait, at most
+        two a range, for the earlier ones), for a caller whose rows must apply in id order.
+        The budget is read here, once per request, never by the pool's threads."""
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        workers = max(1, concurrency or self.max_connections)
+        select = params.get("select")
+        if select and "id" not in select:
+            select = [*select, "id"]
+        cursors = [r.cursor for r in ranges]
+        finished = [False] * len(ranges)
+        in_flight = [False] * len(ranges)
+        buffered: list[deque[RangePage]] = [deque() for _ in ranges]
+        pending: deque[tuple[int, Future[list[dict[str, Any]]]]] = deque()
+        head = 0  # ordered: the range whose pages are yielded now
+
+        def fetch(index: int, after: int, deadline: Deadline) -> list[dict[str, Any]]:
+            bound = ranges[index].hi
+            where = [*params.get("where", []), ["id", ">", after]]
+            if bound is not None:
+                where.append(["id", "<=", bound])
+            page_params = {**params, "where": where, "orderBy": {"id": "ASC"},
+                           "limit": page_size, "offset": 0}  # fmt: skip
+            if select:
+                page_params["select"] = select
+            return self.call(entity, "get", page_params, deadline=deadline)
+
+        def next_range() -> int | None:
+            last = len(ranges) if not ordered else min(len(ranges), head + workers)
+            for index in range(head if ordered else 0, last):
+                if finished[index] or in_flight[index]:
+                    continue
+                if ordered and index != head and len(buffered[index]) >= 2:
+                    continue
+                return index
+            return None
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="civi-pages") as pool:
+            try:
+                while True:
+                    while len(pending) < workers and (index := next_range()) is not None:
+                        in_flight[index] = True
+                        deadline = self.session.budget.deadline()
+                        future = pool.submit(fetch, index, cursors[index], deadline)
+                        pending.append((index, future))
+                    if not pending:
+                        return
+                    index, future = pending.popleft()
+                    rows = future.result()
+                    in_flight[index] = False
+                    page = self._range_page(entity, ranges[index], index, cursors[index], rows,
+                                            page_size)  # fmt: skip
+                    cursors[index], finished[index] = page.cursor, page.done
+                    if not ordered:
+                        yield page
+                        continue
+                    buffered[index].append(page)
+                    while head < len(ranges) and buffered[head]:
+                        page = buffered[head].popleft()
+                        yield page
+                        if page.done:
+                            head += 1
+            finally:
+                for _, future in pending:
+                    future.cancel()
+
+    @staticmethod
+    def _range_page(
+        entity: str,
+        id_range: IdRange,
+        index: int,
+        after: int,
+        rows: list[dict[str, Any]],
+        page_size: int,
+    ) -> RangePage:
+        """One answer of a range read: its rows, the cursor they reach, and whether the range
+        is read to its end (a short page, or the range's upper bound reached)."""
+        if not rows:
+            return RangePage(index, rows, after, True)
+        newest = rows[-1].get("id")
+        # A server that ignored the id filters would make the paging loop forever, or fill a
+        # range with rows of another.
+        if (
+            not isinstance(newest, int)
+            or newest <= after
+            or (id_range.hi is not None and newest > id_range.hi)
+        ):
+            raise BadResponse(
+                f"{entity}.get paging by id range ({after}, {id_range.hi}] answered id {newest}",
+                service="CiviCRM",
+            )
+        done = len(rows) < page_size or (id_range.hi is not None and newest >= id_range.hi)
+        return RangePage(index, rows, newest, done)
 
     def save(
         self,

@@ -242,6 +242,15 @@ class CiviCRMConfig(_Model):
         ),
         examples=["Europe/London"],
     )
+    concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=10,
+        description=(
+            "CiviCRM requests in flight at once (pages of large reads fetched by id range); "
+            "1 for a small server"
+        ),
+    )
 
     _strip_keys = field_validator("api_key", "site_key", mode="before")(_strip_secret)
 

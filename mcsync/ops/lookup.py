@@ -27,7 +27,8 @@ ROW_STATE_TEXT = {
     RowState.TODO: "to be decided by the next run (its facts changed since the last decision)",
     RowState.OK: "decided: both sides agree (or differ only where mcsync does not sync)",
     RowState.FAIL: "decided, but a change could not be made (see the reason)",
-    RowState.LIVE: "decided: a write is queued or in flight; decided again once its result is known",
+    RowState.LIVE: "decided: a write is queued or in flight; decided again once its result is"
+    " known",
 }
 LIVE_BUDGET = 60.0  # seconds for the live reads of one lookup
 

@@ -62,6 +62,7 @@ class Connections:
                 transport=self.transport,
                 timeout=self.config.sync.http_timeout,
                 debug_http=self.debug_http,
+                max_connections=civi.concurrency,
             )
         return self._civicrm
 

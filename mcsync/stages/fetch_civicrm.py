@@ -4,14 +4,23 @@ contact and email storing the contact stages share.
 
 Each stage commits its data with its progress marker one chunk at a time, checks the budget
 between chunks, and returns when the stage is complete (the caller moves to the next stage).
+
+The three large reads (group membership, subscription history, modified contacts) go by id
+ranges (`read_by_ranges`): a first page alone (a small read costs one request, as before);
+when it is full, one request finds the highest id, the rest of the id space is split into
+ranges, and each range is keyset-paged to its end, `[civicrm] concurrency` requests at once.
+Every page is committed with its range's cursor (`civi_sweeps`), so a stopped run resumes
+each range where it was, and a full run's "who left the group" step waits for every range.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from mcsync.api.civicrm import IdRange, RangePage, split_ranges
+from mcsync.errors import StorageError
 from mcsync.rules.addresses import fold_email
 from mcsync.stages.context import TRACKING_MARKER, WINDOW_OVERLAP, RunContext
 from mcsync.store.database import iso
@@ -19,6 +28,9 @@ from mcsync.store.database import iso
 CONTACT_FLAGS = ("is_deleted", "is_deceased", "do_not_email", "is_opt_out")
 PRIVACY_FLAGS = ("is_deceased", "do_not_email", "is_opt_out")
 IN_CHUNK = 500  # ids or emails per APIv4 `IN` filter
+# Id ranges per allowed connection: more ranges than connections keep every connection busy
+# when ids are spread unevenly; each range costs at most one short page more.
+RANGES_PER_CONNECTION = 4
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -73,10 +85,97 @@ def marks_since(ctx: RunContext, since: datetime) -> tuple[int, str]:
     return bookmark, local if not modified or local < str(modified) else str(modified)
 
 
+# -- CiviCRM: reads by id ranges ------------------------------------------------------------
+def read_by_ranges(
+    ctx: RunContext,
+    sweep: str,
+    entity: str,
+    params: dict[str, Any],
+    *,
+    start: int,
+    store: Callable[[RangePage, Any], None],
+    progress: str,
+    ordered: bool = False,
+    prepare: Callable[[RangePage], Any] | None = None,
+) -> None:
+    """Read every row of ``entity`` matching ``params`` with an id above ``start``, by id
+    ranges read concurrently; ``store(page, prepared)`` stages each page inside the
+    transaction that commits its range's cursor, ``prepared`` being what ``prepare(page)``
+    returned before it (requests a page calls for are made there, outside the transaction,
+    which must not hold the database's write lock over a round trip). Returns once every
+    range is read to its end (resuming this run's ranges, if an earlier invocation planned
+    them). ``ordered`` stores pages in id order (history rows must apply in the order they
+    happened)."""
+    staging, list_id, run_id = ctx.staging, ctx.list_id, ctx.run_id
+    page_size = ctx.sync.page_size_civicrm
+    workers = max(1, ctx.civicrm.max_connections)
+    ranges = staging.sweep_ranges(list_id, sweep, run_id)
+    if not ranges:
+        staging.plan_sweep(list_id, sweep, run_id, start)
+        ranges = staging.sweep_ranges(list_id, sweep, run_id)
+    read = 0
+
+    def commit(lo: int, page: RangePage) -> None:
+        nonlocal read
+        prepared = prepare(page) if prepare is not None and page.rows else None
+        with staging.atomic():
+            if page.rows:
+                store(page, prepared)
+            staging.advance_sweep(list_id, sweep, lo, page.cursor, page.done)
+        read += len(page.rows)
+        ctx.progress(progress, read, None)
+        ctx.budget.check()
+
+    unread = [r for r in ranges if not r["done"]]
+    if len(unread) == 1 and unread[0]["hi"] is None and workers > 1:
+        lo, cursor = unread[0]["lo"], unread[0]["cursor"]
+        if cursor == lo:
+            # A first page alone: most reads fit in one, and cost one request as before.
+            ctx.budget.check()
+            pages = ctx.civicrm.range_pages(
+                entity, params, [IdRange(cursor, None)], page_size=page_size, concurrency=1
+            )
+            try:
+                first = next(pages)
+            finally:
+                pages.close()
+            commit(lo, first)
+            if first.done:
+                return
+            cursor = first.cursor
+        top = ctx.civicrm.top_id(entity, params.get("where", []))
+        parts = split_ranges(
+            cursor, top, page_size=page_size, count=workers * RANGES_PER_CONNECTION
+        )
+        if len(parts) > 1:
+            staging.split_sweep(list_id, sweep, run_id, lo, parts)
+        ranges = staging.sweep_ranges(list_id, sweep, run_id)
+        unread = [r for r in ranges if not r["done"]]
+    if unread:
+        ctx.budget.check()
+        pages = ctx.civicrm.range_pages(
+            entity,
+            params,
+            [IdRange(r["cursor"], r["hi"]) for r in unread],
+            page_size=page_size,
+            concurrency=workers,
+            ordered=ordered,
+        )
+        try:
+            for page in pages:
+                commit(unread[page.index]["lo"], page)
+        finally:
+            pages.close()
+    if not staging.sweep_complete(list_id, sweep, run_id):
+        raise StorageError(f"CiviCRM {entity} read by id ranges ended with ranges unread")
+
+
 # -- CiviCRM: full group membership -----------------------------------------------------------
 def fetch_civicrm_groups(ctx: RunContext) -> None:
-    """Full run: page every GroupContact of the audience's groups, then forget pairs that were
-    not seen (merged or hard-deleted contacts leave no history)."""
+    """Full run: read every GroupContact of the audience's groups (by id ranges, each to its
+    end), then forget pairs that were not seen (merged or hard-deleted contacts leave no
+    history). The forgetting runs only once every range is read: an unread range is never
+    taken for people who left."""
     state = ctx.staging.state(ctx.list_id)
     params = {
         "select": [
@@ -91,42 +190,27 @@ def fetch_civicrm_groups(ctx: RunContext) -> None:
         ],
         "where": [["group_id", "IN", ctx.all_groups]],
     }
-    done = 0
-    for page in ctx.civicrm.get_pages(
-        "GroupContact", params, page_size=ctx.sync.page_size_civicrm, after_id=state["cursor"]
-    ):
-        with ctx.staging.atomic():
-            ctx.staging.conn.executemany(
-                "INSERT INTO group_status (contact_id, group_id, status, seen_run) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (contact_id, group_id) DO UPDATE SET "
-                "status = excluded.status, seen_run = excluded.seen_run, "
-                "changed_at = CASE WHEN group_status.status IS excluded.status "
-                "THEN group_status.changed_at ELSE NULL END",
-                [(r["contact_id"], r["group_id"], r["status"], ctx.run_id) for r in page],
-            )
-            store_contacts(ctx, [contact_from_join(r) for r in page])
-            ctx.staging.set_state(ctx.list_id, cursor=page[-1]["id"])
-        done += len(page)
-        ctx.progress("fetch CiviCRM groups", done, None)
-        ctx.budget.check()
-    placeholders = ",".join("?" * len(ctx.all_groups))
-    with ctx.staging.atomic():
-        ctx.staging.execute(
-            f"UPDATE group_status SET status = NULL, changed_at = NULL WHERE group_id IN "
-            f"({placeholders}) AND seen_run IS NOT ? AND status IS NOT NULL",
-            (*ctx.all_groups, ctx.run_id),
+
+    def store(page: RangePage, _: Any) -> None:
+        ctx.staging.store_group_rows(
+            [(r["contact_id"], r["group_id"], r["status"], ctx.run_id) for r in page.rows]
         )
+        store_contacts(ctx, [contact_from_join(r) for r in page.rows])
+
+    read_by_ranges(
+        ctx,
+        "groups",
+        "GroupContact",
+        params,
+        start=state["cursor"],
+        store=store,
+        progress="fetch CiviCRM groups",
+    )
+    with ctx.staging.atomic():
+        ctx.staging.forget_unseen_group_rows(ctx.all_groups, ctx.run_id)
     # A contact hard-deleted (or merged away) since an earlier run vanished from the groups
     # without a trace; rows still pointing at it would queue writes CiviCRM must refuse.
-    unseen = [
-        r[0]
-        for r in ctx.staging.query(
-            "SELECT DISTINCT r.contact_id FROM rows r JOIN contacts c ON c.contact_id = "
-            "r.contact_id WHERE r.list_id = ? AND c.gone = 0 AND NOT EXISTS (SELECT 1 FROM "
-            "group_status g WHERE g.contact_id = r.contact_id AND g.seen_run IS ?)",
-            (ctx.list_id, ctx.run_id),
-        )
-    ]
+    unseen = ctx.staging.row_contacts_unseen(ctx.list_id, ctx.run_id)
     if unseen:
         _check_contacts_exist(ctx, unseen)
 
@@ -147,7 +231,7 @@ def store_contacts(ctx: RunContext, contacts: list[dict[str, Any]]) -> None:
     address, mcsync's own hold) does not make an old flag look new (issue 10). `unflagged_at`
     keeps the modified_date of the last version seen without a flag: a flag seen later was
     set after it (trashing a contact moves its modified_date, hiding the flag's own time)."""
-    rows = [
+    ctx.staging.store_contacts(
         (
             c["contact_id"],
             *(int(bool(c.get(flag))) for flag in CONTACT_FLAGS),
@@ -160,43 +244,23 @@ def store_contacts(ctx: RunContext, contacts: list[dict[str, Any]]) -> None:
             ),
         )
         for c in contacts
-    ]
-    ctx.staging.conn.executemany(
-        "INSERT INTO contacts (contact_id, is_deleted, is_deceased, do_not_email, is_opt_out, "
-        "first_name, last_name, gone, flags_at, unflagged_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?) "
-        "ON CONFLICT (contact_id) DO UPDATE SET is_deleted = excluded.is_deleted, "
-        "is_deceased = excluded.is_deceased, do_not_email = excluded.do_not_email, "
-        "is_opt_out = excluded.is_opt_out, first_name = excluded.first_name, "
-        "last_name = excluded.last_name, gone = 0, flags_at = CASE "
-        "WHEN excluded.is_deceased + excluded.do_not_email + excluded.is_opt_out = 0 THEN NULL "
-        "WHEN contacts.flags_at IS NOT NULL AND excluded.is_deceased <= contacts.is_deceased "
-        "AND excluded.do_not_email <= contacts.do_not_email "
-        "AND excluded.is_opt_out <= contacts.is_opt_out THEN contacts.flags_at "
-        "ELSE excluded.flags_at END, "
-        "unflagged_at = COALESCE(excluded.unflagged_at, contacts.unflagged_at)",
-        rows,
     )
 
 
 def store_emails(ctx: RunContext, records: list[dict[str, Any]]) -> None:
     """Replace what is staged for the emails returned (by email id)."""
-    ctx.staging.conn.executemany(
-        "INSERT OR REPLACE INTO emails (email_id, contact_id, email, email_lc, is_primary, "
-        "is_bulkmail, on_hold) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                r["id"],
-                r["contact_id"],
-                r["email"],
-                fold_email(r["email"] or ""),
-                int(bool(r.get("is_primary"))),
-                int(bool(r.get("is_bulkmail"))),
-                int(r.get("on_hold") or 0),
-            )
-            for r in records
-            if r.get("email")
-        ],
+    ctx.staging.store_emails(
+        (
+            r["id"],
+            r["contact_id"],
+            r["email"],
+            fold_email(r["email"] or ""),
+            int(bool(r.get("is_primary"))),
+            int(bool(r.get("is_bulkmail"))),
+            int(r.get("on_hold") or 0),
+        )
+        for r in records
+        if r.get("email")
     )
 
 
@@ -223,10 +287,7 @@ def fetch_emails_of_contacts(ctx: RunContext, contact_ids: Sequence[int]) -> Non
             {"select": EMAIL_SELECT, "where": [["contact_id", "IN", list(chunk)]], "limit": 0},
         )
         with ctx.staging.atomic():
-            placeholders = ",".join("?" * len(chunk))
-            ctx.staging.execute(
-                f"DELETE FROM emails WHERE contact_id IN ({placeholders})", tuple(chunk)
-            )
+            ctx.staging.drop_emails_of(chunk)
             store_emails(ctx, records)
             store_contacts(ctx, [contact_from_join(r) for r in records])
 
@@ -241,36 +302,39 @@ def fetch_civicrm_history(ctx: RunContext) -> None:
     state = ctx.staging.state(ctx.list_id)
     params = {
         "select": ["id", "contact_id", "group_id", "status", "date", "tracking"],
-        "where": [["group_id", "IN", ctx.all_groups]],
+        # mcsync's own writes are left out by the server: after a large sync the next run
+        # need not page through them (and they are skipped below too, should a server not
+        # filter).
+        "where": [
+            ["group_id", "IN", ctx.all_groups],
+            ["OR", [["tracking", "IS NULL"], ["tracking", "!=", TRACKING_MARKER]]],
+        ],
     }
-    done = 0
-    for page in ctx.civicrm.get_pages(
+
+    def store(page: RangePage, _: Any) -> None:
+        changes = [r for r in page.rows if (r.get("tracking") or "") != TRACKING_MARKER]
+        ctx.staging.store_group_history(
+            (
+                r["contact_id"],
+                r["group_id"],
+                _history_status(r["status"]),
+                iso(ctx.civi_to_utc(r["date"])),
+            )
+            for r in changes
+        )
+        ctx.staging.mark_contacts_todo(ctx.list_id, {r["contact_id"] for r in changes})
+        ctx.staging.set_state(ctx.list_id, history_bookmark=page.cursor)
+
+    read_by_ranges(
+        ctx,
+        "history",
         "SubscriptionHistory",
         params,
-        page_size=ctx.sync.page_size_civicrm,
-        after_id=state["history_bookmark"],
-    ):
-        changes = [r for r in page if (r.get("tracking") or "") != TRACKING_MARKER]
-        with ctx.staging.atomic():
-            ctx.staging.conn.executemany(
-                "INSERT INTO group_status (contact_id, group_id, status, changed_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (contact_id, group_id) DO UPDATE SET "
-                "status = excluded.status, changed_at = excluded.changed_at",
-                [
-                    (
-                        r["contact_id"],
-                        r["group_id"],
-                        _history_status(r["status"]),
-                        iso(ctx.civi_to_utc(r["date"])),
-                    )
-                    for r in changes
-                ],
-            )
-            mark_contacts_todo(ctx, {r["contact_id"] for r in changes})
-            ctx.staging.set_state(ctx.list_id, history_bookmark=page[-1]["id"])
-        done += len(page)
-        ctx.progress("fetch CiviCRM history", done, None)
-        ctx.budget.check()
+        start=state["history_bookmark"],
+        store=store,
+        progress="fetch CiviCRM history",
+        ordered=True,
+    )
 
 
 def _history_status(status: str) -> str | None:
@@ -293,26 +357,29 @@ def fetch_civicrm_modified(ctx: RunContext) -> None:
         "select": ["id", *CONTACT_FLAGS, "first_name", "last_name", "modified_date"],
         "where": [["modified_date", ">=", window_start], ["is_deleted", "IN", [True, False]]],
     }
-    done = 0
-    for page in ctx.civicrm.get_pages(
-        "Contact", params, page_size=ctx.sync.page_size_civicrm, after_id=state["cursor"]
-    ):
-        known = _changed_since_seen(ctx, page, since_local)
+
+    def prepare(page: RangePage) -> set[int]:
+        known = _changed_since_seen(ctx, page.rows, since_local)
         if known:
             fetch_emails_of_contacts(ctx, known)
-        with ctx.staging.atomic():
-            store_contacts(
-                ctx, [{"contact_id": r["id"], **r} for r in page if r["id"] in set(known)]
-            )
-            ctx.staging.conn.executemany(
-                "UPDATE contacts SET modified_date = ? WHERE contact_id = ?",
-                [(r.get("modified_date"), r["id"]) for r in page if r["id"] in set(known)],
-            )
-            mark_contacts_todo(ctx, set(known))
-            ctx.staging.set_state(ctx.list_id, cursor=page[-1]["id"])
-        done += len(page)
-        ctx.progress("fetch CiviCRM contacts", done, None)
-        ctx.budget.check()
+        return set(known)
+
+    def store(page: RangePage, known: set[int]) -> None:
+        changed = [r for r in page.rows if r["id"] in known]
+        store_contacts(ctx, [{"contact_id": r["id"], **r} for r in changed])
+        ctx.staging.set_contacts_modified((r.get("modified_date"), r["id"]) for r in changed)
+        ctx.staging.mark_contacts_todo(ctx.list_id, known)
+
+    read_by_ranges(
+        ctx,
+        "modified",
+        "Contact",
+        params,
+        start=state["cursor"],
+        store=store,
+        progress="fetch CiviCRM contacts",
+        prepare=prepare,
+    )
 
 
 def _changed_since_seen(
@@ -322,17 +389,10 @@ def _changed_since_seen(
     them. A contact whose modified_date is what staging saw, and older than the previous
     run's mark (taken before that run read anything), has not changed since: the window's
     overlap need not fetch it again."""
-    known = _known_contacts(ctx, [r["id"] for r in page])
+    known = ctx.staging.known_contacts([r["id"] for r in page])
     if not known:
         return []
-    marks = ",".join("?" * len(known))
-    seen = {
-        r[0]: r[1]
-        for r in ctx.staging.query(
-            f"SELECT contact_id, modified_date FROM contacts WHERE contact_id IN ({marks})",
-            known,
-        )
-    }
+    seen = ctx.staging.contacts_modified(known)
     modified = {r["id"]: r.get("modified_date") for r in page}
     return [
         c
@@ -345,27 +405,8 @@ def _changed_since_seen(
     ]
 
 
-def _known_contacts(ctx: RunContext, ids: Sequence[int]) -> list[int]:
-    if not ids:
-        return []
-    placeholders = ",".join("?" * len(ids))
-    found = ctx.staging.query(
-        f"SELECT DISTINCT contact_id FROM rows WHERE contact_id IN ({placeholders}) "
-        f"UNION SELECT DISTINCT contact_id FROM group_status WHERE contact_id IN ({placeholders})",
-        (*ids, *ids),
-    )
-    return sorted(r[0] for r in found)
-
-
 def mark_contacts_todo(ctx: RunContext, contact_ids: Iterable[int]) -> None:
-    ids = list(contact_ids)
-    for chunk in chunks(ids, IN_CHUNK):
-        placeholders = ",".join("?" * len(chunk))
-        ctx.staging.execute(
-            f"UPDATE rows SET sync_status = 'todo' WHERE list_id = ? AND sync_status != 'live' "
-            f"AND contact_id IN ({placeholders})",
-            (ctx.list_id, *chunk),
-        )
+    ctx.staging.mark_contacts_todo(ctx.list_id, contact_ids)
 
 
 def fetch_missing_contacts(ctx: RunContext) -> None:
@@ -376,23 +417,11 @@ def fetch_missing_contacts(ctx: RunContext) -> None:
     _load_unknown_flag_times(ctx)
     while True:
         ctx.budget.check()
-        missing = [
-            r[0]
-            for r in ctx.staging.query(
-                "SELECT DISTINCT g.contact_id FROM group_status g "
-                "LEFT JOIN contacts c ON c.contact_id = g.contact_id "
-                "WHERE g.group_id = ? AND g.status = 'Added' AND c.contact_id IS NULL "
-                "UNION SELECT DISTINCT r.contact_id FROM rows r "
-                "LEFT JOIN contacts c ON c.contact_id = r.contact_id "
-                "WHERE r.list_id = ? AND r.contact_id IS NOT NULL AND c.contact_id IS NULL "
-                "LIMIT ?",
-                (ctx.group_id, ctx.list_id, IN_CHUNK * 4),
-            )
-        ]
+        missing = ctx.staging.missing_contacts(ctx.list_id, ctx.group_id, IN_CHUNK * 4)
         if not missing:
             return
         fetch_emails_of_contacts(ctx, missing)
-        found = _contacts_present(ctx, missing)
+        found = ctx.staging.contacts_present(missing)
         gone = [c for c in missing if c not in found]
         if gone:
             _check_contacts_exist(ctx, gone)
@@ -402,29 +431,9 @@ def _load_unknown_flag_times(ctx: RunContext) -> None:
     """Reconcile weighs a privacy flag against a Mailchimp subscribe by their times; a contact
     staged before mcsync kept the flags' time (or read without it) gets it now. One bounded
     pass over the rows to decide, so contacts CiviCRM cannot date are not asked for again."""
-    unknown = [
-        r[0]
-        for r in ctx.staging.query(
-            "SELECT DISTINCT c.contact_id FROM rows r JOIN contacts c ON c.contact_id = "
-            "r.contact_id WHERE r.list_id = ? AND r.sync_status = 'todo' "
-            "AND r.mc_status IN ('subscribed', 'pending') AND c.flags_at IS NULL "
-            "AND c.gone = 0 AND c.is_deleted = 0 "
-            "AND c.is_deceased + c.do_not_email + c.is_opt_out > 0",
-            (ctx.list_id,),
-        )
-    ]
+    unknown = ctx.staging.flagged_contacts_undated(ctx.list_id)
     if unknown:
         _check_contacts_exist(ctx, unknown)
-
-
-def _contacts_present(ctx: RunContext, ids: Sequence[int]) -> set[int]:
-    placeholders = ",".join("?" * len(ids))
-    return {
-        r[0]
-        for r in ctx.staging.query(
-            f"SELECT contact_id FROM contacts WHERE contact_id IN ({placeholders})", tuple(ids)
-        )
-    }
 
 
 def _check_contacts_exist(ctx: RunContext, ids: Sequence[int]) -> None:
@@ -442,8 +451,4 @@ def _check_contacts_exist(ctx: RunContext, ids: Sequence[int]) -> None:
         seen = {r["id"] for r in records}
         with ctx.staging.atomic():
             store_contacts(ctx, [{"contact_id": r["id"], **r} for r in records])
-            ctx.staging.conn.executemany(
-                "INSERT INTO contacts (contact_id, gone) VALUES (?, 1) "
-                "ON CONFLICT (contact_id) DO UPDATE SET gone = 1",
-                [(c,) for c in chunk if c not in seen],
-            )
+            ctx.staging.mark_contacts_gone(c for c in chunk if c not in seen)

@@ -103,7 +103,7 @@ def _owners_of(ctx: RunContext, emails: Sequence[str]) -> list[dict[str, Any]]:
     parts = list(chunks(emails, EMAIL_LOOKUP_CHUNK))
     if len(parts) <= 1:
         return [record for part in parts for record in owners(part)]
-    with ThreadPoolExecutor(max_workers=min(len(parts), MATCH_CONCURRENCY)) as pool:
+    with ThreadPoolExecutor(max_workers=min(len(parts), ctx.civicrm.max_connections)) as pool:
         return [record for found in pool.map(owners, parts) for record in found]
 
 

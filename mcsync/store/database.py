@@ -24,6 +24,7 @@ import sqlite_utils
 from mcsync.errors import ConfigError, McsyncError, StorageError
 from mcsync.rules.addresses import fold_email
 from mcsync.store.base import StoreBase
+from mcsync.store.contacts import ContactStore
 from mcsync.store.feeds import FeedStore
 from mcsync.store.history import HistoryStore
 from mcsync.store.matching import MatchStore
@@ -280,6 +281,20 @@ MIGRATIONS: list[str] = [
     ALTER TABLE contacts ADD COLUMN unflagged_at TEXT;
     ALTER TABLE audience_state ADD COLUMN archived_offset INTEGER NOT NULL DEFAULT 0
     """,
+    # 15: large CiviCRM reads go by id ranges read side by side (issue 12): each range's
+    # cursor, committed with its pages, so a stopped run resumes every range where it was
+    """
+    CREATE TABLE civi_sweeps (
+        list_id TEXT NOT NULL,
+        sweep TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        lo INTEGER NOT NULL,
+        hi INTEGER,
+        cursor INTEGER NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (list_id, sweep, lo)
+    ) WITHOUT ROWID
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience
@@ -309,6 +324,7 @@ def parse_iso(text: str | None) -> datetime | None:
 class Staging(
     MemberStore,
     MatchStore,
+    ContactStore,
     RowStore,
     StatusStore,
     PeopleStore,

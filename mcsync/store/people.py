@@ -294,14 +294,6 @@ class PeopleStore(StoreBase):
             or 0
         )
 
-    def mark_contacts_gone(self, contact_ids: Sequence[int]) -> None:
-        """Contacts CiviCRM no longer has (hard-deleted or merged away)."""
-        self.conn.executemany(
-            "INSERT INTO contacts (contact_id, gone) VALUES (?, 1) "
-            "ON CONFLICT (contact_id) DO UPDATE SET gone = 1",
-            [(c,) for c in contact_ids],
-        )
-
     def unmatched_rows_of(self, list_id: str, emails: Sequence[str]) -> list[int]:
         """Member rows holding these addresses with no contact matched."""
         folded = sorted({fold_email(e) for e in emails if e})
