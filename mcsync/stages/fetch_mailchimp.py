@@ -342,6 +342,7 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
     }
     _follow_email_changes(ctx, [m for m in members if m["id"] not in existing], existing)
     mapped = list(ctx.interest_groups)
+    seen_by = previous_view_floor(ctx)
     inserts: list[tuple[Any, ...]] = []
     updates: list[tuple[Any, ...]] = []
     for member in members:
@@ -376,10 +377,10 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
         status_after = old["mc_status_after"]
         if status != old["mc_status"]:
             relevant_change = True
-            status_at, status_after = _status_change_time(expected, member, old, changed)
+            status_at, status_after = _status_change_time(expected, member, old, changed, seen_by)
         elif status_after is None:
             status_at, status_after = _possible_round_trip(
-                expected, member, old, status_at, changed
+                expected, member, old, status_at, changed, seen_by
             )
         old_interests = json.loads(old["mc_interests"])
         interests_at = json.loads(old["mc_interests_at"])
@@ -453,8 +454,23 @@ def _follow_email_changes(
         ctx.log(f"Followed an email change at Mailchimp: {old['mc_email']} -> {email}")
 
 
+def previous_view_floor(ctx: RunContext) -> str | None:
+    """A time mcsync's staged view of every member was still true at: the start of the last
+    completed run, less the window overlap (for clock skew). That run read every member
+    changed in its window, and each earlier run the rest, so a staged status differs from
+    Mailchimp's only by a change made after that run read it, hence after its start. Without
+    this, a change is bounded below only by the member's previous `last_changed`, which may
+    be years old, and every CiviCRM change since would look unorderable against it."""
+    last = parse_iso(ctx.staging.state(ctx.list_id).get("last_run_started"))
+    return iso(last - WINDOW_OVERLAP) if last else None
+
+
 def _status_change_time(
-    expected: dict[str, Any], member: dict[str, Any], old: Any, changed: str
+    expected: dict[str, Any],
+    member: dict[str, Any],
+    old: Any,
+    changed: str,
+    seen_by: str | None = None,
 ) -> tuple[str, str | None]:
     """(when the member's status changed, a time it changed after when that is not exact).
 
@@ -467,7 +483,7 @@ def _status_change_time(
     (only then does the order matter), and reconcile leaves the row alone if it cannot."""
     if expected.get("status") == member.get("status") and expected.get("at"):
         return str(expected["at"]), None
-    before = old["mc_last_changed"]
+    before = max(filter(None, (old["mc_last_changed"], seen_by)), default=None)
     if before is None or before >= changed:
         return changed, None
     if member.get("status") == "subscribed":
@@ -478,7 +494,12 @@ def _status_change_time(
 
 
 def _possible_round_trip(
-    expected: dict[str, Any], member: dict[str, Any], old: Any, status_at: str, changed: str
+    expected: dict[str, Any],
+    member: dict[str, Any],
+    old: Any,
+    status_at: str,
+    changed: str,
+    seen_by: str | None = None,
 ) -> tuple[str, str | None]:
     """(the status time, a bound) for a member whose status reads as before but whose
     ``last_changed`` moved: the status may have gone and come back since mcsync's previous
@@ -487,7 +508,7 @@ def _possible_round_trip(
     time lies in that interval is dated by it; otherwise the previous view is returned as the
     bound, and `date_status_changes` reads the feed only when CiviCRM changed inside the
     interval. An archived member, or a change mcsync pushed itself, has no bound."""
-    before = old["mc_last_changed"]
+    before = max(filter(None, (old["mc_last_changed"], seen_by)), default=None)
     status = member.get("status")
     pushed = expected.get("status") == status and expected.get("at")
     if before is None or before >= changed or status == "archived" or pushed:
