@@ -146,14 +146,18 @@ def order_unknown(mailchimp: MailchimpSide, civicrm: GroupState) -> bool:
     """The Mailchimp status change is known only to lie after ``status_changed_after`` and by
     its status time (or its ``last_changed``, for a status that may have gone and come back),
     and CiviCRM changed strictly in between: neither side can be said to be the later
-    choice, so neither may overwrite the other (DESIGN §4)."""
+    choice, so neither may overwrite the other (DESIGN §4). For a possible round trip (a
+    known status time at or before the bound), the latest change is either that known time
+    or after the bound, so a CiviCRM change from the known time on is unordered too."""
     after = mailchimp.status_changed_after
     ends = [t for t in (mailchimp.status_time, mailchimp.last_changed) if t is not None]
     until = max(ends, default=None)
     changed = civicrm.changed_at
-    return (
-        after is not None and until is not None and changed is not None and after < changed < until
-    )
+    if after is None or until is None or changed is None:
+        return False
+    known = mailchimp.status_time
+    lower = min(after, known) if known is not None else after
+    return lower < changed < until
 
 
 def looks_like_email(address: str) -> bool:

@@ -182,6 +182,36 @@ def confirm_vanished_members(ctx: RunContext) -> None:
         ctx.progress("confirm members missing from the fetch", confirmed, None)
 
 
+def confirm_unread_subscribes(ctx: RunContext) -> None:
+    """Before a staged subscribe adds anyone to the group, make sure it is still there. An
+    incremental run reads only the members changed in its window, and a member deleted
+    permanently at Mailchimp is in no list at all, so its row keeps the status mcsync last
+    read. When CiviCRM sends that row to be decided again (its contact trashed: a new one
+    would be created; another owner of the address matched), a stale `subscribed` would add
+    a contact for a person Mailchimp no longer has (DESIGN §4: never on stale data). Such
+    rows (``unread_subscribes``: decided from a status this run did not read, which could
+    add the contact) are read directly, 404 being gone (`read_directly`). Rows the run read,
+    and rows whose contact is Added or changed later, cost nothing. One round of concurrent
+    reads per committed chunk, resumable by the stage cursor."""
+    chunk = max(1, ctx.mailchimp.max_connections)
+    read = 0
+    while True:
+        ctx.budget.check()
+        cursor = ctx.staging.state(ctx.list_id)["cursor"]
+        rows = ctx.staging.unread_subscribes(ctx.list_id, ctx.group_id, ctx.run_id, cursor, chunk)
+        if not rows:
+            break
+        read_directly(
+            ctx,
+            [(r["mc_hash"], r["mc_unique_id"]) for r in rows],
+            cursor=rows[-1]["id"],
+        )
+        read += len(rows)
+        ctx.progress("read members staged by an earlier run", read, None)
+    if read:
+        ctx.log(f"Read {read} member(s) staged by an earlier run before adding their contacts")
+
+
 def read_directly(ctx: RunContext, keys: list[tuple[str, str | None]], **progress: Any) -> None:
     """Read members the paging did not return directly, and stage what Mailchimp has now: a
     member there, archived too, is merged as read (an archive dated by the member's own

@@ -467,6 +467,26 @@ class Staging(StoreBase):
             (list_id, after_id, run_id, limit),
         )
 
+    def unread_subscribes(
+        self, list_id: str, group_id: int, run_id: str, after_id: int, limit: int
+    ) -> list[sqlite3.Row]:
+        """Rows to decide, staged subscribed or pending by an earlier run and not read by
+        this one, that could add their contact to the group from that status: no contact yet
+        (one would be created, Added), or a contact not Added whose group has no change as
+        new as the member's status (Mailchimp would win). A member deleted permanently is in
+        no list mcsync pages, so such a status may be long gone; these are read directly
+        first. In id order after ``after_id``."""
+        return self.query(
+            "SELECT r.id, r.mc_hash, r.mc_unique_id FROM rows r "
+            "WHERE r.list_id = ? AND r.id > ? AND r.sync_status = 'todo' "
+            "AND r.mc_hash IS NOT NULL AND r.mc_status IN ('subscribed', 'pending') "
+            "AND r.mc_seen_run IS NOT ? AND NOT EXISTS (SELECT 1 FROM group_status g "
+            "WHERE g.contact_id = r.contact_id AND g.group_id = ? AND (g.status = 'Added' "
+            "OR g.changed_at >= COALESCE(r.mc_status_at, r.mc_last_changed))) "
+            "ORDER BY r.id LIMIT ?",
+            (list_id, after_id, run_id, group_id, limit),
+        )
+
     def undated_status_changes(
         self, list_id: str, group_id: int, after_id: int, limit: int
     ) -> list[sqlite3.Row]:
@@ -474,14 +494,17 @@ class Staging(StoreBase):
         mcsync's previous view of the member (``mc_status_after``) and its ``last_changed``
         (a change, or a possible round trip of an unchanged status), while the contact's
         subscription group changed strictly inside that interval: the order of the two
-        choices is unknown. In id order after ``after_id``."""
+        choices is unknown. A possible round trip's latest change is either its known
+        ``mc_status_at`` (not after the view) or inside the interval, so a group change from
+        that known time on is unordered too. In id order after ``after_id``."""
         return self.query(
             "SELECT r.id, r.mc_hash, r.mc_status, r.mc_status_after, r.mc_status_at, "
             "r.mc_last_changed "
             "FROM rows r JOIN group_status g ON g.contact_id = r.contact_id AND g.group_id = ? "
             "WHERE r.list_id = ? AND r.id > ? AND r.sync_status = 'todo' "
             "AND r.mc_status_after IS NOT NULL AND r.mc_status IS NOT 'archived' "
-            "AND g.changed_at > r.mc_status_after "
+            "AND g.changed_at > MIN(r.mc_status_after, COALESCE(r.mc_status_at, "
+            "r.mc_status_after)) "
             "AND g.changed_at < MAX(r.mc_status_at, COALESCE(r.mc_last_changed, r.mc_status_at)) "
             "ORDER BY r.id LIMIT ?",
             (group_id, list_id, after_id, limit),
