@@ -45,7 +45,7 @@ from mcsync.rules.member_state import (
     MemberRow,
     Side,
 )
-from mcsync.rules.reasons import Reason, newer_subscribe_detail
+from mcsync.rules.reasons import Reason, newer_subscribe_detail, unordered_subscribe_detail
 
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
@@ -234,9 +234,9 @@ def decide_subscription(row: MemberRow, policy: AudiencePolicy) -> Decision:
         return Decision("no-contact", m.subscribed, reason=reason)
     hold = _hold_actions(row)
     if policy.respect_privacy_flags and c.has_privacy_flag:
-        times = _subscribed_after_flag(m, c)
-        if times is not None:
-            return _newer_subscribe_of_flagged(row, policy, c.contact_id, hold, times)
+        detail = _subscribed_after_flag(m, c)
+        if detail is not None:
+            return _newer_subscribe_of_flagged(row, policy, c.contact_id, hold, detail)
         if m.subscribed:
             unsubscribe = QueueMailchimpUpdate(
                 str(m.email), member_body(str(m.email), "unsubscribed")
@@ -256,13 +256,25 @@ def decide_subscription(row: MemberRow, policy: AudiencePolicy) -> Decision:
     return _civicrm_wins(row, c.contact_id, hold)
 
 
-def _subscribed_after_flag(m: MailchimpSide, c: CivicrmSide) -> tuple[datetime, datetime] | None:
-    """(subscribe time, flag time) when the member is subscribed at Mailchimp strictly after
-    the privacy flag was set; None otherwise (a tie, or either time unknown, leaves the flag
-    in charge, as a tie goes to CiviCRM)."""
+def _subscribed_after_flag(m: MailchimpSide, c: CivicrmSide) -> str | None:
+    """The failure detail when the member's subscribe at Mailchimp may be newer than the
+    privacy flag: strictly after the flag's time; or possibly so, when the two cannot be put
+    in order (the flag is only known to follow ``flags_changed_after``, its time may be a
+    later edit's; a subscribe that may have gone and come back since
+    ``status_changed_after`` may be as late as ``last_changed``): the sign-up is not undone
+    on a guess. None otherwise (a tie, or either time unknown, leaves the flag in charge, as
+    a tie goes to CiviCRM)."""
     subscribed_at, flags_at = m.status_time, c.flags_changed_at
-    if m.subscribed and subscribed_at and flags_at and subscribed_at > flags_at:
-        return subscribed_at, flags_at
+    if not (m.subscribed and subscribed_at and flags_at):
+        return None
+    if subscribed_at > flags_at:
+        return newer_subscribe_detail(subscribed_at, flags_at)
+    latest = subscribed_at
+    if m.status_changed_after is not None and m.last_changed is not None:
+        latest = max(latest, m.last_changed)
+    after = c.flags_changed_after or flags_at
+    if latest > after:
+        return unordered_subscribe_detail(latest, after, flags_at)
     return None
 
 
@@ -271,7 +283,7 @@ def _newer_subscribe_of_flagged(
     policy: AudiencePolicy,
     contact_id: int,
     hold: tuple[PutEmailOnHold, ...],
-    times: tuple[datetime, datetime],
+    detail: str,
 ) -> Decision:
     """A flagged contact subscribed at Mailchimp after the flag was set: the sign-up is the
     later choice, so the flag does not undo it; a group removal in CiviCRM newer still does
@@ -281,7 +293,6 @@ def _newer_subscribe_of_flagged(
     side = most_recent(c.subscription, m.status_time, at_mailchimp=True, trust=policy.trust)
     if side == "civicrm" and not c.subscription.added:
         return _civicrm_wins(row, contact_id, hold)
-    detail = newer_subscribe_detail(*times)
     return Decision("privacy-newer-subscribe", False, hold, Reason.PRIVACY_FLAGS, detail=detail)
 
 

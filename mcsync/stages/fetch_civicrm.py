@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from mcsync.errors import ApiError
 from mcsync.rules.addresses import fold_email
 from mcsync.stages.context import TRACKING_MARKER, WINDOW_OVERLAP, RunContext
 from mcsync.store.database import iso
@@ -26,25 +27,28 @@ def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 # -- CiviCRM: marks for a new run ------------------------------------------------------------
-def civicrm_marks(ctx: RunContext) -> tuple[int, str | None]:
+def civicrm_marks(ctx: RunContext) -> tuple[int, str | None, str | None]:
     """The newest SubscriptionHistory id and Contact.modified_date now: where the next
-    incremental run starts (ids avoid clock skew; dates are the server's own)."""
+    incremental run starts (ids avoid clock skew; dates are the server's own); and CiviCRM's
+    own clock now (APIv4 ``NOW()``, in the same request; None on a site without it): every
+    contact change after it is read by this run or a later one (`store_contacts`)."""
     history = ctx.civicrm.call(
         "SubscriptionHistory", "get", {"select": ["id"], "orderBy": {"id": "DESC"}, "limit": 1}
     )
-    modified = ctx.civicrm.call(
-        "Contact",
-        "get",
-        {
-            "select": ["modified_date"],
-            "where": [["is_deleted", "IN", [True, False]]],
-            "orderBy": {"modified_date": "DESC"},
-            "limit": 1,
-        },
-    )
+    params: dict[str, Any] = {
+        "select": ["modified_date", "NOW() AS mcsync_now"],
+        "where": [["is_deleted", "IN", [True, False]]],
+        "orderBy": {"modified_date": "DESC"},
+        "limit": 1,
+    }
+    try:
+        modified = ctx.civicrm.call("Contact", "get", params)
+    except ApiError:  # an older CiviCRM without NOW()
+        modified = ctx.civicrm.call("Contact", "get", {**params, "select": ["modified_date"]})
     top_id = int(history[0]["id"]) if history else 0
     top_modified = modified[0]["modified_date"] if modified else None
-    return top_id, top_modified
+    now = modified[0].get("mcsync_now") if modified else None
+    return top_id, top_modified, now
 
 
 # -- CiviCRM: full group membership -----------------------------------------------------------
@@ -118,7 +122,13 @@ def store_contacts(ctx: RunContext, contacts: list[dict[str, Any]]) -> None:
     """Upsert contacts' flags and names. `flags_at` keeps when the privacy flags were set as
     far as mcsync knows: the contact's modified_date when a flag is first seen set (the flag's
     own change, or later), kept while no new flag appears, so a later unrelated edit (an
-    address, mcsync's own hold) does not make an old flag look new (issue 10)."""
+    address, mcsync's own hold) does not make an old flag look new (issue 10).
+
+    A later edit made before that first sight moves modified_date on too, so a flag first seen
+    on a contact staged before is also bounded below: `flags_after`, CiviCRM's clock when the
+    previous complete run started (that run read the contacts changed in its window after
+    that, and saw no such flag). A contact new to staging has no such bound."""
+    flags_after = ctx.staging.state(ctx.list_id).get("last_civi_started")
     rows = [
         (
             c["contact_id"],
@@ -128,23 +138,37 @@ def store_contacts(ctx: RunContext, contacts: list[dict[str, Any]]) -> None:
             iso(ctx.civi_to_utc(c.get("modified_date")))
             if any(c.get(flag) for flag in PRIVACY_FLAGS)
             else None,
+            flags_after,
         )
         for c in contacts
     ]
     ctx.staging.conn.executemany(
         "INSERT INTO contacts (contact_id, is_deleted, is_deceased, do_not_email, is_opt_out, "
-        "first_name, last_name, gone, flags_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?) "
+        "first_name, last_name, gone, flags_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8) "
         "ON CONFLICT (contact_id) DO UPDATE SET is_deleted = excluded.is_deleted, "
         "is_deceased = excluded.is_deceased, do_not_email = excluded.do_not_email, "
         "is_opt_out = excluded.is_opt_out, first_name = excluded.first_name, "
         "last_name = excluded.last_name, gone = 0, flags_at = CASE "
-        "WHEN excluded.is_deceased + excluded.do_not_email + excluded.is_opt_out = 0 THEN NULL "
-        "WHEN contacts.flags_at IS NOT NULL AND excluded.is_deceased <= contacts.is_deceased "
-        "AND excluded.do_not_email <= contacts.do_not_email "
-        "AND excluded.is_opt_out <= contacts.is_opt_out THEN contacts.flags_at "
-        "ELSE excluded.flags_at END",
+        f"WHEN {_NO_FLAG} THEN NULL WHEN {_NO_NEW_FLAG} THEN contacts.flags_at "
+        "ELSE excluded.flags_at END, flags_after = CASE "
+        f"WHEN {_NO_FLAG} THEN NULL WHEN {_NEW_FLAG} THEN ?9 "
+        "WHEN contacts.flags_at IS NOT NULL THEN contacts.flags_after ELSE NULL END",
         rows,
     )
+
+
+# The contact read has no privacy flag set; it has one staging did not have; it has none
+# that staging did not have, with their time known.
+_NO_FLAG = "excluded.is_deceased + excluded.do_not_email + excluded.is_opt_out = 0"
+_NEW_FLAG = (
+    "(excluded.is_deceased > contacts.is_deceased OR excluded.do_not_email > "
+    "contacts.do_not_email OR excluded.is_opt_out > contacts.is_opt_out)"
+)
+_NO_NEW_FLAG = (
+    "contacts.flags_at IS NOT NULL AND excluded.is_deceased <= contacts.is_deceased "
+    "AND excluded.do_not_email <= contacts.do_not_email "
+    "AND excluded.is_opt_out <= contacts.is_opt_out"
+)
 
 
 def store_emails(ctx: RunContext, records: list[dict[str, Any]]) -> None:

@@ -228,6 +228,15 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE rows ADD COLUMN trashed_removal_at TEXT
     """,
+    # 13: CiviCRM keeps no history of privacy flags, and flags_at (the modified_date when a
+    # flag is first seen) may be a later edit's: when the contact had been read before, the
+    # flag was set after flags_after, CiviCRM's clock (UTC) when the previous complete run
+    # started (last_civi_started; civi_started: the current run's); NULL: unknown
+    """
+    ALTER TABLE contacts ADD COLUMN flags_after TEXT;
+    ALTER TABLE audience_state ADD COLUMN civi_started TEXT;
+    ALTER TABLE audience_state ADD COLUMN last_civi_started TEXT
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience
@@ -496,16 +505,23 @@ class Staging(StoreBase):
         subscription group changed strictly inside that interval: the order of the two
         choices is unknown. A possible round trip's latest change is either its known
         ``mc_status_at`` (not after the view) or inside the interval, so a group change from
-        that known time on is unordered too. In id order after ``after_id``."""
+        that known time on is unordered too. Likewise a subscribe not known to be newer than
+        the contact's privacy flag, which may be as late as that interval's end, while the
+        flag was set after ``flags_after`` (or by ``flags_at``) and by ``flags_at``. In id
+        order after ``after_id``."""
+        until = "MAX(r.mc_status_at, COALESCE(r.mc_last_changed, r.mc_status_at))"
         return self.query(
             "SELECT r.id, r.mc_hash, r.mc_status, r.mc_status_after, r.mc_status_at, "
-            "r.mc_last_changed "
-            "FROM rows r JOIN group_status g ON g.contact_id = r.contact_id AND g.group_id = ? "
+            "r.mc_last_changed FROM rows r "
+            "LEFT JOIN group_status g ON g.contact_id = r.contact_id AND g.group_id = ? "
+            "LEFT JOIN contacts c ON c.contact_id = r.contact_id "
             "WHERE r.list_id = ? AND r.id > ? AND r.sync_status = 'todo' "
             "AND r.mc_status_after IS NOT NULL AND r.mc_status IS NOT 'archived' "
-            "AND g.changed_at > MIN(r.mc_status_after, COALESCE(r.mc_status_at, "
-            "r.mc_status_after)) "
-            "AND g.changed_at < MAX(r.mc_status_at, COALESCE(r.mc_last_changed, r.mc_status_at)) "
+            "AND ((g.changed_at > MIN(r.mc_status_after, COALESCE(r.mc_status_at, "
+            f"r.mc_status_after)) AND g.changed_at < {until}) "
+            "OR (r.mc_status = 'subscribed' AND c.flags_at IS NOT NULL "
+            "AND c.is_deceased + c.do_not_email + c.is_opt_out > 0 "
+            f"AND r.mc_status_at <= c.flags_at AND COALESCE(c.flags_after, c.flags_at) < {until})) "
             "ORDER BY r.id LIMIT ?",
             (group_id, list_id, after_id, limit),
         )
