@@ -54,7 +54,10 @@ def civicrm_marks(ctx: RunContext) -> tuple[int, str | None, str | None]:
 # -- CiviCRM: full group membership -----------------------------------------------------------
 def fetch_civicrm_groups(ctx: RunContext) -> None:
     """Full run: page every GroupContact of the audience's groups, then forget pairs that were
-    not seen (merged or hard-deleted contacts leave no history)."""
+    not seen (merged or hard-deleted contacts leave no history). No change date is kept for
+    a status read: one that reads as staged may have gone and come back since (Removed,
+    Added, Removed), and its old date would make an older Mailchimp change look newer;
+    `load_history_dates` dates the pairs where the sides disagree."""
     state = ctx.staging.state(ctx.list_id)
     params = {
         "select": [
@@ -77,9 +80,7 @@ def fetch_civicrm_groups(ctx: RunContext) -> None:
             ctx.staging.conn.executemany(
                 "INSERT INTO group_status (contact_id, group_id, status, seen_run) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (contact_id, group_id) DO UPDATE SET "
-                "status = excluded.status, seen_run = excluded.seen_run, "
-                "changed_at = CASE WHEN group_status.status IS excluded.status "
-                "THEN group_status.changed_at ELSE NULL END",
+                "status = excluded.status, seen_run = excluded.seen_run, changed_at = NULL",
                 [(r["contact_id"], r["group_id"], r["status"], ctx.run_id) for r in page],
             )
             store_contacts(ctx, [contact_from_join(r) for r in page])
