@@ -12,6 +12,9 @@ directly: 404 is gone, and nobody is Added.
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
 import pytest
 from conftest import World
 
@@ -96,3 +99,51 @@ def test_no_direct_read_when_the_run_read_the_member(world: World) -> None:
     [added] = _added_owners(world)
     assert added != contact
     assert _member_reads(world) == reads
+
+
+class Killed(BaseException):
+    """A kill: nothing in mcsync catches it."""
+
+
+class KillOnSecondHistoryRead(httpx.BaseTransport):
+    """Stops the run at its CiviCRM history read, after its Mailchimp fetch committed (the
+    first history read is the run's marks, before it fetches anything)."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.reads = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if "SubscriptionHistory" in request.url.path:
+            self.reads += 1
+            if self.reads == 2:
+                raise Killed(request.url.path)
+        return self.inner.handle_request(request)
+
+
+def test_a_resumed_run_reads_again_what_an_earlier_process_read(world: World) -> None:
+    """Found by the model (long mode seed 80 of 100 steps): a run reads a new sign-up, is
+    stopped, the member is deleted permanently, and the run is resumed by another process.
+    Its staged status is older than that process: it is read again before it adds anyone."""
+    contact = world.person(
+        EMAIL,
+        mc="unsubscribed",
+        civi="Removed",
+        mc_at=world.ago(days=20),
+        civi_at=world.ago(days=30),
+    )
+    assert contact is not None
+    _completed(world, full=True)
+    world.advance_clock(minutes=10)
+    world.mc.set_member_status(world.list_id, EMAIL, "subscribed")  # the person
+    world.advance_clock(minutes=5)
+    inner: Any = world.transport
+    world.transport = KillOnSecondHistoryRead(inner)
+    with pytest.raises(Killed):
+        world.sync()
+    world.transport = inner
+    world.advance_clock(minutes=5)
+    _delete_permanently(world, EMAIL)
+    world.advance_clock(minutes=5)
+    _completed(world)  # the same run, resumed
+    assert world.civi_status(contact) == "Removed"

@@ -191,14 +191,18 @@ def confirm_unread_subscribes(ctx: RunContext) -> None:
     a contact for a person Mailchimp no longer has (DESIGN §4: never on stale data). Such
     rows (``unread_subscribes``: decided from a status this run did not read, which could
     add the contact) are read directly, 404 being gone (`read_directly`). Rows the run read,
-    and rows whose contact is Added or changed later, cost nothing. One round of concurrent
-    reads per committed chunk, resumable by the stage cursor."""
+    and rows whose contact is Added or changed later, cost nothing. A run resumed by another
+    process read its data before that process began (the member may have gone while it was
+    stopped): then every such row is read again. One round of concurrent reads per committed
+    chunk, resumable by the stage cursor."""
     chunk = max(1, ctx.mailchimp.max_connections)
     read = 0
+    # No row is staged as read by "": in a resumed run, what it read counts as unread.
+    read_by = ctx.run_id if ctx.read_data_here else ""
     while True:
         ctx.budget.check()
         cursor = ctx.staging.state(ctx.list_id)["cursor"]
-        rows = ctx.staging.unread_subscribes(ctx.list_id, ctx.group_id, ctx.run_id, cursor, chunk)
+        rows = ctx.staging.unread_subscribes(ctx.list_id, ctx.group_id, read_by, cursor, chunk)
         if not rows:
             break
         read_directly(
