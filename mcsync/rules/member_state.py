@@ -101,7 +101,9 @@ class CivicrmSide:
     mapped interest's CiviCRM group id to its state; ``merge_fields`` are the values CiviCRM
     wants at Mailchimp (merge tag → value, from the one-way feeds). ``flags_changed_at``:
     when the privacy flags were set, as far as mcsync knows (the contact's modified_date when
-    it first saw them set: the flag's own change or later); None = unknown."""
+    it first saw them set: the flag's own change or later); None = unknown.
+    ``flags_changed_after``: the flags were set after this time (mcsync read the contact
+    without them then); None = no such bound."""
 
     contact_id: int | None = None
     subscription: GroupState = field(default_factory=GroupState)
@@ -113,9 +115,11 @@ class CivicrmSide:
     emails: tuple[EmailRecord, ...] = ()
     merge_fields: Mapping[str, Any] = field(default_factory=dict)
     flags_changed_at: datetime | None = None
+    flags_changed_after: datetime | None = None
 
     def __post_init__(self) -> None:
         _require_utc_aware("CivicrmSide.flags_changed_at", self.flags_changed_at)
+        _require_utc_aware("CivicrmSide.flags_changed_after", self.flags_changed_after)
 
     @property
     def has_privacy_flag(self) -> bool:

@@ -86,6 +86,20 @@ def trashed_flag_detail(flag_by: datetime, subscribed_at: datetime | None) -> st
     )
 
 
+def unordered_subscribe_detail(
+    subscribed_by: datetime, flags_after: datetime, flags_at: datetime
+) -> str:
+    """The failure detail of a flagged contact who subscribed at Mailchimp (by
+    ``subscribed_by``) while the flag was set at a time mcsync only knows to lie after
+    ``flags_after`` and by ``flags_at`` (CiviCRM keeps no history of flags; another edit of
+    the contact moves its modified_date): either may be the later choice."""
+    return (
+        f"subscribed at Mailchimp by {_utc(subscribed_by)}; the privacy flag was set in "
+        f"CiviCRM by {_utc(flags_at)} (after {_utc(flags_after)}), so either may be the "
+        "later choice; left subscribed: check the flag"
+    )
+
+
 def _utc(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 

@@ -52,6 +52,7 @@ from mcsync.rules.reasons import (
     Reason,
     newer_subscribe_detail,
     trashed_flag_detail,
+    unordered_subscribe_detail,
 )
 
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -153,11 +154,11 @@ def most_recent(
 
 def order_unknown(mailchimp: MailchimpSide, civicrm: GroupState) -> bool:
     """The Mailchimp status change is known only to lie after ``status_changed_after`` and by
-    its status time (or its ``last_changed``, for a status that may have gone and come back:
-    then the status is either as old as its known time, which may precede
-    ``status_changed_after``, or lies after that bound), and CiviCRM changed strictly in
-    between: neither side can be said to be the later choice, so neither may overwrite the
-    other (DESIGN §4)."""
+    its status time (or its ``last_changed``, for a status that may have gone and come back),
+    and CiviCRM changed strictly in between: neither side can be said to be the later
+    choice, so neither may overwrite the other (DESIGN §4). For a possible round trip (a
+    known status time at or before the bound), the latest change is either that known time
+    or after the bound, so a CiviCRM change from the known time on is unordered too."""
     after = mailchimp.status_changed_after
     ends = [t for t in (mailchimp.status_time, mailchimp.last_changed) if t is not None]
     until = max(ends, default=None)
@@ -165,7 +166,8 @@ def order_unknown(mailchimp: MailchimpSide, civicrm: GroupState) -> bool:
     if after is None or until is None or changed is None:
         return False
     known = mailchimp.status_time
-    return min(after, known or after) < changed < until
+    lower = min(after, known) if known is not None else after
+    return lower < changed < until
 
 
 def looks_like_email(address: str) -> bool:
@@ -247,9 +249,9 @@ def decide_subscription(row: MemberRow, policy: AudiencePolicy) -> Decision:
     if _trashed_removal_outranks(row):
         return _trashed_removal_of_co_owner(row, policy, c.contact_id, hold)
     if policy.respect_privacy_flags and c.has_privacy_flag:
-        times = _subscribed_after_flag(m, c)
-        if times is not None:
-            return _newer_subscribe_of_flagged(row, policy, c.contact_id, hold, times)
+        detail = _subscribed_after_flag(m, c)
+        if detail is not None:
+            return _newer_subscribe_of_flagged(row, policy, c.contact_id, hold, detail)
         if m.subscribed:
             unsubscribe = QueueMailchimpUpdate(
                 str(m.email), member_body(str(m.email), "unsubscribed")
@@ -336,13 +338,25 @@ def _trashed_removal_of_co_owner(
     return Decision("4.1-trashed-removal-co-owner", False, tuple(actions))
 
 
-def _subscribed_after_flag(m: MailchimpSide, c: CivicrmSide) -> tuple[datetime, datetime] | None:
-    """(subscribe time, flag time) when the member is subscribed at Mailchimp strictly after
-    the privacy flag was set; None otherwise (a tie, or either time unknown, leaves the flag
-    in charge, as a tie goes to CiviCRM)."""
+def _subscribed_after_flag(m: MailchimpSide, c: CivicrmSide) -> str | None:
+    """The failure detail when the member's subscribe at Mailchimp may be newer than the
+    privacy flag: strictly after the flag's time; or possibly so, when the two cannot be put
+    in order (the flag is only known to follow ``flags_changed_after``, its time may be a
+    later edit's; a subscribe that may have gone and come back since
+    ``status_changed_after`` may be as late as ``last_changed``): the sign-up is not undone
+    on a guess. None otherwise (a tie, or either time unknown, leaves the flag in charge, as
+    a tie goes to CiviCRM)."""
     subscribed_at, flags_at = m.status_time, c.flags_changed_at
-    if m.subscribed and subscribed_at and flags_at and subscribed_at > flags_at:
-        return subscribed_at, flags_at
+    if not (m.subscribed and subscribed_at and flags_at):
+        return None
+    if subscribed_at > flags_at:
+        return newer_subscribe_detail(subscribed_at, flags_at)
+    latest = subscribed_at
+    if m.status_changed_after is not None and m.last_changed is not None:
+        latest = max(latest, m.last_changed)
+    after = c.flags_changed_after or flags_at
+    if latest > after:
+        return unordered_subscribe_detail(latest, after, flags_at)
     return None
 
 
@@ -351,7 +365,7 @@ def _newer_subscribe_of_flagged(
     policy: AudiencePolicy,
     contact_id: int,
     hold: tuple[PutEmailOnHold, ...],
-    times: tuple[datetime, datetime],
+    detail: str,
 ) -> Decision:
     """A flagged contact subscribed at Mailchimp after the flag was set: the sign-up is the
     later choice, so the flag does not undo it; a group removal in CiviCRM newer still does
@@ -361,7 +375,6 @@ def _newer_subscribe_of_flagged(
     side = most_recent(c.subscription, m.status_time, at_mailchimp=True, prefer=policy.prefer)
     if side == "civicrm" and not c.subscription.added:
         return _civicrm_wins(row, contact_id, hold)
-    detail = newer_subscribe_detail(*times)
     return Decision("privacy-newer-subscribe", False, hold, Reason.PRIVACY_FLAGS, detail=detail)
 
 

@@ -202,7 +202,7 @@ def start_run(ctx: RunContext, *, since: str | None) -> None:
     window = fetch_mailchimp.since_for_new_run(state["last_run_started"], since)
     full = window is None or since == "ever" or not state["last_sync"]
     retried = 0
-    history_target, modified_target = fetch_civicrm.civicrm_marks(ctx)
+    history_target, modified_target, civi_now = fetch_civicrm.civicrm_marks(ctx)
     rewound: dict[str, object] = {}
     if not full and since and since != "ever":
         bookmark, modified = fetch_civicrm.marks_since(ctx, parse_since_utc(since))
@@ -221,6 +221,7 @@ def start_run(ctx: RunContext, *, since: str | None) -> None:
             history_target=history_target,
             modified_target=modified_target,
             **rewound,
+            civi_started=iso(ctx.civi_to_utc(civi_now)),
         )
         if full:
             ctx.staging.redecide_all(ctx.list_id)
@@ -267,6 +268,7 @@ def advance(ctx: RunContext, index: int) -> None:
             "cursor": 0,
             "mc_offset": 0,
             "last_run_started": state["run_started"],
+            "last_civi_started": state["civi_started"],
             "last_sync": iso(utc_now()),
             "last_sync_seconds": round((utc_now() - started).total_seconds(), 1),
         }

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from mcsync.api.civicrm import IdRange, RangePage, split_ranges
-from mcsync.errors import StorageError
+from mcsync.errors import ApiError, StorageError
 from mcsync.rules.addresses import fold_email
 from mcsync.stages.context import TRACKING_MARKER, WINDOW_OVERLAP, RunContext
 from mcsync.store.database import iso
@@ -39,25 +39,28 @@ def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 # -- CiviCRM: marks for a new run ------------------------------------------------------------
-def civicrm_marks(ctx: RunContext) -> tuple[int, str | None]:
+def civicrm_marks(ctx: RunContext) -> tuple[int, str | None, str | None]:
     """The newest SubscriptionHistory id and Contact.modified_date now: where the next
-    incremental run starts (ids avoid clock skew; dates are the server's own)."""
+    incremental run starts (ids avoid clock skew; dates are the server's own); and CiviCRM's
+    own clock now (APIv4 ``NOW()``, in the same request; None on a site without it): every
+    contact change after it is read by this run or a later one (`store_contacts`)."""
     history = ctx.civicrm.call(
         "SubscriptionHistory", "get", {"select": ["id"], "orderBy": {"id": "DESC"}, "limit": 1}
     )
-    modified = ctx.civicrm.call(
-        "Contact",
-        "get",
-        {
-            "select": ["modified_date"],
-            "where": [["is_deleted", "IN", [True, False]]],
-            "orderBy": {"modified_date": "DESC"},
-            "limit": 1,
-        },
-    )
+    params: dict[str, Any] = {
+        "select": ["modified_date", "NOW() AS mcsync_now"],
+        "where": [["is_deleted", "IN", [True, False]]],
+        "orderBy": {"modified_date": "DESC"},
+        "limit": 1,
+    }
+    try:
+        modified = ctx.civicrm.call("Contact", "get", params)
+    except ApiError:  # an older CiviCRM without NOW()
+        modified = ctx.civicrm.call("Contact", "get", {**params, "select": ["modified_date"]})
     top_id = int(history[0]["id"]) if history else 0
     top_modified = modified[0]["modified_date"] if modified else None
-    return top_id, top_modified
+    now = modified[0].get("mcsync_now") if modified else None
+    return top_id, top_modified, now
 
 
 def marks_since(ctx: RunContext, since: datetime) -> tuple[int, str]:
@@ -175,7 +178,10 @@ def fetch_civicrm_groups(ctx: RunContext) -> None:
     """Full run: read every GroupContact of the audience's groups (by id ranges, each to its
     end), then forget pairs that were not seen (merged or hard-deleted contacts leave no
     history). The forgetting runs only once every range is read: an unread range is never
-    taken for people who left."""
+    taken for people who left. No change date is kept for a status read: one that reads as
+    staged may have gone and come back since (Removed, Added, Removed), and its old date would
+    make an older Mailchimp change look newer; `load_history_dates` dates the pairs where the
+    sides disagree."""
     state = ctx.staging.state(ctx.list_id)
     params = {
         "select": [
@@ -230,7 +236,13 @@ def store_contacts(ctx: RunContext, contacts: list[dict[str, Any]]) -> None:
     own change, or later), kept while no new flag appears, so a later unrelated edit (an
     address, mcsync's own hold) does not make an old flag look new (issue 10). `unflagged_at`
     keeps the modified_date of the last version seen without a flag: a flag seen later was
-    set after it (trashing a contact moves its modified_date, hiding the flag's own time)."""
+    set after it (trashing a contact moves its modified_date, hiding the flag's own time).
+
+    A later edit made before that first sight moves modified_date on too, so a flag first seen
+    on a contact staged before is also bounded below: `flags_after`, CiviCRM's clock when the
+    previous complete run started (that run read the contacts changed in its window after
+    that, and saw no such flag). A contact new to staging has no such bound."""
+    flags_after = ctx.staging.state(ctx.list_id).get("last_civi_started")
     ctx.staging.store_contacts(
         (
             c["contact_id"],
@@ -242,6 +254,7 @@ def store_contacts(ctx: RunContext, contacts: list[dict[str, Any]]) -> None:
                 if any(c.get(flag) for flag in PRIVACY_FLAGS)
                 else (None, iso(ctx.civi_to_utc(c.get("modified_date"))))
             ),
+            flags_after,
         )
         for c in contacts
     )

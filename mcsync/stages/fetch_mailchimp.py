@@ -192,6 +192,43 @@ def confirm_vanished_members(ctx: RunContext) -> None:
         ctx.log(f"Confirmed {confirmed} member(s) missing from the full fetch")
 
 
+def confirm_unread_subscribes(ctx: RunContext) -> None:
+    """Before a staged subscribe adds anyone to the group, make sure it is still there. An
+    incremental run reads only the members changed in its window, and a member deleted
+    permanently at Mailchimp is in no list at all, so its row keeps the status mcsync last
+    read. When CiviCRM sends that row to be decided again (its contact trashed: a new one
+    would be created; another owner of the address matched), a stale `subscribed` would add
+    a contact for a person Mailchimp no longer has (DESIGN §4: never on stale data). Such
+    rows (``unread_subscribes``: decided from a status this run did not read, which could
+    add the contact) are read directly, 404 being gone (`stage_current_members`). Rows the
+    run read, and rows whose contact is Added or changed later, cost nothing. A run resumed
+    by another process read its data before that process began (the member may have gone
+    while it was stopped): then every such row is read again. One round of concurrent reads
+    per committed chunk, resumable by the stage cursor."""
+    chunk = max(1, ctx.mailchimp.max_connections)
+    # No row is staged as read by "": in a resumed run, what it read counts as unread.
+    read_by = ctx.run_id if ctx.read_data_here else ""
+
+    def read_unread(cursor: int) -> list[tuple[Any, dict[str, Any] | None]]:
+        rows = ctx.staging.unread_subscribes(ctx.list_id, ctx.group_id, read_by, cursor, chunk)
+        if not rows:
+            return []
+        keys = [(r["mc_hash"], r["mc_unique_id"]) for r in rows]
+        return list(zip(rows, ctx.mailchimp.current_members(ctx.list_id, keys), strict=True))
+
+    read = 0
+    for found in ctx.staging.each_chunk(
+        ctx.list_id, ctx.budget.check, read_unread, key=lambda pair: int(pair[0]["id"])
+    ):
+        stage_current_members(
+            ctx, [(r["mc_hash"], r["mc_unique_id"]) for r, _ in found], [m for _, m in found]
+        )
+        read += len(found)
+        ctx.progress("read members staged by an earlier run", read, None)
+    if read:
+        ctx.log(f"Read {read} member(s) staged by an earlier run before adding their contacts")
+
+
 def read_directly(ctx: RunContext, keys: list[tuple[str, str | None]]) -> None:
     """Read members the paging did not return directly, and stage what Mailchimp has now
     (`stage_current_members`), in one transaction."""

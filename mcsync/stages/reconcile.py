@@ -201,6 +201,7 @@ class LoadedChunk:
                 emails=tuple(self.emails.get(contact_id, ())),
                 merge_fields=self.merge_fields.get(contact_id, {}),
                 flags_changed_at=parse_iso(contact["flags_at"]),
+                flags_changed_after=parse_iso(contact["flags_after"]),
             )
         siblings = (
             tuple(

@@ -36,6 +36,7 @@ STAGES: list[tuple[str, StageFn, str]] = [
     ("fetch_missing_contacts", fetch_civicrm.fetch_missing_contacts, "any"),
     ("fix_contact_ids", match.fix_contact_ids, "any"),
     ("match_emails", match.match_emails, "any"),
+    ("confirm_unread_subscribes", fetch_mailchimp.confirm_unread_subscribes, "any"),
     ("create_contacts", match.create_contacts, "any"),
     ("add_civicrm_only", match.add_civicrm_only, "any"),
     ("confirm_civicrm_only", fetch_mailchimp.confirm_civicrm_only, "full"),

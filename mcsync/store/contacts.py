@@ -100,13 +100,12 @@ class ContactStore(StoreBase):
     # -- group statuses ---------------------------------------------------------------------
     def store_group_rows(self, rows: Iterable[tuple[int, int, str, str]]) -> None:
         """GroupContact rows (contact, group, status, run) as a full run reads them: the
-        status, seen by this run; the change time is kept only while the status is."""
+        status, seen by this run, with no change time (a status read as staged may have gone
+        and come back; `load_history_dates` dates the pairs whose sides disagree)."""
         self.conn.executemany(
             "INSERT INTO group_status (contact_id, group_id, status, seen_run) "
             "VALUES (?, ?, ?, ?) ON CONFLICT (contact_id, group_id) DO UPDATE SET "
-            "status = excluded.status, seen_run = excluded.seen_run, "
-            "changed_at = CASE WHEN group_status.status IS excluded.status "
-            "THEN group_status.changed_at ELSE NULL END",
+            "status = excluded.status, seen_run = excluded.seen_run, changed_at = NULL",
             rows,
         )
 
@@ -144,24 +143,24 @@ class ContactStore(StoreBase):
     # -- contacts ---------------------------------------------------------------------------
     def store_contacts(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """Upsert (contact_id, is_deleted, is_deceased, do_not_email, is_opt_out, first_name,
-        last_name, flags_at, unflagged_at). `flags_at` keeps when the privacy flags were set
-        as far as mcsync knows: the time given when a flag is first seen set, kept while no
-        new flag appears, so a later unrelated edit does not make an old flag look new (issue
-        10). `unflagged_at` keeps the modified_date of the last version seen without a flag."""
+        last_name, flags_at, unflagged_at, flags_after). `flags_at` keeps when the privacy
+        flags were set as far as mcsync knows: the time given when a flag is first seen set,
+        kept while no new flag appears, so a later unrelated edit does not make an old flag
+        look new (issue 10). `unflagged_at` keeps the modified_date of the last version seen
+        without a flag. `flags_after` (the given lower bound) is kept for a flag first seen on
+        a contact staged before; a contact new to staging has no such bound."""
         self.conn.executemany(
             "INSERT INTO contacts (contact_id, is_deleted, is_deceased, do_not_email, "
             "is_opt_out, first_name, last_name, gone, flags_at, unflagged_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9) "
             "ON CONFLICT (contact_id) DO UPDATE SET is_deleted = excluded.is_deleted, "
             "is_deceased = excluded.is_deceased, do_not_email = excluded.do_not_email, "
             "is_opt_out = excluded.is_opt_out, first_name = excluded.first_name, "
             "last_name = excluded.last_name, gone = 0, flags_at = CASE "
-            "WHEN excluded.is_deceased + excluded.do_not_email + excluded.is_opt_out = 0 "
-            "THEN NULL "
-            "WHEN contacts.flags_at IS NOT NULL AND excluded.is_deceased <= contacts.is_deceased "
-            "AND excluded.do_not_email <= contacts.do_not_email "
-            "AND excluded.is_opt_out <= contacts.is_opt_out THEN contacts.flags_at "
-            "ELSE excluded.flags_at END, "
+            f"WHEN {_NO_FLAG} THEN NULL WHEN {_NO_NEW_FLAG} THEN contacts.flags_at "
+            "ELSE excluded.flags_at END, flags_after = CASE "
+            f"WHEN {_NO_FLAG} THEN NULL WHEN {_NEW_FLAG} THEN ?10 "
+            "WHEN contacts.flags_at IS NOT NULL THEN contacts.flags_after ELSE NULL END, "
             "unflagged_at = COALESCE(excluded.unflagged_at, contacts.unflagged_at)",
             rows,
         )
@@ -277,3 +276,17 @@ class ContactStore(StoreBase):
         for chunk in _chunks(list(contact_ids)):
             marks = ",".join("?" * len(chunk))
             self.execute(f"DELETE FROM emails WHERE contact_id IN ({marks})", tuple(chunk))
+
+
+# The contact read has no privacy flag set; it has one staging did not have; it has none
+# that staging did not have, with their time known (`store_contacts`).
+_NO_FLAG = "excluded.is_deceased + excluded.do_not_email + excluded.is_opt_out = 0"
+_NEW_FLAG = (
+    "(excluded.is_deceased > contacts.is_deceased OR excluded.do_not_email > "
+    "contacts.do_not_email OR excluded.is_opt_out > contacts.is_opt_out)"
+)
+_NO_NEW_FLAG = (
+    "contacts.flags_at IS NOT NULL AND excluded.is_deceased <= contacts.is_deceased "
+    "AND excluded.do_not_email <= contacts.do_not_email "
+    "AND excluded.is_opt_out <= contacts.is_opt_out"
+)

@@ -295,6 +295,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (list_id, sweep, lo)
     ) WITHOUT ROWID
     """,
+    # 16: CiviCRM keeps no history of privacy flags, and flags_at (the modified_date when a
+    # flag is first seen) may be a later edit's: when the contact had been read before, the
+    # flag was set after flags_after, CiviCRM's clock (UTC) when the previous complete run
+    # started (last_civi_started; civi_started: the current run's); NULL: unknown
+    """
+    ALTER TABLE contacts ADD COLUMN flags_after TEXT;
+    ALTER TABLE audience_state ADD COLUMN civi_started TEXT;
+    ALTER TABLE audience_state ADD COLUMN last_civi_started TEXT
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience

@@ -13,8 +13,11 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from mcsync.rules.member_state import SUBSCRIBED_STATUSES
 from mcsync.store.base import StoreBase
 from mcsync.store.states import RowState
+
+_SUBSCRIBED = ", ".join(f"'{status}'" for status in sorted(SUBSCRIBED_STATUSES))
 
 NEW_MEMBER_COLUMNS = (
     "list_id",
@@ -235,23 +238,54 @@ class MemberStore(StoreBase):
         return sorted(email for lc, email in emails.items() if lc not in staged)
 
     # -- dating Mailchimp status changes -----------------------------------------------------
+    def unread_subscribes(
+        self, list_id: str, group_id: int, run_id: str, after_id: int, limit: int
+    ) -> list[sqlite3.Row]:
+        """Rows to decide, staged subscribed or pending by an earlier run and not read by
+        this one, that could add their contact to the group from that status: no contact yet
+        (one would be created, Added), or a contact not Added whose group has no change as
+        new as the member's status (Mailchimp would win). A member deleted permanently is in
+        no list mcsync pages, so such a status may be long gone; these are read directly
+        first. In id order after ``after_id``."""
+        return self.query(
+            "SELECT r.id, r.mc_hash, r.mc_unique_id FROM rows r "
+            f"WHERE r.list_id = ? AND r.id > ? AND r.sync_status = '{RowState.TODO}' "
+            f"AND r.mc_hash IS NOT NULL AND r.mc_status IN ({_SUBSCRIBED}) "
+            "AND r.mc_seen_run IS NOT ? AND NOT EXISTS (SELECT 1 FROM group_status g "
+            "WHERE g.contact_id = r.contact_id AND g.group_id = ? AND (g.status = 'Added' "
+            "OR g.changed_at >= COALESCE(r.mc_status_at, r.mc_last_changed))) "
+            "ORDER BY r.id LIMIT ?",
+            (list_id, after_id, run_id, group_id, limit),
+        )
+
     def undated_status_changes(
         self, list_id: str, group_id: int, after_id: int, limit: int
     ) -> list[sqlite3.Row]:
         """Rows to decide whose Mailchimp status change is known only to lie between
         mcsync's previous view of the member (``mc_status_after``) and its ``last_changed``
         (a change, or a possible round trip of an unchanged status), while the contact's
-        subscription group changed strictly inside that interval (for a round trip: after
-        the known status time, which may lie before that view): the order of the two choices
-        is unknown. In id order after ``after_id``."""
+        subscription group changed strictly inside that interval and the two sides disagree
+        (when they agree there is nothing to order): the order of the two choices is unknown.
+        A possible round trip's latest change is either its known ``mc_status_at`` (not
+        after the view) or inside the interval, so a group change from that known time on is
+        unordered too. Likewise a subscribe not known to be newer than the contact's privacy
+        flag, which may be as late as that interval's end, while the flag was set after
+        ``flags_after`` (or by ``flags_at``) and by ``flags_at``. In id order after
+        ``after_id``."""
+        until = "MAX(r.mc_status_at, COALESCE(r.mc_last_changed, r.mc_status_at))"
         return self.query(
             "SELECT r.id, r.mc_hash, r.mc_status, r.mc_status_after, r.mc_status_at, "
-            "r.mc_last_changed "
-            "FROM rows r JOIN group_status g ON g.contact_id = r.contact_id AND g.group_id = ? "
+            "r.mc_last_changed FROM rows r "
+            "LEFT JOIN group_status g ON g.contact_id = r.contact_id AND g.group_id = ? "
+            "LEFT JOIN contacts c ON c.contact_id = r.contact_id "
             f"WHERE r.list_id = ? AND r.id > ? AND r.sync_status = '{RowState.TODO}' "
             "AND r.mc_status_after IS NOT NULL AND r.mc_status IS NOT 'archived' "
-            "AND g.changed_at > MIN(r.mc_status_after, r.mc_status_at) "
-            "AND g.changed_at < MAX(r.mc_status_at, COALESCE(r.mc_last_changed, r.mc_status_at)) "
+            "AND ((g.changed_at > MIN(r.mc_status_after, COALESCE(r.mc_status_at, "
+            f"r.mc_status_after)) AND g.changed_at < {until} "
+            f"AND (g.status IS 'Added') != (r.mc_status IN ({_SUBSCRIBED}))) "
+            "OR (r.mc_status = 'subscribed' AND c.flags_at IS NOT NULL "
+            "AND c.is_deceased + c.do_not_email + c.is_opt_out > 0 "
+            f"AND r.mc_status_at <= c.flags_at AND COALESCE(c.flags_after, c.flags_at) < {until})) "
             "ORDER BY r.id LIMIT ?",
             (group_id, list_id, after_id, limit),
         )
