@@ -9,7 +9,7 @@ window again for members the paging skipped (`read_skipped_in_window`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -168,28 +168,40 @@ def confirm_vanished_members(ctx: RunContext) -> None:
     confirmed, and the mass-change brake stops the run (DESIGN §5)."""
     if not ctx.staging.seen_any_member(ctx.list_id, ctx.run_id):
         return
-    # One round of concurrent reads per transaction: even a short budget makes progress.
     chunk = max(1, ctx.mailchimp.max_connections)
+    confirmed = reread_members(
+        ctx,
+        lambda cursor: ctx.staging.unseen_members(ctx.list_id, ctx.run_id, cursor, chunk),
+        "confirm members missing from the fetch",
+    )
+    if confirmed:
+        ctx.log(f"Confirmed {confirmed} member(s) missing from the full fetch")
 
-    def read_unseen(cursor: int) -> list[tuple[Any, dict[str, Any] | None]]:
-        """The next unseen rows, each with the member Mailchimp has now (None: gone)."""
-        rows = ctx.staging.unseen_members(ctx.list_id, ctx.run_id, cursor, chunk)
+
+def reread_members(ctx: RunContext, rows_after: Callable[[int], list[Any]], label: str) -> int:
+    """Read directly the members of the rows ``rows_after(cursor)`` returns, chunk after
+    chunk, and stage what Mailchimp has now (`stage_current_members`). The reads of a chunk
+    run concurrently before its transaction opens (no request holds the staging DB's write
+    lock); each chunk is committed with the stage cursor, so even a short budget makes
+    progress and a kill resumes after the last chunk. Returns how many rows were read."""
+
+    def read_after(cursor: int) -> list[tuple[Any, dict[str, Any] | None]]:
+        rows = rows_after(cursor)
         if not rows:
             return []
         keys = [(r["mc_hash"], r["mc_unique_id"]) for r in rows]
         return list(zip(rows, ctx.mailchimp.current_members(ctx.list_id, keys), strict=True))
 
-    confirmed = 0
-    for read in ctx.staging.each_chunk(
-        ctx.list_id, ctx.budget.check, read_unseen, key=lambda pair: int(pair[0]["id"])
+    read = 0
+    for found in ctx.staging.each_chunk(
+        ctx.list_id, ctx.budget.check, read_after, key=lambda pair: int(pair[0]["id"])
     ):
         stage_current_members(
-            ctx, [(r["mc_hash"], r["mc_unique_id"]) for r, _ in read], [m for _, m in read]
+            ctx, [(r["mc_hash"], r["mc_unique_id"]) for r, _ in found], [m for _, m in found]
         )
-        confirmed += len(read)
-        ctx.progress("confirm members missing from the fetch", confirmed, None)
-    if confirmed:
-        ctx.log(f"Confirmed {confirmed} member(s) missing from the full fetch")
+        read += len(found)
+        ctx.progress(label, read, None)
+    return read
 
 
 def confirm_unread_subscribes(ctx: RunContext) -> None:
@@ -208,23 +220,13 @@ def confirm_unread_subscribes(ctx: RunContext) -> None:
     chunk = max(1, ctx.mailchimp.max_connections)
     # No row is staged as read by "": in a resumed run, what it read counts as unread.
     read_by = ctx.run_id if ctx.read_data_here else ""
-
-    def read_unread(cursor: int) -> list[tuple[Any, dict[str, Any] | None]]:
-        rows = ctx.staging.unread_subscribes(ctx.list_id, ctx.group_id, read_by, cursor, chunk)
-        if not rows:
-            return []
-        keys = [(r["mc_hash"], r["mc_unique_id"]) for r in rows]
-        return list(zip(rows, ctx.mailchimp.current_members(ctx.list_id, keys), strict=True))
-
-    read = 0
-    for found in ctx.staging.each_chunk(
-        ctx.list_id, ctx.budget.check, read_unread, key=lambda pair: int(pair[0]["id"])
-    ):
-        stage_current_members(
-            ctx, [(r["mc_hash"], r["mc_unique_id"]) for r, _ in found], [m for _, m in found]
-        )
-        read += len(found)
-        ctx.progress("read members staged by an earlier run", read, None)
+    read = reread_members(
+        ctx,
+        lambda cursor: ctx.staging.unread_subscribes(
+            ctx.list_id, ctx.group_id, read_by, cursor, chunk
+        ),
+        "read members staged by an earlier run",
+    )
     if read:
         ctx.log(f"Read {read} member(s) staged by an earlier run before adding their contacts")
 
