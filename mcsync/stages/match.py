@@ -121,7 +121,6 @@ def create_contacts(ctx: RunContext) -> None:
     """
     if not ctx.sync.create_contacts or ctx.dry_run:
         return
-    _read_stale_members(ctx)
     while True:
         ctx.budget.check()
         rows = ctx.staging.rows_to_create(ctx.list_id, CREATE_CHUNK)
@@ -156,25 +155,6 @@ def create_contacts(ctx: RunContext) -> None:
         if not contact_ids:
             _rematch(ctx, rows)
         ctx.progress("create contacts", len(rows), None)
-
-
-def _read_stale_members(ctx: RunContext) -> None:
-    """Members about to get a contact whose data this run did not read (their contact was
-    trashed since, say) are read directly first: a member deleted permanently at Mailchimp
-    meanwhile, which no incremental fetch shows, must not get a contact Added on a stale
-    "subscribed" (DESIGN §4). Costs nothing when every such member was fetched this run."""
-    from mcsync.stages.fetch_mailchimp import read_directly  # it imports this module
-
-    after = 0
-    while True:
-        ctx.budget.check()
-        rows = ctx.staging.unread_members_to_create(
-            ctx.list_id, ctx.run_id, after, max(1, ctx.mailchimp.max_connections)
-        )
-        if not rows:
-            return
-        read_directly(ctx, [(r["mc_hash"], r["mc_unique_id"]) for r in rows])
-        after = rows[-1]["id"]
 
 
 @dataclass(frozen=True)

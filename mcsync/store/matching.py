@@ -272,20 +272,6 @@ class MatchStore(StoreBase):
             choices,
         )
 
-    def unread_members_to_create(
-        self, list_id: str, run_id: str, after_id: int, limit: int
-    ) -> list[sqlite3.Row]:
-        """Subscribed or pending members with no contact that `create_contacts` would make
-        one for, whose data this run has not read (in id order after ``after_id``)."""
-        return self.query(
-            "SELECT id, mc_hash, mc_unique_id FROM rows WHERE list_id = ? AND id > ? "
-            "AND contact_id IS NULL AND mc_hash IS NOT NULL AND mc_email IS NOT NULL "
-            "AND mc_status IN ('subscribed', 'pending') AND sync_status != 'fail' "
-            "AND creating = 0 AND trashed_removal_at IS NULL AND trashed_flag_by IS NULL "
-            "AND mc_seen_run IS NOT ? ORDER BY id LIMIT ?",
-            (list_id, after_id, run_id, limit),
-        )
-
     def flag_marks(self, contact_ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
         """contact id → (when mcsync last saw it without a privacy flag, when it first saw
         the present flags set), both UTC, for the staged ones of these contacts."""
