@@ -464,8 +464,16 @@ class Model:
             )
             self.choose(person, False, "staff", "civi-GroupContact-deleted", "civi")
         elif kind == "privacy-flag":
+            [row] = self.civi.query(
+                "SELECT do_not_email, is_opt_out FROM contact WHERE id = ?", (contact,)
+            )
+            # Ticking a box that is already ticked changes nothing CiviCRM keeps (and nothing
+            # mcsync could see): only a flag the contact does not have yet is a new choice.
+            unset = [flag for flag in ("do_not_email", "is_opt_out") if not row[flag]]
+            if not unset:
+                return False
             self.clock.advance(3)
-            flag = self.rng.choice(["do_not_email", "is_opt_out"])
+            flag = self.rng.choice(unset)
             self.civi.update_contact(contact, **{flag: True})
             person.flagged = True
             # Not a group opt-out: the group is left alone; Mailchimp is unsubscribed.

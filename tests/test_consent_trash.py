@@ -231,6 +231,39 @@ def test_subscribe_later_than_a_trashed_flag_gets_a_new_contact(world: World) ->
 
 
 @pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
+def test_second_flag_later_than_a_new_sign_up_then_trash_gets_no_contact(
+    world: World, full: bool
+) -> None:
+    """Model seed 69's shape with a real second choice: flagged (do_not_email), the member
+    unsubscribed; the person signs up again at Mailchimp (newer than the flag: reported, the
+    flagged contact not Added); then staff tick the *other* flag (is_opt_out, newer than the
+    sign-up) and later trash the contact. The newest choice is the flag: no new contact is
+    created and Added for the address, and the member is not left subscribed."""
+    contact = world.person(EMAIL, mc="subscribed", civi="Added")
+    assert contact is not None
+    _completed(world)
+    world.advance_clock(minutes=10)
+    world.civi.update_contact(contact, do_not_email=True)
+    world.advance_clock(minutes=10)
+    _completed(world)
+    assert world.mc_status(EMAIL) == "unsubscribed"
+    world.advance_clock(minutes=10)
+    world.mc.set_member_status(world.list_id, EMAIL, "subscribed")
+    world.advance_clock(minutes=10)
+    _completed(world)
+    world.advance_clock(minutes=10)
+    world.civi.update_contact(contact, is_opt_out=True)
+    world.advance_clock(minutes=10)
+    _completed(world)
+    world.advance_clock(minutes=10)
+    world.civi.delete_contact(contact)
+    world.advance_clock(minutes=10)
+    _completed(world, full=full)
+    assert [o for o in _live_owners(world) if world.civi_status(o) == "Added"] == []
+    assert world.mc_status(EMAIL) != "subscribed"
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
 def test_flag_and_trash_mcsync_never_saw_unflagged_is_reported(world: World, full: bool) -> None:
     """Flagged and trashed before mcsync ever read the contact: the trash moved its
     modified_date, so the flag may be older or newer than the member's subscribe. mcsync
