@@ -123,3 +123,38 @@ def test_a_sign_up_that_went_and_came_back_around_a_flag_is_not_undone(world: Wo
     assert world.civi_status(contact) == "Added"
     [failure] = [f for f in _failures(world) if f["contact_id"] == contact]
     assert failure["reason"] == Reason.PRIVACY_FLAGS.value
+
+
+def test_staff_adding_a_flagged_contact_does_not_lift_the_flag(world: World) -> None:
+    """Model seed 75: the person signed up at Mailchimp after an old opt-out (reported, left
+    alone); staff then tick do-not-email (a new, later flag) and a minute later add the
+    contact to the group. Adding a contact to a group does not clear its privacy flags: the
+    flag still stands as the latest word on email, so the member is unsubscribed; the staff
+    member's Added is kept in CiviCRM (mcsync's own unsubscribe is no choice to copy back),
+    and later runs change nothing."""
+    contact = _synced_out(world)
+    world.advance_clock(minutes=10)
+    world.civi.update_contact(contact, is_opt_out=True)
+    world.advance_clock(minutes=10)
+    _completed(world)
+    world.advance_clock(minutes=10)
+    world.mc.set_member_status(world.list_id, EMAIL, "subscribed")
+    world.advance_clock(minutes=10)
+    _completed(world)
+    assert world.mc_status(EMAIL) == "subscribed"
+    assert [f["reason"] for f in _failures(world)] == [Reason.PRIVACY_FLAGS]
+    world.advance_clock(minutes=10)
+    world.civi.update_contact(contact, do_not_email=True)
+    world.advance_clock(minutes=1)
+    world.civi.set_group_status(contact, world.group_id, "Added")
+    world.advance_clock(minutes=10)
+    _completed(world)
+    assert world.mc_status(EMAIL) == "unsubscribed"
+    assert world.civi_status(contact) == "Added"
+    writes = len(world.writes())
+    for full in (False, True):
+        world.advance_clock(minutes=30)
+        _completed(world, full=full)
+    assert world.mc_status(EMAIL) == "unsubscribed"
+    assert world.civi_status(contact) == "Added"
+    assert len(world.writes()) == writes

@@ -115,6 +115,10 @@ class SimClock:
             return int(self.seconds)
 
 
+_FLAG_CHOICES = ("civi-do_not_email", "civi-is_opt_out")
+"""Choices made by ticking a privacy flag (`act_civicrm`)."""
+
+
 @dataclass
 class Choice:
     at: int  # epoch seconds on the shared clock
@@ -691,18 +695,25 @@ class Model:
 
     # ------------------------------------------------------------------ the oracle
 
-    def justified(self, person: Person, side: Side, new: bool | None, began: int) -> str | None:
+    def justified(
+        self, person: Person, side: Side, new: bool | None, began: int, at_mailchimp: bool
+    ) -> str | None:
         """None when some choice justifies writing `new` over `side`; else why not.
 
         A choice justifies it when it has that value, is later than the choice behind the
         overwritten state, and was the person's latest at some moment since the run began
-        (when mcsync may have read it)."""
+        (when mcsync may have read it). At Mailchimp a privacy flag stays the latest word on
+        email until a later sign-up there: staff adding the flagged contact to the group later
+        does not lift it (seed 75)."""
         if new is None:
             return "mcsync never deletes a member or a contact"
         now = self.clock.epoch()
         ordered = sorted(person.choices, key=lambda c: c.at)
         for index, choice in enumerate(ordered):
-            later = ordered[index + 1].at if index + 1 < len(ordered) else None
+            after = ordered[index + 1 :]
+            if at_mailchimp and choice.what in _FLAG_CHOICES:
+                after = [c for c in after if not c.what.startswith("civi-")]
+            later = after[0].at if after else None
             if choice.value != new or choice.at > now:
                 continue
             if side.origin is not None and choice.at <= side.origin:
@@ -725,7 +736,7 @@ class Model:
             ):
                 if actual == side.value:
                     continue
-                why = self.justified(person, side, actual, began)
+                why = self.justified(person, side, actual, began, name == "mailchimp")
                 if why is not None:
                     self.violations.append(
                         Violation(self.step, name, person.email, side.value, actual, why)
