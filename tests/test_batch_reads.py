@@ -28,9 +28,11 @@ import httpx
 import pytest
 from conftest import World
 
+from mcsync.api.mailchimp import MailchimpClient, member_read_operations
 from mcsync.budget import Budget
 from mcsync.sim.mailchimp import subscriber_hash
 from mcsync.stages import fetch_mailchimp
+from mcsync.stages.batches import members_from_read_results
 
 PAGE_SIZE = 5
 THRESHOLD = 5
@@ -406,3 +408,52 @@ def test_members_missing_from_a_full_fetch_are_confirmed_by_a_batch(
     gone = {*range(5), *range(30, 35)}
     assert {n for n, c in contacts.items() if world.civi_status(c) != "Added"} == gone
     assert {world.mc_status(_email(n)) for n in range(40) if n not in gone} == {"subscribed"}
+
+
+def test_a_batch_of_reads_finds_what_direct_reads_find(world: World) -> None:
+    """For every kind of member a read can meet, the batch's answer is the direct read's:
+    subscribed, archived (returned, status archived), moved to a new address (its old hash
+    answers 404; its unique_email_id finds it), deleted permanently (404, no one holds its
+    unique_email_id), never there (404), and one whose operation failed (unread, not gone)."""
+    for email in ("sub@example.org", "arch@example.org", "old@example.org", "gone@example.org"):
+        world.person(email, mc="subscribed")
+    keys: list[tuple[str, str | None]] = []
+    for email in ("sub@example.org", "arch@example.org", "old@example.org", "gone@example.org"):
+        member = world.mc.member(world.list_id, email)
+        assert member is not None
+        keys.append((member["id"], member["unique_email_id"]))
+    keys.append((subscriber_hash("never@example.org"), None))
+    keys.append((subscriber_hash("sub@example.org"), None))  # its operation fails: unread
+    world.mc.set_member_status(world.list_id, "arch@example.org", "archived")
+    world.mc.edit_member(world.list_id, "old@example.org", new_email="moved@example.org")
+    world.mc.forget_member(world.list_id, "gone@example.org")
+
+    client = MailchimpClient(
+        account_name="main",
+        api_key=world.config.mailchimp.accounts["main"].api_key.get_secret_value(),
+        base_url="https://mailchimp.sim/3.0",
+        budget=Budget(None),
+        transport=world.transport,
+    )
+    direct = client.current_members(world.list_id, keys)
+    world.mc.fail_batch_operations(world.list_id, "sub@example.org", times=1)
+    operations = member_read_operations(world.list_id, keys)
+    # the first operation on sub@example.org is key 0's: fail key 5's instead
+    operations = operations[2:] + operations[:2]
+    batch = client.start_batch(operations)
+    finished = client.get_batch(batch["id"])
+    assert finished["status"] == "finished"
+    results = client.batch_results(finished["response_body_url"], batch_id=batch["id"])
+    found, unread = members_from_read_results(keys, results)
+
+    assert unread == [5]
+    assert [m and (m["email_address"], m["status"]) for m in direct] == [
+        ("sub@example.org", "subscribed"),
+        ("arch@example.org", "archived"),
+        ("moved@example.org", "subscribed"),
+        None,
+        None,
+        ("sub@example.org", "subscribed"),
+    ]
+    assert found[:5] == direct[:5]
+    assert found[5] is None
