@@ -17,6 +17,7 @@ The simulator runs GET operations inside a batch through the same routes as dire
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Callable
@@ -26,10 +27,14 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from conftest import World
 
 from mcsync.api.mailchimp import MailchimpClient, member_read_operations
 from mcsync.budget import Budget
+from mcsync.cli import main
+from mcsync.ops import abort
+from mcsync.runner import engine
 from mcsync.sim.mailchimp import subscriber_hash
 from mcsync.stages import fetch_mailchimp
 from mcsync.stages.batches import members_from_read_results
@@ -457,3 +462,63 @@ def test_a_batch_of_reads_finds_what_direct_reads_find(world: World) -> None:
     ]
     assert found[:5] == direct[:5]
     assert found[5] is None
+
+
+def _stopped_while_mailchimp_works_on_the_batch(world: World) -> dict[str, Any]:
+    """Mailchimp takes 10 minutes over the batch of reads: the run polls until its budget
+    (clock readings; waits cost none) is too short for another wait, and stops there."""
+    world.mc._batches.delay = timedelta(seconds=600)
+    clock = iter(range(10**7))
+    budget = Budget(400, clock=lambda: float(next(clock)), sleep=lambda seconds: None)
+    results = world.sync(budget=budget)
+    assert results[0].error is None, results[0].error
+    assert results[0].outcome and results[0].outcome.stage == "confirm_civicrm_only"
+    assert _state(world)["cursor"] == 0
+    [batch] = [b for b in _staged_batches(world) if b["reads"]]
+    assert batch["status"] == "pending"
+    assert world.writes() == [("POST", "/3.0/batches")]
+    return batch
+
+
+def test_a_budget_ending_while_mailchimp_works_on_the_batch_collects_it_next_run(
+    make_world: Callable[..., World],
+) -> None:
+    """The next run, once Mailchimp has finished, collects the batch the stopped run
+    submitted: no second batch, and the outcome is a single run's."""
+    world = _first_sync_world(make_world)
+    batch = _stopped_while_mailchimp_works_on_the_batch(world)
+    world.advance_clock(seconds=601)
+    _completed(world.sync())
+    _assert_first_sync_outcome(world)
+    assert len(_read_batches(world)) == 1
+    [after] = [b for b in _staged_batches(world) if b["reads"]]
+    assert (after["id"], after["status"]) == (batch["id"], "processed")
+
+
+def test_abort_cancels_a_batch_of_reads_and_the_next_run_reads_afresh(
+    make_world: Callable[..., World], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mcsync abort` with a batch of reads in flight deletes it at Mailchimp and closes it:
+    its results are never applied; the next run starts afresh and reads with a new batch."""
+    world = _first_sync_world(make_world)
+    batch = _stopped_while_mailchimp_works_on_the_batch(world)
+    monkeypatch.setattr(
+        abort, "connections", functools.partial(engine.connections, transport=world.transport)
+    )
+    done = CliRunner().invoke(
+        main, ["abort", "--group-id", str(world.group_id), "--config", str(world.config_path)]
+    )
+    assert done.exit_code == 0, done.output
+    assert ("DELETE", f"/3.0/batches/{batch['mc_batch_id']}") in world.mc.request_log
+    assert [b["status"] for b in _staged_batches(world) if b["reads"]] == ["aborted"]
+
+    world.mc._batches.delay = timedelta(0)
+    _completed(world.sync())
+    assert [b["status"] for b in _staged_batches(world) if b["reads"]] == ["aborted", "processed"]
+    assert len(_read_batches(world)) == 1  # the deleted one is gone at Mailchimp
+    contacts: dict[int, int] = world.contacts  # type: ignore[attr-defined]
+    for n in (10, 11, 12):
+        assert world.mc_status(_email(n)) == "unsubscribed", n
+        assert world.civi_status(contacts[n]) == "Removed", n
+    assert world.mc_status(ARCHIVED) == "archived"
+    assert {world.mc_status(_new(n)) for n in range(8)} == {"subscribed"}
