@@ -245,11 +245,14 @@ class Model:
     # ------------------------------------------------------------------ setup
 
     def write_config(self) -> None:
+        # Low thresholds, so the interleavings cover batches of writes and of reads (members
+        # confirmed through POST /batches) as well as direct ones.
         self.config_path.write_text(
             f'state_db = "{self.state_db.name}"\n'
             f'[civicrm]\nurl = "{CIVI_URL}"\napi_key = "{CIVI_KEY}"\ntimezone = "UTC"\n'
             f'[mailchimp.accounts.main]\napi_key = "{MC_KEY}"\nbase_url = "{MC_URL}"\n'
-            f"[sync]\nbatch_threshold = 6\npage_size_mailchimp = 4\npage_size_civicrm = 5\n"
+            f"[sync]\nbatch_threshold = 6\nread_batch_threshold = 2\npage_size_mailchimp = 4\n"
+            f"page_size_civicrm = 5\n"
             f"max_connections = 1\nmax_removal_share = {self.max_removal_share}\n"
             f'[[audience]]\naccount = "main"\nlist_id = "{self.list_id}"\n'
             f"group_id = {self.group_id}\n"

@@ -168,6 +168,11 @@ class SyncConfig(_Model):
     batch_threshold: int = Field(
         default=1000, ge=1, description="member writes at/above this go via POST /batches"
     )
+    read_batch_threshold: int = Field(
+        default=1000,
+        ge=1,
+        description="members to read directly at/above this are read via POST /batches",
+    )
     max_removal_share: float = Field(
         default=0.10,
         ge=0.0,

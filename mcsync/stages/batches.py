@@ -1,6 +1,10 @@
 """Mailchimp batches: submit large change sets as `POST /batches`, recover a submission whose
 answer was lost, and poll and download results (the collect_batches stage) — mcsync collects
 results itself, so no batch webhook is needed. A `POST /batches` is never sent twice.
+
+Large sets of member reads go the same way (`submit_read_batch`, `collect_read_batch`,
+`members_from_read_results`): the stages that read members directly submit GET operations
+and collect their batch themselves, before applying its results with their chunk.
 """
 
 from __future__ import annotations
@@ -9,8 +13,20 @@ import json
 import sqlite3
 from typing import Any
 
-from mcsync.api.mailchimp import member_put_operation
-from mcsync.errors import ApiError, BudgetExhausted, ResponseTooLarge, UnreadableResults
+from mcsync.api.mailchimp import (
+    READ_OPERATION_PREFIX,
+    UNIQUE_SUFFIX,
+    member_put_operation,
+    member_read_operations,
+)
+from mcsync.api.shapes import odd_member
+from mcsync.errors import (
+    ApiError,
+    BudgetExhausted,
+    NotFoundError,
+    ResponseTooLarge,
+    UnreadableResults,
+)
 from mcsync.rules import write_results as wr
 from mcsync.stages.context import RunContext
 from mcsync.stages.overtaken import drop_overtaken_updates
@@ -23,6 +39,11 @@ POLL_SECONDS = 2.0
 # Runs that may find a batch's results unreadable (a download may be garbled once) before the
 # batch is closed and its updates fail with 'bad_result'.
 RESULTS_TRIES = 3
+# Members read per batch of reads (with a second operation for each known unique_email_id).
+# A batch costs a few requests (the POST, a poll or two, the download), so 2500 members keep
+# reads well under one request per 500 members, while the results of one batch (about 1-2 KB
+# a member with mcsync's fields) stay a few MB, far below the caps on a results file.
+READ_BATCH_SIZE = 2500
 
 
 def push_batches(ctx: RunContext) -> None:
@@ -50,22 +71,33 @@ def push_batches(ctx: RunContext) -> None:
             )
             for u in updates
         ]
-        try:
-            batch = ctx.mailchimp.start_batch(operations)
-        except ApiError as exc:
-            if exc.status is not None and 400 <= exc.status < 500:
-                ctx.staging.unsubmit_batch(batch_row)  # refused: nothing reached Mailchimp
-            raise
-        ctx.staging.batch_submitted(batch_row, batch["id"], batch.get("status", "pending"))
+        batch = _submit(ctx, batch_row, operations)
         ctx.log(f"Submitted batch {batch['id']} with {len(updates)} operations")
         ctx.progress("submit batches", len(updates), None)
 
 
-def recover_submissions(ctx: RunContext) -> None:
-    """A kill between `POST /batches` and recording its id leaves a 'submitting' batch row.
-    Look for a batch Mailchimp accepted at that time with that many operations: adopt it if
-    found, else the POST never arrived and the updates go back to the queue."""
-    stuck = ctx.staging.submitting_batches(ctx.list_id)
+def _submit(ctx: RunContext, batch_row: int, operations: list[dict[str, Any]]) -> dict[str, Any]:
+    """``POST /batches`` for a batch row claimed (committed) before it, and record the batch
+    Mailchimp accepted. A refusal (4xx) reached nothing: the row goes (its updates back to the
+    queue). Any other failure leaves the row 'submitting', for `recover_submissions`."""
+    try:
+        batch = ctx.mailchimp.start_batch(operations)
+    except ApiError as exc:
+        if exc.status is not None and 400 <= exc.status < 500:
+            ctx.staging.unsubmit_batch(batch_row)  # refused: nothing reached Mailchimp
+        raise
+    ctx.staging.batch_submitted(batch_row, batch["id"], batch.get("status", "pending"))
+    return batch
+
+
+def recover_submissions(ctx: RunContext, stuck: list[sqlite3.Row] | None = None) -> None:
+    """A kill between `POST /batches` and recording its id leaves a 'submitting' batch row
+    (``stuck``; by default the audience's batches of writes). Look for a batch Mailchimp
+    accepted at that time with that many operations: adopt it if found, else the POST never
+    arrived, the row goes and its updates go back to the queue (a batch of reads is read
+    again)."""
+    if stuck is None:
+        stuck = ctx.staging.submitting_batches(ctx.list_id)
     if not stuck:
         return
     known = ctx.staging.known_batch_ids()
@@ -95,27 +127,127 @@ def collect_batches(ctx: RunContext) -> None:
     """Poll this audience's batches and process finished ones; wait within the budget."""
     recover_submissions(ctx)
     while True:
-        open_batches = ctx.staging.open_batches(ctx.list_id)
+        open_batches = ctx.staging.open_batches(ctx.list_id, writes_only=True)
         if not open_batches:
             return
         waiting = False
         for row in open_batches:
-            ctx.budget.check()
-            batch = ctx.mailchimp.get_batch(row["mc_batch_id"])
-            ctx.staging.batch_polled(
-                row["id"],
-                batch.get("status"),
-                batch.get("finished_operations"),
-                batch.get("errored_operations"),
-            )
+            batch = poll_batch(ctx, row)
             if batch.get("status") != "finished":
                 waiting = True
                 continue
             _process_results(ctx, row, batch)
         if waiting:
-            if ctx.budget.remaining() < POLL_SECONDS:
-                raise BudgetExhausted("waiting for Mailchimp to finish a batch")
-            ctx.budget.sleep(POLL_SECONDS)
+            wait_for_batches(ctx)
+
+
+def poll_batch(ctx: RunContext, row: sqlite3.Row) -> dict[str, Any]:
+    """One look at a submitted batch (within the budget): Mailchimp's view of it, stored."""
+    ctx.budget.check()
+    batch = ctx.mailchimp.get_batch(row["mc_batch_id"])
+    ctx.staging.batch_polled(
+        row["id"],
+        batch.get("status"),
+        batch.get("finished_operations"),
+        batch.get("errored_operations"),
+    )
+    return batch
+
+
+def wait_for_batches(ctx: RunContext) -> None:
+    """Wait before polling unfinished batches again; a budget too short for the wait stops
+    the run (the batches stay recorded and are collected by the next run)."""
+    if ctx.budget.remaining() < POLL_SECONDS:
+        raise BudgetExhausted("waiting for Mailchimp to finish a batch")
+    ctx.budget.sleep(POLL_SECONDS)
+
+
+# -- batches of member reads ------------------------------------------------------------------
+
+
+def submit_read_batch(
+    ctx: RunContext, keys: list[tuple[str, str | None]], reads: dict[str, Any]
+) -> int:
+    """Submit GET operations reading these members (`member_read_operations`). The batch row
+    (with ``reads``: the run, stage, stage cursor and keys it reads for) is committed before
+    the POST, so a kill in flight is recovered, never re-sent blind. Returns the row's id."""
+    operations = member_read_operations(ctx.list_id, keys)
+    ctx.check_lease()
+    batch_row = ctx.staging.claim_read_batch(
+        ctx.list_id, len(operations), iso(utc_now()), json.dumps(reads)
+    )
+    batch = _submit(ctx, batch_row, operations)
+    ctx.log(f"Submitted batch {batch['id']} reading {len(keys)} member(s)")
+    return batch_row
+
+
+def collect_read_batch(ctx: RunContext, row: sqlite3.Row) -> list[dict[str, Any]] | None:
+    """Wait (within the budget) for a submitted batch of reads to finish, and return its
+    operation results. None when they cannot be had: the batch is gone at Mailchimp (deleted,
+    expired) or its results file is unreadable; the caller reads those members directly.
+    A budget ending while it waits leaves the batch recorded: the next run collects it."""
+    while True:
+        try:
+            batch = poll_batch(ctx, row)
+        except NotFoundError:
+            ctx.log(f"Batch {row['mc_batch_id']} of member reads is gone at Mailchimp", "warning")
+            return None
+        if batch.get("status") == "finished":
+            break
+        wait_for_batches(ctx)
+    try:
+        return ctx.mailchimp.batch_results(batch["response_body_url"], batch_id=batch["id"])
+    except (ResponseTooLarge, UnreadableResults) as exc:
+        ctx.log(f"{exc}; its members are read directly instead", "warning")
+        return None
+
+
+def members_from_read_results(
+    keys: list[tuple[str, str | None]], results: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any] | None], list[int]]:
+    """``(found, unread)`` for the keys a batch of reads was for, from its results, by
+    operation id (never by position). ``found[n]``: the member (its hash answered 200, or,
+    after a 404, its unique_email_id found it), or None: Mailchimp has no such member (the
+    hash answered 404 and the unique_email_id, if known, found nobody). ``unread``: the
+    indexes of keys whose answer is anything else (a 5xx or 429 inside the batch, a garbled
+    or missing result): neither gone nor new, to be read again; their ``found`` is None."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for item in results:
+        operation_id = item.get("operation_id")
+        if isinstance(operation_id, str) and operation_id.startswith(READ_OPERATION_PREFIX):
+            by_id[operation_id] = item
+    required = ("id", "email_address")
+    found: list[dict[str, Any] | None] = []
+    unread: list[int] = []
+    for index, (subscriber_hash, unique_email_id) in enumerate(keys):
+        code, member = _read_answer(by_id.get(f"{READ_OPERATION_PREFIX}{index}"))
+        if code == 200 and isinstance(member, dict) and not odd_member(member, required):
+            if member.get("id") == subscriber_hash:
+                found.append(member)
+                continue
+        elif code == 404 and not unique_email_id:
+            found.append(None)
+            continue
+        elif code == 404:
+            code, page = _read_answer(by_id.get(f"{READ_OPERATION_PREFIX}{index}{UNIQUE_SUFFIX}"))
+            listed = page.get("members") if code == 200 and isinstance(page, dict) else None
+            if isinstance(listed, list) and not listed:
+                found.append(None)
+                continue
+            if isinstance(listed, list) and not odd_member(listed[0], required):
+                found.append(listed[0])
+                continue
+        found.append(None)
+        unread.append(index)
+    return found, unread
+
+
+def _read_answer(result: dict[str, Any] | None) -> tuple[int, Any]:
+    """(status code, parsed response) of one read operation; 0 when missing or malformed."""
+    if result is None:
+        return 0, None
+    code, response, problem = _read_result(result)
+    return (0, None) if problem else (code, response)
 
 
 def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -> None:

@@ -9,15 +9,25 @@ window again for members the paging skipped (`read_skipped_in_window`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from mcsync.api.mailchimp import MAX_PAGE_SIZE, NO_EVENT, member_hash
+from mcsync.stages.batches import (
+    READ_BATCH_SIZE,
+    collect_read_batch,
+    members_from_read_results,
+    recover_submissions,
+    submit_read_batch,
+)
 from mcsync.stages.context import WINDOW_OVERLAP, RunContext
 from mcsync.stages.match import assign_matches
 from mcsync.store.database import dumps, iso, parse_iso, utc_now
-from mcsync.store.states import RowState
+from mcsync.store.states import BatchState, RowState
+
+Key = tuple[str, str | None]
+"""A member to read: (subscriber hash, unique_email_id if known)."""
 
 # Margin before a full run's start for reading the changes made while it paged: covers a
 # clock difference with Mailchimp and its whole-second times.
@@ -168,40 +178,161 @@ def confirm_vanished_members(ctx: RunContext) -> None:
     confirmed, and the mass-change brake stops the run (DESIGN §5)."""
     if not ctx.staging.seen_any_member(ctx.list_id, ctx.run_id):
         return
-    chunk = max(1, ctx.mailchimp.max_connections)
     confirmed = reread_members(
         ctx,
-        lambda cursor: ctx.staging.unseen_members(ctx.list_id, ctx.run_id, cursor, chunk),
+        lambda cursor, limit: ctx.staging.unseen_members(ctx.list_id, ctx.run_id, cursor, limit),
         "confirm members missing from the fetch",
     )
     if confirmed:
         ctx.log(f"Confirmed {confirmed} member(s) missing from the full fetch")
 
 
-def reread_members(ctx: RunContext, rows_after: Callable[[int], list[Any]], label: str) -> int:
-    """Read directly the members of the rows ``rows_after(cursor)`` returns, chunk after
-    chunk, and stage what Mailchimp has now (`stage_current_members`). The reads of a chunk
-    run concurrently before its transaction opens (no request holds the staging DB's write
-    lock); each chunk is committed with the stage cursor, so even a short budget makes
-    progress and a kill resumes after the last chunk. Returns how many rows were read."""
-
-    def read_after(cursor: int) -> list[tuple[Any, dict[str, Any] | None]]:
-        rows = rows_after(cursor)
-        if not rows:
-            return []
-        keys = [(r["mc_hash"], r["mc_unique_id"]) for r in rows]
-        return list(zip(rows, ctx.mailchimp.current_members(ctx.list_id, keys), strict=True))
-
+def reread_members(
+    ctx: RunContext, rows_after: Callable[[int, int], Sequence[Any]], label: str
+) -> int:
+    """Read the members of the rows ``rows_after(cursor, limit)`` returns, chunk after chunk
+    (`read_members_in_chunks`), and stage what Mailchimp has now (`stage_current_members`).
+    Returns how many rows were read."""
     read = 0
-    for found in ctx.staging.each_chunk(
-        ctx.list_id, ctx.budget.check, read_after, key=lambda pair: int(pair[0]["id"])
+    for chunk in read_members_in_chunks(
+        ctx, rows_after, lambda rows: [(r["mc_hash"], r["mc_unique_id"]) for r in rows]
     ):
-        stage_current_members(
-            ctx, [(r["mc_hash"], r["mc_unique_id"]) for r, _ in found], [m for _, m in found]
-        )
-        read += len(found)
+        stage_current_members(ctx, chunk.keys, chunk.found)
+        read += chunk.rows
         ctx.progress(label, read, None)
     return read
+
+
+class MembersRead(NamedTuple):
+    """A chunk of rows and what Mailchimp has now for the members they stand for, read
+    before the chunk's transaction opens (no request holds the staging DB's write lock,
+    which the lease heartbeat needs)."""
+
+    last_id: int
+    """The chunk's last row id: where the stage cursor moves when it is committed."""
+    rows: int
+    keys: list[Key]
+    found: list[dict[str, Any] | None]
+    """One per key: the member (archived too), or None: Mailchimp has no such member."""
+    batch_row: int | None
+    """The batch of reads the members came from, closed with the chunk; None: read directly."""
+
+
+def read_members_in_chunks(
+    ctx: RunContext,
+    rows_after: Callable[[int, int], Sequence[Any]],
+    keys_of: Callable[[Sequence[Any]], list[Key]],
+) -> Iterator[MembersRead]:
+    """The members of the stage's rows (``rows_after(cursor, limit)``, in id order; each
+    row's members: ``keys_of(rows)``), read chunk after chunk, each yielded inside the
+    transaction that moves the stage cursor past it (`StoreBase.each_chunk`): the caller
+    stages them there, so even a short budget makes progress and a kill resumes after the
+    last chunk committed.
+
+    Few rows (under ``sync.read_batch_threshold``) are read by concurrent direct GETs
+    (`MailchimpClient.current_members`), a chunk per round of connections: answered at once.
+    Many are read through batches of GET operations (`submit_read_batch`), `READ_BATCH_SIZE`
+    rows a batch: a few requests per batch instead of one per member, for a batch's poll
+    latency. A batch's row records the run, stage, stage cursor and keys it reads for, and is
+    committed before it is submitted; a run stopped while it is in flight (budget, kill)
+    collects that same batch when it resumes, and applies its results only to those keys and
+    only at that cursor (a batch of another run, stage or cursor is dropped and its rows read
+    afresh). A member whose operation failed inside the batch (a 5xx), or whose result
+    cannot be read, is neither gone nor new: it is read again directly, and if that fails the
+    run fails before the chunk is committed, so nothing is decided from it. When the batch's
+    results cannot be had at all (gone, unreadable), its members are read directly."""
+    direct_chunk = max(1, ctx.mailchimp.max_connections)
+    threshold = ctx.sync.read_batch_threshold
+    mode = {"batched": False, "few": False}
+
+    def read_after(cursor: int) -> list[MembersRead]:
+        pending = _pending_read_batch(ctx, cursor)
+        if pending is not None:
+            return [_collect_members(ctx, *pending)]
+        look = direct_chunk if mode["few"] else max(threshold, READ_BATCH_SIZE)
+        rows = rows_after(cursor, look)
+        if not rows:
+            return []
+        if not mode["batched"] and len(rows) < threshold:
+            # Rows only leave the stage's list as it goes: the rest stay too few to batch.
+            mode["few"] = True
+            rows = rows[:direct_chunk]
+            keys = keys_of(rows)
+            found = ctx.mailchimp.current_members(ctx.list_id, keys)
+            return [MembersRead(int(rows[-1]["id"]), len(rows), keys, found, None)]
+        mode["batched"] = True
+        rows = rows[:READ_BATCH_SIZE]
+        keys = keys_of(rows)
+        if not keys:
+            return [MembersRead(int(rows[-1]["id"]), len(rows), [], [], None)]
+        reads = {
+            "run": ctx.run_id,
+            "stage": ctx.staging.state(ctx.list_id)["stage"],
+            "cursor": cursor,
+            "last_id": int(rows[-1]["id"]),
+            "rows": len(rows),
+            "keys": keys,
+        }
+        batch_row = submit_read_batch(ctx, keys, reads)
+        return [_collect_members(ctx, batch_row, reads)]
+
+    for chunk in ctx.staging.each_chunk(
+        ctx.list_id, ctx.budget.check, read_after, key=lambda read: read.last_id
+    ):
+        for read in chunk:
+            yield read
+            if read.batch_row is not None:
+                ctx.staging.close_read_batch(read.batch_row, iso(utc_now()), applied=True)
+
+
+def _pending_read_batch(ctx: RunContext, cursor: int) -> tuple[int, dict[str, Any]] | None:
+    """The audience's batch of reads not yet applied, if it was submitted for this run,
+    stage and cursor: ``(batch row, what it reads for)``. A submission whose answer was lost
+    is recovered first (adopted, or its row dropped: the POST never arrived). A batch of
+    another run, stage or cursor (an aborted or restarted run) is never applied: it is
+    closed (deleted at Mailchimp while unfinished) and its rows are read afresh."""
+    while True:
+        row = ctx.staging.open_read_batch(ctx.list_id)
+        if row is not None and row["status"] == BatchState.SUBMITTING:
+            recover_submissions(ctx, [row])
+            row = ctx.staging.open_read_batch(ctx.list_id)
+        if row is None:
+            return None
+        reads: dict[str, Any] = json.loads(row["reads"])
+        stage = ctx.staging.state(ctx.list_id)["stage"]
+        if (reads.get("run"), reads.get("stage"), reads.get("cursor")) == (
+            ctx.run_id,
+            stage,
+            cursor,
+        ):
+            return int(row["id"]), reads
+        if row["mc_batch_id"] and row["status"] != "finished":
+            ctx.mailchimp.delete_batch(row["mc_batch_id"])
+        with ctx.staging.atomic():
+            ctx.staging.close_read_batch(int(row["id"]), iso(utc_now()), applied=False)
+        ctx.log(f"Dropped batch {row['mc_batch_id']} of member reads made for another run or step")
+
+
+def _collect_members(ctx: RunContext, batch_row: int, reads: dict[str, Any]) -> MembersRead:
+    """The members a batch of reads found, once it has finished (`collect_read_batch`);
+    those it did not read (`members_from_read_results`) are read directly."""
+    keys: list[Key] = [(str(h), u) for h, u in reads["keys"]]
+    row = ctx.staging.open_read_batch(ctx.list_id)
+    results = collect_read_batch(ctx, row) if row is not None else None
+    if results is None:
+        found: list[dict[str, Any] | None] = ctx.mailchimp.current_members(ctx.list_id, keys)
+    else:
+        found, unread = members_from_read_results(keys, results)
+        if unread:
+            ctx.log(
+                f"{len(unread)} member(s) the batch did not read (an error for their "
+                "operation) are read directly",
+                "warning",
+            )
+            again = ctx.mailchimp.current_members(ctx.list_id, [keys[i] for i in unread])
+            for index, member in zip(unread, again, strict=True):
+                found[index] = member
+    return MembersRead(int(reads["last_id"]), int(reads["rows"]), keys, found, batch_row)
 
 
 def confirm_unread_subscribes(ctx: RunContext) -> None:
@@ -217,13 +348,12 @@ def confirm_unread_subscribes(ctx: RunContext) -> None:
     by another process read its data before that process began (the member may have gone
     while it was stopped): then every such row is read again. One round of concurrent reads
     per committed chunk, resumable by the stage cursor."""
-    chunk = max(1, ctx.mailchimp.max_connections)
     # No row is staged as read by "": in a resumed run, what it read counts as unread.
     read_by = ctx.run_id if ctx.read_data_here else ""
     read = reread_members(
         ctx,
-        lambda cursor: ctx.staging.unread_subscribes(
-            ctx.list_id, ctx.group_id, read_by, cursor, chunk
+        lambda cursor, limit: ctx.staging.unread_subscribes(
+            ctx.list_id, ctx.group_id, read_by, cursor, limit
         ),
         "read members staged by an earlier run",
     )
@@ -312,58 +442,42 @@ def confirm_civicrm_only(ctx: RunContext) -> None:
     at Mailchimp as new, because the fetch did not return its address. Paging over changing
     data can skip a member, and archived members are never listed, and that subscribe would
     overwrite the status the person chose there (re-adding an archived member for an older
-    CiviCRM Added). So each such contact's addresses are read directly first; a member found,
-    archived too, is staged as read and matched, and reconciled like any other (its status,
-    its time). One round of concurrent reads per committed chunk, resumable by the stage
-    cursor."""
-    chunk = max(1, ctx.mailchimp.max_connections)
+    CiviCRM Added). So each such contact's addresses are read first, by subscriber hash
+    (`read_members_in_chunks`: direct GETs for a few, batches of GETs for many); a member
+    found, archived too, is staged as read and matched, and reconciled like any other (its
+    status, its time). Only a 404 lets the contact be subscribed as new; a member whose read
+    failed is read again, and the run stops before its chunk is committed if that fails too.
+    Resumable by the stage cursor, a committed chunk at a time."""
 
-    def check_at_mailchimp(cursor: int) -> list[_Checked]:
-        rows = ctx.staging.civicrm_only_added(
+    def rows_after(cursor: int, limit: int) -> Sequence[Any]:
+        return ctx.staging.civicrm_only_added(
             ctx.list_id,
             ctx.group_id,
             cursor,
-            chunk,
+            limit,
             privacy_flags=ctx.respect_privacy_flags,
         )
-        if not rows:
-            return []
+
+    def keys_of(rows: Sequence[Any]) -> list[Key]:
         emails = ctx.staging.unstaged_emails(ctx.list_id, [r["contact_id"] for r in rows])
-        found = ctx.mailchimp.current_members(
-            ctx.list_id, [(member_hash(email), None) for email in emails]
-        )
-        # An archived member is found too: not new, but a member who left, at its own time.
-        present = {m["id"]: m for m in found if m is not None}
-        return [_Checked(int(rows[-1]["id"]), len(rows), present)]
+        return [(member_hash(email), None) for email in emails]
 
     checked = 0
-    for chunk_read in ctx.staging.each_chunk(
-        ctx.list_id, ctx.budget.check, check_at_mailchimp, key=lambda c: c.last_id
-    ):
-        for contacts in chunk_read:
-            if contacts.present:
-                merge_members(ctx, list(contacts.present.values()))
-                new_rows = ctx.staging.unmatched_member_rows(ctx.list_id, list(contacts.present))
-                if new_rows:
-                    assign_matches(ctx, new_rows)
-                ctx.staging.drop_contact_rows_with_members(ctx.list_id)
-                ctx.log(
-                    f"Found {len(contacts.present)} member(s) at Mailchimp that the full fetch "
-                    "did not return (paging over changing data); reconciled as read"
-                )
-            checked += contacts.rows
+    for chunk in read_members_in_chunks(ctx, rows_after, keys_of):
+        # An archived member is found too: not new, but a member who left, at its own time.
+        present = {m["id"]: m for m in chunk.found if m is not None}
+        if present:
+            merge_members(ctx, list(present.values()))
+            new_rows = ctx.staging.unmatched_member_rows(ctx.list_id, list(present))
+            if new_rows:
+                assign_matches(ctx, new_rows)
+            ctx.staging.drop_contact_rows_with_members(ctx.list_id)
+            ctx.log(
+                f"Found {len(present)} member(s) at Mailchimp that the full fetch "
+                "did not return (paging over changing data); reconciled as read"
+            )
+        checked += chunk.rows
         ctx.progress("check CiviCRM-only contacts at Mailchimp", checked, None)
-
-
-class _Checked(NamedTuple):
-    """A chunk of CiviCRM-only rows, checked at Mailchimp before the chunk's transaction
-    opens (no request holds the staging DB's write lock, which the lease heartbeat needs)."""
-
-    last_id: int
-    """The chunk's last row id: where the stage cursor moves when it is committed."""
-    rows: int
-    present: dict[str, dict[str, Any]]
-    """The members found for the rows' addresses, by subscriber hash."""
 
 
 def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:

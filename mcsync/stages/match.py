@@ -33,7 +33,10 @@ from mcsync.stages.fetch_civicrm import (
 from mcsync.store.database import iso, parse_iso
 from mcsync.store.history import Change
 
-CREATE_CHUNK = 200  # Contacts created per request (and per committed chunk)
+# Contacts created per request (and per committed chunk): as many as a group write carries
+# (push_civicrm.CIVI_WRITE_CHUNK), so a first sync that creates thousands of contacts (each
+# a contact and its email) stays within one write request per 500 records.
+CREATE_CHUNK = 500
 MATCH_CONCURRENCY = 4  # Email lookups in flight: the CiviCRM client's connection pool
 # Emails per `IN` lookup: large enough that a full run makes few round trips (an indexed
 # `IN` of a few thousand strings is cheap for MySQL), small enough for any request limit.

@@ -304,6 +304,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE audience_state ADD COLUMN civi_started TEXT;
     ALTER TABLE audience_state ADD COLUMN last_civi_started TEXT
     """,
+    # 17: issue 12. A batch of member reads (GET operations) carries no updates: what it
+    # reads for (run, stage, the stage cursor it started at and moves to, the members' keys),
+    # as JSON; NULL for a batch of writes. Kept until its results are applied with the chunk
+    """
+    ALTER TABLE batches ADD COLUMN reads TEXT
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience

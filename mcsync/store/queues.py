@@ -249,9 +249,10 @@ class QueueStore(StoreBase):
             )
 
     def submitting_batches(self, list_id: str) -> list[sqlite3.Row]:
-        """Batch rows whose `POST /batches` was sent but whose answer was never recorded."""
+        """Batch rows of writes whose `POST /batches` was sent but whose answer was never
+        recorded (a batch of reads is recovered by the stage that reads, `read_batch`)."""
         return self.conn.execute(
-            "SELECT * FROM batches WHERE list_id = ? AND status = ?",
+            "SELECT * FROM batches WHERE list_id = ? AND status = ? AND reads IS NULL",
             (list_id, BatchState.SUBMITTING),
         ).fetchall()
 
@@ -261,12 +262,47 @@ class QueueStore(StoreBase):
         rows = self.conn.execute("SELECT mc_batch_id FROM batches WHERE mc_batch_id IS NOT NULL")
         return {r[0] for r in rows}
 
-    def open_batches(self, list_id: str) -> list[sqlite3.Row]:
-        """The audience's batches whose results have not been applied yet."""
+    def open_batches(self, list_id: str, *, writes_only: bool = False) -> list[sqlite3.Row]:
+        """The audience's batches whose results have not been applied yet (``writes_only``:
+        leaving out batches of member reads, which the stage that reads collects)."""
+        reads = " AND reads IS NULL" if writes_only else ""
         return self.conn.execute(
-            f"SELECT * FROM batches WHERE list_id = ? AND status NOT IN {_CLOSED_BATCH}",
+            f"SELECT * FROM batches WHERE list_id = ? AND status NOT IN {_CLOSED_BATCH}{reads}",
             (list_id,),
         ).fetchall()
+
+    # -- batches of member reads ------------------------------------------------------------
+    def claim_read_batch(self, list_id: str, operations: int, at: str | None, reads: str) -> int:
+        """A batch row in state 'submitting' for a batch of member reads (``reads``: what it
+        reads for, JSON), written before the `POST /batches` is sent, so a kill while it is
+        in flight leaves a trace (``recover_submissions`` adopts the batch or drops the row);
+        a batch whose id is recorded is collected, never submitted again. Returns its id."""
+        with self.atomic():
+            cursor = self.conn.execute(
+                "INSERT INTO batches (list_id, status, operations, submitted_at, reads) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (list_id, BatchState.SUBMITTING, operations, at, reads),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def open_read_batch(self, list_id: str) -> sqlite3.Row | None:
+        """The audience's batch of member reads whose results have not been applied (at most
+        one: a stage collects its batch before it submits another)."""
+        row: sqlite3.Row | None = self.conn.execute(
+            f"SELECT * FROM batches WHERE list_id = ? AND status NOT IN {_CLOSED_BATCH} "
+            "AND reads IS NOT NULL ORDER BY id LIMIT 1",
+            (list_id,),
+        ).fetchone()
+        return row
+
+    def close_read_batch(self, batch_row: int, at: str | None, *, applied: bool) -> None:
+        """A batch of reads is done with: its results were applied with the chunk they read
+        for (``applied``), or they never will be (another run's, gone at Mailchimp,
+        unreadable): aborted, and its members are read again."""
+        self.conn.execute(
+            "UPDATE batches SET status = ?, completed_at = ? WHERE id = ? AND reads IS NOT NULL",
+            (BatchState.PROCESSED if applied else BatchState.ABORTED, at, batch_row),
+        )
 
     def batch_polled(
         self,
