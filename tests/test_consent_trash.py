@@ -370,3 +370,40 @@ def test_member_deleted_permanently_then_contact_trashed_gets_no_contact(world: 
     _completed(world)
     assert _live_owners(world) == []
     assert world.mc_status(EMAIL) is None
+
+
+def test_flag_seconds_after_a_sign_up_then_trash_gets_no_contact(world: World) -> None:
+    """Model seed 203: a contact long out of the group (its GroupContact then deleted) signs
+    up at Mailchimp as a new member; seconds later staff tick do-not-email. mcsync cannot
+    order the two (the flag's time is only bounded by the contact's modified_date), so the
+    member is left subscribed and reported. The member then edits their profile: the status
+    reads as before, so it is either the known sign-up or went and came back since mcsync's
+    previous view. The contact is then trashed. That possible round trip is no proof of a
+    sign-up later than the flag: no new contact is created and Added from it."""
+    contact = world.person(EMAIL, civi="Removed", civi_at=world.ago(days=60))
+    assert contact is not None
+    _completed(world)
+    world.advance_clock(minutes=10)
+    world.civi.delete_group_contact(contact, world.group_id)
+    world.advance_clock(minutes=10)
+    _completed(world)
+    world.advance_clock(minutes=10)
+    world.mc.seed_member(world.list_id, EMAIL, "subscribed", last_changed=world.clock())
+    world.advance_clock(seconds=12)
+    world.civi.update_contact(contact, do_not_email=True)
+    world.advance_clock(minutes=10)
+    _completed(world, full=True)
+    assert world.mc_status(EMAIL) == "subscribed"
+    world.advance_clock(minutes=10)
+    world.mc.edit_member(world.list_id, EMAIL, merge_fields={"FNAME": "Pat"})
+    world.advance_clock(minutes=10)
+    _completed(world)
+    world.advance_clock(minutes=10)
+    world.civi.delete_contact(contact)
+    world.advance_clock(minutes=10)
+    world.mc.edit_member(world.list_id, EMAIL, merge_fields={"FNAME": "Patricia"})
+    world.advance_clock(minutes=10)
+    for full in (False, True):
+        _completed(world, full=full)
+        assert [o for o in _live_owners(world) if world.civi_status(o) == "Added"] == []
+        world.advance_clock(minutes=10)

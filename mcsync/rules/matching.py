@@ -128,12 +128,16 @@ def trashed_flag_order(
     is set, after that and by ``status_time`` (or ``last_changed``, if later). The flag is
     the later choice if it cannot be older than the status (a tie goes to CiviCRM, an unknown
     Mailchimp time loses, as in `trashed_removal_wins`); the status is if it is strictly
-    later than ``flag_by``; otherwise the order is unknown and nobody may act on either."""
+    later than ``flag_by``; otherwise the order is unknown and nobody may act on either.
+    A status that may have gone and come back (its known time at or before ``status_after``:
+    a profile edit moved ``last_changed``) changed either at that known time or after the
+    bound: it is later than the flag only if both are (model seed 203)."""
     if flag_by is None:
         return None
     if status_time is None:
         return TrashedFlagOrder.FLAG_LATER
-    if status_after is not None:
+    round_trip = status_after is not None and status_time <= status_after
+    if status_after is not None and not round_trip:
         if status_after >= flag_by:
             return TrashedFlagOrder.SUBSCRIBE_LATER
     elif status_time > flag_by:
