@@ -535,6 +535,9 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
             status_at, status_after = _possible_round_trip(
                 expected, member, old, status_at, changed, seen_by
             )
+            # A status that may have gone and come back is decided again, even on a row that
+            # failed before (on hold, say): it may be the newest choice (model seed 264).
+            relevant_change = status_after is not None
         old_interests = json.loads(old["mc_interests"])
         interests_at = json.loads(old["mc_interests_at"])
         expected_interests = expected.get("interests", {})
