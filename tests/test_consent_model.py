@@ -45,11 +45,14 @@ import pytest
 from mcsync.budget import Budget
 from mcsync.config.load import load_config
 from mcsync.ops import abort
+from mcsync.ops import resync as resync_module
+from mcsync.ops.lookup import Person as Who
 from mcsync.runner import engine
 from mcsync.runner.engine import sync_audiences
 from mcsync.sim.civicrm import CiviSim
 from mcsync.sim.mailchimp import MailchimpSim, subscriber_hash
 from mcsync.sim.transport import MultiSimTransport
+from mcsync.stages.context import WINDOW_OVERLAP
 from mcsync.stages.registry import STAGE_NAMES
 from mcsync.store import database as staging_module
 from mcsync.store.database import Staging
@@ -69,11 +72,20 @@ FEATURES = (
     "torn_group_read",
     "status_round_trip",
     "stale_resume",
+    "interests",
+    "email_changes",
+    "prefer",
+    "operator_actions",
 )
+# The features above this line draw from the scenario's first random stream only; the four
+# after it draw from a second one, so leaving them out (MCSYNC_MODEL_OFF) replays a seed as it
+# was before they existed.
+EXTENDED = ("interests", "email_changes", "prefer", "operator_actions")
 
 SEEDS = int(os.environ.get("MCSYNC_MODEL_SEEDS", "3"))
 STEPS = int(os.environ.get("MCSYNC_MODEL_STEPS", "40"))
 ONE_SEED = os.environ.get("MCSYNC_MODEL_SEED")
+OFF = {f for f in os.environ.get("MCSYNC_MODEL_OFF", "").split(",") if f}
 PEOPLE = 24
 
 MC_KEY = "0123456789abcdef0123456789abcdef-us21"
@@ -136,19 +148,37 @@ class Side:
 
 
 @dataclass
-class Person:
-    email: str
+class Track:
+    """One subscription state a person chooses (the audience, or one mapped interest): the
+    choices made about it and what the oracle believes each side holds."""
+
     choices: list[Choice] = field(default_factory=list)
     mc: Side = field(default_factory=lambda: Side(None, None))
     civi: Side = field(default_factory=lambda: Side(False, None))
-    cleaned: bool = False
-    forgotten: bool = False
-    flagged: bool = False
-    held: bool = False
 
     def latest(self, at: float | None = None) -> Choice | None:
         made = [c for c in self.choices if at is None or c.at <= at]
         return max(made, key=lambda c: c.at) if made else None
+
+
+@dataclass
+class Person(Track):
+    """A person: their audience subscription (the Track itself), their mapped interests, and
+    the addresses they have had (an email change on either side follows the person)."""
+
+    email: str = ""  # the address the person started with: their name in the oracle
+    mc_email: str = ""  # where their Mailchimp member is now
+    addresses: list[str] = field(default_factory=list)  # every address they have had
+    interests: dict[str, Track] = field(default_factory=dict)
+    cleaned: bool = False
+    forgotten: bool = False
+    flagged: bool = False
+    held: bool = False
+    trashed_at: int = 0  # when staff last trashed a contact of theirs
+
+    def __post_init__(self) -> None:
+        self.mc_email = self.mc_email or self.email
+        self.addresses = self.addresses or [self.email]
 
 
 @dataclass
@@ -214,13 +244,26 @@ class Model:
 
     def __init__(self, tmp_path: Path, seed: int, features: set[str]):
         self.rng = random.Random(seed)
+        self.xrng = random.Random(f"extended-{seed}")  # only the EXTENDED features draw here
         self.seed = seed
         self.features = features
+        # `prefer` for this seed, in [sync] or on the audience (the audience's wins).
+        self.prefer = "latest"
+        self.prefer_where = "sync"
+        if "prefer" in features:
+            self.prefer = self.xrng.choice(["latest", "mailchimp", "civicrm"])
+            self.prefer_where = self.xrng.choice(["sync", "audience"])
         self.clock = SimClock()
         self.mc = MailchimpSim(clock=self.clock.now, batch_delay=0.0)
         self.civi = CiviSim(CIVI_KEY, clock=self.clock.now)
         self.list_id = self.mc.add_list(MC_KEY, "Newsletter")
         self.group_id = self.civi.add_group("Newsletter")
+        self.interest_groups: dict[str, int] = {}  # Mailchimp interest id -> CiviCRM group
+        if "interests" in features:
+            category = self.mc.add_interest_category(self.list_id, "Topics")
+            for n in range(2):
+                interest = self.mc.add_interest(self.list_id, category, f"Topic {n}")
+                self.interest_groups[interest] = self.civi.add_group(f"Topic {n}")
         self.transport = ChurnTransport(
             MultiSimTransport({"mailchimp.sim": self.mc, "civicrm.sim": self.civi}),
             self.clock,
@@ -234,7 +277,9 @@ class Model:
         self.step = 0
         self.run_began: int | None = None  # when mcsync's current run (stage != idle) began
         self.seen = 0  # when the last completed run began: Mailchimp was read after that
+        self.run_floor = 0  # what mcsync's current run takes as its previous view's time
         self.max_removal_share = 1.0
+        self.address_count = 0
         self.write_config()
         self.seed_world()
 
@@ -247,8 +292,16 @@ class Model:
             f'[mailchimp.accounts.main]\napi_key = "{MC_KEY}"\nbase_url = "{MC_URL}"\n'
             f"[sync]\nbatch_threshold = 6\npage_size_mailchimp = 4\npage_size_civicrm = 5\n"
             f"max_connections = 1\nmax_removal_share = {self.max_removal_share}\n"
-            f'[[audience]]\naccount = "main"\nlist_id = "{self.list_id}"\n'
+            + (f'prefer = "{self.prefer}"\n' if self.prefer_where == "sync" else "")
+            + f'[[audience]]\naccount = "main"\nlist_id = "{self.list_id}"\n'
             f"group_id = {self.group_id}\n"
+            + (f'prefer = "{self.prefer}"\n' if self.prefer_where == "audience" else "")
+            + (
+                "[audience.interests]\n"
+                + "".join(f'"{i}" = {g}\n' for i, g in self.interest_groups.items())
+                if self.interest_groups
+                else ""
+            )
         )
         self.config_path.chmod(0o600)
 
@@ -256,10 +309,11 @@ class Model:
         """People with histories in the past, each side's state from a dated choice."""
         base = int(START.timestamp())
         for n in range(PEOPLE):
-            person = Person(f"p{n}@example.org")
+            person = Person(email=f"p{n}@example.org")
             self.people[person.email] = person
             mc = self.rng.choice(["subscribed", "subscribed", "unsubscribed", None])
             civi = self.rng.choice(["Added", "Added", "Removed", "none", None])
+            interests = {i: self.xrng.random() < 0.5 for i in self.interest_groups}
             if mc is not None:
                 at = base - self.rng.randrange(3600, 90 * 86400)
                 self.mc.seed_member(
@@ -268,6 +322,7 @@ class Model:
                     mc,
                     last_changed=datetime.fromtimestamp(at, UTC),
                     merge_fields={"FNAME": f"P{n}"},
+                    interests=interests,
                 )
                 value = mc == "subscribed"
                 person.mc = Side(value, at)
@@ -285,32 +340,84 @@ class Model:
                     value = civi == "Added"
                     person.civi = Side(value, at)
                     person.choices.append(Choice(at, value, "staff", f"civi-{civi}"))
+            self.seed_interests(person)
+
+    def seed_interests(self, person: Person) -> None:
+        """Each mapped interest: on or off at Mailchimp as of the member's last change (the
+        person's choice then), and in CiviCRM Added, Removed or never in its group, each at
+        its own time (a staff choice)."""
+        base = int(START.timestamp())
+        member = self.mc.member(self.list_id, person.email)
+        contact = self.live_contact(person)
+        for interest, group in self.interest_groups.items():
+            track = person.interests[interest] = Track()
+            if member is not None:
+                on = bool(member["interests"][interest])
+                at = int(datetime.fromisoformat(member["last_changed"]).timestamp())
+                track.mc = Side(on, at)
+                track.choices.append(Choice(at, on, "person", f"mc-interest-{'on' if on else 'off'}"))
+            else:
+                track.mc = Side(False, None)
+            status = self.xrng.choice(["Added", "Removed", None])
+            if contact is not None and status is not None:
+                at = base - self.xrng.randrange(3600, 90 * 86400)
+                self.civi.set_group_status(
+                    contact, group, status, when=datetime.fromtimestamp(at, UTC)
+                )
+                track.civi = Side(status == "Added", at)
+                track.choices.append(Choice(at, status == "Added", "staff", f"civi-group-{status}"))
 
     # ------------------------------------------------------------------ reading both sides
 
-    def mc_state(self, email: str) -> bool | None:
-        member = self.mc.member(self.list_id, email)
-        if member is None:
-            return None
-        return member["status"] in ("subscribed", "pending")
+    def member(self, person: Person) -> dict[str, Any] | None:
+        """The person's Mailchimp member (at the address it has now)."""
+        return self.mc.member(self.list_id, person.mc_email)
 
-    def civi_rows(self, email: str) -> list[dict[str, Any]]:
+    def members(self, person: Person) -> list[dict[str, Any]]:
+        """Every member at an address the person has had (one, unless an address change
+        was made as a new member beside the old)."""
+        found = (self.mc.member(self.list_id, a) for a in person.addresses)
+        return [m for m in found if m is not None]
+
+    def mc_state(self, person: Person) -> bool | None:
+        members = self.members(person)
+        if not members:
+            return None
+        return any(m["status"] in ("subscribed", "pending") for m in members)
+
+    def mc_interest(self, person: Person, interest: str) -> bool:
+        """On: a member of the person's has the interest (an absent member has none)."""
+        return any(m["interests"].get(interest) for m in self.members(person))
+
+    def civi_rows(self, person: Person, group: int | None = None) -> list[dict[str, Any]]:
+        marks = ", ".join("?" for _ in person.addresses)
         return self.civi.query(
-            "SELECT c.id, c.is_deleted, gc.status FROM contact c JOIN email e "
+            "SELECT DISTINCT c.id, c.is_deleted, gc.status FROM contact c JOIN email e "
             "ON e.contact_id = c.id LEFT JOIN group_contact gc ON gc.contact_id = c.id "
-            "AND gc.group_id = ? WHERE lower(e.email) = ? ORDER BY c.id",
-            (self.group_id, email.lower()),
+            f"AND gc.group_id = ? WHERE lower(e.email) IN ({marks}) ORDER BY c.id",
+            (group or self.group_id, *(a.lower() for a in person.addresses)),
         )
 
-    def civi_state(self, email: str) -> bool:
-        """In: a live contact with this email is Added. Out otherwise: no live contact and
-        a contact outside the group are the same subscription state (a run killed between
-        creating a contact and adding it leaves the second)."""
-        live = [r for r in self.civi_rows(email) if not r["is_deleted"]]
+    def civi_state(self, person: Person, group: int | None = None) -> bool:
+        """In: a live contact with one of the person's addresses is Added. Out otherwise: no
+        live contact and a contact outside the group are the same subscription state (a run
+        killed between creating a contact and adding it leaves the second)."""
+        live = [r for r in self.civi_rows(person, group) if not r["is_deleted"]]
         return any(r["status"] == "Added" for r in live)
 
-    def live_contact(self, email: str) -> int | None:
-        live = [r["id"] for r in self.civi_rows(email) if not r["is_deleted"]]
+    def email_ids(self, contact: int, person: Person) -> list[int]:
+        """The contact's email rows holding one of the person's addresses."""
+        marks = ", ".join("?" for _ in person.addresses)
+        return [
+            int(r["id"])
+            for r in self.civi.query(
+                f"SELECT id FROM email WHERE contact_id = ? AND lower(email) IN ({marks})",
+                (contact, *(a.lower() for a in person.addresses)),
+            )
+        ]
+
+    def live_contact(self, person: Person) -> int | None:
+        live = [r["id"] for r in self.civi_rows(person) if not r["is_deleted"]]
         return live[0] if live else None
 
     # ------------------------------------------------------------------ choices
@@ -320,9 +427,9 @@ class Model:
         at = self.clock.epoch()
         person.choices.append(Choice(at, value, who, what))
         if side == "mc":
-            person.mc = Side(self.mc_state(person.email), at)
+            person.mc = Side(self.mc_state(person), at)
         elif side == "civi":
-            person.civi = Side(self.civi_state(person.email), at)
+            person.civi = Side(self.civi_state(person), at)
         self.log.append(f"{self.step}: {person.email} {what}@{at - int(START.timestamp())}")
         self.clock.advance(3)
 
@@ -348,26 +455,35 @@ class Model:
         if self.mailchimp_frozen():
             return False
         person = self.pick()
-        status = self.mc.member(self.list_id, person.email)
+        status = self.member(person)
         current = status["status"] if status else None
         if person.forgotten or current in ("cleaned",):
             return False
         if current is None or current == "archived":
             if current is None:
+                # The sign-up form shows the interests: what the person ticks (or not) there
+                # is their choice of each.
+                ticked = {i: self.xrng.random() < 0.5 for i in sorted(self.interest_groups)}
+                person.mc_email = person.addresses[-1]  # they sign up with the address they use
                 self.mc.seed_member(
                     self.list_id,
-                    person.email,
+                    person.mc_email,
                     "subscribed",
                     last_changed=self.clock.now() + timedelta(seconds=3),
+                    interests=ticked,
                 )
                 self.clock.advance(3)
                 at = self.clock.epoch()
                 person.choices.append(Choice(at, True, "person", "mc-signup"))
                 person.mc = Side(True, at)
+                for interest, on in ticked.items():
+                    track = person.interests[interest]
+                    track.choices.append(Choice(at, on, "person", f"mc-signup-interest-{on}"))
+                    track.mc = Side(on, at)
                 self.note(f"{person.email} mc-signup@{at - int(START.timestamp())}")
             else:
                 self.clock.advance(3)
-                self.mc.set_member_status(self.list_id, person.email, "subscribed")
+                self.mc.set_member_status(self.list_id, person.mc_email, "subscribed")
                 self.choose(person, True, "person", "mc-resubscribe-after-archive", "mc")
             return True
         kind = self.rng.choice(["unsubscribe", "resubscribe", "profile", "confirm"])
@@ -376,22 +492,22 @@ class Model:
             return False  # a second status change before mcsync reads the first
         if kind == "unsubscribe" and current in ("subscribed", "pending"):
             self.clock.advance(3)
-            self.mc.set_member_status(self.list_id, person.email, "unsubscribed")
+            self.mc.set_member_status(self.list_id, person.mc_email, "unsubscribed")
             self.choose(person, False, "person", "mc-unsubscribe", "mc")
         elif kind == "resubscribe" and current == "unsubscribed":
             # The hosted form: pending, then (usually) the confirmation click.
             self.clock.advance(3)
-            self.mc.set_member_status(self.list_id, person.email, "pending")
+            self.mc.set_member_status(self.list_id, person.mc_email, "pending")
             self.choose(person, True, "person", "mc-form-pending", "mc")
             if self.rng.random() < 0.7:
                 self.clock.advance(3)
-                self.mc.confirm_member(self.list_id, person.email)
+                self.mc.confirm_member(self.list_id, person.mc_email)
                 self.choose(person, True, "person", "mc-confirm", "mc")
         elif kind == "confirm" and current == "pending":
             # Clicking the confirmation link (of a form, or of mcsync's compliance retry)
             # is the person's own opt-in, so a choice.
             self.clock.advance(3)
-            self.mc.confirm_member(self.list_id, person.email)
+            self.mc.confirm_member(self.list_id, person.mc_email)
             self.choose(person, True, "person", "mc-confirm", "mc")
         else:
             # A profile edit: not a subscription choice, and it must not act as one.
@@ -399,7 +515,7 @@ class Model:
                 return False
             self.clock.advance(3)
             self.mc.edit_member(
-                self.list_id, person.email, merge_fields={"FNAME": f"F{self.clock.epoch()}"}
+                self.list_id, person.mc_email, merge_fields={"FNAME": f"F{self.clock.epoch()}"}
             )
             self.note(f"{person.email} profile edit at Mailchimp")
         return True
@@ -423,7 +539,7 @@ class Model:
         if self.civicrm_frozen():
             return False
         person = self.pick()
-        contact = self.live_contact(person.email)
+        contact = self.live_contact(person)
         kinds = ["add", "add", "remove", "trash", "hold", "new-contact"]
         if "group_contact_delete" in self.features:
             kinds.append("delete-group-contact")
@@ -435,7 +551,7 @@ class Model:
                 return False
             self.clock.advance(3)
             contact = self.civi.add_contact("New", "Staff")
-            self.civi.add_email(contact, person.email)
+            self.civi.add_email(contact, person.addresses[-1])
             self.clock.advance(3)
             self.civi.set_group_status(contact, self.group_id, "Added")
             self.choose(person, True, "staff", "civi-new-contact-Added", "civi")
@@ -471,7 +587,7 @@ class Model:
             # Not a group opt-out: the group is left alone; Mailchimp is unsubscribed.
             self.choose(person, False, "staff", f"civi-{flag}", None)
         elif kind == "trash":
-            if len([r for r in self.civi_rows(person.email) if not r["is_deleted"]]) > 1:
+            if len([r for r in self.civi_rows(person) if not r["is_deleted"]]) > 1:
                 return False
             latest = person.latest()
             if "trash_after_removal" not in self.features and latest and not latest.value:
@@ -479,17 +595,14 @@ class Model:
             self.clock.advance(3)
             self.civi.delete_contact(contact)
             person.civi = Side(False, None)  # no live contact: nothing decided on this side
+            person.trashed_at = self.clock.epoch()
+            for track in person.interests.values():
+                track.civi = Side(False, None)
             self.note(f"{person.email} contact {contact} trashed")
         elif kind == "hold":
             self.clock.advance(3)
-            [email_id] = [
-                r["id"]
-                for r in self.civi.query(
-                    "SELECT id FROM email WHERE contact_id = ? AND lower(email) = ?",
-                    (contact, person.email),
-                )
-            ]
-            self.civi.update_email(email_id, on_hold=1)
+            for email_id in self.email_ids(contact, person):
+                self.civi.update_email(email_id, on_hold=1)
             person.held = True
             self.note(f"{person.email} email on hold (staff)")
         else:
@@ -500,7 +613,7 @@ class Model:
         if self.mailchimp_frozen():
             return False
         person = self.pick()
-        member = self.mc.member(self.list_id, person.email)
+        member = self.member(person)
         if member is None or member["status"] in ("cleaned", "archived"):
             return False
         kinds = ["cleaned"]
@@ -509,20 +622,24 @@ class Model:
         kind = self.rng.choice(kinds)
         self.clock.advance(3)
         if kind == "cleaned":
-            self.mc.set_member_status(self.list_id, person.email, "cleaned")
+            self.mc.set_member_status(self.list_id, person.mc_email, "cleaned")
             person.cleaned = True
             self.choose(person, False, "mailchimp", "mc-cleaned", "mc")
         elif kind == "archive":
-            self.mc_api("DELETE", f"/lists/{self.list_id}/members/{subscriber_hash(person.email)}")
+            self.mc_api(
+                "DELETE", f"/lists/{self.list_id}/members/{subscriber_hash(person.mc_email)}"
+            )
             self.choose(person, False, "staff", "mc-archived", "mc")
         else:
             self.mc_api(
                 "POST",
-                f"/lists/{self.list_id}/members/{subscriber_hash(person.email)}"
+                f"/lists/{self.list_id}/members/{subscriber_hash(person.mc_email)}"
                 "/actions/delete-permanent",
             )
             person.forgotten = True
             self.choose(person, False, "staff", "mc-deleted-permanently", "mc")
+            for track in person.interests.values():
+                track.mc = Side(False, None)
         return True
 
     def mc_api(self, method: str, path: str) -> None:
@@ -542,20 +659,123 @@ class Model:
         assert response.status_code == 200, response.text
 
     def random_action(self) -> Callable[[], bool]:
+        extended: list[Callable[[], bool]] = []
+        if "interests" in self.features:
+            extended += [self.act_interest_at_mailchimp, self.act_interest_group]
+        if "email_changes" in self.features:
+            extended.append(self.act_email_change)
+        if extended and self.xrng.random() < 0.3:
+            return self.xrng.choice(extended)
         return self.rng.choice(
             [self.act_mailchimp_person] * 3 + [self.act_staff] * 3 + [self.act_mailchimp_event]
         )
 
+    def choose_interest(
+        self, person: Person, interest: str, value: bool, who: str, what: str, side: str
+    ) -> None:
+        """Record an interest choice just made (as `choose` does for the subscription)."""
+        at = self.clock.epoch()
+        track = person.interests[interest]
+        track.choices.append(Choice(at, value, who, what))
+        if side == "mc":
+            track.mc = Side(self.mc_interest(person, interest), at)
+        else:
+            track.civi = Side(self.civi_state(person, self.interest_groups[interest]), at)
+        self.log.append(
+            f"{self.step}: {person.email} {what} {interest[:4]}@{at - int(START.timestamp())}"
+        )
+        self.clock.advance(3)
+
+    def act_interest_at_mailchimp(self) -> bool:
+        """A subscribed person ticks or unticks an interest on Mailchimp's profile form."""
+        if self.mailchimp_frozen():
+            return False
+        person = self.pick()
+        member = self.member(person)
+        if member is None or member["status"] != "subscribed":
+            return False
+        interest = self.xrng.choice(sorted(self.interest_groups))
+        on = not member["interests"].get(interest)
+        self.clock.advance(3)
+        self.mc.edit_member(self.list_id, person.mc_email, interests={interest: on})
+        self.choose_interest(person, interest, on, "person", f"mc-interest-{on}", "mc")
+        return True
+
+    def act_interest_group(self) -> bool:
+        """Staff add a contact to an interest's group, or remove it."""
+        if self.civicrm_frozen():
+            return False
+        person = self.pick()
+        contact = self.live_contact(person)
+        if contact is None:
+            return False
+        interest = self.xrng.choice(sorted(self.interest_groups))
+        group = self.interest_groups[interest]
+        status = "Removed" if self.civi.group_status(contact, group) == "Added" else "Added"
+        self.clock.advance(3)
+        self.civi.set_group_status(contact, group, status)
+        self.choose_interest(person, interest, status == "Added", "staff", f"civi-group-{status}", "civi")
+        return True
+
+    def act_email_change(self) -> bool:
+        """A person's address changes: staff edit the contact's email in CiviCRM, or the
+        person edits it on Mailchimp's profile form (subscribed members only, as there). One
+        change at a time per person: the next waits until mcsync has followed this one."""
+        person = self.pick()
+        if person.forgotten or person.mc_email != person.addresses[-1]:
+            return False
+        self.address_count += 1
+        new = f"{person.email.split('@')[0]}.{self.address_count}@example.org"
+        if self.xrng.random() < 0.5:
+            if self.civicrm_frozen():
+                return False
+            live = [r["id"] for r in self.civi_rows(person) if not r["is_deleted"]]
+            if len(live) != 1:
+                return False
+            emails = self.civi.query("SELECT id, email FROM email WHERE contact_id = ?", (live[0],))
+            if len(emails) != 1 or emails[0]["email"].lower() != person.mc_email.lower():
+                return False
+            self.clock.advance(3)
+            self.civi.update_email(emails[0]["id"], email=new)
+            person.addresses.append(new)
+            self.note(f"{person.email} email changed in CiviCRM: {person.mc_email} -> {new}")
+        else:
+            if self.mailchimp_frozen():
+                return False
+            member = self.member(person)
+            if member is None or member["status"] != "subscribed":
+                return False
+            self.clock.advance(3)
+            self.mc.edit_member(self.list_id, person.mc_email, new_email=new)
+            self.note(f"{person.email} email changed at Mailchimp: {person.mc_email} -> {new}")
+            person.mc_email = new
+            person.addresses.append(new)
+        self.clock.advance(3)
+        return True
+
+    def follow_moves(self) -> None:
+        """A member whose address mcsync changed (PATCH) is the person's, at its new address."""
+        for person in self.people.values():
+            if self.member(person) is not None:
+                continue
+            moved = [a for a in person.addresses if self.mc.member(self.list_id, a) is not None]
+            if moved:
+                self.note(f"{person.email}: member now at {moved[-1]}")
+                person.mc_email = moved[-1]
+
     # ------------------------------------------------------------------ mcsync
 
-    def order_unknown(self, email: str) -> bool:
+    def order_unknown(self, person: Person) -> bool:
         """mcsync reports this person as `order_unknown`: a Mailchimp status change it could
         not date against a CiviCRM change made in the same interval (a pending sign-up has
         no event to date it by), so it changed neither side (DESIGN §4: never guess)."""
         staging = Staging(self.state_db)
         try:
+            marks = ", ".join("?" for _ in person.addresses)
             rows = staging.query(
-                "SELECT 1 FROM rows WHERE mc_email = ? AND reason = 'order_unknown'", (email,)
+                f"SELECT 1 FROM rows WHERE lower(mc_email) IN ({marks}) "
+                "AND reason = 'order_unknown'",
+                tuple(a.lower() for a in person.addresses),
             )
         finally:
             staging.close()
@@ -581,6 +801,7 @@ class Model:
         kill_after_apply: bool = False,
         allow: bool = False,
         churn: int = 0,
+        civicrm_only: bool = False,
     ) -> str:
         """One mcsync fetch-and-reconcile invocation, then the invariant check."""
         # What mcsync writes must have been the person's latest choice at some moment since
@@ -589,6 +810,7 @@ class Model:
         stage = self.stage()
         if stage == "idle":
             self.run_began = self.clock.epoch()
+            self.run_floor = self.seen - int(WINDOW_OVERLAP.total_seconds())
         strict = stage == "brake" or "stale_resume" in self.features
         began = self.clock.epoch() if strict or self.run_began is None else self.run_began
         for _ in range(churn):
@@ -603,6 +825,7 @@ class Model:
                 budget=budget,
                 since="ever" if full else None,
                 allow_mass_changes=allow,
+                civicrm_only=civicrm_only,
                 transport=self.transport,
             )
             if result.error is not None:
@@ -630,7 +853,7 @@ class Model:
         candidates = [
             p
             for p in self.people.values()
-            if self.mc_state(p.email) != self.civi_state(p.email)
+            if self.mc_state(p) != self.civi_state(p)
             and not (p.cleaned or p.forgotten or p.flagged or p.held)
         ]
         self.rng.shuffle(candidates)
@@ -638,8 +861,8 @@ class Model:
             latest = person.latest()
             if latest is None:
                 continue
-            contact = self.live_contact(person.email)
-            member = self.mc.member(self.list_id, person.email)
+            contact = self.live_contact(person)
+            member = self.member(person)
             status = member["status"] if member else None
             self.clock.advance(3)
             if latest.what.startswith("civi") and contact is not None:
@@ -648,11 +871,11 @@ class Model:
                 self.choose(person, not latest.value, "staff", f"civi-{wanted}-again", "civi")
                 return True
             if latest.what.startswith("mc") and status in ("subscribed", "pending"):
-                self.mc.set_member_status(self.list_id, person.email, "unsubscribed")
+                self.mc.set_member_status(self.list_id, person.mc_email, "unsubscribed")
                 self.choose(person, False, "person", "mc-unsubscribe-again", "mc")
                 return True
             if latest.what.startswith("mc") and status == "unsubscribed":
-                self.mc.set_member_status(self.list_id, person.email, "pending")
+                self.mc.set_member_status(self.list_id, person.mc_email, "pending")
                 self.choose(person, True, "person", "mc-form-pending-again", "mc")
                 return True
         return False
@@ -683,7 +906,7 @@ class Model:
 
     # ------------------------------------------------------------------ the oracle
 
-    def justified(self, person: Person, side: Side, new: bool | None, began: int) -> str | None:
+    def justified(self, person: Track, side: Side, new: bool | None, began: int) -> str | None:
         """None when some choice justifies writing `new` over `side`; else why not.
 
         A choice justifies it when it has that value, is later than the choice behind the
@@ -710,22 +933,48 @@ class Model:
         )
 
     def check_invariant(self, began: int) -> None:
+        self.follow_moves()
         for person in self.people.values():
-            for name, side, actual in (
-                ("mailchimp", person.mc, self.mc_state(person.email)),
-                ("civicrm", person.civi, self.civi_state(person.email)),
-            ):
-                if actual == side.value:
-                    continue
-                why = self.justified(person, side, actual, began)
-                if why is not None:
-                    self.violations.append(
-                        Violation(self.step, name, person.email, side.value, actual, why)
-                    )
-                # The new state represents the newest choice of its value (or the write).
-                made = [c.at for c in person.choices if c.value == actual]
-                origin = max(made) if made else self.clock.epoch()
-                setattr(person, "mc" if name == "mailchimp" else "civi", Side(actual, origin))
+            tracks: list[tuple[str, Track, bool | None, bool]] = [
+                ("", person, self.mc_state(person), self.civi_state(person))
+            ]
+            for interest, track in sorted(person.interests.items()):
+                group = self.interest_groups[interest]
+                mc, civi = self.mc_interest(person, interest), self.civi_state(person, group)
+                tracks.append((f" interest {interest[:4]}", track, mc, civi))
+            for label, track, mc, civi in tracks:
+                for name, attr, actual in (("mailchimp", "mc", mc), ("civicrm", "civi", civi)):
+                    side: Side = getattr(track, attr)
+                    if actual == side.value:
+                        continue
+                    why = self.justified(track, side, actual, began)
+                    if why is not None and track is person and self.preferred(person, name, actual):
+                        why = None
+                    if why is not None:
+                        self.violations.append(
+                            Violation(self.step, name + label, person.email, side.value, actual, why)
+                        )
+                    # The new state represents the newest choice of its value (or the write).
+                    made = [c.at for c in track.choices if c.value == actual]
+                    origin = max(made) if made else self.clock.epoch()
+                    setattr(track, attr, Side(actual, origin))
+
+    def preferred(self, person: Person, name: str, new: bool | None) -> bool:
+        """Whether `prefer` allows this write: the preferred side's state copied over the
+        other's, where mcsync cannot order the two sides' choices (README, "prefer only breaks
+        ties"). In this model every choice has its own second and a date on its side, so the
+        only such conflict is a Mailchimp status change the activity feed cannot date (a
+        pending sign-up has no event) known only to lie after the previous complete run began
+        (less the window overlap), with a CiviCRM choice of the other value after that too."""
+        if self.prefer == "latest" or name == self.prefer:
+            return False
+        there = self.mc_state(person) if self.prefer == "mailchimp" else self.civi_state(person)
+        if bool(there) != new:
+            return False
+        floor = self.run_floor
+        mc = [c for c in person.choices if c.what.startswith("mc-") and c.at > floor]
+        civi = [c for c in person.choices if c.what.startswith("civi-") and c.at > floor]
+        return any(m.value != c.value and "pending" in m.what for m in mc for c in civi)
 
     def convergence_problems(self) -> list[str]:
         """After a quiet, complete run: both sides hold each person's latest choice."""
@@ -734,21 +983,63 @@ class Model:
             latest = person.latest()
             if latest is None or person.cleaned or person.forgotten or person.flagged:
                 continue
-            if latest.what.startswith("civi") and self.live_contact(person.email) is None:
+            if latest.what.startswith("civi") and self.live_contact(person) is None:
                 continue  # that choice's contact is in the trash, which mcsync never reads
-            mc, civi = self.mc_state(person.email), self.civi_state(person.email)
+            mc, civi = self.mc_state(person), self.civi_state(person)
             want = latest.value
             if not want and mc in (None, False) and civi in (None, False):
                 continue
             if want and person.held and civi:
                 continue  # emails on hold never subscribe (reported in failures)
-            if self.order_unknown(person.email):
+            if self.order_unknown(person):
                 continue  # the two sides' choices could not be ordered: left alone, reported
             if bool(mc) != want or bool(civi) != want:
                 history = ", ".join(str(c) for c in sorted(person.choices, key=lambda c: c.at))
                 problems.append(
                     f"{person.email}: latest choice {latest} but Mailchimp {_word(mc)}, "
                     f"CiviCRM {_word(civi)} (choices: {history})"
+                )
+            elif want:
+                problems += self.subscribed_problems(person)
+        return problems
+
+    def subscribed_problems(self, person: Person) -> list[str]:
+        """For a person subscribed on both sides: each interest holds its latest choice on
+        both sides, and the member is at the contact's address (one member, moved)."""
+        problems = []
+        member = self.member(person)
+        if member is None or member["status"] != "subscribed" or person.held:
+            return problems
+        for interest, track in sorted(person.interests.items()):
+            latest = track.latest()
+            if latest is not None and latest.what.startswith("civi"):
+                if latest.at < person.trashed_at:
+                    continue  # chosen on a contact now in the trash
+            want = bool(latest and latest.value)
+            mc = self.mc_interest(person, interest)
+            civi = self.civi_state(person, self.interest_groups[interest])
+            if mc != want or civi != want:
+                history = ", ".join(str(c) for c in sorted(track.choices, key=lambda c: c.at))
+                problems.append(
+                    f"{person.email} interest {interest[:4]}: latest choice {latest} but "
+                    f"Mailchimp {_word(mc)}, CiviCRM {_word(civi)} (choices: {history})"
+                )
+        members = [m["email_address"] for m in self.members(person)]
+        contact = self.live_contact(person)
+        if contact is not None:
+            emails = [
+                str(r["email"]).lower()
+                for r in self.civi.query("SELECT email FROM email WHERE contact_id = ?", (contact,))
+            ]
+            if len(members) > 1 or person.mc_email.lower() not in emails:
+                problems.append(
+                    f"{person.email}: members at {members}, contact {contact} has {emails} "
+                    f"(addresses: {person.addresses})"
+                )
+            elif person.mc_email != person.addresses[-1]:
+                problems.append(
+                    f"{person.email}: member still at {person.mc_email}, the contact's address "
+                    f"is {person.addresses[-1]}"
                 )
         return problems
 
@@ -772,6 +1063,9 @@ class Model:
             self.settle_and_check()
 
     def mcsync_step(self) -> None:
+        if "operator_actions" in self.features and self.xrng.random() < 0.25:
+            self.operator_action()
+            return
         kinds = ["incremental", "incremental", "full", "budget", "kill"]
         if "paging_churn" in self.features:
             kinds += ["churn", "churn"]
@@ -815,17 +1109,54 @@ class Model:
         else:
             self.invoke(label, full=full)
 
+    def operator_action(self) -> None:
+        """What an operator runs between the cron's runs: a run that holds Mailchimp back
+        (`--civicrm-only`, whose writes the next normal run re-decides and sends), or
+        `mcsync resync` of one person (marked for the next run, or `--now`)."""
+        kind = self.xrng.choice(["civicrm-only", "civicrm-only", "resync", "resync-now"])
+        self.clock.advance(self.xrng.choice([0, 60, 900]))
+        if kind == "civicrm-only":
+            full = self.xrng.random() < 0.35
+            label = "full" if full else "incremental"
+            if self.xrng.random() < 0.3:
+                max_time = self.xrng.randint(1, 30)
+                self.invoke(
+                    f"{label} --civicrm-only --max-time", full=full, max_time=max_time, civicrm_only=True
+                )
+            else:
+                self.invoke(f"{label} --civicrm-only", full=full, civicrm_only=True)
+        else:
+            person = self.people[self.xrng.choice(sorted(self.people))]
+            self.resync(person, now=kind == "resync-now")
+
+    def resync(self, person: Person, *, now: bool) -> None:
+        """`mcsync resync EMAIL [--now]`, then the invariant: what it writes at once must be
+        the person's latest choice at some moment since it began reading them."""
+        began = self.clock.epoch()
+        config = load_config(self.config_path)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(
+                resync_module,
+                "connections",
+                functools.partial(engine.connections, transport=self.transport),
+            )
+            results = resync_module.resync(config, Who(person.mc_email, None), now=now)
+        self.clock.advance(1)
+        outcomes = ", ".join(r.outcome for r in results)
+        self.note(f"mcsync resync {person.mc_email}{' --now' if now else ''}: {outcomes}")
+        self.check_invariant(began)
+
     def with_low_brake(self, action: Callable[[], object]) -> None:
         """Run `action` after a burst of removals, with a brake that trips on two of 24."""
         members = [p for p in self.people.values() if p.mc.value and p.civi.value]
         for person in self.rng.sample(members, min(3, len(members))):
-            contact = self.live_contact(person.email)
+            contact = self.live_contact(person)
             self.clock.advance(3)
             if self.rng.random() < 0.5 and contact is not None:
                 self.civi.set_group_status(contact, self.group_id, "Removed")
                 self.choose(person, False, "staff", "civi-Removed", "civi")
             elif not self.mailchimp_frozen():
-                self.mc.set_member_status(self.list_id, person.email, "unsubscribed")
+                self.mc.set_member_status(self.list_id, person.mc_email, "unsubscribed")
                 self.choose(person, False, "person", "mc-unsubscribe", "mc")
         self.max_removal_share = 0.05
         self.write_config()
@@ -996,8 +1327,8 @@ def test_a_profile_edit_does_not_date_an_earlier_status_change(tmp_path: Path) -
     model = Model(tmp_path, 1, set(FEATURES))
     with on_the_sim_clock(model):
         model.invoke("initial full run", full=True)
-        person = next(p for p in model.people.values() if model.mc_state(p.email) and p.civi.value)
-        contact = model.live_contact(person.email)
+        person = next(p for p in model.people.values() if model.mc_state(p) and p.civi.value)
+        contact = model.live_contact(person)
         assert contact is not None
         model.clock.advance(60)
         model.mc.set_member_status(model.list_id, person.email, "unsubscribed")

@@ -65,3 +65,15 @@ def test_the_audience_overrides_sync_and_bad_values_are_refused(world: World) ->
     with pytest.raises(ConfigError) as caught:
         _ = world.config
     assert "sync.prefer" in str(caught.value)
+
+
+def test_never_in_the_group_is_no_choice_to_prefer(world: World) -> None:
+    """Found by the model (prefer seed 7): a contact that was never in the group has no
+    CiviCRM choice at all — not an undated one — so `prefer = "civicrm"` must not copy that
+    absence over a sign-up at Mailchimp (DESIGN §4): the sign-up is the only choice there is."""
+    world.write_config('prefer = "civicrm"')
+    contact = world.person("dee@example.org", mc="subscribed", civi="none")
+    assert contact is not None
+    world.sync()
+    assert world.mc_status("dee@example.org") == "subscribed"
+    assert world.civi_status(contact) == "Added"
