@@ -451,6 +451,7 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
                 dumps(interests_at),
                 sync_status,
                 ctx.run_id,
+                member.get("unique_email_id"),
                 old["id"],
             )
         )
