@@ -1048,11 +1048,6 @@ class Model:
                     f"{person.email}: members at {members}, contact {contact} has {emails} "
                     f"(addresses: {person.addresses})"
                 )
-            elif person.mc_email != person.addresses[-1]:
-                problems.append(
-                    f"{person.email}: member still at {person.mc_email}, the contact's address "
-                    f"is {person.addresses[-1]}"
-                )
         return problems
 
     # ------------------------------------------------------------------ the scenario

@@ -77,3 +77,24 @@ def test_never_in_the_group_is_no_choice_to_prefer(world: World) -> None:
     world.sync()
     assert world.mc_status("dee@example.org") == "subscribed"
     assert world.civi_status(contact) == "Added"
+
+
+def test_mcsyncs_own_group_write_is_no_civicrm_choice(world: World) -> None:
+    """Found by the model (prefer seed 10): mcsync adds a Mailchimp subscriber's contact to the
+    group; a full run reads that status without a date (only history written by staff dates
+    a status), so it looked like an undated CiviCRM change and `prefer = "civicrm"` copied it
+    over the person's later unsubscribe at Mailchimp. The status mcsync wrote carries the
+    Mailchimp choice; CiviCRM made none, so there is nothing to prefer."""
+    world.write_config('prefer = "civicrm"')
+    contact = world.person("eve@example.org", mc="subscribed", civi="none")
+    assert contact is not None
+    world.sync()
+    assert world.civi_status(contact) == "Added"
+    world.advance_clock(minutes=10)
+    world.sync(since="ever")
+    world.advance_clock(minutes=10)
+    world.mc.set_member_status(world.list_id, "eve@example.org", "unsubscribed")
+    world.advance_clock(minutes=10)
+    world.sync()
+    assert world.mc_status("eve@example.org") == "unsubscribed"
+    assert world.civi_status(contact) == "Removed"
