@@ -229,3 +229,32 @@ def test_through_the_cli(it: Interests, tmp_path: Path) -> None:
         assert again.exit_code == 0, again.output
     assert w.civi_status(contact, it.g0) == "Added"
     assert not it.mc_interest("cli@example.org", it.i1)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (model seed 22): interest groups do not keep a removal made before the trash",
+)
+def test_a_removal_from_an_interest_group_survives_the_trash(it: Interests) -> None:
+    """Staff removed the contact from an interest's group (later than the member ticked the
+    interest), then trashed the contact. The removal is the later choice, as for the
+    subscription group (DESIGN §4): the contact mcsync creates for the member must not be
+    added to that group from the older interest."""
+    w = it.world
+    contact = it.person(
+        "gil@example.org",
+        interests={it.i0: True, it.i1: False},
+        mc_at=w.ago(days=5),
+        groups={it.g0: ("Removed", w.ago(days=2))},
+    )
+    w.civi.delete_contact(contact)
+    completed(w)
+    [new] = [
+        r["id"]
+        for r in w.civi.query(
+            "SELECT c.id FROM contact c JOIN email e ON e.contact_id = c.id "
+            "WHERE e.email = 'gil@example.org' AND c.is_deleted = 0"
+        )
+    ]
+    assert w.civi_status(new, it.g0) != "Added"
+
