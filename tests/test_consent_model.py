@@ -381,7 +381,9 @@ class Model:
                 on = bool(member["interests"][interest])
                 at = int(datetime.fromisoformat(member["last_changed"]).timestamp())
                 track.mc = Side(on, at)
-                track.choices.append(Choice(at, on, "person", f"mc-interest-{'on' if on else 'off'}"))
+                track.choices.append(
+                    Choice(at, on, "person", f"mc-interest-{'on' if on else 'off'}")
+                )
             else:
                 track.mc = Side(False, None)
             status = self.xrng.choice(["Added", "Removed", None])
@@ -747,7 +749,9 @@ class Model:
         status = "Removed" if self.civi.group_status(contact, group) == "Added" else "Added"
         self.clock.advance(3)
         self.civi.set_group_status(contact, group, status)
-        self.choose_interest(person, interest, status == "Added", "staff", f"civi-group-{status}", "civi")
+        self.choose_interest(
+            person, interest, status == "Added", "staff", f"civi-group-{status}", "civi"
+        )
         return True
 
     def act_email_change(self) -> bool:
@@ -973,10 +977,13 @@ class Model:
             ]
             for interest, track in sorted(person.interests.items()):
                 group = self.interest_groups[interest]
-                mc, civi = self.mc_interest(person, interest), self.civi_state(person, group)
-                tracks.append((f" interest {interest[:4]}", track, mc, civi))
-            for label, track, mc, civi in tracks:
-                for name, attr, actual in (("mailchimp", "mc", mc), ("civicrm", "civi", civi)):
+                on_mc, on_civi = self.mc_interest(person, interest), self.civi_state(person, group)
+                tracks.append((f" interest {interest[:4]}", track, on_mc, on_civi))
+            for label, track, mc_now, civi_now in tracks:
+                for name, attr, actual in (
+                    ("mailchimp", "mc", mc_now),
+                    ("civicrm", "civi", civi_now),
+                ):
                     side: Side = getattr(track, attr)
                     if actual == side.value:
                         continue
@@ -985,7 +992,9 @@ class Model:
                         why = None
                     if why is not None:
                         self.violations.append(
-                            Violation(self.step, name + label, person.email, side.value, actual, why)
+                            Violation(
+                                self.step, name + label, person.email, side.value, actual, why
+                            )
                         )
                     # The new state represents the newest choice of its value (or the write).
                     made = [c.at for c in track.choices if c.value == actual]
@@ -1040,15 +1049,15 @@ class Model:
         """For a person subscribed on both sides: each interest holds its latest choice on
         both sides, and after a full run the member is at the contact's address (one member,
         moved; an incremental run leaves a member with writes on their way where it is)."""
-        problems = []
+        problems: list[str] = []
         member = self.member(person)
         if member is None or member["status"] != "subscribed" or person.held:
             return problems
         for interest, track in sorted(person.interests.items()):
             latest = track.latest()
-            if latest is not None and latest.what.startswith("civi"):
-                if latest.at < person.trashed_at:
-                    continue  # chosen on a contact now in the trash
+            on_trashed = latest is not None and latest.what.startswith("civi")
+            if on_trashed and latest is not None and latest.at < person.trashed_at:
+                continue  # chosen on a contact now in the trash
             want = bool(latest and latest.value)
             mc = self.mc_interest(person, interest)
             civi = self.civi_state(person, self.interest_groups[interest])
@@ -1150,7 +1159,10 @@ class Model:
             if self.xrng.random() < 0.3:
                 max_time = self.xrng.randint(1, 30)
                 self.invoke(
-                    f"{label} --civicrm-only --max-time", full=full, max_time=max_time, civicrm_only=True
+                    f"{label} --civicrm-only --max-time",
+                    full=full,
+                    max_time=max_time,
+                    civicrm_only=True,
                 )
             else:
                 self.invoke(f"{label} --civicrm-only", full=full, civicrm_only=True)

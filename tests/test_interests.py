@@ -257,4 +257,3 @@ def test_a_removal_from_an_interest_group_survives_the_trash(it: Interests) -> N
         )
     ]
     assert w.civi_status(new, it.g0) != "Added"
-
