@@ -1390,3 +1390,65 @@ def test_a_profile_edit_does_not_date_an_earlier_status_change(tmp_path: Path) -
     if model.violations and "edit_after_status" in KNOWN_OPEN:
         pytest.xfail(f"{KNOWN_OPEN['edit_after_status']}: {model.violations[0]}")
     assert not model.violations, report(model)
+
+
+class StaffActDuringPush(httpx.BaseTransport):
+    """Once, when the run asks Mailchimp for member news while it pushes CiviCRM writes (the
+    overtaken check), staff change the contact first (a change made during that check)."""
+
+    def __init__(self, inner: httpx.BaseTransport, act: Callable[[], None], state_db: Path):
+        self.inner = inner
+        self.act: Callable[[], None] | None = act
+        self.state_db = state_db
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        is_page = request.method == "GET" and request.url.path.endswith("/members")
+        if self.act is not None and is_page:
+            staging = Staging(self.state_db)
+            try:
+                stage = staging.query("SELECT stage FROM audience_state")[0][0]
+            finally:
+                staging.close()
+            if stage == "push_civicrm":
+                self.act, act = None, self.act
+                act()
+        return self.inner.handle_request(request)
+
+
+def test_a_staff_change_during_the_overtaken_check_stops_the_write(world: Any) -> None:
+    """Found by the model (seed 13 of 100 steps): the CiviCRM writes' overtaken check read
+    CiviCRM's history, then asked Mailchimp for news; staff deleted the contact's group
+    membership in between, and the planned Add (carrying an older Mailchimp sign-up) was
+    written over that newer removal. The check nearest the write must be CiviCRM's."""
+    contact = world.person(
+        "ida@example.org", mc="subscribed", civi="Removed", civi_at=world.ago(days=5)
+    )
+    assert contact is not None
+
+    def staff_remove_again() -> None:
+        world.civi.set_group_status(contact, world.group_id, "Added")
+        world.civi.set_group_status(contact, world.group_id, "Removed")
+
+    # The plan is made, then the process dies before its first group write: the next
+    # process checks the plan against news on both sides before writing.
+    inner = world.transport
+    world.transport = KillBefore(inner, lambda r: r.url.path.endswith("GroupContact/save"))
+    with pytest.raises(Killed):
+        world.sync()
+    world.transport = StaffActDuringPush(inner, staff_remove_again, world.config.state_db)
+    world.sync()
+    assert world.transport.act is None, "the check did not run"
+    assert world.civi_status(contact) == "Removed"
+
+
+class KillBefore(httpx.BaseTransport):
+    """Die at the first request `match` accepts, before it reaches the service."""
+
+    def __init__(self, inner: httpx.BaseTransport, match: Callable[[httpx.Request], bool]):
+        self.inner = inner
+        self.match = match
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.match(request):
+            raise Killed(f"killed before {request.url.path}")
+        return self.inner.handle_request(request)
