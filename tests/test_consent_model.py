@@ -304,6 +304,7 @@ class Model:
         self.run_began: int | None = None  # when mcsync's current run (stage != idle) began
         self.seen = 0  # when the last completed run began: Mailchimp was read after that
         self.run_floor = 0  # what mcsync's current run takes as its previous view's time
+        self.before_run: dict[str, tuple[str, int]] = {}  # see note_members
         self.max_removal_share = 1.0
         self.address_count = 0
         self.write_config()
@@ -761,6 +762,11 @@ class Model:
         person = self.pick()
         if person.forgotten or person.mc_email != person.addresses[-1]:
             return False
+        if any(c.what.startswith("mc-") and c.at > self.seen for c in person.choices):
+            # A sign-up mcsync has not read yet, then a new address on either side: to mcsync
+            # (which matches by address) that is a second person with a contact of their own,
+            # where this oracle has one.
+            return False
         self.address_count += 1
         new = f"{person.email.split('@')[0]}.{self.address_count}@example.org"
         if self.xrng.random() < 0.5:
@@ -850,6 +856,7 @@ class Model:
             self.run_floor = self.seen - int(WINDOW_OVERLAP.total_seconds())
         strict = stage == "brake" or "stale_resume" in self.features
         began = self.clock.epoch() if strict or self.run_began is None else self.run_began
+        self.note_members()
         for _ in range(churn):
             self.transport.during_paging.append(self.concurrent_change)
         self.transport.kill_at = (self.transport.requests + kill_at) if kill_at else None
@@ -1005,18 +1012,32 @@ class Model:
         """Whether `prefer` allows this write: the preferred side's state copied over the
         other's, where mcsync cannot order the two sides' choices (README, "prefer only breaks
         ties"). In this model every choice has its own second and a date on its side, so the
-        only such conflict is a Mailchimp status change the activity feed cannot date (a
-        pending sign-up has no event) known only to lie after the previous complete run began
-        (less the window overlap), with a CiviCRM choice of the other value after that too."""
+        only such conflict is a Mailchimp status the activity feed cannot date (pending,
+        archived and cleaned have no event; it may have gone and come back), known only to
+        have been set after the previous complete run began (less the window overlap) and by
+        the member's last change as the run found it, with a CiviCRM choice strictly inside
+        that window."""
         if self.prefer == "latest" or name == self.prefer:
             return False
         there = self.mc_state(person) if self.prefer == "mailchimp" else self.civi_state(person)
         if bool(there) != new:
             return False
+        status, last_changed = self.before_run.get(person.email, (None, None))
+        if status not in ("pending", "archived", "cleaned") or last_changed is None:
+            return False
         floor = self.run_floor
-        mc = [c for c in person.choices if c.what.startswith("mc-") and c.at > floor]
-        civi = [c for c in person.choices if c.what.startswith("civi-") and c.at > floor]
-        return any(m.value != c.value and "pending" in m.what for m in mc for c in civi)
+        return any(
+            c.what.startswith("civi-") and floor < c.at < last_changed for c in person.choices
+        )
+
+    def note_members(self) -> None:
+        """Each person's member as a run is about to read it: its status and last change."""
+        self.before_run = {}
+        for person in self.people.values():
+            member = self.member(person)
+            if member is not None:
+                at = int(datetime.fromisoformat(member["last_changed"]).timestamp())
+                self.before_run[person.email] = (str(member["status"]), at)
 
     def convergence_problems(self, full: bool) -> list[str]:
         """After a quiet, complete run: both sides hold each person's latest choice."""
@@ -1068,15 +1089,20 @@ class Model:
                     f"Mailchimp {_word(mc)}, CiviCRM {_word(civi)} (choices: {history})"
                 )
         members = [m["email_address"] for m in self.members(person)]
-        contact = self.live_contact(person)
-        if contact is not None and full:
+        # The person's live contacts (two, when they signed up at Mailchimp with an address
+        # staff had just changed on their contact: mcsync matches by address).
+        contacts = sorted({r["id"] for r in self.civi_rows(person) if not r["is_deleted"]})
+        if contacts and full:
+            marks = ", ".join("?" for _ in contacts)
             emails = [
                 str(r["email"]).lower()
-                for r in self.civi.query("SELECT email FROM email WHERE contact_id = ?", (contact,))
+                for r in self.civi.query(
+                    f"SELECT email FROM email WHERE contact_id IN ({marks})", tuple(contacts)
+                )
             ]
             if len(members) > 1 or person.mc_email.lower() not in emails:
                 problems.append(
-                    f"{person.email}: members at {members}, contact {contact} has {emails} "
+                    f"{person.email}: members at {members}, contacts {contacts} have {emails} "
                     f"(addresses: {person.addresses})"
                 )
         return problems
@@ -1174,6 +1200,9 @@ class Model:
         """`mcsync resync EMAIL [--now]`, then the invariant: what it writes at once must be
         the person's latest choice at some moment since it began reading them."""
         began = self.clock.epoch()
+        self.note_members()
+        if self.stage() == "idle":
+            self.run_floor = self.seen - int(WINDOW_OVERLAP.total_seconds())
         config = load_config(self.config_path)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(
