@@ -201,6 +201,7 @@ class Person(Track):
     flagged: bool = False
     held: bool = False
     trashed_at: int = 0  # when staff last trashed a contact of theirs
+    preferred_at: int = 0  # when `prefer` last settled a conflict of theirs mcsync could not order
 
     def __post_init__(self) -> None:
         self.mc_email = self.mc_email or self.email
@@ -997,6 +998,7 @@ class Model:
                     why = self.justified(track, side, actual, began)
                     if why is not None and track is person and self.preferred(person, name, actual):
                         why = None
+                        person.preferred_at = self.clock.epoch()
                     if why is not None:
                         self.violations.append(
                             Violation(
@@ -1056,6 +1058,8 @@ class Model:
                 continue  # emails on hold never subscribe (reported in failures)
             if self.order_unknown(person):
                 continue  # the two sides' choices could not be ordered: left alone, reported
+            if latest.at < person.preferred_at and bool(mc) == bool(civi):
+                continue  # such a conflict, settled by `prefer`: both sides hold one state
             if bool(mc) != want or bool(civi) != want:
                 history = ", ".join(str(c) for c in sorted(person.choices, key=lambda c: c.at))
                 problems.append(
