@@ -17,12 +17,12 @@ Extended features (drawn from a second random stream): mapped **interests** (peo
 at Mailchimp and on its sign-up form, staff add and remove contacts in their groups; each
 interest is checked like the subscription, and converges for people subscribed on both
 sides); **email changes** on either side (the oracle follows a person across every address
-they have had; after quiet runs the member is at the contact's address, one member); a
+they have had; after a quiet full run the member is at its contact's address, one member); a
 random **prefer** per seed, in ``[sync]`` or on the audience (``preferred``: the only writes
 it may add are the preferred side's state over a conflict mcsync cannot order); and the
 operator's **--civicrm-only** runs and ``mcsync resync EMAIL [--now]``.
-``MCSYNC_MODEL_OFF=interests,prefer`` leaves features out (without the four extended ones a
-seed replays as it did before they existed).
+``MCSYNC_MODEL_OFF=interests,prefer`` leaves features out of the main test (without the
+EXTENDED ones a seed replays as it did before they existed).
 
 Short mode (the normal suite): a few seeds of ``STEPS`` steps, 24 people, 4-member pages.
 Long mode: ``MCSYNC_MODEL_SEEDS=200 MCSYNC_MODEL_STEPS=120`` (any numbers) runs that many seeds
