@@ -202,6 +202,7 @@ class Person(Track):
     held: bool = False
     trashed_at: int = 0  # when staff last trashed a contact of theirs
     preferred_at: int = 0  # when `prefer` last settled a conflict of theirs mcsync could not order
+    mc_edits: list[int] = field(default_factory=list)  # their profile edits at Mailchimp
 
     def __post_init__(self) -> None:
         self.mc_email = self.mc_email or self.email
@@ -548,6 +549,7 @@ class Model:
                 self.list_id, person.mc_email, merge_fields={"FNAME": f"F{self.clock.epoch()}"}
             )
             self.note(f"{person.email} profile edit at Mailchimp")
+            person.mc_edits.append(self.clock.epoch())
         return True
 
     def civicrm_frozen(self) -> bool:
@@ -735,6 +737,7 @@ class Model:
         on = not member["interests"].get(interest)
         self.clock.advance(3)
         self.mc.edit_member(self.list_id, person.mc_email, interests={interest: on})
+        person.mc_edits.append(self.clock.epoch())
         self.choose_interest(person, interest, on, "person", f"mc-interest-{on}", "mc")
         return True
 
@@ -792,6 +795,7 @@ class Model:
             self.clock.advance(3)
             self.mc.edit_member(self.list_id, person.mc_email, new_email=new)
             self.note(f"{person.email} email changed at Mailchimp: {person.mc_email} -> {new}")
+            person.mc_edits.append(self.clock.epoch())
             person.mc_email = new
             person.addresses.append(new)
         self.clock.advance(3)
@@ -996,7 +1000,11 @@ class Model:
                     if actual == side.value:
                         continue
                     why = self.justified(track, side, actual, began)
-                    if why is not None and track is person and self.preferred(person, name, actual):
+                    if (
+                        why is not None
+                        and track is person
+                        and self.preferred(person, name, actual, began)
+                    ):
                         why = None
                         person.preferred_at = self.clock.epoch()
                     if why is not None:
@@ -1010,23 +1018,27 @@ class Model:
                     origin = max(made) if made else self.clock.epoch()
                     setattr(track, attr, Side(actual, origin))
 
-    def preferred(self, person: Person, name: str, new: bool | None) -> bool:
+    def preferred(self, person: Person, name: str, new: bool | None, began: int) -> bool:
         """Whether `prefer` allows this write: the preferred side's state copied over the
         other's, where mcsync cannot order the two sides' choices (README, "prefer only breaks
         ties"). In this model every choice has its own second and a date on its side, so the
         only such conflict is a Mailchimp status the activity feed cannot date (pending,
         archived and cleaned have no event; it may have gone and come back), known only to
         have been set after the previous complete run began (less the window overlap) and by
-        the member's last change as the run found it, with a CiviCRM choice strictly inside
-        that window."""
+        the member's last change as the run found it (it may read edits made while it runs),
+        with a CiviCRM choice strictly inside that window."""
         if self.prefer == "latest" or name == self.prefer:
             return False
         there = self.mc_state(person) if self.prefer == "mailchimp" else self.civi_state(person)
         if bool(there) != new:
             return False
         status, last_changed = self.before_run.get(person.email, (None, None))
+        if any("pending" in c.what and c.at >= began for c in person.choices):
+            status = "pending"  # made while the run was reading: it may have read it
         if status not in ("pending", "archived", "cleaned") or last_changed is None:
             return False
+        mc_made = [c.at for c in person.choices if c.what.startswith("mc-")] + person.mc_edits
+        last_changed = max([last_changed, *mc_made])
         floor = self.run_floor
         return any(
             c.what.startswith("civi-") and floor < c.at < last_changed for c in person.choices
