@@ -352,3 +352,22 @@ def test_the_simulator_answers_address_changes_as_mailchimp(world: World) -> Non
     else:
         raise AssertionError("the old hash still answers")
     client.close()
+
+
+def test_an_address_changed_at_mailchimp_follows_a_member_mcsync_created(world: World) -> None:
+    """Found by the model (email_changes seed 5): a member mcsync itself subscribed from
+    CiviCRM was staged before Mailchimp had given it a unique_email_id, and reading it later
+    never stored one; when the person then changed their address at Mailchimp, the member
+    was taken for a new person (a second contact created) instead of followed."""
+    contact = world.person(OLD, civi="Added", first="Ann", last="Lee")
+    assert contact is not None
+    completed(world)
+    assert world.mc_status(OLD) == "subscribed"
+    world.advance_clock(minutes=5)
+    completed(world, since="ever")  # reads the member mcsync created
+    world.advance_clock(minutes=5)
+    world.mc.edit_member(world.list_id, OLD, new_email=NEW)
+    completed(world)
+    emails = world.civi.query("SELECT contact_id, email FROM email ORDER BY id")
+    assert [(e["contact_id"], e["email"]) for e in emails] == [(contact, OLD), (contact, NEW)]
+    assert [(r[1], r[3]) for r in staged(world)] == [(NEW, contact)]

@@ -65,3 +65,36 @@ def test_the_audience_overrides_sync_and_bad_values_are_refused(world: World) ->
     with pytest.raises(ConfigError) as caught:
         _ = world.config
     assert "sync.prefer" in str(caught.value)
+
+
+def test_never_in_the_group_is_no_choice_to_prefer(world: World) -> None:
+    """Found by the model (prefer seed 7): a contact that was never in the group has no
+    CiviCRM choice at all — not an undated one — so `prefer = "civicrm"` must not copy that
+    absence over a sign-up at Mailchimp (DESIGN §4): the sign-up is the only choice there is."""
+    world.write_config('prefer = "civicrm"')
+    contact = world.person("dee@example.org", mc="subscribed", civi="none")
+    assert contact is not None
+    world.sync()
+    assert world.mc_status("dee@example.org") == "subscribed"
+    assert world.civi_status(contact) == "Added"
+
+
+def test_mcsyncs_own_group_write_is_no_civicrm_choice(world: World) -> None:
+    """Found by the model (prefer seed 10): mcsync adds a Mailchimp subscriber's contact to the
+    group; a full run reads that status without a date (only history written by staff dates
+    a status), so it looked like an undated CiviCRM change and `prefer = "civicrm"` copied it
+    over the person's later unsubscribe at Mailchimp. The status mcsync wrote carries the
+    Mailchimp choice; CiviCRM made none, so there is nothing to prefer."""
+    world.write_config('prefer = "civicrm"')
+    contact = world.person("eve@example.org", mc="subscribed", civi="none")
+    assert contact is not None
+    world.sync()
+    assert world.civi_status(contact) == "Added"
+    world.advance_clock(minutes=10)
+    world.sync(since="ever")
+    world.advance_clock(minutes=10)
+    world.mc.set_member_status(world.list_id, "eve@example.org", "unsubscribed")
+    world.advance_clock(minutes=10)
+    world.sync()
+    assert world.mc_status("eve@example.org") == "unsubscribed"
+    assert world.civi_status(contact) == "Removed"

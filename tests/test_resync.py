@@ -153,3 +153,20 @@ def test_resync_now_sends_a_held_write_that_still_holds(world: World, cli) -> No
     assert done.exit_code == 0, done.output
     assert world.mc_status("ann@example.org") == "subscribed"
     assert world.mc_status("bob@example.org") is None  # still held
+
+
+def test_resync_now_dates_a_status_a_full_run_left_undated(world: World, cli) -> None:  # type: ignore[no-untyped-def]
+    """Found by the model (prefer seed 13): a full run stages group statuses without dates
+    (only disagreements get one); `resync --now` kept such an unchanged status undated, and
+    with `prefer = "civicrm"` a staff removal from days ago was copied over the person's new
+    sign-up at Mailchimp. The removal has its date in CiviCRM's history: the sign-up is later."""
+    world.write_config('prefer = "civicrm"')
+    contact = world.person("fay@example.org", civi="Removed", civi_at=world.ago(days=5))
+    assert contact is not None
+    assert world.sync(since="ever")[0].error is None
+    world.advance_clock(minutes=5)
+    world.mc.seed_member(world.list_id, "fay@example.org", "subscribed", last_changed=world.ago())
+    done = cli("resync", "fay@example.org", "--now")
+    assert done.exit_code == 0, done.output
+    assert world.mc_status("fay@example.org") == "subscribed"
+    assert world.civi_status(contact) == "Added"

@@ -35,7 +35,7 @@ from mcsync.stages.fetch_civicrm import (
     store_emails,
 )
 from mcsync.stages.fetch_mailchimp import date_status_changes, read_directly
-from mcsync.stages.match import assign_matches, fix_contact_ids
+from mcsync.stages.match import NO_CIVICRM_CHOICE, assign_matches, fix_contact_ids
 from mcsync.stages.profile import change_member_emails
 from mcsync.stages.push_civicrm import push_civicrm
 from mcsync.stages.push_mailchimp import push_mailchimp
@@ -310,9 +310,11 @@ def _refresh_contacts(ctx: RunContext, contact_ids: list[int]) -> None:
 
 def _refresh_groups(ctx: RunContext, contact_ids: list[int]) -> int:
     """Stage the memberships CiviCRM holds now for these contacts in the audience's groups.
-    A status unchanged keeps its staged time; a changed one is dated by its latest history
-    row by a person or staff when the history's last word is that status (as the run's
-    history stage dates it), else left undated. Returns the newest history id read."""
+    A status unchanged keeps its staged time; a changed one, or one staged without a time (a
+    full run dates only disagreements), is dated by its latest history row by a person or
+    staff when the history's last word is that status (as the run's history stage dates it;
+    a membership only mcsync wrote is no CiviCRM choice), else left undated. Returns the
+    newest history id read."""
     current = {
         (int(r["contact_id"]), int(r["group_id"])): str(r["status"])
         for r in ctx.civicrm.call(
@@ -337,22 +339,26 @@ def _refresh_groups(ctx: RunContext, contact_ids: list[int]) -> int:
     )
     last_status: dict[tuple[int, int], str] = {}
     dated: dict[tuple[int, int, str], str | None] = {}
+    by_people: set[tuple[int, int]] = set()
     for record in history:
         pair = (int(record["contact_id"]), int(record["group_id"]))
         last_status[pair] = record["status"]
         if (record.get("tracking") or "") != TRACKING_MARKER:
             dated[(*pair, record["status"])] = iso(ctx.civi_to_utc(record["date"]))
+            by_people.add(pair)
     staged = {
-        (int(g["contact_id"]), int(g["group_id"])): g["status"]
+        (int(g["contact_id"]), int(g["group_id"])): (g["status"], g["changed_at"])
         for g in ctx.staging.group_statuses_of(contact_ids, ctx.all_groups)
     }
     changes: list[tuple[int, int, str | None, str | None]] = []
     for pair in sorted(set(current) | set(staged)):
         status = current.get(pair)
-        if pair in staged and staged[pair] == status:
+        if pair in staged and staged[pair][0] == status and staged[pair][1] is not None:
             continue
         word = status or "Deleted"
         at = dated.get((*pair, word)) if last_status.get(pair) == word else None
+        if at is None and status is not None and pair in last_status and pair not in by_people:
+            at = NO_CIVICRM_CHOICE
         changes.append((pair[0], pair[1], status, at))
     with ctx.staging.atomic():
         ctx.staging.set_group_statuses(changes)

@@ -142,11 +142,13 @@ def most_recent(
 ) -> Side:
     """Which side's state wins for one group: the later choice (seed §5.1). Where the order
     cannot be told — a tie, or a side with no date — ``prefer`` decides; without it a tie or
-    an undated Mailchimp status goes to CiviCRM and an undated CiviCRM status to Mailchimp."""
+    an undated Mailchimp status goes to CiviCRM and an undated CiviCRM status to Mailchimp. A
+    contact never in the group (no GroupContact, no history) made no choice to prefer: the
+    member's state is the only one there is."""
     if not at_mailchimp:
         return "civicrm"
     if civicrm.changed_at is None:
-        return prefer or "mailchimp"
+        return "mailchimp" if civicrm.status is None else prefer or "mailchimp"
     if mailchimp_time is None or civicrm.changed_at == mailchimp_time:
         return prefer or "civicrm"
     return "civicrm" if civicrm.changed_at > mailchimp_time else "mailchimp"

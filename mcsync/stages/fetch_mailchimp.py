@@ -541,10 +541,18 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
         old_interests = json.loads(old["mc_interests"])
         interests_at = json.loads(old["mc_interests_at"])
         expected_interests = expected.get("interests", {})
+        # An expectation of a write dropped unsent holds only for a member last changed by
+        # then (`abort_updates`): a later value is someone's choice, not mcsync's echo.
+        until = parse_iso(expected.get("until"))
+        echo_possible = until is None or (parse_iso(changed) or until) <= until
         for interest_id, value in interests.items():
             if old_interests.get(interest_id) != value:
                 relevant_change = True
-                if expected_interests.get(interest_id) == value and expected.get("at"):
+                if (
+                    expected_interests.get(interest_id) == value
+                    and expected.get("at")
+                    and echo_possible
+                ):
                     interests_at[interest_id] = expected["at"]
                 else:
                     interests_at[interest_id] = changed
@@ -568,6 +576,7 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
                 dumps(interests_at),
                 sync_status,
                 ctx.run_id,
+                member.get("unique_email_id"),
                 old["id"],
             )
         )

@@ -350,6 +350,12 @@ class _History(NamedTuple):
     """(contact, group, time): absent memberships deleted then (`date_deletions`)."""
 
 
+NO_CIVICRM_CHOICE = "1970-01-01T00:00:00+00:00"
+"""The change time staged for a membership whose every history row mcsync wrote: it carries
+a Mailchimp choice, and CiviCRM made none of its own, so it is older than any choice. Left
+undated, it would be "a CiviCRM status with no date", which `prefer = "civicrm"` lets win."""
+
+
 def _read_history(ctx: RunContext, cursor: int) -> list[_History]:
     """The latest history row per (contact, group) not written by mcsync, for the next
     contacts after ``cursor`` whose CiviCRM change time is needed (none: done)."""
@@ -388,7 +394,12 @@ def _read_history(ctx: RunContext, cursor: int) -> list[_History]:
         _History(
             last_contact=contact_ids[-1],
             contacts=len(contact_ids),
-            dated=[(at, c, g) for (c, g), (at, _) in latest.items() if (c, g) not in moved],
+            dated=[(at, c, g) for (c, g), (at, _) in latest.items() if (c, g) not in moved]
+            + [
+                (NO_CIVICRM_CHOICE, c, g)
+                for c, g in last_status
+                if (c, g) not in latest and (c, g) not in moved
+            ],
             restaged=[
                 (c, g, fresh.get((c, g)), _date_of(dated, last_status, c, g, fresh))
                 for c, g in sorted(moved)

@@ -142,10 +142,12 @@ def _drop_overtaken(ctx: RunContext, writes: list[sqlite3.Row]) -> list[sqlite3.
     """A person may change a group in CiviCRM, or their subscription at Mailchimp, after the
     plan was made (during the run, or while it waited at the brake or for the next cron run):
     such a write is dropped and its row decided again next run, so a fresh choice is never
-    overwritten by a stale plan (see overtaken)."""
+    overwritten by a stale plan (see overtaken). CiviCRM's history is read last, nearest the
+    writes: Mailchimp's news may take many pages, and a staff change made while they are read
+    must not slip in between the check and the write."""
     contact_ids = sorted({w["contact_id"] for w in writes})
-    changed = overtaken.civicrm_changes(ctx, contact_ids)
     moved = overtaken.contacts_changed_at_mailchimp(ctx, contact_ids)
+    changed = overtaken.civicrm_changes(ctx, contact_ids)
     dropped = [
         w for w in writes if (w["contact_id"], w["group_id"]) in changed or w["contact_id"] in moved
     ]

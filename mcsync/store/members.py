@@ -46,9 +46,11 @@ READ_MEMBER_COLUMNS = (
     "mc_interests_at",
     "sync_status",
     "mc_seen_run",
+    "mc_unique_id",
 )
 """The values of a staged member read again, in the order `update_members` takes (then the
-row id)."""
+row id). A row staged before Mailchimp had answered for it (a member mcsync created) gets its
+``unique_email_id`` here: an address change at Mailchimp is followed by it."""
 
 
 class MemberStore(StoreBase):
@@ -92,7 +94,10 @@ class MemberStore(StoreBase):
         id); the caller decides `sync_status`, since only a relevant change reopens a row."""
         if not members:
             return
-        assignments = ", ".join(f"{column} = ?" for column in READ_MEMBER_COLUMNS)
+        assignments = ", ".join(
+            f"{column} = COALESCE(?, {column})" if column == "mc_unique_id" else f"{column} = ?"
+            for column in READ_MEMBER_COLUMNS
+        )
         self.conn.executemany(f"UPDATE rows SET {assignments} WHERE id = ?", members)
 
     def baseline_merge_fields(self, list_id: str, values: Sequence[tuple[str, str]]) -> None:

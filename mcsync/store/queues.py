@@ -143,7 +143,9 @@ class QueueStore(StoreBase):
         """Drop queued updates a newer change overtook and send their rows back to `todo`.
         Their rows stop expecting the status those writes carried (`forget_unsent_status`);
         an expected interest stays: after a crash a data-only write may have been sent
-        already, and its echo at Mailchimp must keep the time of the choice it carried."""
+        already, and its echo at Mailchimp must keep the time of the choice it carried. But
+        only for a member last changed by ``now``: such an echo cannot be later, and a value
+        changed after it is someone's choice (the person ticking the interest themselves)."""
         with self.atomic():
             self.conn.executemany(
                 "UPDATE updates SET state = ?, completed_at = ?, error_detail = ? "
@@ -160,6 +162,12 @@ class QueueStore(StoreBase):
                 f"SELECT DISTINCT row_id FROM updates WHERE id IN ({marks})", update_ids
             ).fetchall()
             self.forget_unsent_status([r[0] for r in rows])
+            self.conn.executemany(
+                "UPDATE rows SET mc_expected = json_set(mc_expected, '$.until', ?) "
+                "WHERE id = ? AND json_extract(mc_expected, '$.interests') IS NOT NULL "
+                "AND json_extract(mc_expected, '$.until') IS NULL",
+                [(now, r[0]) for r in rows],
+            )
 
     def abort_queue(self, list_id: str, at: str | None, detail: str) -> tuple[int, int]:
         """`mcsync abort`: open batches are closed as aborted; updates that may have reached
