@@ -72,3 +72,76 @@ def test_a_full_first_page_of_a_larger_window_is_still_looked_at_again(
     _completed(world.sync(allow_mass_changes=True))
     assert _civi_removed(world) == set(range(PAGE_SIZE + 1))
     assert _not_subscribed(world, range(1, MEMBERS)) == set(range(1, PAGE_SIZE + 1))
+
+
+# -- contacts mcsync created ------------------------------------------------------------------
+# A contact mcsync creates (for a member subscribed only at Mailchimp) is modified after the
+# run's CiviCRM mark, so the next run's modified-contacts window holds it. Unless something
+# modified it since its creation, the run need not read its emails again nor decide its row.
+
+
+def _created_by_mcsync(world: World) -> list[int]:
+    return [
+        int(r["id"])
+        for r in world.civi.query("SELECT id FROM contact WHERE source = 'mcsync' ORDER BY id")
+    ]
+
+
+def _civicrm_calls(world: World, since: int, call: str) -> int:
+    return sum(1 for _, p in world.civi.request_log[since:] if p == call)
+
+
+def _owner(world: World, email: str) -> int:
+    [row] = world.civi.query("SELECT contact_id FROM email WHERE email = ?", (email,))
+    return int(row["contact_id"])
+
+
+def _first_sync_creating(world: World, emails: list[str]) -> list[int]:
+    """Members subscribed only at Mailchimp, synced once: mcsync creates their contacts. One
+    person is on both sides from the start, and CiviCRM's contacts were last edited days ago
+    (outside the next run's window but for what the sync itself does)."""
+    known = world.person("known@example.org", mc="subscribed", civi="Added")
+    assert known is not None
+    world.civi.update_contact(known, when=world.ago(days=30))  # edited long ago
+    unrelated = world.civi.add_contact("Un", "Related")  # the newest edit before the sync
+    world.civi.update_contact(unrelated, when=world.ago(days=10))
+    for email in emails:
+        world.person(email, mc="subscribed")
+    _completed(world.sync())
+    created = _created_by_mcsync(world)
+    assert len(created) == len(emails)
+    assert all(world.civi_status(c) == "Added" for c in created)
+    return created
+
+
+def test_contacts_mcsync_created_are_not_read_back_by_the_next_run(world: World) -> None:
+    """Nothing changed since the first sync: the next run reads no contact's emails (it used
+    to read back every contact the first sync created) and writes nothing."""
+    _first_sync_creating(world, ["new1@example.org", "new2@example.org"])
+    world.advance_clock(minutes=10)
+    before_civi, writes = len(world.civi.request_log), len(world.writes())
+    _completed(world.sync())
+    assert _civicrm_calls(world, before_civi, "Email.get") == 0
+    assert len(world.writes()) == writes
+
+
+def test_a_contact_mcsync_created_and_staff_edited_since_is_read_again(world: World) -> None:
+    """Staff give the created contact a new bulk-mail address after the first sync: its
+    modified_date moves past its created_date, so the next run reads its emails and moves the
+    member to the new address; staff trash the other created contact: the next run reads that
+    too, and its member (still subscribed) gets a new contact, Added (trash is no choice).
+    Treating every contact mcsync created as unchanged would miss both."""
+    _first_sync_creating(world, ["new1@example.org", "new2@example.org"])
+    first, second = (_owner(world, "new1@example.org"), _owner(world, "new2@example.org"))
+    world.advance_clock(minutes=10)
+    world.civi.add_email(first, "moved@example.org", is_primary=False, is_bulkmail=True)
+    world.civi.delete_contact(second)
+    world.advance_clock(minutes=10)
+    _completed(world.sync())
+    assert world.mc.member(world.list_id, "new1@example.org") is None
+    assert world.mc_status("moved@example.org") == "subscribed"
+    assert world.civi_status(first) == "Added"
+    replacement = [c for c in _created_by_mcsync(world) if c not in (first, second)]
+    assert len(replacement) == 1
+    assert world.civi_status(replacement[0]) == "Added"
+    assert world.mc_status("new2@example.org") == "subscribed"
