@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
+import pytest
 from conftest import World
 from test_paging_churn import (
     MEMBERS,
@@ -25,6 +26,8 @@ from test_paging_churn import (
     _not_subscribed,
     _previous_run_was,
 )
+
+from mcsync.stages import batches
 
 
 def _window_world(make_world: Callable[..., World], size: int) -> World:
@@ -145,3 +148,26 @@ def test_a_contact_mcsync_created_and_staff_edited_since_is_read_again(world: Wo
     assert len(replacement) == 1
     assert world.civi_status(replacement[0]) == "Added"
     assert world.mc_status("new2@example.org") == "subscribed"
+
+
+# -- polling batches --------------------------------------------------------------------------
+
+
+def test_open_batches_are_polled_with_one_list_request_a_round(
+    make_world: Callable[..., World], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six CiviCRM-only contacts to subscribe, two operations a batch: three batches open at
+    once are polled by one ``GET /batches`` a round, not one ``GET /batches/{id}`` each; all
+    six are subscribed and nothing is left open."""
+    monkeypatch.setattr(batches, "BATCH_SIZE", 2)
+    world = make_world(batch_threshold=2)
+    for n in range(6):
+        world.person(f"c{n}@example.org", civi="Added")
+    _completed(world.sync())
+    assert [world.mc_status(f"c{n}@example.org") for n in range(6)] == ["subscribed"] * 6
+    posts = [
+        p for m, p in world.mc.request_log if m == "POST" and p.rstrip("/").endswith("/batches")
+    ]
+    assert len(posts) == 3
+    polls = [p for m, p in world.mc.request_log if m == "GET" and "/batches" in p]
+    assert polls == ["/3.0/batches"], polls

@@ -10,7 +10,13 @@ import sqlite3
 from typing import Any
 
 from mcsync.api.mailchimp import member_put_operation
-from mcsync.errors import ApiError, BudgetExhausted, ResponseTooLarge, UnreadableResults
+from mcsync.errors import (
+    ApiError,
+    BadResponse,
+    BudgetExhausted,
+    ResponseTooLarge,
+    UnreadableResults,
+)
 from mcsync.rules import write_results as wr
 from mcsync.stages.context import RunContext
 from mcsync.stages.overtaken import drop_overtaken_updates
@@ -99,9 +105,10 @@ def collect_batches(ctx: RunContext) -> None:
         if not open_batches:
             return
         waiting = False
+        listed = _listed_batches(ctx, len(open_batches))
         for row in open_batches:
             ctx.budget.check()
-            batch = ctx.mailchimp.get_batch(row["mc_batch_id"])
+            batch = listed.get(row["mc_batch_id"]) or ctx.mailchimp.get_batch(row["mc_batch_id"])
             ctx.staging.batch_polled(
                 row["id"],
                 batch.get("status"),
@@ -116,6 +123,20 @@ def collect_batches(ctx: RunContext) -> None:
             if ctx.budget.remaining() < POLL_SECONDS:
                 raise BudgetExhausted("waiting for Mailchimp to finish a batch")
             ctx.budget.sleep(POLL_SECONDS)
+
+
+def _listed_batches(ctx: RunContext, open_count: int) -> dict[str, dict[str, Any]]:
+    """With several batches open, one ``GET /batches`` answers for all of them in a polling
+    round (instead of one ``GET /batches/{id}`` each, every round); a batch the list leaves
+    out is asked for by id. With one open, its own GET is as cheap."""
+    if open_count < 2:
+        return {}
+    ctx.budget.check()
+    try:
+        listed = ctx.mailchimp.batches()
+    except BadResponse:  # an odd batch in the list (not necessarily ours): ask by id
+        return {}
+    return {str(b["id"]): b for b in listed if b.get("id")}
 
 
 def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -> None:
