@@ -171,3 +171,13 @@ def test_open_batches_are_polled_with_one_list_request_a_round(
     assert len(posts) == 3
     polls = [p for m, p in world.mc.request_log if m == "GET" and "/batches" in p]
     assert polls == ["/3.0/batches"], polls
+
+
+def test_contacts_are_created_500_a_request(world: World) -> None:
+    """300 members subscribed only at Mailchimp: one Contact.save creates their contacts
+    (500 a request, as every other bulk write; it was 200)."""
+    for n in range(300):
+        world.person(f"only{n}@example.org", mc="subscribed")
+    _completed(world.sync())
+    assert len(_created_by_mcsync(world)) == 300
+    assert _civicrm_calls(world, 0, "Contact.save") == 1

@@ -33,7 +33,7 @@ from mcsync.stages.fetch_civicrm import (
 from mcsync.store.database import iso, parse_iso
 from mcsync.store.history import Change
 
-CREATE_CHUNK = 200  # Contacts created per request (and per committed chunk)
+CREATE_CHUNK = 500  # Contacts created per request (and per committed chunk), as other writes
 MATCH_CONCURRENCY = 4  # Email lookups in flight: the CiviCRM client's connection pool
 # Emails per `IN` lookup: large enough that a full run makes few round trips (an indexed
 # `IN` of a few thousand strings is cheap for MySQL), small enough for any request limit.
