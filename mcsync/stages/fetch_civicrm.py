@@ -433,7 +433,9 @@ def _own_untouched(contact: dict[str, Any]) -> bool:
     is; any later edit (a flag, trash, an email edit or hold, by staff or by mcsync) moves
     modified_date on and the contact is read as usual. Left out, the run after a large first
     sync does not read back every contact it created (issue 12). A contact mcsync never
-    staged is loaded by ``fetch_missing_contacts`` whatever its dates."""
+    staged is loaded by ``fetch_missing_contacts`` whatever its dates. CiviCRM's dates are
+    whole seconds: only an edit made in the very second of the creation, after mcsync's read,
+    would go unseen (as a Mailchimp change in the second of mcsync's own write would)."""
     created = contact.get("created_date")
     return (
         contact.get("source") == TRACKING_MARKER
