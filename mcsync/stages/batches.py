@@ -22,6 +22,7 @@ from mcsync.api.mailchimp import (
 from mcsync.api.shapes import odd_member
 from mcsync.errors import (
     ApiError,
+    BadResponse,
     BudgetExhausted,
     NotFoundError,
     ResponseTooLarge,
@@ -131,8 +132,9 @@ def collect_batches(ctx: RunContext) -> None:
         if not open_batches:
             return
         waiting = False
+        listed = _listed_batches(ctx, len(open_batches))
         for row in open_batches:
-            batch = poll_batch(ctx, row)
+            batch = poll_batch(ctx, row, listed)
             if batch.get("status") != "finished":
                 waiting = True
                 continue
@@ -141,10 +143,14 @@ def collect_batches(ctx: RunContext) -> None:
             wait_for_batches(ctx)
 
 
-def poll_batch(ctx: RunContext, row: sqlite3.Row) -> dict[str, Any]:
-    """One look at a submitted batch (within the budget): Mailchimp's view of it, stored."""
+def poll_batch(
+    ctx: RunContext, row: sqlite3.Row, listed: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """One look at a submitted batch (within the budget): Mailchimp's view of it, stored.
+    ``listed``: this polling round's answer of ``GET /batches`` (`_listed_batches`); a batch
+    it leaves out is asked for by id."""
     ctx.budget.check()
-    batch = ctx.mailchimp.get_batch(row["mc_batch_id"])
+    batch = (listed or {}).get(row["mc_batch_id"]) or ctx.mailchimp.get_batch(row["mc_batch_id"])
     ctx.staging.batch_polled(
         row["id"],
         batch.get("status"),
@@ -248,6 +254,20 @@ def _read_answer(result: dict[str, Any] | None) -> tuple[int, Any]:
         return 0, None
     code, response, problem = _read_result(result)
     return (0, None) if problem else (code, response)
+
+
+def _listed_batches(ctx: RunContext, open_count: int) -> dict[str, dict[str, Any]]:
+    """With several batches open, one ``GET /batches`` answers for all of them in a polling
+    round (instead of one ``GET /batches/{id}`` each, every round); a batch the list leaves
+    out is asked for by id. With one open, its own GET is as cheap."""
+    if open_count < 2:
+        return {}
+    ctx.budget.check()
+    try:
+        listed = ctx.mailchimp.batches()
+    except BadResponse:  # an odd batch in the list (not necessarily ours): ask by id
+        return {}
+    return {str(b["id"]): b for b in listed if b.get("id")}
 
 
 def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -> None:

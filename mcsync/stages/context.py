@@ -90,6 +90,10 @@ class RunContext:
     # Members changed at Mailchimp since the run's data was read (hash -> last_changed), read
     # once by a process that writes a plan an earlier process made (see overtaken).
     mailchimp_news: dict[str, str] | None = None
+    # How many members the Mailchimp window held when this process read its first page
+    # (``total_items`` of the answer at offset 0); None when an earlier process began the
+    # fetch. A window that fitted in that one answer cannot have skipped anyone.
+    window_total: int | None = None
     # A sync of one person (`resync --now`): only these rows' queued Mailchimp writes are
     # sent, directly (answered at once); None: every queued write of the audience.
     only_rows: frozenset[int] | None = None

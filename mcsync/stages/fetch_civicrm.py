@@ -367,7 +367,15 @@ def fetch_civicrm_modified(ctx: RunContext) -> None:
     assert since_utc is not None
     window_start = ctx.civi_local(since_utc - WINDOW_OVERLAP)
     params = {
-        "select": ["id", *CONTACT_FLAGS, "first_name", "last_name", "modified_date"],
+        "select": [
+            "id",
+            *CONTACT_FLAGS,
+            "first_name",
+            "last_name",
+            "modified_date",
+            "created_date",
+            "source",
+        ],
         "where": [["modified_date", ">=", window_start], ["is_deleted", "IN", [True, False]]],
     }
 
@@ -402,7 +410,7 @@ def _changed_since_seen(
     them. A contact whose modified_date is what staging saw, and older than the previous
     run's mark (taken before that run read anything), has not changed since: the window's
     overlap need not fetch it again."""
-    known = ctx.staging.known_contacts([r["id"] for r in page])
+    known = ctx.staging.known_contacts([r["id"] for r in page if not _own_untouched(r)])
     if not known:
         return []
     seen = ctx.staging.contacts_modified(known)
@@ -416,6 +424,24 @@ def _changed_since_seen(
             and str(modified[c]) < previous_mark
         )
     ]
+
+
+def _own_untouched(contact: dict[str, Any]) -> bool:
+    """A contact mcsync created (``source`` is its marker) that nothing has modified since:
+    its modified_date is still its created_date. mcsync creates a contact with its email in
+    one request and reads it straight after (``create_contacts``), so staging holds it as it
+    is; any later edit (a flag, trash, an email edit or hold, by staff or by mcsync) moves
+    modified_date on and the contact is read as usual. Left out, the run after a large first
+    sync does not read back every contact it created (issue 12). A contact mcsync never
+    staged is loaded by ``fetch_missing_contacts`` whatever its dates. CiviCRM's dates are
+    whole seconds: only an edit made in the very second of the creation, after mcsync's read,
+    would go unseen (as a Mailchimp change in the second of mcsync's own write would)."""
+    created = contact.get("created_date")
+    return (
+        contact.get("source") == TRACKING_MARKER
+        and created is not None
+        and contact.get("modified_date") == created
+    )
 
 
 def mark_contacts_todo(ctx: RunContext, contact_ids: Iterable[int]) -> None:

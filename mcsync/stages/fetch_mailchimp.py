@@ -54,7 +54,24 @@ def fetch_mailchimp(ctx: RunContext) -> None:
         page_size=ctx.sync.page_size_mailchimp,
         start_offset=offset,
     )
-    merge_pages(ctx, pages, cursor="mc_offset", progress="fetch Mailchimp")
+    merge_pages(ctx, _noting_window_total(ctx, pages, offset), cursor="mc_offset",
+                progress="fetch Mailchimp")  # fmt: skip
+
+
+def _noting_window_total(
+    ctx: RunContext, pages: Iterator[tuple[int, int, list[dict[str, Any]]]], start_offset: int
+) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:
+    """The pages, noting the window's size as the first answer gave it (`window_took_pages`)
+    when this process reads the window from its start."""
+    try:
+        for page_offset, total, members in pages:
+            if start_offset == 0 and page_offset == 0:
+                ctx.window_total = total
+            yield page_offset, total, members
+    finally:
+        close = getattr(pages, "close", None)
+        if close:
+            close()
 
 
 def merge_pages(
@@ -91,9 +108,15 @@ def changed_since(run_started: str | None) -> datetime | None:
 def window_took_pages(ctx: RunContext, state: dict[str, Any]) -> bool:
     """Did this run's fetch read more than one page? One page is one answer, which cannot
     skip anyone, so an incremental window that fits in a page needs no second look (and
-    costs no extra request). A full first page may have had more behind it: counted as
-    more (a window of exactly one page pays for a second look)."""
-    return bool(state["run_full"]) or state["mc_offset"] >= ctx.sync.page_size_mailchimp
+    costs no extra request). A full first page may have had more behind it, unless the
+    answer's ``total_items`` said the window held no more than the page (known to the
+    process that read it; a fetch resumed by another process counts a full page as more)."""
+    page = ctx.sync.page_size_mailchimp
+    if state["run_full"] or state["mc_offset"] > page:
+        return True
+    if state["mc_offset"] < page:
+        return False
+    return ctx.window_total is None or ctx.window_total > page
 
 
 def fetch_changed_during_fetch(ctx: RunContext) -> None:

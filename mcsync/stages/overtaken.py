@@ -51,6 +51,9 @@ def civicrm_changes(ctx: RunContext, contact_ids: Sequence[int]) -> set[tuple[in
                 ["id", ">", seen_up_to],
                 ["contact_id", "IN", sorted(set(contact_ids))],
                 ["group_id", "IN", ctx.all_groups],
+                # mcsync's own writes (the run's CiviCRM push just made many) are left out by
+                # the server, and skipped below should a server not filter.
+                ["OR", [["tracking", "IS NULL"], ["tracking", "!=", TRACKING_MARKER]]],
             ],
             "limit": 0,
         },
