@@ -39,6 +39,10 @@ def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 # -- CiviCRM: marks for a new run ------------------------------------------------------------
+EMPTY_SITE_MARK = "1970-01-01 00:00:00"
+"""The modified-contacts mark of a site with no contacts: before any contact's modified_date."""
+
+
 def civicrm_marks(ctx: RunContext) -> tuple[int, str | None, str | None]:
     """The newest SubscriptionHistory id and Contact.modified_date now: where the next
     incremental run starts (ids avoid clock skew; dates are the server's own); and CiviCRM's
@@ -58,7 +62,10 @@ def civicrm_marks(ctx: RunContext) -> tuple[int, str | None, str | None]:
     except ApiError:  # an older CiviCRM without NOW()
         modified = ctx.civicrm.call("Contact", "get", {**params, "select": ["modified_date"]})
     top_id = int(history[0]["id"]) if history else 0
-    top_modified = modified[0]["modified_date"] if modified else None
+    # No contact at all (a new site): every contact there will be is newer than the run's
+    # start, so the next run reads them all. Without a mark it would read none, and a flag
+    # set on a contact this run creates would wait for a full run (issue 10).
+    top_modified = modified[0]["modified_date"] if modified else EMPTY_SITE_MARK
     now = modified[0].get("mcsync_now") if modified else None
     return top_id, top_modified, now
 
