@@ -70,15 +70,7 @@ from mcsync.store.database import Staging
 
 # Bug number (the integrator's list) -> scenario feature that exercises it. While a name is
 # here, the main test leaves that feature out and its own test xfails on a violation.
-KNOWN_OPEN: dict[str, str] = {
-    "trash_after_interest_removal": (
-        "open (found by the model, seed 22 of 60 steps): staff remove a contact from an "
-        "interest's group, then trash it; the contact mcsync creates for the member is added "
-        "to that group from the member's older interest (the subscription group keeps such a "
-        "removal; interest groups do not) — tests/test_interests.py::"
-        "test_a_removal_from_an_interest_group_survives_the_trash"
-    ),
-}
+KNOWN_OPEN: dict[str, str] = {}
 FEATURES = (
     "paging_churn",
     "abort",

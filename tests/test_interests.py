@@ -232,10 +232,6 @@ def test_through_the_cli(it: Interests, tmp_path: Path) -> None:
     assert not it.mc_interest("cli@example.org", it.i1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (model seed 22): interest groups do not keep a removal made before the trash",
-)
 def test_a_removal_from_an_interest_group_survives_the_trash(it: Interests) -> None:
     """Staff removed the contact from an interest's group (later than the member ticked the
     interest), then trashed the contact. The removal is the later choice, as for the
@@ -258,6 +254,33 @@ def test_a_removal_from_an_interest_group_survives_the_trash(it: Interests) -> N
         )
     ]
     assert w.civi_status(new, it.g0) != "Added"
+    assert not it.mc_interest("gil@example.org", it.i0), "the later removal propagates"
+    completed(w)  # and stays: the next run neither re-adds nor re-ticks
+    assert w.civi_status(new, it.g0) != "Added"
+    assert not it.mc_interest("gil@example.org", it.i0)
+
+
+def test_an_interest_ticked_after_a_trashed_removal_wins(it: Interests) -> None:
+    """The counterpart: the member ticked the interest after staff removed the (now
+    trashed) contact from its group. The tick is the later choice: the new contact joins."""
+    w = it.world
+    contact = it.person(
+        "hal@example.org",
+        interests={it.i0: True, it.i1: False},
+        mc_at=w.ago(days=1),
+        groups={it.g0: ("Removed", w.ago(days=3))},
+    )
+    w.civi.delete_contact(contact)
+    completed(w)
+    [new] = [
+        r["id"]
+        for r in w.civi.query(
+            "SELECT c.id FROM contact c JOIN email e ON e.contact_id = c.id "
+            "WHERE e.email = 'hal@example.org' AND c.is_deleted = 0"
+        )
+    ]
+    assert w.civi_status(new, it.g0) == "Added"
+    assert it.mc_interest("hal@example.org", it.i0)
 
 
 class _DieAtFirstMemberWrite(httpx.BaseTransport):

@@ -1008,6 +1008,55 @@ INTEREST_CASES = [
         (),
         id="5.3-civi-pending-left-alone",
     ),
+    # --- §4.1 a removal from the interest's group made before a contact was trashed ---
+    pytest.param(
+        replace(interest_row(True, OLD, None, None), trashed_interest_removals={IGID: NEW}),
+        "4.1-trashed-interest-removal",
+        (data_put(interests={IID: False}),),
+        id="4.1-trashed-interest-removal-newer-not-added-interest-off",
+    ),
+    pytest.param(
+        replace(interest_row(True, NEW, None, None), trashed_interest_removals={IGID: NEW}),
+        "4.1-trashed-interest-removal",
+        (data_put(interests={IID: False}),),
+        id="4.1-trashed-interest-removal-tie-goes-to-civicrm",
+    ),
+    pytest.param(
+        replace(interest_row(True, NEW, None, None), trashed_interest_removals={IGID: OLD}),
+        "5.3-I3",
+        (SetGroupStatus(CID, IGID, "Added"),),
+        id="4.1-trashed-interest-removal-older-than-tick-tick-wins",
+    ),
+    pytest.param(
+        replace(interest_row(False, OLD, None, None), trashed_interest_removals={IGID: NEW}),
+        "4.1-trashed-interest-removal",
+        (),
+        id="4.1-trashed-interest-removal-interest-already-off",
+    ),
+    pytest.param(
+        replace(interest_row(True, OLD, "Added", OLD), trashed_interest_removals={IGID: NEW}),
+        "4.1-trashed-interest-removal",
+        (SetGroupStatus(CID, IGID, "Removed"), data_put(interests={IID: False})),
+        id="4.1-trashed-interest-removal-outranks-co-owner-older-state",
+    ),
+    pytest.param(
+        replace(interest_row(True, OLD, "Added", None), trashed_interest_removals={IGID: NEW}),
+        "4.1-trashed-interest-removal",
+        (SetGroupStatus(CID, IGID, "Removed"), data_put(interests={IID: False})),
+        id="4.1-trashed-interest-removal-outranks-co-owner-undated-state",
+    ),
+    pytest.param(
+        replace(interest_row(True, OLD, "Added", NEWER), trashed_interest_removals={IGID: NEW}),
+        "5.3-I2-equal",
+        (),
+        id="4.1-trashed-interest-removal-co-owner-later-add-wins",
+    ),
+    pytest.param(
+        replace(interest_row(None, None, None, None), trashed_interest_removals={IGID: NEW}),
+        "5.3-I1-no-data",
+        (),
+        id="4.1-trashed-interest-removal-no-mc-data-left-alone",
+    ),
 ]
 
 

@@ -73,12 +73,13 @@ def choose_contact(candidates: Sequence[Candidate]) -> Match | None:
 def trashed_removal_wins(
     removed_at: datetime | None, status_time: datetime | None, prefer: str | None = None
 ) -> bool:
-    """Whether a removal from the subscription group, recorded in CiviCRM for a contact that
-    owns the member's address and is now in the trash, is a later choice than the member's
-    Mailchimp status. Trash is no choice, but a removal made before it is one (DESIGN §4):
-    matching skips trashed contacts, so without this a new contact would undo it. A tie goes
-    to CiviCRM, and an unknown Mailchimp time loses, as in `reconcile.most_recent`, unless the
-    audience prefers Mailchimp for the conflicts it cannot order."""
+    """Whether a removal from the subscription group (or a mapped interest's group), recorded
+    in CiviCRM for a contact that owns the member's address and is now in the trash, is a
+    later choice than the member's Mailchimp status (or interest). Trash is no choice, but a
+    removal made before it is one (DESIGN §4): matching skips trashed contacts, so without
+    this a new contact would undo it. A tie goes to CiviCRM, and an unknown Mailchimp time
+    loses, as in `reconcile.most_recent`, unless the audience prefers Mailchimp for the
+    conflicts it cannot order."""
     if removed_at is None:
         return False
     if status_time is None or removed_at == status_time:

@@ -162,7 +162,10 @@ class MemberRow:
     when the row was matched; None if there is no such removal. On a matched row it outranks
     the contact's own older group state. ``trashed_flag_after`` / ``trashed_flag_by``: on a
     row with no contact, a trashed owner of the address has a privacy flag, set after the
-    first (None: unknown) and by the second (see `matching.trashed_flag_order`)."""
+    first (None: unknown) and by the second (see `matching.trashed_flag_order`).
+    ``trashed_interest_removals``: the same as ``trashed_removal_at`` for mapped interest
+    groups (group id → when a trashed owner of the address was removed from it, if later
+    than the member's interest when the row was matched)."""
 
     mailchimp: MailchimpSide = field(default_factory=MailchimpSide)
     civicrm: CivicrmSide = field(default_factory=CivicrmSide)
@@ -174,11 +177,14 @@ class MemberRow:
     trashed_removal_at: datetime | None = None
     trashed_flag_after: datetime | None = None
     trashed_flag_by: datetime | None = None
+    trashed_interest_removals: Mapping[int, datetime] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _require_utc_aware("MemberRow.trashed_removal_at", self.trashed_removal_at)
         _require_utc_aware("MemberRow.trashed_flag_after", self.trashed_flag_after)
         _require_utc_aware("MemberRow.trashed_flag_by", self.trashed_flag_by)
+        for group_id, at in self.trashed_interest_removals.items():
+            _require_utc_aware(f"MemberRow.trashed_interest_removals[{group_id}]", at)
 
     @property
     def sibling_subscribed(self) -> bool:

@@ -23,7 +23,9 @@ Rules (DESIGN §4, seed-behaviour §4–§7; the ``rule`` ids name the rows of i
   member's subscribe, unsubscribes the member (no contact is created for it), and outranks
   an older group state of another, live contact with the address; trash alone is no choice
   (seed §4.1). So does a trashed contact's privacy flag later than the subscribe; one whose
-  order against it is unknown is reported and changes nothing.
+  order against it is unknown is reported and changes nothing. A trashed contact's removal
+  from a mapped interest group, later than the member's interest, is kept the same way: the
+  (new or older) contact is not added to the group from that interest, which is switched off.
 - Interests sync (both ways, same latest-wins rule) and merge fields (CiviCRM → Mailchimp) only
   while the member ends up subscribed.
 """
@@ -454,8 +456,41 @@ def decide_interests(row: MemberRow, policy: AudiencePolicy) -> tuple[InterestOu
     outcomes = []
     for interest_id, group_id in sorted(policy.interest_groups.items()):
         group = c.interest_groups.get(group_id, GroupState())
-        outcomes.append(_decide_interest(m, group, interest_id, group_id, policy))
+        removed_at = row.trashed_interest_removals.get(group_id)
+        outcome = _trashed_interest_removal(m, group, interest_id, group_id, removed_at, policy)
+        if outcome is None:
+            outcome = _decide_interest(m, group, interest_id, group_id, policy)
+        outcomes.append(outcome)
     return tuple(outcomes)
+
+
+def _trashed_interest_removal(
+    m: MailchimpSide,
+    group: GroupState,
+    interest_id: str,
+    group_id: int,
+    removed_at: datetime | None,
+    policy: AudiencePolicy,
+) -> InterestOutcome | None:
+    """A trashed owner of the address was removed from this interest's group later than the
+    member's interest and than the contact's own change to the group (or that has no date):
+    as for the subscription group (`_trashed_removal_outranks`), that removal is the latest
+    choice on the address, so the contact (often one created for the member, with no state
+    of its own) is not added from the older interest, leaves the group if in it, and the
+    interest is switched off at Mailchimp. None: no such removal; the usual rules decide."""
+    if m.status is None or interest_id not in m.interests:
+        return None
+    if not trashed_removal_wins(removed_at, m.interest_time(interest_id), policy.prefer):
+        return None
+    if removed_at is None or (group.changed_at is not None and group.changed_at >= removed_at):
+        return None
+    return InterestOutcome(
+        interest_id,
+        group_id,
+        "4.1-trashed-interest-removal",
+        set_group="Removed" if group.added else None,
+        push=False if m.interests[interest_id] else None,
+    )
 
 
 def _decide_interest(

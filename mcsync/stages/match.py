@@ -11,9 +11,10 @@ CiviCRM reads of a chunk made before its transaction opens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -30,7 +31,7 @@ from mcsync.stages.fetch_civicrm import (
     store_contacts,
     store_emails,
 )
-from mcsync.store.database import iso, parse_iso
+from mcsync.store.database import dumps, iso, parse_iso
 from mcsync.store.history import Change
 
 # Contacts created per request (and per committed chunk): as many as a group write carries
@@ -74,7 +75,7 @@ def match_emails(ctx: RunContext) -> None:
             store_contacts(ctx, [contact_from_join(r) for r in owners.records])
             assign_matches(ctx, [r["id"] for r in owners.rows])
             ctx.staging.set_trashed_choices(
-                [_trashed_choice_of(r, owners.trashed) for r in owners.rows]
+                [_trashed_choice_of(r, owners.trashed, ctx.interest_groups) for r in owners.rows]
             )
             ctx.progress("match emails", len(owners.rows), None)
 
@@ -165,25 +166,31 @@ class TrashedChoices:
     """What trashed owners of one address chose: the latest group change made in CiviCRM
     by any of them, if a removal (`removed_at`); and, when one has a privacy flag, the
     bounds of its time (`flag_after`: the latest known lower bound; `flag_by`: the latest
-    upper bound; see `rules.matching.trashed_flag_order`)."""
+    upper bound; see `rules.matching.trashed_flag_order`). ``interest_removals``: the same
+    as ``removed_at`` per mapped interest group (group id → time)."""
 
     removed_at: datetime | None = None
     flag_after: datetime | None = None
     flag_by: datetime | None = None
+    interest_removals: Mapping[int, datetime] = field(default_factory=dict)
 
 
 def _trashed_choice_of(
-    row: Any, trashed: dict[str, TrashedChoices]
-) -> tuple[str | None, str | None, str | None, int]:
-    """The row's (removal, flag after, flag by, id) to store: a trashed owner's removal if
-    it is later than the member's status change (then no contact is created, and it outranks
-    an older state of a live owner), and a trashed owner's privacy flag unless the member's
-    status change is known to be later. Trash alone is no choice: without either the member
-    gets a new contact as before (seed-behaviour §4.1). Decided afresh whenever the row is
-    matched: a later subscribe at Mailchimp outranks them again."""
+    row: Any, trashed: dict[str, TrashedChoices], interest_groups: Mapping[str, int]
+) -> tuple[str | None, str | None, str | None, str | None, int]:
+    """The row's (removal, flag after, flag by, interest removals, id) to store: a trashed
+    owner's removal if it is later than the member's status change (then no contact is
+    created, and it outranks an older state of a live owner), and a trashed owner's privacy
+    flag unless the member's status change is known to be later. Trash alone is no choice:
+    without either the member gets a new contact as before (seed-behaviour §4.1). Likewise
+    a trashed owner's removal from a mapped interest group later than the member's interest
+    (JSON {group id: time}; the contact the member gets is not added to it from the older
+    interest). Decided afresh whenever the row is matched: a later subscribe or tick at
+    Mailchimp outranks them again."""
     choices = trashed.get(fold_email(row["mc_email"]))
     if choices is None:
-        return (None, None, None, row["id"])
+        return (None, None, None, None, row["id"])
+    interests = _trashed_interest_removals(row, choices, interest_groups)
     status_time = parse_iso(row["mc_status_at"] or row["mc_last_changed"])
     removed = choices.removed_at if trashed_removal_wins(choices.removed_at, status_time) else None
     after = parse_iso(row["mc_status_after"]) if row["mc_status"] != "archived" else None
@@ -191,8 +198,24 @@ def _trashed_choice_of(
         choices.flag_after, choices.flag_by, status_time, after, parse_iso(row["mc_last_changed"])
     )
     if order in (None, TrashedFlagOrder.SUBSCRIBE_LATER):
-        return (iso(removed), None, None, row["id"])
-    return (iso(removed), iso(choices.flag_after), iso(choices.flag_by), row["id"])
+        return (iso(removed), None, None, interests, row["id"])
+    return (iso(removed), iso(choices.flag_after), iso(choices.flag_by), interests, row["id"])
+
+
+def _trashed_interest_removals(
+    row: Any, choices: TrashedChoices, interest_groups: Mapping[str, int]
+) -> str | None:
+    """JSON {group id: time} of the trashed owners' interest-group removals later than the
+    member's interest in that group (its own time, else the member's last change, as
+    `MailchimpSide.interest_time`); None when there is none."""
+    times = json.loads(row["mc_interests_at"] or "{}")
+    kept: dict[str, str | None] = {}
+    for interest_id, group_id in sorted(interest_groups.items()):
+        removed_at = choices.interest_removals.get(group_id)
+        interest_time = parse_iso(times.get(interest_id) or row["mc_last_changed"])
+        if trashed_removal_wins(removed_at, interest_time):
+            kept[str(group_id)] = iso(removed_at)
+    return dumps(kept) if kept else None
 
 
 def _trashed_choices(
@@ -200,13 +223,13 @@ def _trashed_choices(
 ) -> dict[str, TrashedChoices]:
     """Folded address → what its trashed owners (these Email records) chose.
 
-    A trashed owner's latest change to the group made in CiviCRM (not mcsync's own) is read
-    from its history: staging may not have it (a full run reads no dates, and a contact
-    trashed before mcsync first ran was never staged). A privacy flag was set by the
-    contact's modified_date (by when mcsync first saw it set, if earlier) and after mcsync
-    last saw the contact without a flag (unknown if it never did): trashing it moved the
-    modified_date, so the flag's own time is often unknown. Flags count only while privacy
-    flags are respected."""
+    A trashed owner's latest change to the group, and to each mapped interest group, made in
+    CiviCRM (not mcsync's own) is read from its history: staging may not have it (a full
+    run reads no dates, and a contact trashed before mcsync first ran was never staged). A
+    privacy flag was set by the contact's modified_date (by when mcsync first saw it set, if
+    earlier) and after mcsync last saw the contact without a flag (unknown if it never did):
+    trashing it moved the modified_date, so the flag's own time is often unknown. Flags
+    count only while privacy flags are respected."""
     addresses: dict[int, set[str]] = {}
     flagged: dict[int, datetime | None] = {}
     for owner in owners:
@@ -220,14 +243,15 @@ def _trashed_choices(
             flagged[contact_id] = ctx.civi_to_utc(owner.get("contact_id.modified_date"))
     if not addresses:
         return {}
-    latest: dict[int, tuple[datetime, str]] = {}
+    groups = sorted({ctx.group_id, *ctx.interest_groups.values()})
+    latest: dict[tuple[int, int], tuple[datetime, str]] = {}
     for chunk in chunks(sorted(addresses), IN_CHUNK):
         history = ctx.civicrm.call(
             "SubscriptionHistory",
             "get",
             {
-                "select": ["contact_id", "status", "date", "tracking"],
-                "where": [["contact_id", "IN", list(chunk)], ["group_id", "=", ctx.group_id]],
+                "select": ["contact_id", "group_id", "status", "date", "tracking"],
+                "where": [["contact_id", "IN", list(chunk)], ["group_id", "IN", groups]],
                 "orderBy": {"id": "ASC"},
                 "limit": 0,
             },
@@ -236,32 +260,40 @@ def _trashed_choices(
             moment = ctx.civi_to_utc(record["date"])
             if (record.get("tracking") or "") == TRACKING_MARKER or moment is None:
                 continue
-            latest[record["contact_id"]] = (moment, record["status"])
+            latest[(record["contact_id"], int(record["group_id"]))] = (moment, record["status"])
     marks = ctx.staging.flag_marks(sorted(flagged))
-    changes: dict[str, tuple[datetime, str]] = {}
+    # (address, group id) → the latest change any trashed owner of the address made there
+    changes: dict[tuple[str, int], tuple[datetime, str]] = {}
     flags: dict[str, tuple[datetime | None, datetime]] = {}
     for contact_id, owned in addresses.items():
-        change = latest.get(contact_id)
         bounds = _flag_bounds(flagged, marks, contact_id)
         for address in owned:
-            if change and (address not in changes or change[0] > changes[address][0]):
-                changes[address] = change
+            for group_id in groups:
+                change = latest.get((contact_id, group_id))
+                key = (address, group_id)
+                if change and (key not in changes or change[0] > changes[key][0]):
+                    changes[key] = change
             if bounds is not None:
                 after, by = flags.get(address, (None, bounds[1]))
                 flags[address] = (
                     max(filter(None, (after, bounds[0])), default=None),
                     max(by, bounds[1]),
                 )
+    removals = {key: at for key, (at, status) in changes.items() if status in _REMOVALS}
     return {
         address: TrashedChoices(
-            removed_at=changes[address][0]
-            if address in changes and changes[address][1] in ("Removed", "Deleted")
-            else None,
+            removed_at=removals.get((address, ctx.group_id)),
             flag_after=flags[address][0] if address in flags else None,
             flag_by=flags[address][1] if address in flags else None,
+            interest_removals={
+                g: at for (a, g), at in removals.items() if a == address and g != ctx.group_id
+            },
         )
-        for address in set(changes) | set(flags)
+        for address in {a for a, _ in changes} | set(flags)
     }
+
+
+_REMOVALS = ("Removed", "Deleted")  # history statuses that take a contact out of a group
 
 
 def _flag_bounds(

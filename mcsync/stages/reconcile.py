@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -234,7 +234,18 @@ class LoadedChunk:
             trashed_removal_at=parse_iso(row["trashed_removal_at"]),
             trashed_flag_after=parse_iso(row["trashed_flag_after"]) if contact_id is None else None,
             trashed_flag_by=parse_iso(row["trashed_flag_by"]) if contact_id is None else None,
+            trashed_interest_removals=_interest_removals(row["trashed_interest_removals"]),
         )
+
+
+def _interest_removals(text: str | None) -> dict[int, datetime]:
+    """The stored JSON {group id: UTC time} of trashed owners' interest-group removals."""
+    removals: dict[int, datetime] = {}
+    for group_id, at in json.loads(text or "{}").items():
+        moment = parse_iso(at)
+        if moment is not None:
+            removals[int(group_id)] = moment
+    return removals
 
 
 def _cleaned_handled(row: sqlite3.Row) -> bool:
@@ -349,6 +360,10 @@ def record_decision(
                     origin = max(filter(None, (origin, member_row.trashed_removal_at)))
             else:
                 origin = m.interest_time(interest_id) if interest_id else m.last_changed
+                removed_at = member_row.trashed_interest_removals.get(action.group_id)
+                if action.status == "Removed" and removed_at:
+                    # A trashed co-owner's removal, later than the member's interest, carried.
+                    origin = max(filter(None, (origin, removed_at)))
             staging.plan_group_write(
                 ctx.list_id,
                 action.contact_id,
@@ -380,7 +395,13 @@ def record_decision(
     if queue.enqueue is not None:
         body = dict(queue.enqueue.body)
         trashed = [member_row.trashed_removal_at, member_row.trashed_flag_after]
-        origin = _origin_of(body, c, interest_by_group, max(filter(None, trashed), default=None))
+        origin = _origin_of(
+            body,
+            c,
+            interest_by_group,
+            max(filter(None, trashed), default=None),
+            member_row.trashed_interest_removals,
+        )
         expected: dict[str, Any] = {"at": iso(origin)}
         if body.get("status"):
             expected["status"] = body["status"]
@@ -406,10 +427,12 @@ def _origin_of(
     civicrm: ms.CivicrmSide,
     interest_by_group: dict[int, str],
     trashed_removal_at: datetime | None = None,
+    trashed_interest_removals: Mapping[int, datetime] | None = None,
 ) -> datetime:
     """The time of the CiviCRM choice an update carries: what Mailchimp's side should count
     as its change time once the write lands (never the time of our write). A row may carry
-    a trashed contact's removal or privacy flag (`trashed_removal_at`: the latest of them)."""
+    a trashed contact's removal or privacy flag (`trashed_removal_at`: the latest of them),
+    or its removals from interest groups (`trashed_interest_removals`)."""
     times: list[datetime] = []
     if body.get("status") and civicrm.subscription.changed_at:
         times.append(civicrm.subscription.changed_at)
@@ -420,4 +443,7 @@ def _origin_of(
             state = civicrm.interest_groups.get(group_id)
             if state and state.changed_at:
                 times.append(state.changed_at)
+            removed_at = (trashed_interest_removals or {}).get(group_id)
+            if removed_at is not None and body["interests"][interest_id] is False:
+                times.append(removed_at)
     return max(times) if times else utc_now()

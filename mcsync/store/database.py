@@ -310,6 +310,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE batches ADD COLUMN reads TEXT
     """,
+    # 18: for a member with no contact, the removals of trashed owners of its address from
+    # mapped interest groups later than the member's interest time, as JSON {group id: UTC
+    # time}; NULL: none. The contact created for it is not added to those groups from the
+    # member's older interest, which is switched off instead (as 12 for the subscription)
+    """
+    ALTER TABLE rows ADD COLUMN trashed_interest_removals TEXT
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience

@@ -45,8 +45,8 @@ class MatchStore(StoreBase):
         """Member rows with an address and no contact, in id order after ``after_id``: the
         addresses whose owners the match stage looks up."""
         return self.query(
-            "SELECT id, mc_email, mc_status, mc_status_at, mc_status_after, mc_last_changed "
-            "FROM rows WHERE list_id = ? AND contact_id IS NULL "
+            "SELECT id, mc_email, mc_status, mc_status_at, mc_status_after, mc_last_changed, "
+            "mc_interests_at FROM rows WHERE list_id = ? AND contact_id IS NULL "
             "AND mc_email IS NOT NULL AND id > ? ORDER BY id LIMIT ?",
             (list_id, after_id, limit),
         )
@@ -262,13 +262,14 @@ class MatchStore(StoreBase):
         )
 
     def set_trashed_choices(
-        self, choices: list[tuple[str | None, str | None, str | None, int]]
+        self, choices: list[tuple[str | None, str | None, str | None, str | None, int]]
     ) -> None:
-        """(removal, flag after, flag by, row id): what trashed owners of each row's address
-        chose that may outrank its member's subscribe (see `match.match_emails`)."""
+        """(removal, flag after, flag by, interest removals as JSON, row id): what trashed
+        owners of each row's address chose that may outrank its member's subscribe or
+        interests (see `match.match_emails`)."""
         self.conn.executemany(
-            "UPDATE rows SET trashed_removal_at = ?, trashed_flag_after = ?, trashed_flag_by = ? "
-            "WHERE id = ?",
+            "UPDATE rows SET trashed_removal_at = ?, trashed_flag_after = ?, trashed_flag_by = ?, "
+            "trashed_interest_removals = ? WHERE id = ?",
             choices,
         )
 
@@ -307,7 +308,8 @@ def _absent_membership_sql(
 
 def _disagreement_sql(group_id: int, interest_groups: Mapping[str, int]) -> tuple[str, list[Any]]:
     """SQL true when a staged pair `g` disagrees with the row `r`'s Mailchimp side, or its
-    date decides whether a trashed co-owner's removal outranks it (`trashed_removal_at`)."""
+    date decides whether a trashed co-owner's removal outranks it (`trashed_removal_at`,
+    `trashed_interest_removals`)."""
     clauses = [
         "(g.group_id = ? AND ((g.status = 'Added') != "
         f"(COALESCE(r.mc_status, '') IN ({_SUBSCRIBED})) "
@@ -316,7 +318,8 @@ def _disagreement_sql(group_id: int, interest_groups: Mapping[str, int]) -> tupl
     params: list[Any] = [group_id]
     for interest_id, interest_group in interest_groups.items():
         clauses.append(
-            "(g.group_id = ? AND (g.status = 'Added') IS NOT json_extract(r.mc_interests, ?))"
+            "(g.group_id = ? AND ((g.status = 'Added') IS NOT json_extract(r.mc_interests, ?) "
+            "OR json_extract(r.trashed_interest_removals, ?) IS NOT NULL))"
         )
-        params.extend([interest_group, f'$."{interest_id}"'])
+        params.extend([interest_group, f'$."{interest_id}"', f'$."{interest_group}"'])
     return " OR ".join(clauses), params

@@ -103,6 +103,7 @@ class RowStore(StoreBase):
               AND r.mc_hash IS NOT NULL AND r.contact_id IS NOT NULL AND r.creating = 0
               AND r.mc_expected IS NULL AND r.refusal_reason IS NULL
               AND r.trashed_removal_at IS NULL
+              AND r.trashed_interest_removals IS NULL
               AND EXISTS (SELECT 1 FROM contacts c WHERE c.contact_id = r.contact_id
                           AND c.is_deleted = 0 AND c.gone = 0 AND c.is_deceased = 0
                           AND c.do_not_email = 0 AND c.is_opt_out = 0)
