@@ -65,10 +65,6 @@ def test_a_member_mcsync_creates_again_has_no_interest_choice(world2: World) -> 
     assert member is not None and member["interests"][i0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (model seed 17): a trashed owner's choices are looked up by address only",
-)
 def test_a_flag_on_the_trashed_contact_that_had_the_member_outlives_its_address(
     world: World,
 ) -> None:
