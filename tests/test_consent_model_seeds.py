@@ -30,8 +30,12 @@ def test_a_member_mcsync_creates_again_has_no_interest_choice(world2: World) -> 
     w = world2
     (i0, g0), _ = sorted(w.interest_ids.items())
     w.mc.seed_member(
-        w.list_id, "rae@example.org", "subscribed", interests={i0: False},
-        last_changed=w.ago(days=5), merge_fields={"FNAME": "", "LNAME": ""},
+        w.list_id,
+        "rae@example.org",
+        "subscribed",
+        interests={i0: False},
+        last_changed=w.ago(days=5),
+        merge_fields={"FNAME": "", "LNAME": ""},
     )
     w.person("other@example.org", mc="subscribed", civi="Added")  # a full fetch reads someone
     contact = w.civi.add_contact("", "")
