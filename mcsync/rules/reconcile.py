@@ -558,6 +558,12 @@ def _reconcile_member(row: MemberRow, policy: AudiencePolicy) -> Decision:
     pushes = {o.interest_id: o.push for o in outcomes if o.push is not None}
     merge_fields = decide_merge_fields(row, policy.blank_merge_fields)
     update = decision.mailchimp_update
+    if update is not None and row.mailchimp.status == "archived" and "status" in update.body:
+        # An archived member may since have been deleted permanently (mcsync cannot tell):
+        # the subscribe then creates a fresh member with no interests. Say the interests it
+        # keeps, so the member shows them either way and mcsync's own write is never read
+        # back as the person's choice (model seed 1: a blank interest removed the contact).
+        pushes = {**row.mailchimp.interests, **pushes}
     if update is None and (pushes or merge_fields):
         m = row.mailchimp
         email = str(m.email)

@@ -64,7 +64,8 @@ def match_emails(ctx: RunContext) -> None:
             return []
         records = _owners_of(ctx, sorted({r["mc_email"] for r in rows}))
         live = [r for r in records if not r.get("contact_id.is_deleted")]
-        trashed = _trashed_choices(ctx, [r for r in records if r.get("contact_id.is_deleted")])
+        in_trash = [r for r in records if r.get("contact_id.is_deleted")]
+        trashed = _trashed_choices(ctx, in_trash + _former_contacts(ctx, rows))
         return [_Owners(rows, live, trashed)]
 
     for chunk in ctx.staging.each_chunk(
@@ -90,6 +91,29 @@ class _Owners(NamedTuple):
     """CiviCRM's Email records of the addresses, with their contacts' flags (undeleted only)."""
     trashed: dict[str, TrashedChoices]
     """What trashed owners of the addresses chose, by folded address (`_trashed_choices`)."""
+
+
+def _former_contacts(ctx: RunContext, rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """The contacts these rows pointed at until they were trashed (`trashed_contact_id`), as
+    Email records under each row's own address: a trashed contact's later removal or privacy
+    flag is a choice about its member even when the contact's address has changed since
+    (the member kept the old one), so it counts as a trashed owner's (model seed 17)."""
+    former: dict[int, set[str]] = {}
+    for row in rows:
+        if row["trashed_contact_id"] is not None:
+            former.setdefault(int(row["trashed_contact_id"]), set()).add(row["mc_email"])
+    records: list[dict[str, Any]] = []
+    for chunk in chunks(sorted(former), IN_CHUNK):
+        found = ctx.civicrm.call(
+            "Email",
+            "get",
+            {"select": EMAIL_SELECT, "where": [["contact_id", "IN", list(chunk)]], "limit": 0},
+        )
+        for record in found:
+            if record.get("contact_id.is_deleted"):  # still in the trash, not restored
+                for address in former.pop(record["contact_id"], set()):
+                    records.append({**record, "email": address})
+    return records
 
 
 def _owners_of(ctx: RunContext, emails: Sequence[str]) -> list[dict[str, Any]]:

@@ -317,6 +317,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE rows ADD COLUMN trashed_interest_removals TEXT
     """,
+    # 19: the contact a member row pointed at until that contact was trashed: its choices
+    # (a later removal or privacy flag) outlive its address (model seed 17)
+    """
+    ALTER TABLE rows ADD COLUMN trashed_contact_id INTEGER
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience

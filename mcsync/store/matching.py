@@ -27,8 +27,15 @@ class MatchStore(StoreBase):
     # -- contact ids that no longer hold ----------------------------------------------------
     def clear_unusable_contacts(self, list_id: str) -> None:
         """Rows pointing at trashed, merged-away or hard-deleted contacts lose the contact id
-        and are decided again (seed-behaviour §4.1); rows left with neither side are dropped."""
+        and are decided again (seed-behaviour §4.1); rows left with neither side are dropped.
+        A trashed contact is remembered (`trashed_contact_id`): what it chose still counts
+        when it no longer has the member's address (`match.match_emails`)."""
         with self.atomic():
+            self.conn.execute(
+                "UPDATE rows SET trashed_contact_id = contact_id WHERE list_id = ? AND "
+                "contact_id IN (SELECT contact_id FROM contacts WHERE is_deleted = 1)",
+                (list_id,),
+            )
             self.conn.execute(
                 f"UPDATE rows SET contact_id = NULL, sync_status = '{RowState.TODO}' "
                 "WHERE list_id = ? AND contact_id IN "
@@ -46,7 +53,8 @@ class MatchStore(StoreBase):
         addresses whose owners the match stage looks up."""
         return self.query(
             "SELECT id, mc_email, mc_status, mc_status_at, mc_status_after, mc_last_changed, "
-            "mc_interests_at FROM rows WHERE list_id = ? AND contact_id IS NULL "
+            "mc_interests_at, trashed_contact_id FROM rows WHERE list_id = ? "
+            "AND contact_id IS NULL "
             "AND mc_email IS NOT NULL AND id > ? ORDER BY id LIMIT ?",
             (list_id, after_id, limit),
         )
