@@ -385,15 +385,18 @@ def test_civicrm_concurrency_holds_across_processes(
     from mcsync.errors import BudgetExhausted
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(world.tmp_path))
-    client = CiviCRMClient(url=CIVI_URL, api_key=CIVI_KEY, budget=Budget(0.3),
-                           transport=world.transport, max_connections=1)  # fmt: skip
-    assert client.call("Group", "get", {"select": ["id"]})  # a free slot: answered
+    def client_with(budget: Budget) -> CiviCRMClient:
+        return CiviCRMClient(url=CIVI_URL, api_key=CIVI_KEY, budget=budget,
+                             transport=world.transport, max_connections=1)  # fmt: skip
+
+    # a budget no loaded machine can spend on one answer, then a short one for the wait
+    assert client_with(Budget(60)).call("Group", "get", {"select": ["id"]})  # free: answered
     slots = list((world.tmp_path).glob("mcsync-slots-*/*.lock"))
     assert len(slots) == 1 and CIVI_KEY not in slots[0].name
     fd = os.open(slots[0], os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process's request
         with pytest.raises(BudgetExhausted, match="free connection"):
-            client.call("Group", "get", {"select": ["id"]})
+            client_with(Budget(1.0)).call("Group", "get", {"select": ["id"]})
     finally:
         os.close(fd)
