@@ -564,22 +564,100 @@ def test_churn_during_an_incremental_fetch_spread_over_budgeted_runs(
         if n == 2:
             world.mc.after_member_pages(1, _forget(world, [27]))
 
-    # 9 clock readings a run (one per request, each by the thread that issues it, so the
-    # same every time) stop the first four runs in these stages, the fourth after the third
-    # looked the window over down to a time.
-    outcomes = list(_budgeted_runs(world, 9, between=between, allow_mass_changes=True))
+    # 11 clock readings a run (one per request, each by the thread that issues it, so the
+    # same every time) stop the runs in these stages: the window's changes all share one
+    # second, so its first answer (page 1) cannot split it by time and the look from that
+    # second on is paged by offsets, then looked over; one run stops after looking it over
+    # down to a time, and the next goes on from there.
+    outcomes = list(_budgeted_runs(world, 11, between=between, allow_mass_changes=True))
     assert len(outcomes) > 4
-    assert stages[:4] == [
-        "fetch_mailchimp",
+    assert stages[:3] == [
+        "fetch_mailchimp_changed",
         "fetch_mailchimp_changed",
         "fetch_mailchimp_skipped",
-        "fetch_mailchimp_skipped",
     ]
-    # one run stopped after the window was looked over down to a time, the next went on
-    assert skipped_cursors[0] == 0 and skipped_cursors[1] > 0, skipped_cursors
+    assert skipped_cursors and skipped_cursors[0] > 0, skipped_cursors
     assert _civi_removed(world) == set(WINDOW)
     assert _not_subscribed(world) == set(WINDOW)
     _completed(world.sync(allow_mass_changes=True))
+    assert _civi_removed(world) == set(WINDOW)
+
+
+def _window_spread_over_seconds(
+    make_world: Callable[..., World], size: int
+) -> tuple[World, set[int], datetime]:
+    """The churn world after its first sync (one page in flight at a time, the previous run a
+    day ago), then members 0..size-1 unsubscribed at Mailchimp 5 hours ago, member n at second
+    n after ``base``: (world, those members, base)."""
+    world = _churn_world(make_world(), extra="max_connections = 1")
+    _completed(world.sync())
+    _previous_run_was(world, timedelta(days=1))
+    base = world.ago(hours=5).replace(microsecond=0)
+    for n in range(size):
+        with _mailchimp_clock_at(world, base + timedelta(seconds=n)):
+            world.mc.set_member_status(world.list_id, _email(n), "unsubscribed")
+    return world, set(range(size)), base
+
+
+def test_a_window_spread_over_seconds_is_read_without_skips_across_budgeted_runs(
+    make_world: Callable[..., World],
+) -> None:
+    """The window's changes lie in different seconds: its first answer splits it, and the part
+    older than that answer's oldest second is read one page at a time, stepping back when it
+    shrank, by runs cut by their budget part-way through it. Members are archived between
+    the runs and deleted while a page is read: every unsubscribe in the window reaches
+    CiviCRM, and each run goes on down from the time the last one covered."""
+    world, window, base = _window_spread_over_seconds(make_world, 60)
+    seen: list[tuple[str, int, bool]] = []
+
+    def between(n: int) -> None:
+        state = _state(world)
+        seen.append((state["stage"], state["cursor"], bool(state["mc_newest"])))
+        covered = int(state["cursor"] - base.timestamp())  # read down to member `covered`
+        if n == 1:
+            _archive(world, [covered + 1, covered + 2])()  # read already
+            # read by this run's first page, then deleted: the unread members move up a place
+            world.mc.after_member_pages(1, _forget(world, [covered - 3]))
+
+    outcomes = list(_budgeted_runs(world, 9, between=between, allow_mass_changes=True))
+    assert len(outcomes) > 3
+    inside = [cursor for stage, cursor, newest in seen if stage == "fetch_mailchimp" and newest]
+    assert len(inside) >= 2 and inside == sorted(inside, reverse=True) and inside[-1] < inside[0]
+    assert _civi_removed(world) == window
+    assert _not_subscribed(world) == window
+    _completed(world.sync(allow_mass_changes=True))
+    assert _civi_removed(world) == window
+
+
+def test_a_member_deleted_while_the_settled_window_is_read_skips_nobody(
+    make_world: Callable[..., World],
+) -> None:
+    """The window's older part is read one page at a time: member 45, read on its first page
+    (50-41), is deleted before the next, so every unread member moves up a place. The next
+    page steps back by one instead of skipping member 40: every unsubscribe still in the
+    audience reaches CiviCRM in one run."""
+    world, window, base = _window_spread_over_seconds(make_world, 60)
+    world.mc.after_member_pages(2, _forget(world, [45]))  # after the first page, then this one
+    _completed(world.sync(allow_mass_changes=True))
+    assert _civi_removed(world) == window
+
+
+def test_a_window_spread_over_seconds_costs_one_page_more_than_its_size(
+    make_world: Callable[..., World],
+) -> None:
+    """Nobody changes while it is read: a window of 30 changes in 30 seconds, 10 a page, is
+    read by its first page, the three pages of its settled part (the first page's oldest
+    second again, then on down: one page of the settled part holds what the first page held
+    below its newest second, so 3 + 1 in all), one look from the newest second on, the
+    archived members' page, and one light page of ids over the newest second (older than the
+    run's start less the margin, so looked over as a look paged by offsets is): no second
+    listing of the window."""
+    world, _, _ = _window_spread_over_seconds(make_world, len(WINDOW))
+    members = ("GET", f"/3.0/lists/{world.list_id}/members")
+    before = len(world.mc.request_log)
+    _completed(world.sync(allow_mass_changes=True))
+    reads = [r for r in world.mc.request_log[before:] if r == members]
+    assert len(reads) == 1 + 3 + 1 + 1 + 1, len(reads)
     assert _civi_removed(world) == set(WINDOW)
 
 
@@ -604,16 +682,18 @@ def test_an_incremental_window_of_one_page_costs_one_extra_request(churn_world: 
     assert _civi_removed(world) == {5, 6, 7}
 
 
-def test_an_incremental_window_of_several_pages_without_churn_costs_three_requests(
+def test_an_incremental_window_of_several_pages_without_churn_costs_four_requests(
     incremental_world: World,
 ) -> None:
-    """A window of 3 pages with nothing vanishing: one look for changes made meanwhile, one
-    for members archived meanwhile, one light page of ids over the window; no member GETs."""
+    """A window of 3 pages whose changes share one second, with nothing vanishing: its first
+    answer cannot split it by time, so beyond its 3 pages it takes one page of what is older
+    than that second (empty), one for members archived meanwhile, one light page of ids over
+    the second (paged by offsets); no member GETs."""
     world = incremental_world
     before = len(world.mc.request_log)
     pages_before = _member_pages(world)
     _completed(world.sync(allow_mass_changes=True))
     requests = world.mc.request_log[before:]
-    assert _member_pages(world) - pages_before == 3 + 3, requests
+    assert _member_pages(world) - pages_before == 3 + 4, requests
     assert [r for r in requests if r[0] == "GET" and "/members/" in r[1]] == []
     _assert_window_reached_civicrm(world)

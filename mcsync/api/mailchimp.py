@@ -383,6 +383,35 @@ class MailchimpClient(SessionClient):
                 for _, future in pending:
                     future.cancel()
 
+    def member_page(
+        self,
+        list_id: str,
+        *,
+        since_last_changed: datetime | None = None,
+        before_last_changed: datetime | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+        offset: int = 0,
+        fields: Sequence[str] = MEMBER_FIELDS,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """One page of ``member_pages`` alone, as ``(total_items, members)``: one request,
+        one consistent answer, with no pages fetched ahead."""
+        pages = self.member_pages(
+            list_id,
+            since_last_changed=since_last_changed,
+            before_last_changed=before_last_changed,
+            page_size=page_size,
+            start_offset=offset,
+            fields=fields,
+            concurrency=1,
+        )
+        try:
+            _, total, members = next(pages)
+        finally:
+            close = getattr(pages, "close", None)
+            if close:
+                close()
+        return total, members
+
     def settled_member_pages(
         self,
         list_id: str,
@@ -404,21 +433,14 @@ class MailchimpClient(SessionClient):
         the range shrank). A range that grew (clock skew) is read again from its start."""
         offset, expected = 0, None
         while True:
-            page = self.member_pages(
+            total, members = self.member_page(
                 list_id,
                 since_last_changed=since_last_changed,
                 before_last_changed=before_last_changed,
                 page_size=page_size,
-                start_offset=offset,
+                offset=offset,
                 fields=fields,
-                concurrency=1,
             )
-            try:
-                _, total, members = next(page)  # the first page only: no pages ahead
-            finally:
-                close = getattr(page, "close", None)
-                if close:
-                    close()
             shrunk = 0 if expected is None else expected - total
             expected = total
             yield shrunk == 0, members

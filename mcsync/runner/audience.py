@@ -216,6 +216,7 @@ def start_run(ctx: RunContext, *, since: str | None) -> None:
             run_full=int(full),
             mc_since=None if full else iso(window),
             mc_offset=0,
+            mc_newest=None,
             cursor=0,
             archived_offset=0,
             history_target=history_target,

@@ -2,8 +2,9 @@
 staging, one committed chunk at a time, and fix that window once per run. On a full run, also
 read what changed while the pages were read, and confirm every member (or CiviCRM-only
 address) the fetch did not return before it is treated as gone (or as new). On an incremental
-run whose window took more than one page, read what changed meanwhile too, and look over the
-window again for members the paging skipped (`read_skipped_in_window`).
+run whose window took more than one page, the window is read without skips from its first
+answer down (`_fetch_window`), then what changed from that answer on (and the part of that
+look paged by offsets is looked over again for members it skipped, `read_skipped_in_window`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from mcsync.api.mailchimp import MAX_PAGE_SIZE, NO_EVENT, member_hash
+from mcsync.errors import BadResponse
 from mcsync.stages.batches import (
     READ_BATCH_SIZE,
     collect_read_batch,
@@ -48,6 +50,11 @@ def fetch_mailchimp(ctx: RunContext) -> None:
     since = parse_iso(state["mc_since"])
     offset = state["mc_offset"]
     ctx.budget.check()
+    if since is not None and (state["mc_newest"] or not offset):
+        _fetch_window(ctx, since)
+        return
+    # A full run (every member, fastest by concurrent offsets), or an incremental fetch an
+    # earlier version began by offsets: finished the way it began.
     pages = ctx.mailchimp.member_pages(
         ctx.list_id,
         since_last_changed=since,
@@ -56,6 +63,71 @@ def fetch_mailchimp(ctx: RunContext) -> None:
     )
     merge_pages(ctx, _noting_window_total(ctx, pages, offset), cursor="mc_offset",
                 progress="fetch Mailchimp")  # fmt: skip
+
+
+def _fetch_window(ctx: RunContext, since: datetime) -> None:
+    """An incremental run's window, read so that no member is skipped: no second listing of
+    the window is needed afterwards (`read_skipped_in_window` is for fetches begun by offset).
+
+    The first page, newest first, is one answer: if it holds the whole window, that is all.
+    Otherwise it tells the newest change in the window (`mc_newest`, on Mailchimp's own
+    clock), and every change made after that answer is at least as new. The members older
+    than the first page's oldest second were settled when it was answered: that part of the
+    window can only shrink, so it is read one page at a time, stepping back when it shrank
+    (`settled_member_pages`). The members the first page held from there up are read; the
+    ones that changed after it are at least as new as `mc_newest` and are read by
+    `fetch_changed_during_fetch`, which looks from `mc_newest` on (by offsets: whatever of
+    that look is older than the run's start less the margin, `read_skipped_in_window` looks
+    over, as it does a whole window paged by offsets). The stage cursor is the
+    time (epoch seconds) down to which the settled part was covered, committed with each
+    page: a resumed run reads the rest from its own first page, so a removal while it was
+    stopped shifts no one past it."""
+    if not ctx.staging.state(ctx.list_id)["mc_newest"] and _first_page_was_whole(ctx, since):
+        return
+    state = ctx.staging.state(ctx.list_id)
+    newest = parse_iso(state["mc_newest"]) or since
+    before = min(newest, datetime.fromtimestamp(state["cursor"] + 1, UTC))
+    if before <= since:
+        return
+    ctx.budget.check()
+    for covered, members in ctx.mailchimp.settled_member_pages(
+        ctx.list_id,
+        since_last_changed=since,
+        before_last_changed=before,
+        page_size=ctx.sync.page_size_mailchimp,
+    ):
+        oldest = parse_iso(members[-1].get("last_changed")) if members else None
+        with ctx.staging.atomic():
+            merge_members(ctx, members)
+            values: dict[str, Any] = {"mc_offset": state["mc_offset"] + len(members)}
+            if covered and oldest is not None:
+                values["cursor"] = int(oldest.timestamp())
+            ctx.staging.set_state(ctx.list_id, **values)
+        state = ctx.staging.state(ctx.list_id)
+        ctx.progress("fetch Mailchimp", state["mc_offset"], ctx.window_total)
+        ctx.budget.check()
+
+
+def _first_page_was_whole(ctx: RunContext, since: datetime) -> bool:
+    """Read and stage the window's first page; unless it held the whole window, note the
+    newest change in it and set the cursor to read the settled part from its oldest second."""
+    total, members = ctx.mailchimp.member_page(
+        ctx.list_id, since_last_changed=since, page_size=ctx.sync.page_size_mailchimp
+    )
+    ctx.window_total = total
+    whole = total <= len(members)
+    times = [t for t in (parse_iso(m.get("last_changed")) for m in members) if t is not None]
+    if not whole and (not times or len(times) < len(members)):
+        raise BadResponse("Mailchimp listed members without last_changed", service="Mailchimp")
+    with ctx.staging.atomic():
+        merge_members(ctx, members)
+        ctx.staging.set_state(ctx.list_id, mc_offset=len(members))
+        if not whole:
+            settled_before = min(max(times), min(times) + timedelta(seconds=1))
+            ctx.staging.set_state(ctx.list_id, mc_newest=iso(max(times)),
+                                  cursor=int(settled_before.timestamp()) - 1)  # fmt: skip
+    ctx.progress("fetch Mailchimp", len(members), total)
+    return whole
 
 
 def _noting_window_total(
@@ -112,7 +184,7 @@ def window_took_pages(ctx: RunContext, state: dict[str, Any]) -> bool:
     answer's ``total_items`` said the window held no more than the page (known to the
     process that read it; a fetch resumed by another process counts a full page as more)."""
     page = ctx.sync.page_size_mailchimp
-    if state["run_full"] or state["mc_offset"] > page:
+    if state["run_full"] or state["mc_newest"] or state["mc_offset"] > page:
         return True
     if state["mc_offset"] < page:
         return False
@@ -129,6 +201,11 @@ def fetch_changed_during_fetch(ctx: RunContext) -> None:
     since = changed_since(state["run_started"])
     # A full run's own fetch read every member not archived; an incremental one only its window.
     archived_since = since if state["run_full"] else parse_iso(state["mc_since"])
+    newest = parse_iso(state["mc_newest"])
+    if newest is not None:
+        # Mailchimp's own clock: whatever changed after the window's first answer is at least
+        # this new (``since_last_changed`` is exclusive, and times are whole seconds).
+        since = newest - timedelta(seconds=1)
     if since is None or not window_took_pages(ctx, state):
         read_archived(ctx, archived_since)
         return
@@ -417,12 +494,20 @@ def read_skipped_in_window(ctx: RunContext) -> None:
     (``settled_member_pages`` steps back when it shrank). Members newer than that were read
     by ``fetch_changed_during_fetch``, or are in the next run's window. A listed member this
     run has not read, and not staged at that ``last_changed`` already, is read directly.
+    When `_fetch_window` read the window (``mc_newest`` set), only the look from
+    ``mc_newest`` on was paged by offsets, so only its part is looked over.
     The stage cursor is the time (epoch seconds) down to which the window was looked over,
     committed with each page's reads: a resumed run looks over the rest, from its own first
     page, so no removal while it was stopped can shift anyone past it."""
     state = ctx.staging.state(ctx.list_id)
     since = parse_iso(state["mc_since"])
     before = changed_since(state["run_started"])
+    newest = parse_iso(state["mc_newest"])
+    if newest is not None:
+        # `_fetch_window` read the window below `mc_newest` without skips; only the part
+        # the look from `mc_newest` on paged by offsets is left (empty when that look began
+        # after the margin).
+        since = newest - timedelta(seconds=1)
     if since is None or before is None or not window_took_pages(ctx, state):
         return
     if state["cursor"]:

@@ -322,6 +322,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE rows ADD COLUMN trashed_contact_id INTEGER
     """,
+    # 20: issue 12. The newest last_changed (Mailchimp's clock) in the first answer of an
+    # incremental window that took more than one page: the window older than that is read
+    # without skips, and the changes from it on are read again. NULL: not yet known, or a
+    # window of one page, or a full run
+    """
+    ALTER TABLE audience_state ADD COLUMN mc_newest TEXT
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience
