@@ -385,6 +385,7 @@ def test_civicrm_concurrency_holds_across_processes(
     from mcsync.errors import BudgetExhausted
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(world.tmp_path))
+
     def client_with(budget: Budget) -> CiviCRMClient:
         return CiviCRMClient(url=CIVI_URL, api_key=CIVI_KEY, budget=budget,
                              transport=world.transport, max_connections=1)  # fmt: skip

@@ -72,9 +72,7 @@ def push_batches(ctx: RunContext) -> None:
 def _submit_batch(ctx: RunContext, updates: list[sqlite3.Row]) -> None:
     """One batch of checked updates: claimed (committed) for a batch row, then posted."""
     ctx.check_lease()
-    batch_row = ctx.staging.claim_for_batch(
-        ctx.list_id, [u["id"] for u in updates], iso(utc_now())
-    )
+    batch_row = ctx.staging.claim_for_batch(ctx.list_id, [u["id"] for u in updates], iso(utc_now()))
     operations = [
         member_put_operation(
             ctx.list_id,
