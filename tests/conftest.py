@@ -63,11 +63,13 @@ class World:
         self.config_path = tmp_path / "mcsync.toml"
         self.write_config()
 
-    def write_config(self, extra: str = "") -> None:
+    def write_config(self, extra: str = "", *, civicrm: str = "") -> None:
+        """``extra``: lines for [sync]; ``civicrm``: lines for [civicrm]."""
         interests = "".join(f'"{i}" = {g}\n' for i, g in self.interest_ids.items())
         self.config_path.write_text(
             f'state_db = "state.sqlite3"\n'
             f'[civicrm]\nurl = "{CIVI_URL}"\napi_key = "{CIVI_KEY}"\ntimezone = "UTC"\n'
+            f"{civicrm}\n"
             f'[mailchimp.accounts.main]\napi_key = "{MC_KEY}"\nbase_url = "{MC_URL}"\n'
             f"[sync]\nbatch_threshold = {self.batch_threshold}\n{extra}\n"
             f'[[audience]]\naccount = "main"\nlist_id = "{self.list_id}"\n'

@@ -84,6 +84,18 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     assert config.sync.max_removal_share == pytest.approx(0.10)
 
 
+def test_civicrm_write_chunk_defaults_large_and_refuses_nonsense(tmp_path: Path) -> None:
+    """Records per CiviCRM save: 2500 unless set (APIv4 save has no record limit; issue 12),
+    any positive size up to 10000 for a small or slow server."""
+    assert load_config(write(tmp_path, MINIMAL), ENV).civicrm.write_chunk == 2500
+    text = MINIMAL.replace('timezone = "UTC"', 'timezone = "UTC"\nwrite_chunk = 200')
+    assert load_config(write(tmp_path, text), ENV).civicrm.write_chunk == 200
+    for bad in ("0", "10001"):
+        text = MINIMAL.replace('timezone = "UTC"', f'timezone = "UTC"\nwrite_chunk = {bad}')
+        (problem,) = problems_of(write(tmp_path, text))
+        assert problem.startswith("civicrm.write_chunk:"), problem
+
+
 def test_variable_expansion_and_dollar_escape(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + AUDIENCE.format(list_id="${LIST}", group_id='"${GROUP}"'))
     text = path.read_text().replace('api_key = "${CIVICRM_API_KEY}"', 'api_key = "p$$w${CIVI}x"')

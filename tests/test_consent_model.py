@@ -312,10 +312,12 @@ class Model:
 
     def write_config(self) -> None:
         # Low thresholds, so the interleavings cover batches of writes and of reads (members
-        # confirmed through POST /batches) as well as direct ones.
+        # confirmed through POST /batches) as well as direct ones, and CiviCRM writes in
+        # several chunks (each checked against newer history before it is written).
         self.config_path.write_text(
             f'state_db = "{self.state_db.name}"\n'
             f'[civicrm]\nurl = "{CIVI_URL}"\napi_key = "{CIVI_KEY}"\ntimezone = "UTC"\n'
+            f"write_chunk = 3\n"
             f'[mailchimp.accounts.main]\napi_key = "{MC_KEY}"\nbase_url = "{MC_URL}"\n'
             f"[sync]\nbatch_threshold = 6\nread_batch_threshold = 2\npage_size_mailchimp = 4\n"
             f"page_size_civicrm = 5\n"

@@ -24,7 +24,7 @@ from mcsync.runner import engine
 from mcsync.sim.civicrm import CiviSim
 from mcsync.sim.mailchimp import MailchimpSim
 from mcsync.sim.transport import MultiSimTransport
-from mcsync.stages import batches, push_civicrm, push_mailchimp
+from mcsync.stages import batches, push_mailchimp
 from mcsync.store.database import Staging
 
 Run = Callable[..., Result]
@@ -393,8 +393,7 @@ def test_a_run_that_lost_its_lease_stops_before_its_next_write(
 ) -> None:
     world = make_world(batch_threshold=2 if side == "batches" else 200)
     contacts, _ = _people_in_sync(world, 6)
-    world.write_config("max_removal_share = 1.0")
-    monkeypatch.setattr(push_civicrm, "CIVI_WRITE_CHUNK", 2)
+    world.write_config("max_removal_share = 1.0", civicrm="write_chunk = 2")
     monkeypatch.setattr(push_mailchimp, "BULK_LIMIT", 2)
     monkeypatch.setattr(batches, "BATCH_SIZE", 2)
     if side == "civicrm":  # unsubscribed at Mailchimp: four CiviCRM removals, two chunks

@@ -173,9 +173,10 @@ def test_open_batches_are_polled_with_one_list_request_a_round(
     assert polls == ["/3.0/batches"], polls
 
 
-def test_contacts_are_created_500_a_request(world: World) -> None:
+def test_contacts_are_created_write_chunk_a_request(world: World) -> None:
     """300 members subscribed only at Mailchimp: one Contact.save creates their contacts
-    (500 a request, as every other bulk write; it was 200)."""
+    (`[civicrm] write_chunk` a request, 2500 by default, as every other bulk write; it was
+    200, then 500; tests/test_civicrm_chunks.py has more)."""
     for n in range(300):
         world.person(f"only{n}@example.org", mc="subscribed")
     _completed(world.sync())

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from mcsync.budget import Budget, Deadline
+from mcsync.config.models import DEFAULT_CIVICRM_WRITE_CHUNK
 from mcsync.errors import ApiError, BadResponse
 
 from .http import HttpSession, SessionClient
@@ -82,6 +83,7 @@ class CiviCRMClient(SessionClient):
         sleep: Callable[[float], None] | None = None,
         max_retries: int = 6,
         max_connections: int = 4,
+        write_chunk: int = DEFAULT_CIVICRM_WRITE_CHUNK,
     ) -> None:
         self.url = url
         # X-Civi-Auth is exempt from the CSRF check and survives servers that strip
@@ -94,6 +96,9 @@ class CiviCRMClient(SessionClient):
         if site_key:
             headers["X-Civi-Key"] = site_key
         self.max_connections = max_connections
+        # Records per `save` request (`[civicrm] write_chunk`): the stages size their write
+        # chunks, and the overtaken check before each, by it.
+        self.write_chunk = write_chunk
         self.session = HttpSession(
             service="CiviCRM",
             base_url="",
@@ -333,13 +338,15 @@ class CiviCRMClient(SessionClient):
         *,
         defaults: dict[str, Any] | None = None,
         match: list[str] | None = None,
-        chunk: int = 500,
+        chunk: int | None = None,
     ) -> list[dict[str, Any]]:
-        """``save`` in chunks; returns the saved records in input order.
+        """``save`` in chunks (``write_chunk`` records a request unless ``chunk`` says
+        otherwise); returns the saved records in input order.
 
         Retried only when repeating it cannot create duplicates: with ``match`` or when every
         record carries its ``id`` (§1.7).
         """
+        chunk = self.write_chunk if chunk is None else chunk
         if chunk < 1:
             raise ValueError("chunk must be >= 1")
         saved: list[dict[str, Any]] = []

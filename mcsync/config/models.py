@@ -224,6 +224,11 @@ class SyncConfig(_Model):
     )
 
 
+# APIv4 `save` takes any number of records; each request costs a round trip and, before group
+# changes, an overtaken check (issue 12: the requests of a run follow changed rows / chunk).
+DEFAULT_CIVICRM_WRITE_CHUNK = 2500
+
+
 class CiviCRMConfig(_Model):
     """[civicrm]: the APIv4 REST end-point and its credentials."""
 
@@ -254,6 +259,16 @@ class CiviCRMConfig(_Model):
         description=(
             "CiviCRM requests in flight at once (pages of large reads fetched by id range); "
             "1 for a small server"
+        ),
+    )
+    write_chunk: int = Field(
+        default=DEFAULT_CIVICRM_WRITE_CHUNK,
+        ge=1,
+        le=10000,
+        description=(
+            "records per CiviCRM save request (group changes, new contacts, holds, names); "
+            "each chunk of group changes is checked against newer history just before it is "
+            "written; lower it for a server whose saves take longer than http_timeout"
         ),
     )
 

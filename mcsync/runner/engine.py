@@ -63,6 +63,7 @@ class Connections:
                 timeout=self.config.sync.http_timeout,
                 debug_http=self.debug_http,
                 max_connections=civi.concurrency,
+                write_chunk=civi.write_chunk,
             )
         return self._civicrm
 

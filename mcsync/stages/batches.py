@@ -35,6 +35,11 @@ from mcsync.stages.updates import apply_result, fail_update, queued_updates
 from mcsync.store.database import iso, parse_iso, utc_now
 
 BATCH_SIZE = 1000
+# Batches one overtaken check covers: the check (one SubscriptionHistory read, its contacts in
+# one id list) is made for this many batches' updates, which are then submitted straight
+# after it, each under its own lease and budget check. One check per batch made the check
+# most of a large run's CiviCRM requests (issue 12).
+BATCHES_PER_CHECK = 5
 OPERATION_PREFIX = "mcsync_"
 POLL_SECONDS = 2.0
 # Runs that may find a batch's results unreadable (a download may be garbled once) before the
@@ -49,32 +54,38 @@ READ_BATCH_SIZE = 2500
 
 def push_batches(ctx: RunContext) -> None:
     """Submit batches of queued updates. The updates are tied to a local batch row before the
-    POST; a POST whose answer was lost is found again by `recover_submissions`, never re-sent."""
+    POST; a POST whose answer was lost is found again by `recover_submissions`, never re-sent.
+    The overtaken check is made for `BATCHES_PER_CHECK` batches at a time, before any of them
+    is sent; a run stopped among them leaves the rest queued, checked again before they go."""
     while True:
         ctx.budget.check()
-        updates = queued_updates(ctx, BATCH_SIZE)
+        updates = queued_updates(ctx, BATCH_SIZE * BATCHES_PER_CHECK)
         if not updates:
             return
         updates = drop_overtaken_updates(ctx, updates)
-        if not updates:
-            continue
-        ctx.check_lease()
-        batch_row = ctx.staging.claim_for_batch(
-            ctx.list_id, [u["id"] for u in updates], iso(utc_now())
+        for start in range(0, len(updates), BATCH_SIZE):
+            if start:
+                ctx.budget.check()
+            _submit_batch(ctx, updates[start : start + BATCH_SIZE])
+
+
+def _submit_batch(ctx: RunContext, updates: list[sqlite3.Row]) -> None:
+    """One batch of checked updates: claimed (committed) for a batch row, then posted."""
+    ctx.check_lease()
+    batch_row = ctx.staging.claim_for_batch(ctx.list_id, [u["id"] for u in updates], iso(utc_now()))
+    operations = [
+        member_put_operation(
+            ctx.list_id,
+            u["email"],
+            json.loads(u["body"]),
+            f"{OPERATION_PREFIX}{u['id']}",
+            skip_merge_validation=ctx.sync.skip_merge_validation,
         )
-        operations = [
-            member_put_operation(
-                ctx.list_id,
-                u["email"],
-                json.loads(u["body"]),
-                f"{OPERATION_PREFIX}{u['id']}",
-                skip_merge_validation=ctx.sync.skip_merge_validation,
-            )
-            for u in updates
-        ]
-        batch = _submit(ctx, batch_row, operations)
-        ctx.log(f"Submitted batch {batch['id']} with {len(updates)} operations")
-        ctx.progress("submit batches", len(updates), None)
+        for u in updates
+    ]
+    batch = _submit(ctx, batch_row, operations)
+    ctx.log(f"Submitted batch {batch['id']} with {len(updates)} operations")
+    ctx.progress("submit batches", len(updates), None)
 
 
 def _submit(ctx: RunContext, batch_row: int, operations: list[dict[str, Any]]) -> dict[str, Any]:

@@ -34,10 +34,6 @@ from mcsync.stages.fetch_civicrm import (
 from mcsync.store.database import dumps, iso, parse_iso
 from mcsync.store.history import Change
 
-# Contacts created per request (and per committed chunk): as many as a group write carries
-# (push_civicrm.CIVI_WRITE_CHUNK), so a first sync that creates thousands of contacts (each
-# a contact and its email) stays within one write request per 500 records.
-CREATE_CHUNK = 500
 MATCH_CONCURRENCY = 4  # Email lookups in flight: the CiviCRM client's connection pool
 # Emails per `IN` lookup: large enough that a full run makes few round trips (an indexed
 # `IN` of a few thousand strings is cheap for MySQL), small enough for any request limit.
@@ -145,13 +141,16 @@ def create_contacts(ctx: RunContext) -> None:
     """Create Individuals for unmatched subscribed/pending members (seed-behaviour §4.3).
 
     Rows are flagged `creating` (committed) before the request; after a crash those rows are
-    looked up by email again first, so a retry never makes a second contact.
+    looked up by email again first, so a retry never makes a second contact. A chunk is as
+    many contacts as one save request carries (`[civicrm] write_chunk`, as group writes), and
+    their emails are read back `IN_CHUNK` contacts a request (one for a default chunk), so a
+    sync that creates thousands of contacts makes about two requests per chunk.
     """
     if not ctx.sync.create_contacts or ctx.dry_run:
         return
     while True:
         ctx.budget.check()
-        rows = ctx.staging.rows_to_create(ctx.list_id, CREATE_CHUNK)
+        rows = ctx.staging.rows_to_create(ctx.list_id, ctx.civicrm.write_chunk)
         if not rows:
             return
         retried = [r for r in rows if r["creating"]]

@@ -15,12 +15,12 @@ from mcsync.stages.fetch_civicrm import fetch_emails_of_contacts
 from mcsync.stages.updates import schedule_retry
 from mcsync.store.history import Change
 
-CIVI_WRITE_CHUNK = 500
-
 
 def push_civicrm(ctx: RunContext) -> None:
     """Apply queued group-status changes and holds; each chunk's staging update is committed
-    with the removal of its queue rows."""
+    with the removal of its queue rows. A chunk is `[civicrm] write_chunk` writes: one
+    overtaken check (`_drop_overtaken`) and then one `GroupContact.save`, so a run's requests
+    follow the number of changes divided by the chunk (issue 12)."""
     while True:
         ctx.budget.check()
         writes: list[sqlite3.Row] = _next_writes(ctx, "group")
@@ -48,8 +48,9 @@ def push_civicrm(ctx: RunContext) -> None:
 
 
 def _next_writes(ctx: RunContext, kind: str) -> list[sqlite3.Row]:
-    """The audience's next chunk of queued CiviCRM writes of one kind, oldest first."""
-    return ctx.staging.next_civi_writes(ctx.list_id, kind, CIVI_WRITE_CHUNK)
+    """The audience's next chunk of queued CiviCRM writes of one kind, oldest first: as
+    many as one save request carries (`[civicrm] write_chunk`)."""
+    return ctx.staging.next_civi_writes(ctx.list_id, kind, ctx.civicrm.write_chunk)
 
 
 def _save_group_statuses(ctx: RunContext, writes: Sequence[sqlite3.Row]) -> None:
