@@ -37,7 +37,8 @@ LATENCY = 0.15
 MC_CONCURRENCY = 10  # sync.max_connections default: Mailchimp's per-account cap
 CIVI_CONCURRENCY = 4  # the CiviCRM client's max_connections
 MAX_TIME = 10.0  # the budget scenario's --max-time
-# BENCH_SKIP=latency leaves out the slowest scenario (for quick 1M runs).
+# BENCH_SKIP=latency leaves out the slowest scenario (for quick 1M runs); push, budget and
+# mixed can be left out the same way (comma-separated).
 SKIP = {s for s in os.environ.get("BENCH_SKIP", "").split(",") if s}
 
 
@@ -243,13 +244,14 @@ def bench_size(size: int, workdir: Path, largest: bool) -> list[Result]:
                                *long, note=_changed_note(changed))  # fmt: skip
         incremental.extra["changed"] = sum(changed.values())
 
-        time.sleep(1.1)
-        added = sim.call("civicrm_only", count=size // 10)["contacts"]
-        push = scenario("push", main_config, main_db, "fetch-and-reconcile", *long,
-                        note=f"{added} contacts to subscribe")  # fmt: skip
-        push.extra["written"] = added
+        if "push" not in SKIP:
+            time.sleep(1.1)
+            added = sim.call("civicrm_only", count=size // 10)["contacts"]
+            push = scenario("push", main_config, main_db, "fetch-and-reconcile", *long,
+                            note=f"{added} contacts to subscribe")  # fmt: skip
+            push.extra["written"] = added
 
-        if largest:
+        if largest and "budget" not in SKIP:
             budget_config, budget_db = config_for("budget")
             scenario("budget", budget_config, budget_db, "fetch-and-reconcile", "--since",
                      "ever", "--max-time", str(MAX_TIME))  # fmt: skip
