@@ -399,6 +399,9 @@ def test_a_run_that_lost_its_lease_stops_before_its_next_write(
     if side == "civicrm":  # unsubscribed at Mailchimp: four CiviCRM removals, two chunks
         for n in range(4):
             world.mc.set_member_status(world.list_id, f"p{n}@example.org", "unsubscribed")
+    elif side == "mailchimp":  # new in CiviCRM: four Mailchimp subscribes, two bulk chunks
+        for n in range(4):
+            world.person(f"new{n}@example.org", civi="Added")
     else:  # removed in CiviCRM: four Mailchimp unsubscribes, two chunks
         for contact in contacts[:4]:
             world.civi.set_group_status(contact, world.group_id, "Removed")

@@ -67,6 +67,9 @@ OTHER_SUBSCRIBED = Sibling("ann.other@example.org", "subscribed")
 
 
 def body(status: str, email: str = EMAIL, **extra: Any) -> dict[str, Any]:
+    """A status PUT's body; an unsubscribe never creates a member (no ``status_if_new``)."""
+    if status == "unsubscribed":
+        return {"email_address": email, "status": status, **extra}
     return {"email_address": email, "status": status, "status_if_new": status, **extra}
 
 

@@ -82,7 +82,7 @@ def test_resync_now_syncs_that_person_only(world: World, cli) -> None:  # type: 
     assert world.mc_status("ann@example.org") == "unsubscribed"
     assert world.mc_status("bob@example.org") == "subscribed"  # not touched
     writes = world.writes()[before:]
-    assert len(writes) == 1 and writes[0][0] == "POST"  # one bulk member write, Ann's
+    assert len(writes) == 1 and writes[0][0] == "PUT"  # one member write, Ann's unsubscribe
     staging = Staging(world.config.state_db)
     assert staging.state(world.list_id)["stage"] == "idle"
     assert staging.state(world.list_id)["cursor"] == 0

@@ -127,6 +127,12 @@ def problem_details(response: httpx.Response) -> tuple[str | None, str | None]:
     body = _json_object(response)
     if body is None:
         return None, None
+    return problem_text(body)
+
+
+def problem_text(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    """``(title, detail)`` of a problem document already parsed (a batch operation's
+    response too): Mailchimp's field errors are part of the detail."""
     title = body.get("title") if isinstance(body.get("title"), str) else None
     detail = body.get("detail") if isinstance(body.get("detail"), str) else None
     errors = body.get("errors")

@@ -202,6 +202,15 @@ def member_body(email: str, status: str) -> dict[str, Any]:
     return {"email_address": email, "status": status, "status_if_new": status}
 
 
+def unsubscribe_body(email: str) -> dict[str, Any]:
+    """The PUT body of an unsubscribe: no ``status_if_new``, so Mailchimp refuses to create a
+    member from it. An unsubscribe is for a member mcsync read; one deleted since (after an
+    address change, its old address is not on Mailchimp's forgotten list) or moved to another
+    address is absent, and creating an unsubscribed member there would change that state
+    from a choice older than it (DESIGN §4). The refusal tells mcsync the member is gone."""
+    return {"email_address": email, "status": "unsubscribed"}
+
+
 def _refused(row: MemberRow, email: str) -> Reason | None:
     """The stored refusal still applies unless CiviCRM changed since (a fresh opt-in)."""
     refusal, changed = row.refusal, row.civicrm.subscription.changed_at
@@ -241,7 +250,7 @@ def decide_subscription(row: MemberRow, policy: AudiencePolicy) -> Decision:
             # Staff removed the address's contact from the group, later than this subscribe,
             # then trashed the contact: that removal is the later choice (DESIGN §4).
             email = str(m.email)
-            unsubscribe = QueueMailchimpUpdate(email, member_body(email, "unsubscribed"))
+            unsubscribe = QueueMailchimpUpdate(email, unsubscribe_body(email))
             return Decision("4.1-trashed-removal", False, (unsubscribe,))
         if c.contact_id is None and m.subscribed:
             trashed_flag = _trashed_flag_decision(row, policy)
@@ -257,9 +266,7 @@ def decide_subscription(row: MemberRow, policy: AudiencePolicy) -> Decision:
         if detail is not None:
             return _newer_subscribe_of_flagged(row, policy, c.contact_id, hold, detail)
         if m.subscribed:
-            unsubscribe = QueueMailchimpUpdate(
-                str(m.email), member_body(str(m.email), "unsubscribed")
-            )
+            unsubscribe = QueueMailchimpUpdate(str(m.email), unsubscribe_body(str(m.email)))
             return Decision(
                 "privacy-unsubscribe", False, (*hold, unsubscribe), Reason.PRIVACY_FLAGS
             )
@@ -298,7 +305,7 @@ def _trashed_flag_decision(row: MemberRow, policy: AudiencePolicy) -> Decision |
     )
     if order == TrashedFlagOrder.FLAG_LATER:
         email = str(m.email)
-        unsubscribe = QueueMailchimpUpdate(email, member_body(email, "unsubscribed"))
+        unsubscribe = QueueMailchimpUpdate(email, unsubscribe_body(email))
         return Decision("4.1-trashed-privacy-flag", False, (unsubscribe,))
     if (
         order == TrashedFlagOrder.UNKNOWN
@@ -338,7 +345,7 @@ def _trashed_removal_of_co_owner(
         actions.append(SetGroupStatus(contact_id, policy.group_id, "Removed"))
     if m.subscribed:
         email = str(m.email)
-        actions.append(QueueMailchimpUpdate(email, member_body(email, "unsubscribed")))
+        actions.append(QueueMailchimpUpdate(email, unsubscribe_body(email)))
     return Decision("4.1-trashed-removal-co-owner", False, tuple(actions))
 
 
@@ -414,7 +421,7 @@ def _civicrm_wins(row: MemberRow, contact_id: int, hold: tuple[PutEmailOnHold, .
             return Decision(
                 "5.2-B5",
                 False,
-                (*hold, QueueMailchimpUpdate(email, member_body(email, "unsubscribed"))),
+                (*hold, QueueMailchimpUpdate(email, unsubscribe_body(email))),
             )
         return Decision("5.2-B6", False, hold)
     if m.subscribed:

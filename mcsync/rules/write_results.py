@@ -33,9 +33,11 @@ class Failure:
 class BatchOutcome:
     """``ok``: completed (``recheck``: Mailchimp kept another status, e.g. cleaned; mark the
     row to reconcile again). ``retry``: queue ``retry_body`` as a new update for the row, which
-    stays live. ``failed``: record ``failure`` on the row."""
+    stays live. ``failed``: record ``failure`` on the row. ``gone``: an unsubscribe found no
+    member at its address (deleted, or moved to another address, since mcsync read it):
+    nothing was written, and the row is decided again without that member."""
 
-    kind: Literal["ok", "retry", "failed"]
+    kind: Literal["ok", "retry", "failed", "gone"]
     retry_body: dict[str, Any] | None = None
     failure: Failure | None = None
     recheck: bool = False
@@ -55,12 +57,20 @@ def apply_batch_result(
     if 200 <= status_code < 300:
         recheck = asked is not None and member_status is not None and member_status != asked
         return BatchOutcome("ok", recheck=recheck)
+    if status_code == 400 and is_member_missing(body, detail):
+        return BatchOutcome("gone")
     if status_code == 400 and title == COMPLIANCE_TITLE and asked == "subscribed":
         # Retried once as pending: Mailchimp emails a confirmation (seed §5.4, issue #10).
         retry = {**body, "status": "pending", "status_if_new": "pending"}
         return BatchOutcome("retry", retry_body=retry)
     reason, blocks = _classify_error(status_code, title, detail)
     return BatchOutcome("failed", failure=Failure(reason, status_code, title, detail, blocks))
+
+
+def is_member_missing(body: Mapping[str, Any], detail: str) -> bool:
+    """Mailchimp refused a write that may not create a member (no ``status_if_new``, as an
+    unsubscribe is sent) because it would have: no member is at that address."""
+    return "status_if_new" not in body and "status_if_new" in detail
 
 
 def _classify_error(status_code: int, title: str, detail: str) -> tuple[Reason, bool]:

@@ -19,6 +19,7 @@ from mcsync.api.mailchimp import (
     member_put_operation,
     member_read_operations,
 )
+from mcsync.api.responses import problem_text
 from mcsync.api.shapes import odd_member
 from mcsync.errors import (
     ApiError,
@@ -329,11 +330,9 @@ def _process_results(ctx: RunContext, row: sqlite3.Row, batch: dict[str, Any]) -
             elif status_code == 200:
                 apply_result(ctx, update, 200, response, None)
             else:
+                title, detail = problem_text(response)
                 error = ApiError(
-                    str(response.get("title") or "Error"),
-                    status=status_code,
-                    title=response.get("title"),
-                    detail=response.get("detail"),
+                    str(title or "Error"), status=status_code, title=title, detail=detail
                 )
                 apply_result(ctx, update, status_code, None, error)
         ctx.staging.batch_processed(row["id"], iso(utc_now()))

@@ -37,17 +37,24 @@ def push_mailchimp(ctx: RunContext) -> None:
     queued = ctx.staging.count_queued(ctx.list_id)
     if not queued:
         return
-    if queued < ctx.sync.batch_threshold:
+    few_puts = ctx.staging.count_queued_not_creating(ctx.list_id) <= DIRECT_PUTS
+    if queued < ctx.sync.batch_threshold and few_puts:
         _push_direct(ctx)
     else:
         push_batches(ctx)
+
+
+# Unsubscribes a small change set sends one PUT each; with more, the whole set goes as batches.
+DIRECT_PUTS = 10
 
 
 def _push_direct(ctx: RunContext) -> None:
     """Small change sets: status changes as bulk `POST /lists/{id}` (≤ 500 members a request),
     answered at once with per-member errors, so results are recorded in the same pass.
     Data-only updates (interests, merge fields) go as PUTs without a status: a bulk write must
-    name a status, and naming `pending` again would send the person another confirmation."""
+    name a status, and naming `pending` again would send the person another confirmation.
+    Unsubscribes go as PUTs too (at most `DIRECT_PUTS`): a bulk write creates a member it
+    does not find, and an unsubscribe must not (`rules.reconcile.unsubscribe_body`)."""
     while True:
         ctx.budget.check()
         updates = _one_per_address(queued_updates(ctx, BULK_LIMIT * 2))[:BULK_LIMIT]
@@ -57,10 +64,10 @@ def _push_direct(ctx: RunContext) -> None:
         if not updates:
             continue
         ctx.check_lease()
-        data_only = [u for u in updates if "status" not in json.loads(u["body"])]
-        if data_only:
-            _put_data_only(ctx, data_only)
-        sent = {u["id"] for u in data_only}
+        one_by_one = [u for u in updates if _put_alone(json.loads(u["body"]))]
+        if one_by_one:
+            _put_each(ctx, one_by_one)
+        sent = {u["id"] for u in one_by_one}
         updates = [u for u in updates if u["id"] not in sent]
         if not updates:
             continue
@@ -179,7 +186,13 @@ def settle_lost_writes(ctx: RunContext) -> None:
     )
 
 
-def _put_data_only(ctx: RunContext, updates: list[sqlite3.Row]) -> None:
+def _put_alone(body: dict[str, Any]) -> bool:
+    """A data-only update (no status), or one that may not create a member (a status with
+    no `status_if_new`): sent as its own PUT, never in a bulk write."""
+    return "status" not in body or "status_if_new" not in body
+
+
+def _put_each(ctx: RunContext, updates: list[sqlite3.Row]) -> None:
     results = ctx.mailchimp.put_members(
         ctx.list_id,
         [(u["email"], json.loads(u["body"])) for u in updates],

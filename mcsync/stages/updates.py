@@ -58,6 +58,15 @@ def apply_result(
             if outcome.recheck:
                 ctx.staging.redecide_row(row["id"])
         return
+    if outcome.kind == "gone":
+        ctx.staging.update_done(update["id"], now)
+        if row is not None:
+            ctx.staging.member_not_found(row["id"])
+        ctx.log(
+            f"{update['email']}: no longer a member at Mailchimp (deleted or moved since "
+            "mcsync read it); not unsubscribed, and decided again without it"
+        )
+        return
     ctx.staging.update_failed(
         update["id"], now, error.title if error else None, error.detail if error else None
     )

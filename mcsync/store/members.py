@@ -152,6 +152,16 @@ class MemberStore(StoreBase):
             (list_id, after_id, run_id, limit),
         )
 
+    def member_not_found(self, row_id: int) -> None:
+        """A write found no member at the row's address (``mark_members_gone`` for one row
+        whose write is settling): not subscribed, dated at the last change mcsync read of
+        it, and the row decided again."""
+        self.conn.execute(
+            "UPDATE rows SET mc_status = 'archived', mc_status_at = mc_last_changed, "
+            f"sync_status = '{RowState.TODO}' WHERE id = ?",
+            (row_id,),
+        )
+
     def mark_members_gone(self, list_id: str, hashes: list[str]) -> None:
         """Members confirmed deleted permanently (a direct read answered 404): not subscribed,
         to be reconciled. When they went is unknown, only that it was after the last change

@@ -59,6 +59,17 @@ class QueueStore(StoreBase):
         ).fetchone()[0]
         return int(count)
 
+    def count_queued_not_creating(self, list_id: str) -> int:
+        """How many queued updates may not create a member (no ``status_if_new``: the
+        unsubscribes): a bulk write would create one, so they go one PUT each when few."""
+        count = self.conn.execute(
+            "SELECT COUNT(*) FROM updates WHERE list_id = ? AND state = ? "
+            "AND json_extract(body, '$.status') IS NOT NULL "
+            "AND json_extract(body, '$.status_if_new') IS NULL",
+            (list_id, UpdateState.QUEUED),
+        ).fetchone()[0]
+        return int(count)
+
     def lost_direct_writes(self, list_id: str) -> list[sqlite3.Row]:
         """Updates of a direct bulk write that got no answer: 'submitting' with no batch."""
         return self.conn.execute(
