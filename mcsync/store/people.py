@@ -303,7 +303,7 @@ class PeopleStore(StoreBase):
             int(r[0])
             for r in self.query(
                 f"SELECT id FROM rows WHERE list_id = ? AND contact_id IS NULL "
-                f"AND mc_hash IS NOT NULL AND fold_email(mc_email) IN ({_marks(folded)})",
+                f"AND +mc_hash IS NOT NULL AND fold_email(mc_email) IN ({_marks(folded)})",
                 (list_id, *folded),
             )
         ]

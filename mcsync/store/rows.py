@@ -331,7 +331,7 @@ class RowStore(StoreBase):
             r[0]
             for r in self.conn.execute(
                 f"SELECT fold_email(mc_email) FROM rows WHERE list_id = ? "
-                f"AND mc_hash IS NOT NULL AND fold_email(mc_email) IN ({_marks(addresses)})",
+                f"AND +mc_hash IS NOT NULL AND fold_email(mc_email) IN ({_marks(addresses)})",
                 (list_id, *addresses),
             )
         )
@@ -370,7 +370,7 @@ class RowStore(StoreBase):
         ids = sorted(set(contact_ids))
         return self.conn.execute(
             f"SELECT id, contact_id, mc_hash, mc_email, mc_status, mc_last_changed FROM rows "
-            f"WHERE list_id = ? AND mc_hash IS NOT NULL AND contact_id IN ({_marks(ids)}) "
+            f"WHERE list_id = ? AND +mc_hash IS NOT NULL AND contact_id IN ({_marks(ids)}) "
             f"ORDER BY id",
             (list_id, *ids),
         ).fetchall()
