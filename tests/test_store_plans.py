@@ -23,8 +23,20 @@ def _steps(tmp_path: Path, members: int, lookup: Callable[[Staging], Any]) -> in
         with staging.atomic():
             staging.insert_members(
                 [
-                    (LIST, f"h{n}", f"p{n}@example.org", "subscribed", T, T, "", "", "{}", "{}",
-                     f"u{n}", None)  # fmt: skip
+                    (
+                        LIST,
+                        f"h{n}",
+                        f"p{n}@example.org",
+                        "subscribed",
+                        T,
+                        T,
+                        "",
+                        "",
+                        "{}",
+                        "{}",
+                        f"u{n}",
+                        None,
+                    )  # fmt: skip
                     for n in range(members)
                 ]
             )
