@@ -397,7 +397,12 @@ def test_civicrm_concurrency_holds_across_processes(
     fd = os.open(slots[0], os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process's request
-        with pytest.raises(BudgetExhausted, match="free connection"):
+        asked = len(world.civi.request_log)
+        # Which layer notices the end first (the slot wait, or the caller's wait for the
+        # answer when a loaded machine starves the waiting thread) varies: either way the
+        # request gave up when the budget ended, and it never reached the server.
+        with pytest.raises(BudgetExhausted):
             client_with(Budget(1.0)).call("Group", "get", {"select": ["id"]})
+        assert len(world.civi.request_log) == asked
     finally:
         os.close(fd)
