@@ -953,9 +953,7 @@ def interest_row(
 
 
 def data_put(**extra: Any) -> QueueMailchimpUpdate:
-    return QueueMailchimpUpdate(
-        EMAIL, {"email_address": EMAIL, "status_if_new": "subscribed", **extra}
-    )
+    return QueueMailchimpUpdate(EMAIL, {"email_address": EMAIL, **extra})
 
 
 INTEREST_CASES = [
@@ -1173,13 +1171,16 @@ def test_merge_fields(mc: str | None, sub: str, merge: Any, actions: tuple[Actio
     assert decision.actions == actions
 
 
-def test_pending_member_data_update_keeps_pending_if_new() -> None:
+def test_a_data_update_never_creates_a_member() -> None:
+    """A pending member's name change: no status (a status named again would send another
+    confirmation) and no `status_if_new` (a member deleted or moved since the read would be
+    created afresh, pending or subscribed)."""
     decision = reconcile_member(
         row("pending", "Added", merge=({}, {"FNAME": "Ann"})), AudiencePolicy(group_id=GID)
     )
     update = decision.mailchimp_update
-    assert update is not None and update.body["status_if_new"] == "pending"
-    assert "status" not in update.body
+    assert update is not None
+    assert "status" not in update.body and "status_if_new" not in update.body
 
 
 # ---- §4.4 best email -----------------------------------------------------------------------------
@@ -1557,9 +1558,7 @@ def test_keep_pending_only_turns_subscribed_into_pending() -> None:
 def test_not_subscribed_aborts_every_unsubmitted_update(member: MemberRow) -> None:
     queued = [
         QueuedUpdate(1, body("subscribed")),
-        QueuedUpdate(
-            2, {"email_address": EMAIL, "status_if_new": "subscribed", "interests": {IID: True}}
-        ),
+        QueuedUpdate(2, {"email_address": EMAIL, "interests": {IID: True}}),
     ]
     plan = plan_queue(queued, reconcile_member(member, POLICY))
     assert plan.abort == (

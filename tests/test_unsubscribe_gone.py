@@ -85,3 +85,17 @@ def test_an_unsubscribe_of_a_member_still_there_is_made(world: World) -> None:
     world.civi.set_group_status(contact, world.group_id, "Removed")
     completed(world)
     assert world.mc_status("ann@example.org") == "unsubscribed"
+
+
+def test_a_data_update_does_not_recreate_a_deleted_member(world: World) -> None:
+    """The same with a name edited in CiviCRM: the merge-field update carried the member's
+    status as `status_if_new` and would have created a *subscribed* member at the old address."""
+    world.write_config()
+    with world.config_path.open("a") as handle:
+        handle.write('[audience.merge_fields]\nFNAME = "first_name"\n')
+    [contact] = moved_then_deleted(world, 1)
+    world.civi.set_group_status(contact, world.group_id, "Added")  # staff changed their mind
+    world.advance_clock(minutes=5)
+    world.civi.update_contact(contact, first_name="Renamed")
+    completed(world, allow_mass_changes=True)
+    assert_nobody_recreated(world, 1)

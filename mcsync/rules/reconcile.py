@@ -572,9 +572,10 @@ def _reconcile_member(row: MemberRow, policy: AudiencePolicy) -> Decision:
         # back as the person's choice (model seed 1: a blank interest removed the contact).
         pushes = {**row.mailchimp.interests, **pushes}
     if update is None and (pushes or merge_fields):
-        m = row.mailchimp
-        email = str(m.email)
-        update = QueueMailchimpUpdate(email, {"email_address": email, "status_if_new": m.status})
+        # No status and no `status_if_new`: a data update never creates a member (one deleted
+        # or moved since mcsync read it would come back subscribed), as for an unsubscribe.
+        email = str(row.mailchimp.email)
+        update = QueueMailchimpUpdate(email, {"email_address": email})
     actions: list[Action] = list(decision.civicrm_actions)
     actions.extend(writes)
     if update is not None:
