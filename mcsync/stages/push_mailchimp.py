@@ -219,11 +219,12 @@ def _one_per_address(updates: list[sqlite3.Row]) -> list[sqlite3.Row]:
 
 
 def bulk_item(email: str, body: dict[str, Any]) -> dict[str, Any]:
-    """A member PUT body as a bulk member: the status applies to new and existing members,
-    so a data-only update carries the member's current status (`status_if_new`)."""
+    """A member PUT body as a bulk member. Only a status change that may create the member
+    (it names `status_if_new`) goes in a bulk write, whose status applies to new and existing
+    members alike; the others are PUTs of their own (`_put_alone`)."""
     item = {k: v for k, v in body.items() if k not in ("status_if_new", "email_address")}
     item["email_address"] = email
-    item["status"] = body.get("status") or body.get("status_if_new") or "subscribed"
+    item["status"] = body["status"]
     return item
 
 
