@@ -232,17 +232,18 @@ def test_through_the_cli(it: Interests, tmp_path: Path) -> None:
     assert not it.mc_interest("cli@example.org", it.i1)
 
 
-def test_a_removal_from_an_interest_group_survives_the_trash(it: Interests) -> None:
-    """Staff removed the contact from an interest's group (later than the member ticked the
-    interest), then trashed the contact. The removal is the later choice, as for the
-    subscription group (DESIGN §4): the contact mcsync creates for the member must not be
-    added to that group from the older interest."""
+def _trashed_after_removal_then_synced(
+    it: Interests, email: str, *, ticked_days: int, removed_days: int
+) -> int:
+    """A member who ticked interest 0 `ticked_days` ago, whose contact staff removed from
+    its group `removed_days` ago and then trashed; after a run, the live contact mcsync
+    created for the member."""
     w = it.world
     contact = it.person(
-        "gil@example.org",
+        email,
         interests={it.i0: True, it.i1: False},
-        mc_at=w.ago(days=5),
-        groups={it.g0: ("Removed", w.ago(days=2))},
+        mc_at=w.ago(days=ticked_days),
+        groups={it.g0: ("Removed", w.ago(days=removed_days))},
     )
     w.civi.delete_contact(contact)
     completed(w)
@@ -250,9 +251,20 @@ def test_a_removal_from_an_interest_group_survives_the_trash(it: Interests) -> N
         r["id"]
         for r in w.civi.query(
             "SELECT c.id FROM contact c JOIN email e ON e.contact_id = c.id "
-            "WHERE e.email = 'gil@example.org' AND c.is_deleted = 0"
+            "WHERE e.email = ? AND c.is_deleted = 0",
+            (email,),
         )
     ]
+    return int(new)
+
+
+def test_a_removal_from_an_interest_group_survives_the_trash(it: Interests) -> None:
+    """Staff removed the contact from an interest's group (later than the member ticked the
+    interest), then trashed the contact. The removal is the later choice, as for the
+    subscription group (DESIGN §4): the contact mcsync creates for the member must not be
+    added to that group from the older interest."""
+    w = it.world
+    new = _trashed_after_removal_then_synced(it, "gil@example.org", ticked_days=5, removed_days=2)
     assert w.civi_status(new, it.g0) != "Added"
     assert not it.mc_interest("gil@example.org", it.i0), "the later removal propagates"
     completed(w)  # and stays: the next run neither re-adds nor re-ticks
@@ -264,21 +276,7 @@ def test_an_interest_ticked_after_a_trashed_removal_wins(it: Interests) -> None:
     """The counterpart: the member ticked the interest after staff removed the (now
     trashed) contact from its group. The tick is the later choice: the new contact joins."""
     w = it.world
-    contact = it.person(
-        "hal@example.org",
-        interests={it.i0: True, it.i1: False},
-        mc_at=w.ago(days=1),
-        groups={it.g0: ("Removed", w.ago(days=3))},
-    )
-    w.civi.delete_contact(contact)
-    completed(w)
-    [new] = [
-        r["id"]
-        for r in w.civi.query(
-            "SELECT c.id FROM contact c JOIN email e ON e.contact_id = c.id "
-            "WHERE e.email = 'hal@example.org' AND c.is_deleted = 0"
-        )
-    ]
+    new = _trashed_after_removal_then_synced(it, "hal@example.org", ticked_days=1, removed_days=3)
     assert w.civi_status(new, it.g0) == "Added"
     assert it.mc_interest("hal@example.org", it.i0)
 
