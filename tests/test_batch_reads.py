@@ -522,3 +522,22 @@ def test_abort_cancels_a_batch_of_reads_and_the_next_run_reads_afresh(
         assert world.civi_status(contacts[n]) == "Removed", n
     assert world.mc_status(ARCHIVED) == "archived"
     assert {world.mc_status(_new(n)) for n in range(8)} == {"subscribed"}
+
+
+def test_a_batch_is_polled_soon_then_less_often(make_world: Callable[..., World]) -> None:
+    """Mailchimp takes 3 s over the batch of reads: mcsync looks after 0.25 s, then 0.5, 1
+    and 2 s, so a batch done in about a second costs about a second, not a fixed 2 s wait per
+    look (issue 12), while a slow one is polled every 2 s. The waits pass on the services'
+    clock, as they would on a real server."""
+    world = _first_sync_world(make_world)
+    world.mc._batches.delay = timedelta(seconds=3)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        world.advance_clock(seconds=seconds)
+
+    _completed(world.sync(budget=Budget(None, sleep=sleep)))
+    _assert_first_sync_outcome(world)
+    assert waits[:4] == [0.25, 0.5, 1.0, 2.0]
+    assert max(waits) == 2.0

@@ -9,6 +9,7 @@ and collect their batch themselves, before applying its results with their chunk
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from typing import Any
@@ -43,6 +44,11 @@ BATCH_SIZE = 1000
 BATCHES_PER_CHECK = 5
 OPERATION_PREFIX = "mcsync_"
 POLL_SECONDS = 2.0
+# The first wait for a batch; each later one doubles, up to POLL_SECONDS. Mailchimp finishes a
+# small batch (an incremental run's unsubscribes, a few thousand reads) in about a second, and
+# a fixed 2 s wait before every look made polling much of such a run; a batch that takes
+# minutes costs only three more GETs.
+FIRST_POLL_SECONDS = 0.25
 # Runs that may find a batch's results unreadable (a download may be garbled once) before the
 # batch is closed and its updates fail with 'bad_result'.
 RESULTS_TRIES = 3
@@ -139,7 +145,7 @@ def recover_submissions(ctx: RunContext, stuck: list[sqlite3.Row] | None = None)
 def collect_batches(ctx: RunContext) -> None:
     """Poll this audience's batches and process finished ones; wait within the budget."""
     recover_submissions(ctx)
-    while True:
+    for round_ in itertools.count():
         open_batches = ctx.staging.open_batches(ctx.list_id, writes_only=True)
         if not open_batches:
             return
@@ -152,7 +158,7 @@ def collect_batches(ctx: RunContext) -> None:
                 continue
             _process_results(ctx, row, batch)
         if waiting:
-            wait_for_batches(ctx)
+            wait_for_batches(ctx, round_)
 
 
 def poll_batch(
@@ -172,12 +178,19 @@ def poll_batch(
     return batch
 
 
-def wait_for_batches(ctx: RunContext) -> None:
-    """Wait before polling unfinished batches again; a budget too short for the wait stops
-    the run (the batches stay recorded and are collected by the next run)."""
-    if ctx.budget.remaining() < POLL_SECONDS:
+def poll_wait(round_: int) -> float:
+    """Seconds to wait after the ``round_``-th look (from 0) at unfinished batches:
+    `FIRST_POLL_SECONDS`, doubling, at most `POLL_SECONDS`."""
+    return min(POLL_SECONDS, FIRST_POLL_SECONDS * 2.0 ** min(round_, 16))
+
+
+def wait_for_batches(ctx: RunContext, round_: int) -> None:
+    """Wait (`poll_wait`) before polling unfinished batches again; a budget too short for
+    the wait stops the run (the batches stay recorded and are collected by the next run)."""
+    seconds = poll_wait(round_)
+    if ctx.budget.remaining() < seconds:
         raise BudgetExhausted("waiting for Mailchimp to finish a batch")
-    ctx.budget.sleep(POLL_SECONDS)
+    ctx.budget.sleep(seconds)
 
 
 # -- batches of member reads ------------------------------------------------------------------
@@ -204,7 +217,7 @@ def collect_read_batch(ctx: RunContext, row: sqlite3.Row) -> list[dict[str, Any]
     operation results. None when they cannot be had: the batch is gone at Mailchimp (deleted,
     expired) or its results file is unreadable; the caller reads those members directly.
     A budget ending while it waits leaves the batch recorded: the next run collects it."""
-    while True:
+    for round_ in itertools.count():
         try:
             batch = poll_batch(ctx, row)
         except NotFoundError:
@@ -212,7 +225,7 @@ def collect_read_batch(ctx: RunContext, row: sqlite3.Row) -> list[dict[str, Any]
             return None
         if batch.get("status") == "finished":
             break
-        wait_for_batches(ctx)
+        wait_for_batches(ctx, round_)
     try:
         return ctx.mailchimp.batch_results(batch["response_body_url"], batch_id=batch["id"])
     except (ResponseTooLarge, UnreadableResults) as exc:
