@@ -541,3 +541,53 @@ def test_a_batch_is_polled_soon_then_less_often(make_world: Callable[..., World]
     _assert_first_sync_outcome(world)
     assert waits[:4] == [0.25, 0.5, 1.0, 2.0]
     assert max(waits) == 2.0
+
+
+def test_the_next_batch_of_reads_is_at_mailchimp_while_one_is_collected(
+    make_world: Callable[..., World], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """12 CiviCRM-only contacts in batches of 4, Mailchimp taking 1 s a batch: each batch
+    after the first is submitted before the one ahead of it is collected, so Mailchimp is
+    never idle while mcsync polls, downloads and applies (issue 12). Each is applied once, at
+    its own chunk, and the outcome is a single run's."""
+    monkeypatch.setattr(fetch_mailchimp, "READ_BATCH_SIZE", 4)
+    world = _first_sync_world(make_world)
+    world.mc._batches.delay = timedelta(seconds=1)
+    _completed(world.sync(budget=Budget(None, sleep=lambda s: world.advance_clock(seconds=s))))
+    _assert_first_sync_outcome(world)
+    assert len(_read_batches(world)) == 3
+    # Mailchimp's view: batch n+1 arrives before batch n's results are downloaded.
+    steps = [
+        "submit" if method == "POST" else "download"
+        for method, path in world.mc.request_log
+        if path == "/3.0/batches" or path.startswith("/_sim/batch-results/")
+    ]
+    assert steps == ["submit", "submit", "download", "submit", "download", "download"]
+    staged = [b for b in _staged_batches(world) if b["reads"]]
+    assert [b["status"] for b in staged] == ["processed"] * 3
+    cursors = [json.loads(b["reads"])["cursor"] for b in staged]
+    assert cursors[0] == 0 and cursors == sorted(set(cursors))
+
+
+@pytest.mark.parametrize("nth", [2, 3])
+def test_a_kill_while_the_next_batch_is_submitted_loses_and_repeats_nothing(
+    make_world: Callable[..., World], monkeypatch: pytest.MonkeyPatch, nth: int
+) -> None:
+    """Batches of 4: the run is killed with the ``nth`` batch's POST in flight (Mailchimp got
+    it, mcsync never saw the answer), i.e. while the batch ahead of it is not applied yet.
+    The next run collects the batch ahead, adopts the one in flight for its own chunk (never
+    sent again), and ends as a single run would."""
+    monkeypatch.setattr(fetch_mailchimp, "READ_BATCH_SIZE", 4)
+    world = _first_sync_world(make_world)
+    plain = world.transport
+    world.transport = KillOn(plain, _is_batch_post, nth, after_sending=True)  # type: ignore[assignment]
+    with pytest.raises(RuntimeError, match="killed"):
+        world.sync()
+    _release_lease(world)
+    world.transport = plain
+    _completed(world.sync())
+    _assert_first_sync_outcome(world)
+    assert len(_read_batches(world)) == 3
+    staged = [b for b in _staged_batches(world) if b["reads"]]
+    assert [b["status"] for b in staged] == ["processed"] * 3
+    assert len(_member_gets(world)) == 0

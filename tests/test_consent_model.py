@@ -63,6 +63,7 @@ from mcsync.runner.engine import sync_audiences
 from mcsync.sim.civicrm import CiviSim
 from mcsync.sim.mailchimp import MailchimpSim, subscriber_hash
 from mcsync.sim.transport import MultiSimTransport
+from mcsync.stages import fetch_mailchimp
 from mcsync.stages.context import WINDOW_OVERLAP
 from mcsync.stages.registry import STAGE_NAMES
 from mcsync.store import database as staging_module
@@ -1291,9 +1292,12 @@ class Model:
 
 @contextmanager
 def on_the_sim_clock(model: Model) -> Iterator[None]:
-    """mcsync's own clock (`utc_now`, its run windows and log times) is the simulators'."""
+    """mcsync's own clock (`utc_now`, its run windows and log times) is the simulators'. And
+    batches of member reads hold one member, so a read of several goes as batches submitted
+    one ahead of the other (`_submit_next_read_batch`), which kills and budgets then cut."""
     original = staging_module.utc_now
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fetch_mailchimp, "READ_BATCH_SIZE", 1)
         for module in list(sys.modules.values()):
             name = getattr(module, "__name__", "")
             if name.startswith("mcsync") and getattr(module, "utc_now", None) is original:

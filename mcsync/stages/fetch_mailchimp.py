@@ -348,6 +348,8 @@ def read_members_in_chunks(
     def read_after(cursor: int) -> list[MembersRead]:
         pending = _pending_read_batch(ctx, cursor)
         if pending is not None:
+            mode["batched"] = True
+            _submit_next_read_batch(ctx, pending[1], rows_after, keys_of)
             return [_collect_members(ctx, *pending)]
         look = direct_chunk if mode["few"] else max(threshold, READ_BATCH_SIZE)
         rows = rows_after(cursor, look)
@@ -365,15 +367,9 @@ def read_members_in_chunks(
         keys = keys_of(rows)
         if not keys:
             return [MembersRead(int(rows[-1]["id"]), len(rows), [], [], None)]
-        reads = {
-            "run": ctx.run_id,
-            "stage": ctx.staging.state(ctx.list_id)["stage"],
-            "cursor": cursor,
-            "last_id": int(rows[-1]["id"]),
-            "rows": len(rows),
-            "keys": keys,
-        }
+        reads = _reads_for(ctx, cursor, rows, keys)
         batch_row = submit_read_batch(ctx, keys, reads)
+        _submit_next_read_batch(ctx, reads, rows_after, keys_of)
         return [_collect_members(ctx, batch_row, reads)]
 
     for chunk in ctx.staging.each_chunk(
@@ -383,6 +379,45 @@ def read_members_in_chunks(
             yield read
             if read.batch_row is not None:
                 ctx.staging.close_read_batch(read.batch_row, iso(utc_now()), applied=True)
+
+
+def _reads_for(
+    ctx: RunContext, cursor: int, rows: Sequence[Any], keys: list[Key]
+) -> dict[str, Any]:
+    """What a batch of reads is for: the run, stage and stage cursor it was made at, the
+    chunk's last row id and size, and the keys it reads."""
+    return {
+        "run": ctx.run_id,
+        "stage": ctx.staging.state(ctx.list_id)["stage"],
+        "cursor": cursor,
+        "last_id": int(rows[-1]["id"]),
+        "rows": len(rows),
+        "keys": keys,
+    }
+
+
+def _submit_next_read_batch(
+    ctx: RunContext,
+    reads: dict[str, Any],
+    rows_after: Callable[[int, int], Sequence[Any]],
+    keys_of: Callable[[Sequence[Any]], list[Key]],
+) -> None:
+    """Submit the batch for the chunk after the one ``reads`` is for, before that one is
+    collected, so Mailchimp works on it while mcsync waits for, downloads and applies the
+    current one (batches run one after another per account: with one always queued, no
+    poll interval or download is spent idle). It is recorded for the cursor that chunk will
+    be read at (the current chunk's last row id), and applied only there, like any batch
+    of reads; no more than one is submitted ahead. A chunk whose rows have no address to
+    read is left to `read_after`."""
+    if ctx.staging.open_read_batches(ctx.list_id) > 1:
+        return  # submitted already (by a run that stopped before applying the current one)
+    cursor = int(reads["last_id"])
+    rows = rows_after(cursor, READ_BATCH_SIZE)
+    if not rows:
+        return
+    keys = keys_of(rows)
+    if keys:
+        submit_read_batch(ctx, keys, _reads_for(ctx, cursor, rows, keys))
 
 
 def _pending_read_batch(ctx: RunContext, cursor: int) -> tuple[int, dict[str, Any]] | None:

@@ -305,14 +305,25 @@ class QueueStore(StoreBase):
         return int(cursor.lastrowid or 0)
 
     def open_read_batch(self, list_id: str) -> sqlite3.Row | None:
-        """The audience's batch of member reads whose results have not been applied (at most
-        one: a stage collects its batch before it submits another)."""
+        """The audience's oldest batch of member reads whose results have not been applied
+        (at most two are open: the chunk being read, and the next one's, submitted ahead)."""
         row: sqlite3.Row | None = self.conn.execute(
             f"SELECT * FROM batches WHERE list_id = ? AND status NOT IN {_CLOSED_BATCH} "
             "AND reads IS NOT NULL ORDER BY id LIMIT 1",
             (list_id,),
         ).fetchone()
         return row
+
+    def open_read_batches(self, list_id: str) -> int:
+        """How many of the audience's batches of member reads are not applied yet (a stage
+        may have the next chunk's batch in flight while it collects the current one)."""
+        return int(
+            self.scalar(
+                f"SELECT count(*) FROM batches WHERE list_id = ? AND status NOT IN "
+                f"{_CLOSED_BATCH} AND reads IS NOT NULL",
+                (list_id,),
+            )
+        )
 
     def close_read_batch(self, batch_row: int, at: str | None, *, applied: bool) -> None:
         """A batch of reads is done with: its results were applied with the chunk they read
