@@ -12,6 +12,7 @@ from conftest import World
 
 from mcsync.cli import main
 from mcsync.runner import engine
+from mcsync.store.database import Staging
 
 
 class EmptyMemberPages(httpx.BaseTransport):
@@ -90,6 +91,30 @@ def test_a_small_share_passes(world: World, synced) -> None:  # type: ignore[no-
     world.civi.set_group_status(contacts[1], world.group_id, "Removed")
     assert run("fetch-and-reconcile").exit_code == 0  # 2 of 20 is the 10% limit
     assert world.mc_status("p0@example.org") == "unsubscribed"
+
+
+def test_the_audience_is_weighed_only_when_something_would_leave(
+    world: World, synced, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Counting the subscribed members reads every member row (seconds at a million), so a
+    run that removes or unsubscribes nobody never counts them; one that would remove two
+    counts them once, and is weighed against them as before."""
+    contacts, run = synced
+    counted: list[str] = []
+    real = Staging.subscribed_members
+    monkeypatch.setattr(
+        Staging,
+        "subscribed_members",
+        lambda self, list_id: counted.append(list_id) or real(self, list_id),
+    )
+    assert run("fetch-and-reconcile").exit_code == 0
+    assert counted == []
+    world.civi.set_group_status(contacts[0], world.group_id, "Removed")
+    world.civi.set_group_status(contacts[1], world.group_id, "Removed")
+    world.civi.set_group_status(contacts[2], world.group_id, "Removed")
+    result = run("fetch-and-reconcile")
+    assert result.exit_code == 1 and "unsubscribe 3 of 20 members" in result.output
+    assert counted == [world.list_id]
 
 
 def test_empty_mailchimp_fetch_trips_the_brake(world: World, synced) -> None:  # type: ignore[no-untyped-def]

@@ -4,6 +4,7 @@ whose planned changes look like a mistake rather than people's choices.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 from mcsync.errors import MassChangeBrake
@@ -58,28 +59,35 @@ def mass_change_problems(
     take an interest away count."""
     state = staging.state(list_id)
     counts = staging.brake_counts(list_id, group_id)
-    subscribed, members, added = counts["subscribed"], counts["members"], counts["added"]
-    unsubscribes, removals = counts["unsubscribes"], counts["removals"]
+    added, unsubscribes, removals = counts["added"], counts["unsubscribes"], counts["removals"]
+    # Counting the subscribed members reads every member row (seconds at a million); it is
+    # counted only when a check needs it: a change of more than one, or an empty group.
+    subscribed = functools.cache(lambda: staging.subscribed_members(list_id))
+
+    def too_many(count: int) -> bool:
+        return count > 1 and count > share * max(subscribed(), added, 1)
+
     problems = []
     # Like the share checks below, one person leaving is never a "mass" change.
     synced_before = bool(state.get("last_sync"))
     # A full fetch pages every member; mc_offset counts what this run's pages held.
-    if state.get("run_full") and synced_before and members > 1 and not state.get("mc_offset"):
+    if state.get("run_full") and synced_before and not state.get("mc_offset"):
+        members = staging.staged_members(list_id)
+        if members > 1:
+            problems.append(
+                f"Mailchimp returned no members for this audience, which had {members} when "
+                f"last synced (a wrong list_id or API key, or an outage?)"
+            )
+    if synced_before and not added and subscribed() > 1:
         problems.append(
-            f"Mailchimp returned no members for this audience, which had {members} when last "
-            f"synced (a wrong list_id or API key, or an outage?)"
+            f"CiviCRM group {group_id} has no contacts Added, while {subscribed()} members "
+            f"are subscribed at Mailchimp (was the group emptied?)"
         )
-    if synced_before and subscribed > 1 and not added:
+    if too_many(unsubscribes):
         problems.append(
-            f"CiviCRM group {group_id} has no contacts Added, while {subscribed} members are "
-            f"subscribed at Mailchimp (was the group emptied?)"
+            f"this run would unsubscribe {unsubscribes} of {subscribed()} members at Mailchimp"
         )
-    base = max(subscribed, added, 1)
-    if unsubscribes > share * base and unsubscribes > 1:
-        problems.append(
-            f"this run would unsubscribe {unsubscribes} of {subscribed} members at Mailchimp"
-        )
-    if removals > share * base and removals > 1:
+    if too_many(removals):
         problems.append(
             f"this run would remove {removals} of {added} contacts from CiviCRM group {group_id}"
         )
@@ -90,10 +98,10 @@ def mass_change_problems(
             if value and not synced_before:
                 continue
             count = switches.get(value, 0)
-            if count > share * base and count > 1:
+            if too_many(count):
                 problems.append(
-                    f"this run would switch {mapped} {direction} for {count} of {subscribed} "
-                    f"subscribed members at Mailchimp"
+                    f"this run would switch {mapped} {direction} for {count} of "
+                    f"{subscribed()} subscribed members at Mailchimp"
                 )
         writes = staging.planned_interest_group_writes(list_id, interest_group, group_id)
         for status, verb in (("Removed", "remove"), ("Added", "add")):
@@ -101,9 +109,9 @@ def mass_change_problems(
                 continue
             count = writes.get(status, 0)
             preposition = "from" if status == "Removed" else "to"
-            if count > share * base and count > 1:
+            if too_many(count):
                 problems.append(
-                    f"this run would {verb} {count} of {subscribed} subscribed members "
+                    f"this run would {verb} {count} of {subscribed()} subscribed members "
                     f"{preposition} CiviCRM group {interest_group} (interest {interest_id})"
                 )
     return problems

@@ -149,18 +149,10 @@ class StatusStore(StoreBase):
 
     # -- the mass-change brake ------------------------------------------------------------
     def brake_counts(self, list_id: str, group_id: int) -> dict[str, int]:
-        """What the brake weighs (DESIGN §5): members subscribed or pending, members staged,
+        """What the brake weighs (DESIGN §5) that an index or a short table answers:
         contacts Added to the group, unsubscribes queued, removals from the group planned."""
         one = self._count
         return {
-            "subscribed": one(
-                "SELECT COUNT(*) FROM rows WHERE list_id = ? "
-                "AND mc_status IN ('subscribed', 'pending')",
-                (list_id,),
-            ),
-            "members": one(
-                "SELECT COUNT(*) FROM rows WHERE list_id = ? AND mc_hash IS NOT NULL", (list_id,)
-            ),
             "added": one(
                 "SELECT COUNT(*) FROM group_status WHERE group_id = ? AND status = 'Added'",
                 (group_id,),
@@ -177,6 +169,20 @@ class StatusStore(StoreBase):
                 (list_id, group_id),
             ),
         }
+
+    def subscribed_members(self, list_id: str) -> int:
+        """Members staged as subscribed or pending (every member row is read)."""
+        return self._count(
+            "SELECT COUNT(*) FROM rows WHERE list_id = ? "
+            "AND mc_status IN ('subscribed', 'pending')",
+            (list_id,),
+        )
+
+    def staged_members(self, list_id: str) -> int:
+        """Member rows staged for the audience."""
+        return self._count(
+            "SELECT COUNT(*) FROM rows WHERE list_id = ? AND mc_hash IS NOT NULL", (list_id,)
+        )
 
     def _count(self, sql: str, params: tuple[Any, ...]) -> int:
         """The one number a COUNT query answers."""
