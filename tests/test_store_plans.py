@@ -16,8 +16,11 @@ LIST = "list1"
 T = "2026-01-01T00:00:00+00:00"
 
 
-def _steps(tmp_path: Path, members: int, lookup: Callable[[Staging], Any]) -> int:
-    """SQLite steps (in hundreds) one lookup of ten members takes among ``members`` rows."""
+def _steps(
+    tmp_path: Path, members: int, lookup: Callable[[Staging], Any], finds: int = 10
+) -> int:
+    """SQLite steps (in hundreds) one lookup (of ``finds`` members) takes among ``members``
+    rows."""
     staging = Staging(tmp_path / f"{members}.sqlite3")
     try:
         with staging.atomic():
@@ -51,14 +54,15 @@ def _steps(tmp_path: Path, members: int, lookup: Callable[[Staging], Any]) -> in
         staging.conn.set_progress_handler(count, 100)
         found = lookup(staging)
         staging.conn.set_progress_handler(None, 0)
-        assert len(found) == 10
+        assert len(found) == finds
         return steps
     finally:
         staging.close()
 
 
-def _grows_slowly(tmp_path: Path, lookup: Callable[[Staging], Any]) -> None:
-    small, large = _steps(tmp_path, 2_000, lookup), _steps(tmp_path, 20_000, lookup)
+def _grows_slowly(tmp_path: Path, lookup: Callable[[Staging], Any], finds: int = 10) -> None:
+    small = _steps(tmp_path, 2_000, lookup, finds)
+    large = _steps(tmp_path, 20_000, lookup, finds)
     assert large <= 2 * small + 5, (small, large)
 
 
@@ -69,3 +73,9 @@ def test_member_rows_of_contacts_uses_the_contact_index(tmp_path: Path) -> None:
 def test_member_addresses_uses_the_address_index(tmp_path: Path) -> None:
     addresses = [f"p{n}@example.org" for n in range(10)]
     _grows_slowly(tmp_path, lambda s: s.member_addresses(LIST, addresses))
+
+
+def test_tags_to_push_reads_no_member_row_without_fed_tags(tmp_path: Path) -> None:
+    """No feed gives tags (contact_data holds none): every run's tag stage answers at once
+    instead of joining every subscribed member to contact_data."""
+    _grows_slowly(tmp_path, lambda s: s.tags_to_push(LIST, 0, 500), finds=0)
