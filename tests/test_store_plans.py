@@ -16,9 +16,7 @@ LIST = "list1"
 T = "2026-01-01T00:00:00+00:00"
 
 
-def _steps(
-    tmp_path: Path, members: int, lookup: Callable[[Staging], Any], finds: int = 10
-) -> int:
+def _steps(tmp_path: Path, members: int, lookup: Callable[[Staging], Any], finds: int = 10) -> int:
     """SQLite steps (in hundreds) one lookup (of ``finds`` members) takes among ``members``
     rows."""
     staging = Staging(tmp_path / f"{members}.sqlite3")
