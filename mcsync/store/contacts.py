@@ -210,16 +210,19 @@ class ContactStore(StoreBase):
 
     def missing_contacts(self, list_id: str, group_id: int, limit: int) -> list[int]:
         """Contacts the audience refers to (Added to the group, or matched to a member) that
-        staging has no flags or emails for."""
+        staging has no flags or emails for. Asked in every run: both halves read only
+        covering indexes (the group's statuses; member rows by contact id, ``+list_id``
+        keeping SQLite off the address index, which made it read every row), a quarter of
+        the time of the plain join at a million."""
         return [
             r[0]
             for r in self.query(
-                "SELECT DISTINCT g.contact_id FROM group_status g "
-                "LEFT JOIN contacts c ON c.contact_id = g.contact_id "
-                "WHERE g.group_id = ? AND g.status = 'Added' AND c.contact_id IS NULL "
-                "UNION SELECT DISTINCT r.contact_id FROM rows r "
-                "LEFT JOIN contacts c ON c.contact_id = r.contact_id "
-                "WHERE r.list_id = ? AND r.contact_id IS NOT NULL AND c.contact_id IS NULL "
+                "SELECT g.contact_id FROM group_status g "
+                "WHERE g.group_id = ? AND g.status = 'Added' "
+                "AND NOT EXISTS (SELECT 1 FROM contacts c WHERE c.contact_id = g.contact_id) "
+                "UNION SELECT r.contact_id FROM rows r "
+                "WHERE +r.list_id = ? AND r.contact_id > 0 "
+                "AND NOT EXISTS (SELECT 1 FROM contacts c WHERE c.contact_id = r.contact_id) "
                 "LIMIT ?",
                 (group_id, list_id, limit),
             )
