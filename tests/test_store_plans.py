@@ -77,3 +77,18 @@ def test_tags_to_push_reads_no_member_row_without_fed_tags(tmp_path: Path) -> No
     """No feed gives tags (contact_data holds none): every run's tag stage answers at once
     instead of joining every subscribed member to contact_data."""
     _grows_slowly(tmp_path, lambda s: s.tags_to_push(LIST, 0, 500), finds=0)
+
+
+def test_dropping_contact_rows_looks_up_only_their_contacts(tmp_path: Path) -> None:
+    """Ten contact-only rows whose contacts have member rows are dropped by looking up those
+    ten contacts, not by listing every member row's contact first."""
+
+    def drop(staging: Staging) -> list[Any]:
+        staging.conn.executemany(
+            "INSERT INTO rows (list_id, contact_id) VALUES (?, ?)",
+            [(LIST, n) for n in range(1, 11)],
+        )
+        staging.drop_contact_rows_with_members(LIST)
+        return staging.query("SELECT id FROM rows WHERE list_id = ? AND mc_hash IS NULL", (LIST,))
+
+    _grows_slowly(tmp_path, drop, finds=0)

@@ -329,6 +329,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE audience_state ADD COLUMN mc_newest TEXT
     """,
+    # 21: issue 12. The brake weighs a run's removals against the members subscribed; this
+    # index answers that count without reading every member row (seconds at a million)
+    """
+    CREATE INDEX rows_by_mc_status ON rows (list_id, mc_status)
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience

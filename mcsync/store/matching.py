@@ -169,12 +169,14 @@ class MatchStore(StoreBase):
 
     def drop_contact_rows_with_members(self, list_id: str) -> None:
         """Contact-only rows whose contact also has a member row are redundant
-        (seed-behaviour §3.4); one with a write on its way is kept until its result."""
+        (seed-behaviour §3.4); one with a write on its way is kept until its result. Each
+        contact-only row looks up its contact's member rows by index (a list of every member
+        row's contact, built first, cost a read of every member row in every run)."""
         self.conn.execute(
             "DELETE FROM rows WHERE list_id = ? AND mc_hash IS NULL "
             f"AND sync_status != '{RowState.LIVE}' "
-            "AND contact_id IN (SELECT contact_id FROM rows WHERE list_id = ? "
-            "AND mc_hash IS NOT NULL AND contact_id IS NOT NULL)",
+            "AND EXISTS (SELECT 1 FROM rows m WHERE m.contact_id = rows.contact_id "
+            "AND m.list_id = ? AND m.mc_hash IS NOT NULL)",
             (list_id, list_id),
         )
 
