@@ -91,12 +91,14 @@ def test_a_full_run_dates_an_archive_by_the_members_last_changed(world: World) -
 
 
 def test_a_permanent_deletion_never_overwrites_a_newer_civicrm_change(world: World) -> None:
-    """Deleted permanently (404: when is unknown) some time after its last change that mcsync
-    read (3 days ago), and Added again in CiviCRM an hour ago: the deletion may be the older
-    choice, so CiviCRM is left as it is, and the row is reported as forgotten."""
+    """Deleted permanently (404: when is unknown) some time after the sync that last read
+    it, and Added again in CiviCRM after that sync: the deletion may be the older choice, so
+    CiviCRM is left as it is, and the row is reported as forgotten. (An Added made before
+    that sync read the member is older than the deletion: `test_deleted_member_dating`.)"""
     contact = _person(world, mc="subscribed", civi="Added")
-    world.civi.set_group_status(contact, world.group_id, "Added", when=world.ago(hours=1))
     _sync(world)
+    world.advance_clock(minutes=5)
+    world.civi.set_group_status(contact, world.group_id, "Added")
     world.mc.forget_member(world.list_id, A)
     _sync(world, full=True)
     assert world.civi_status(contact) == "Added"

@@ -37,6 +37,7 @@ def _steps(tmp_path: Path, members: int, lookup: Callable[[Staging], Any], finds
                         "{}",
                         f"u{n}",
                         None,
+                        None,
                     )  # fmt: skip
                     for n in range(members)
                 ]

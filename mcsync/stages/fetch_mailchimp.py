@@ -639,6 +639,8 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
     _follow_email_changes(ctx, [m for m in members if m["id"] not in existing], existing)
     mapped = list(ctx.interest_groups)
     seen_by = previous_view_floor(ctx)
+    # CiviCRM's clock when this run began: each member read here was there after it.
+    seen_civi = ctx.staging.state(ctx.list_id).get("civi_started")
     inserts: list[tuple[Any, ...]] = []
     updates: list[tuple[Any, ...]] = []
     for member in members:
@@ -664,6 +666,7 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
                     dumps({i: changed for i in interests}),
                     member.get("unique_email_id"),
                     ctx.run_id,
+                    seen_civi,
                 )
             )
             continue
@@ -719,6 +722,7 @@ def merge_members(ctx: RunContext, members: list[dict[str, Any]]) -> None:
                 dumps(interests_at),
                 sync_status,
                 ctx.run_id,
+                seen_civi,
                 member.get("unique_email_id"),
                 old["id"],
             )

@@ -334,6 +334,12 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX rows_by_mc_status ON rows (list_id, mc_status)
     """,
+    # 22: CiviCRM's clock at the start of the run that last read each member (mc_seen_run):
+    # the member was there after that time. A member found deleted permanently went after
+    # it, so a CiviCRM change made before it is older than the deletion (model seed 105)
+    """
+    ALTER TABLE rows ADD COLUMN mc_seen_civi TEXT
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience

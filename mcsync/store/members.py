@@ -19,6 +19,10 @@ from mcsync.store.states import RowState
 
 _SUBSCRIBED = ", ".join(f"'{status}'" for status in sorted(SUBSCRIBED_STATUSES))
 
+# When a member found deleted permanently is taken to have gone (`mark_members_gone`): the
+# later of its last change mcsync read and the start of the run that last read it there.
+_GONE_AT = "MAX(COALESCE(mc_last_changed, ''), COALESCE(mc_seen_civi, ''))"
+
 NEW_MEMBER_COLUMNS = (
     "list_id",
     "mc_hash",
@@ -32,6 +36,7 @@ NEW_MEMBER_COLUMNS = (
     "mc_interests_at",
     "mc_unique_id",
     "mc_seen_run",
+    "mc_seen_civi",
 )
 """The values of a member staged for the first time, in the order `insert_members` takes."""
 
@@ -46,6 +51,7 @@ READ_MEMBER_COLUMNS = (
     "mc_interests_at",
     "sync_status",
     "mc_seen_run",
+    "mc_seen_civi",
     "mc_unique_id",
 )
 """The values of a staged member read again, in the order `update_members` takes (then the
@@ -154,10 +160,10 @@ class MemberStore(StoreBase):
 
     def member_not_found(self, row_id: int) -> None:
         """A write found no member at the row's address (``mark_members_gone`` for one row
-        whose write is settling): not subscribed, dated at the last change mcsync read of
-        it, and the row decided again."""
+        whose write is settling): not subscribed, dated as a member found gone is
+        (`_GONE_AT`), and the row decided again."""
         self.conn.execute(
-            "UPDATE rows SET mc_status = 'archived', mc_status_at = mc_last_changed, "
+            f"UPDATE rows SET mc_status = 'archived', mc_status_at = {_GONE_AT}, "
             f"sync_status = '{RowState.TODO}' WHERE id = ?",
             (row_id,),
         )
@@ -165,11 +171,15 @@ class MemberStore(StoreBase):
     def mark_members_gone(self, list_id: str, hashes: list[str]) -> None:
         """Members confirmed deleted permanently (a direct read answered 404): not subscribed,
         to be reconciled. When they went is unknown, only that it was after the last change
-        mcsync read of them, so they are dated there (``mc_last_changed``): a CiviCRM change
-        made since is never overwritten by the deletion (DESIGN §4). Archived members are
-        read with their own ``last_changed`` instead (``merge_members``)."""
+        mcsync read of them and after the run that last read them began (``mc_seen_civi``,
+        on CiviCRM's clock), so they are dated at the later of the two: a CiviCRM change made
+        since is never overwritten by the deletion (DESIGN §4), and one made before that run
+        read the member there is older than the deletion, which wins over it (model seed
+        105: a contact Added, the member read there afterwards, then deleted, was subscribed
+        again as new). Archived members are read with their own ``last_changed`` instead
+        (``merge_members``)."""
         self.conn.executemany(
-            "UPDATE rows SET mc_status = 'archived', mc_status_at = mc_last_changed, "
+            f"UPDATE rows SET mc_status = 'archived', mc_status_at = {_GONE_AT}, "
             f"sync_status = '{RowState.TODO}' "
             "WHERE list_id = ? AND mc_hash = ? AND mc_status IS NOT 'archived' "
             f"AND sync_status != '{RowState.LIVE}'",
