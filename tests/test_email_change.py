@@ -371,3 +371,21 @@ def test_an_address_changed_at_mailchimp_follows_a_member_mcsync_created(world: 
     emails = world.civi.query("SELECT contact_id, email FROM email ORDER BY id")
     assert [(e["contact_id"], e["email"]) for e in emails] == [(contact, OLD), (contact, NEW)]
     assert [(r[1], r[3]) for r in staged(world)] == [(NEW, contact)]
+
+
+def test_a_member_mcsync_created_is_followed_without_being_read_again(world: World) -> None:
+    """Found by the model (seed 124): the unique_email_id Mailchimp gave the member mcsync
+    created was not kept from the write's answer, so when the person changed address at
+    Mailchimp and unsubscribed before any run read the member, the moved member was staged
+    as a stranger and the contact stayed Added. It is followed, and the unsubscribe reaches
+    the contact."""
+    contact = world.person(OLD, civi="Added", first="Ann", last="Lee")
+    assert contact is not None
+    completed(world)
+    assert world.mc_status(OLD) == "subscribed"
+    world.advance_clock(minutes=5)
+    world.mc.edit_member(world.list_id, OLD, new_email=NEW)
+    world.mc.set_member_status(world.list_id, NEW, "unsubscribed")
+    completed(world, allow_mass_changes=True)
+    assert [(r[1], r[3]) for r in staged(world)] == [(NEW, contact)]
+    assert world.civi_status(contact) == "Removed"

@@ -134,6 +134,7 @@ def _store_member_response(
         mc_interests=dumps(interests),
         mc_interests_at=dumps(interests_at),
         pushed_merge=dumps(pushed),
+        mc_unique_id=response.get("unique_email_id"),
     )
     if not kept:
         return  # the member was fetched into its own row meanwhile: that row carries on

@@ -422,17 +422,21 @@ class QueueStore(StoreBase):
         mc_interests: str,
         mc_interests_at: str,
         pushed_merge: str,
+        mc_unique_id: str | None,
     ) -> bool:
         """After a successful write, the row holds what Mailchimp now has, and expects
         nothing more. A status mcsync changed has its choice's exact time (the "after"
-        bound goes). False when the member was fetched into its own row meanwhile: this row
-        is deleted and that one carries on."""
+        bound goes). The member's ``unique_email_id`` is kept: a member mcsync created is
+        followed by it when the person changes address at Mailchimp (model seed 124: without
+        it, the moved member was staged as a stranger, and its unsubscribe never reached the
+        contact). False when the member was fetched into its own row meanwhile: this row is
+        deleted and that one carries on."""
         try:
             self.conn.execute(
                 "UPDATE rows SET mc_hash = ?, mc_email = ?, mc_status = ?, mc_last_changed = ?, "
                 "mc_status_at = ?, mc_interests = ?, mc_interests_at = ?, pushed_merge = ?, "
                 "mc_status_after = CASE WHEN mc_status IS ? THEN mc_status_after END, "
-                "mc_expected = NULL WHERE id = ?",
+                "mc_unique_id = COALESCE(?, mc_unique_id), mc_expected = NULL WHERE id = ?",
                 (
                     mc_hash,
                     mc_email,
@@ -443,6 +447,7 @@ class QueueStore(StoreBase):
                     mc_interests_at,
                     pushed_merge,
                     mc_status,
+                    mc_unique_id,
                     row_id,
                 ),
             )
