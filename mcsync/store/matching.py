@@ -24,6 +24,10 @@ _SUBSCRIBED = ", ".join(f"'{status}'" for status in sorted(SUBSCRIBED_STATUSES))
 class MatchStore(StoreBase):
     """Contact ids on member rows, and the rows the match stages work through."""
 
+    # contacts_to_date's list: (audience key, the cursor it continues from, the contacts,
+    # where that cursor is in them)
+    _contacts_to_date: tuple[tuple[Any, ...], int, list[int], int] | None = None
+
     # -- contact ids that no longer hold ----------------------------------------------------
     def clear_unusable_contacts(self, list_id: str) -> None:
         """Rows pointing at trashed, merged-away or hard-deleted contacts lose the contact id
@@ -207,22 +211,37 @@ class MatchStore(StoreBase):
         the Mailchimp side, or a membership absent with no date while Mailchimp says
         subscribed or interested (a GroupContact deleted in CiviCRM leaves only its history,
         which a full run never reads). Only disagreements need a date, so the cost follows
-        the number of changes."""
-        disagree, params = _disagreement_sql(group_id, interest_groups)
-        absent, absent_params = _absent_membership_sql(group_id, interest_groups)
-        return [
-            r[0]
-            for r in self.query(
-                "SELECT DISTINCT r.contact_id FROM rows r "
-                f"WHERE r.list_id = ? AND r.sync_status = '{RowState.TODO}' "
-                "AND r.contact_id > ? "
-                "AND (EXISTS (SELECT 1 FROM group_status g WHERE g.contact_id = r.contact_id "
-                f"AND g.changed_at IS NULL AND g.status IS NOT NULL AND ({disagree})) "
-                f"OR {absent}) "
-                "ORDER BY r.contact_id LIMIT ?",
-                (list_id, after_id, *params, *absent_params, limit),
-            )
-        ]
+        the number of changes.
+
+        The stage asks for them a chunk at a time, and finding them reads every row to
+        decide (all of a full run's), so they are listed once, when the stage starts or
+        resumes, and each later chunk continues that list: asked afresh per chunk, the 1M
+        mixed first sync spent four minutes here. Dating a chunk changes nothing the list
+        holds after it."""
+        key = (list_id, group_id, tuple(sorted(interest_groups.items())))
+        listed = self._contacts_to_date
+        if listed is None or listed[0] != key or listed[1] != after_id:
+            disagree, params = _disagreement_sql(group_id, interest_groups)
+            absent, absent_params = _absent_membership_sql(group_id, interest_groups)
+            found = [
+                r[0]
+                for r in self.query(
+                    "SELECT DISTINCT r.contact_id FROM rows r "
+                    f"WHERE r.list_id = ? AND r.sync_status = '{RowState.TODO}' "
+                    "AND r.contact_id > ? "
+                    "AND (EXISTS (SELECT 1 FROM group_status g WHERE g.contact_id = "
+                    "r.contact_id AND g.changed_at IS NULL AND g.status IS NOT NULL "
+                    f"AND ({disagree})) OR {absent}) ORDER BY r.contact_id",
+                    (list_id, after_id, *params, *absent_params),
+                )
+            ]
+            listed = (key, after_id, found, 0)
+        _, _, found, start = listed
+        chunk = found[start : start + limit]
+        # The next call continues only from this chunk's last contact; any other cursor (a
+        # chunk not committed, another run or stage) lists them again.
+        self._contacts_to_date = (key, chunk[-1] if chunk else after_id, found, start + limit)
+        return chunk
 
     def undated_group_statuses(
         self, contact_ids: list[int], group_ids: list[int]
