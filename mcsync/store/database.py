@@ -340,6 +340,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE rows ADD COLUMN mc_seen_civi TEXT
     """,
+    # 23: issue 12. The CiviCRM write queue is read a chunk of one kind at a time, oldest
+    # first, and open updates by the address they write to, once per reconcile chunk: without
+    # these indexes each read went over the whole queue (quadratic at 1M)
+    """
+    CREATE INDEX civi_writes_by_kind ON civi_writes (list_id, kind, id);
+    CREATE INDEX updates_by_folded_address ON updates (list_id, fold_email(email))
+    """,
 ]
 
 LOG_KEEP = 2000  # log lines kept per audience
