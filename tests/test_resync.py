@@ -170,3 +170,31 @@ def test_resync_now_dates_a_status_a_full_run_left_undated(world: World, cli) ->
     assert done.exit_code == 0, done.output
     assert world.mc_status("fay@example.org") == "subscribed"
     assert world.civi_status(contact) == "Added"
+
+
+def test_resync_now_dates_a_removal_mcsync_copied_by_the_choice_before_it(
+    world: World, cli
+) -> None:  # type: ignore[no-untyped-def]
+    """Found by the model (seed 178): the person unsubscribed at Mailchimp, a run removed the
+    contact from the group (its history row is mcsync's), then the person signed up again.
+    `resync --now` left the copied removal undated, and with `prefer = "civicrm"` it won over
+    the new sign-up. It is no CiviCRM choice: the last one people made there is older than
+    the sign-up, which wins."""
+    world.write_config('prefer = "civicrm"')
+    contact = world.person(
+        "gus@example.org", mc="subscribed", civi="Added", civi_at=world.ago(days=5)
+    )
+    assert contact is not None
+    assert world.sync()[0].error is None
+    world.advance_clock(minutes=5)
+    world.mc.set_member_status(world.list_id, "gus@example.org", "unsubscribed")
+    assert world.sync()[0].error is None
+    assert world.civi_status(contact) == "Removed"
+    world.advance_clock(minutes=5)
+    assert world.sync(since="ever")[0].error is None  # stages the removal undated
+    world.advance_clock(minutes=5)
+    world.mc.set_member_status(world.list_id, "gus@example.org", "subscribed")
+    done = cli("resync", "gus@example.org", "--now")
+    assert done.exit_code == 0, done.output
+    assert world.mc_status("gus@example.org") == "subscribed"
+    assert world.civi_status(contact) == "Added"

@@ -311,10 +311,13 @@ def _refresh_contacts(ctx: RunContext, contact_ids: list[int]) -> None:
 def _refresh_groups(ctx: RunContext, contact_ids: list[int]) -> int:
     """Stage the memberships CiviCRM holds now for these contacts in the audience's groups.
     A status unchanged keeps its staged time; a changed one, or one staged without a time (a
-    full run dates only disagreements), is dated by its latest history row by a person or
-    staff when the history's last word is that status (as the run's history stage dates it;
-    a membership only mcsync wrote is no CiviCRM choice), else left undated. Returns the
-    newest history id read."""
+    full run dates only disagreements), is dated, when the history's last word is that
+    status, by the latest history row a person or staff wrote, as the run's history stage
+    dates it: a last word mcsync wrote (a Mailchimp choice copied over) is no CiviCRM
+    choice, and a membership only mcsync wrote has none (model seed 178: a removal mcsync
+    copied from an unsubscribe was left undated, and with `prefer = "civicrm"` it undid the
+    person's later sign-up). Otherwise it is left undated. Returns the newest history id
+    read."""
     current = {
         (int(r["contact_id"]), int(r["group_id"])): str(r["status"])
         for r in ctx.civicrm.call(
@@ -338,14 +341,16 @@ def _refresh_groups(ctx: RunContext, contact_ids: list[int]) -> int:
         },
     )
     last_status: dict[tuple[int, int], str] = {}
-    dated: dict[tuple[int, int, str], str | None] = {}
-    by_people: set[tuple[int, int]] = set()
+    latest_by_people: dict[tuple[int, int], str | None] = {}
+    last_by_mcsync: set[tuple[int, int]] = set()
     for record in history:
         pair = (int(record["contact_id"]), int(record["group_id"]))
         last_status[pair] = record["status"]
-        if (record.get("tracking") or "") != TRACKING_MARKER:
-            dated[(*pair, record["status"])] = iso(ctx.civi_to_utc(record["date"]))
-            by_people.add(pair)
+        if (record.get("tracking") or "") == TRACKING_MARKER:
+            last_by_mcsync.add(pair)
+        else:
+            last_by_mcsync.discard(pair)
+            latest_by_people[pair] = iso(ctx.civi_to_utc(record["date"]))
     staged = {
         (int(g["contact_id"]), int(g["group_id"])): (g["status"], g["changed_at"])
         for g in ctx.staging.group_statuses_of(contact_ids, ctx.all_groups)
@@ -356,8 +361,8 @@ def _refresh_groups(ctx: RunContext, contact_ids: list[int]) -> int:
         if pair in staged and staged[pair][0] == status and staged[pair][1] is not None:
             continue
         word = status or "Deleted"
-        at = dated.get((*pair, word)) if last_status.get(pair) == word else None
-        if at is None and status is not None and pair in last_status and pair not in by_people:
+        at = latest_by_people.get(pair) if last_status.get(pair) == word else None
+        if status is not None and pair in last_status and pair not in latest_by_people:
             at = NO_CIVICRM_CHOICE
         changes.append((pair[0], pair[1], status, at))
     with ctx.staging.atomic():
