@@ -187,3 +187,21 @@ def test_addresses_claimed_looks_up_only_those_addresses(tmp_path: Path) -> None
         lambda s: s.addresses_claimed(LIST, [f"c{10**6 + n}@example.org" for n in range(10)]),
         setup=queue_subscribes,
     )
+
+
+def test_a_hold_written_marks_its_cleaned_member_by_contact_and_address(tmp_path: Path) -> None:
+    """Every member cleaned: marking ten holds written looks up those ten rows, not every
+    cleaned member (an index on (list_id, mc_status) drew SQLite to walk them all, for each
+    hold: quadratic in the 1M mixed first sync)."""
+
+    def clean_all(staging: Staging) -> None:
+        staging.execute("UPDATE rows SET mc_status = 'cleaned'")
+
+    def mark(staging: Staging) -> list[Any]:
+        for n in range(1, 11):
+            staging.mark_cleaned_held(LIST, n, f"p{n - 1}@example.org")
+        return staging.query(
+            "SELECT id FROM rows WHERE id <= 10 AND cleaned_handled_at IS NOT NULL"
+        )
+
+    _grows_slowly(tmp_path, mark, setup=clean_all)

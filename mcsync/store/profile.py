@@ -134,17 +134,18 @@ class ProfileStore(StoreBase):
             )
             params.extend([list_id, modified_from])
         params = [list_id, after_id, *params]
-        # With the scope, rows are found by id from the few contacts modified: `+` keeps the
-        # planner from walking every row of the audience by its list_id index instead.
-        list_term = "+r.list_id" if modified_from is not None else "r.list_id"
+        # With the scope, rows are found by id from the few contacts modified; without it, by
+        # the row id range after the cursor, in order. `+` keeps the planner from walking
+        # every row of the audience by a list_id or contact_id index and sorting them, for
+        # every chunk (quadratic: 2.5 minutes of the 1M mixed first sync).
         if only_rows is not None:
             scope += f" AND r.id IN ({','.join('?' * len(only_rows))})"
             params.extend(only_rows)
         params.append(limit)
         return self.query(
-            f"SELECT r.* FROM rows r WHERE {list_term} = ? AND r.id > ? {scope} "
+            f"SELECT r.* FROM rows r WHERE +r.list_id = ? AND r.id > ? {scope} "
             "AND r.mc_status = 'subscribed' AND r.mc_hash IS NOT NULL "
-            f"AND r.contact_id IS NOT NULL AND r.sync_status != '{RowState.LIVE}' "
+            f"AND +r.contact_id IS NOT NULL AND r.sync_status != '{RowState.LIVE}' "
             "AND EXISTS (SELECT 1 FROM emails e WHERE e.contact_id = r.contact_id "
             "AND e.on_hold = 0 AND (e.is_bulkmail = 1 OR e.is_primary = 1) "
             "AND e.email_lc != fold_email(r.mc_email)) "
