@@ -1117,15 +1117,6 @@ def test_new_member_gets_civicrm_interests_in_create_body() -> None:
     assert reconcile_member(member, POLICY).actions == (put("subscribed", interests={IID: True}),)
 
 
-@pytest.mark.parametrize("group", ["Removed", None])
-def test_new_member_is_never_told_an_interest_is_off(group: str | None) -> None:
-    """A new member has no interest unless told: saying "off" for a contact not in the
-    interest group could only overwrite what the person chose on the sign-up form if they
-    signed up themselves since mcsync looked (model seed 201)."""
-    member = interest_row(None, None, group, OLD, mc=None)
-    assert reconcile_member(member, POLICY).actions == (put("subscribed"),)
-
-
 def test_resubscribe_carries_interests_in_one_body() -> None:
     member = interest_row(False, OLD, "Added", NEW, mc="unsubscribed", **B)
     assert reconcile_member(member, POLICY).actions == (put("subscribed", interests={IID: True}),)

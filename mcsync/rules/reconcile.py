@@ -504,13 +504,8 @@ def _decide_interest(
     m: MailchimpSide, group: GroupState, interest_id: str, group_id: int, policy: AudiencePolicy
 ) -> InterestOutcome:
     if m.status is None:
-        # A new member: CiviCRM's groups are the only data there is. Only an interest the
-        # contact has is said: a new member has none unless told, and if the person signed
-        # up themselves since mcsync looked, an "off" would overwrite the choice they made on
-        # the form with no choice at all (model seed 201).
-        return InterestOutcome(
-            interest_id, group_id, "5.3-new-member", push=True if group.added else None
-        )
+        # A new member: CiviCRM's groups are the only data there is.
+        return InterestOutcome(interest_id, group_id, "5.3-new-member", push=group.added)
     if interest_id not in m.interests:
         return InterestOutcome(interest_id, group_id, "5.3-I1-no-data")
     value = m.interests[interest_id]
